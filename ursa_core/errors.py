@@ -1,0 +1,19 @@
+"""Exceptions with messages a ComfyUI user can act on."""
+
+
+class URSAError(ValueError):
+    """Base class for every error ursa_core raises on purpose."""
+
+
+class CheckpointError(URSAError):
+    """A model folder is missing a file or key, or a tensor has the wrong shape.
+
+    The message always names the folder, the file and (where relevant) the key and the expected vs found shape.
+    """
+
+
+class InputError(URSAError):
+    """A generation argument is out of range (frames, size, dtype, schedule...).
+
+    The message names the argument, the bad value and what is allowed.
+    """

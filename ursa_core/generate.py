@@ -1,0 +1,244 @@
+"""The one entry point that turns a prompt into visual tokens: `generate(model, prompt, ...)`."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from .errors import InputError
+from .metric_path import MetricPath, beta, beta_dot
+from .model import URSAModel
+from .rope import rotary_cos_sin, sequence_positions
+from .schedule import FrameSchedule, time_grid
+from .solver import TokenClocks, euler_step, guided_logits
+
+_MASK64 = (1 << 64) - 1
+
+
+def derive_seed(seed: int, *tags: int) -> int:
+    """Independent 63-bit seeds per (seed, purpose, step) via splitmix64, so skipping a step shifts nothing."""
+    x = int(seed) & _MASK64
+    for tag in tags:
+        x = (x + 0x9E3779B97F4A7C15 * (int(tag) + 1)) & _MASK64
+        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+        x ^= x >> 31
+    return x & ((1 << 63) - 1)
+
+
+def uniforms(seed: int, tag: int, step: int, shape: Sequence[int]) -> torch.Tensor:
+    """Uniforms drawn on the CPU, so a seed gives the same random numbers on every device."""
+    gen = torch.Generator().manual_seed(derive_seed(seed, tag, step))
+    return torch.rand(*shape, generator=gen, dtype=torch.float64).float()
+
+
+TAG_INIT, TAG_NOISE, TAG_STEP = 1, 2, 3
+
+
+@dataclass
+class StepInfo:
+    """What the per-step callback sees. Raising from the callback cancels generation."""
+    step: int            # 0-based index of the step just finished
+    steps: int
+    t: float             # global clock at the start of the step
+    tokens: torch.Tensor  # [B, T, h, w] after the step
+    predicted: Optional[torch.Tensor]  # the x1 sample of this step ([B, T, h, w], held frames as given), or None
+
+
+@dataclass
+class GenerationPlan:
+    """Everything fixed before the loop: shapes, schedule, clocks, which tokens the sampler touches."""
+    latent_shape: tuple[int, int, int]
+    schedule: FrameSchedule
+    active: torch.Tensor           # visual token indices the sampler updates
+    token_frame: torch.Tensor      # latent frame of each active token
+    grid: torch.Tensor             # global time grid [steps] float64
+
+
+def plan(model: URSAModel, frames: int, height: int, width: int, steps: int, shift: float,
+         schedule: Optional[FrameSchedule]) -> GenerationPlan:
+    latent = model.geometry.latent_shape(frames, height, width)
+    schedule = schedule or FrameSchedule.generate(latent[0])
+    schedule.check_frames(latent[0])
+    per_frame = latent[1] * latent[2]
+    held = set(schedule.held())
+    frame_of_token = torch.arange(latent[0] * per_frame) // per_frame
+    active_mask = torch.tensor([int(f) not in held for f in frame_of_token])
+    active = torch.nonzero(active_mask).squeeze(1)
+    if active.numel() == 0:
+        raise InputError("every frame of the schedule is held (start time 1): there is nothing to generate")
+    return GenerationPlan(latent, schedule, active, frame_of_token[active], time_grid(steps, shift))
+
+
+def initial_tokens(model: URSAModel, path: MetricPath, plan_: GenerationPlan, batch: int, seed: int,
+                   given: Optional[torch.Tensor]) -> torch.Tensor:
+    """Uniform noise, with given frames copied (t0 = 1) or noised along the path to their t0."""
+    k = model.codebook_size
+    gen = torch.Generator().manual_seed(derive_seed(seed, TAG_INIT))
+    tokens = torch.randint(0, k, (batch, *plan_.latent_shape), generator=gen)
+    frames = plan_.schedule.given()
+    if not frames:
+        return tokens
+    given = check_given(given, batch, plan_.latent_shape, k, frames)
+    noise_u = uniforms(seed, TAG_NOISE, 0, tokens.shape)
+    for f in frames:
+        t0 = plan_.schedule.start[f]
+        if t0 >= 1.0:
+            tokens[:, f] = given[:, f]
+        else:
+            src = given[:, f].to(model.device)
+            tokens[:, f] = path.sample(src, t0, noise_u[:, f].to(model.device)).cpu()
+    return tokens
+
+
+def check_given(given: Optional[torch.Tensor], batch: int, latent: tuple, k: int, frames: list) -> torch.Tensor:
+    if given is None:
+        raise InputError(f"the schedule gives latent frames {frames} but no given tokens were passed")
+    given = torch.as_tensor(given)
+    if given.ndim == 3:
+        given = given.unsqueeze(0)
+    if given.dtype.is_floating_point or given.ndim != 4 or tuple(given.shape[1:]) != tuple(latent) \
+            or given.shape[0] not in (1, batch):
+        raise InputError(f"given tokens must be an integer tensor [B, T, h, w] = [{batch}, {latent[0]}, "
+                         f"{latent[1]}, {latent[2]}], got {given.dtype} {list(given.shape)}")
+    used = given[:, frames]
+    if used.min() < 0 or used.max() >= k:
+        raise InputError(f"given tokens of frames {frames} must be codes in [0, {k - 1}], found values in "
+                         f"[{int(used.min())}, {int(used.max())}]")
+    return given.expand(batch, *latent).long()
+
+
+def token_clocks(model: URSAModel, plan_: GenerationPlan, step: int, c: float, alpha: float,
+                 batch: int) -> TokenClocks:
+    grid = plan_.grid
+    t = plan_.schedule.frame_times(float(grid[step]))
+    dt = float(grid[step + 1] - grid[step]) if step + 1 < len(grid) else 0.0
+    h = plan_.schedule.frame_rates() * dt
+    frame = plan_.token_frame
+    device = model.device
+    as_tokens = (lambda v: v[frame].repeat(batch).to(device))  # noqa: E731 - flat order is (batch, token)
+    return TokenClocks(as_tokens(beta(t.clamp(max=1 - 1e-12), c, alpha)), as_tokens(beta_dot(t, c, alpha)),
+                       as_tokens(h))
+
+
+class _Denoiser:
+    """Runs the transformer for the current tokens and hands guided logits to the solver chunk by chunk."""
+
+    def __init__(self, model: URSAModel, cond_ids: torch.Tensor, uncond_ids: Optional[torch.Tensor],
+                 plan_: GenerationPlan, guidance: float):
+        self.model = model
+        self.cond_ids = cond_ids.to(model.device)
+        self.uncond_ids = None if uncond_ids is None else uncond_ids.to(model.device)
+        self.guidance = guidance
+        cfg = model.config
+        positions = sequence_positions(cfg.max_prompt_length, plan_.latent_shape, device=model.device)
+        self.cos, self.sin = rotary_cos_sin(positions, cfg.head_dim, cfg.rope_theta, model.transformer.dtype)
+        # Position L + j predicts visual token j (BOV predicts token 0): the reference's next-token shift.
+        self.keep = (plan_.active + cfg.max_prompt_length).to(model.device)
+        self.bov = torch.full((cond_ids.shape[0], 1), cfg.bov_token_id, dtype=torch.long, device=model.device)
+
+    def _sequence(self, text_ids: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        visual = tokens.flatten(1).to(self.model.device) + self.model.config.lm_vocab_size
+        return torch.cat([text_ids, self.bov, visual], dim=1)
+
+    @torch.no_grad()
+    def logits_fn(self, tokens: torch.Tensor, use_cfg: bool) -> Callable[[slice], torch.Tensor]:
+        transformer = self.model.transformer
+        batch = self.cond_ids.shape[0]
+        ids = [self._sequence(self.cond_ids, tokens)]
+        if use_cfg:
+            ids.append(self._sequence(self.uncond_ids, tokens))
+        hidden = transformer.hidden_states(torch.cat(ids, 0), self.cos, self.sin, self.keep)
+        hidden = hidden.reshape(len(ids), batch * self.keep.numel(), -1)
+        guidance = self.guidance
+
+        def logits(sl: slice) -> torch.Tensor:
+            cond = transformer.visual_logits(hidden[0, sl]).float()
+            uncond = transformer.visual_logits(hidden[1, sl]).float() if use_cfg else None
+            return guided_logits(cond, uncond, guidance)
+        return logits
+
+
+def auto_chunk(codebook_size: int, device: torch.device) -> int:
+    """Tokens per chunk so the ~6 live [chunk, K] fp32 tensors stay within a small budget."""
+    budget = (1 << 30) if device.type == "cuda" else (256 << 20)
+    return max(1, budget // (codebook_size * 4 * 6))
+
+
+def _resolve(value, default, name: str, low: float, high: float | None = None) -> float:
+    value = default if value is None else value
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < low or \
+            (high is not None and value > high):
+        allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise InputError(f"{name}={value!r} is not allowed: it must be a number {allowed}")
+    return float(value)
+
+
+def _prompt_ids(model: URSAModel, prompt, negative, motion):
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not prompts:
+        raise InputError("at least one prompt is needed")
+    negative = "" if negative is None else negative
+    negatives = [negative] * len(prompts) if isinstance(negative, str) else list(negative)
+    if len(negatives) != len(prompts):
+        raise InputError(f"{len(prompts)} prompts but {len(negatives)} negative prompts")
+    # The motion prefix belongs to the positive prompt only (the reference's README/demo usage).
+    return model.prompts.encode(prompts, motion), model.prompts.encode(negatives)
+
+
+@torch.no_grad()
+def generate(model: URSAModel, prompt: str | Sequence[str] = "", negative_prompt: str | Sequence[str] | None = None,
+             *, height: int = 320, width: int = 512, frames: int = 1, steps: int = 25, guidance: float = 7.0,
+             guidance_trunc: float = 0.9, c: Optional[float] = None, alpha: Optional[float] = None,
+             shift: Optional[float] = None, seed: int = 0, schedule: Optional[FrameSchedule] = None,
+             given_tokens: Optional[torch.Tensor] = None, motion: Optional[float] = None,
+             prompt_ids: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+             callback: Optional[Callable[[StepInfo], None]] = None, chunk_tokens: Optional[int] = None,
+             skip_noop_steps: bool = True) -> torch.Tensor:
+    """Sample visual tokens [B, T, H/s, W/s] (int64, CPU) for `prompt` (a string or a list: B prompts).
+
+    `c`, `alpha`, `shift` default to the checkpoint's scheduler config. `schedule` gives each latent frame a start
+    time (default: all from noise); frames with start > 0 take their tokens from `given_tokens` [B|1, T, h, w].
+    `motion` adds the video prefix `motion=<score>, `. `prompt_ids` (cond, uncond) [B, L] bypasses tokenization.
+    `callback(StepInfo)` runs after every step; an exception raised there stops generation (cancel).
+    The result depends only on the seed (and device numerics), not on `chunk_tokens`.
+    """
+    steps = int(_resolve(steps, None, "steps", 1, 1000))
+    guidance = _resolve(guidance, None, "guidance", 0.0, 100.0)
+    guidance_trunc = _resolve(guidance_trunc, None, "guidance_trunc", 0.0, 1.0)
+    c = _resolve(c, model.scheduler.c, "c", 1e-6)
+    alpha = _resolve(alpha, model.scheduler.alpha, "alpha", 1e-6)
+    shift = _resolve(shift, model.scheduler.shift, "shift", 1e-6)
+    plan_ = plan(model, frames, height, width, steps, shift, schedule)
+    cond_ids, uncond_ids = prompt_ids if prompt_ids is not None else _prompt_ids(model, prompt, negative_prompt,
+                                                                                  motion)
+    batch = cond_ids.shape[0]
+    path = model.path.with_params(c=c, alpha=alpha)
+    tokens = initial_tokens(model, path, plan_, batch, seed, given_tokens)
+    denoiser = _Denoiser(model, cond_ids, uncond_ids if guidance > 1 else None, plan_, guidance)
+    chunk = int(chunk_tokens or auto_chunk(model.codebook_size, model.device))
+    flat_active = tokens.flatten(1)[:, plan_.active]
+    for step in range(steps):
+        final = step == steps - 1
+        clocks = token_clocks(model, plan_, step, c, alpha, batch)
+        t = float(plan_.grid[step])
+        predicted = None
+        if final or not (skip_noop_steps and bool((clocks.beta_dot == 0).all())):
+            use_cfg = guidance > 1 and t < guidance_trunc
+            u = uniforms(seed, TAG_STEP, step, (3, batch, tokens[0].numel()))[:, :, plan_.active]
+            x_t = flat_active.reshape(-1).to(model.device)
+            new, x1 = euler_step(path, denoiser.logits_fn(tokens, use_cfg), x_t, clocks,
+                                 u.reshape(3, -1).to(model.device), final, chunk)
+            flat_active = new.view(batch, -1).cpu()
+            tokens = _scatter(tokens, plan_.active, flat_active)
+            predicted = _scatter(tokens, plan_.active, x1.view(batch, -1).cpu())
+        if callback is not None:
+            callback(StepInfo(step, steps, t, tokens, predicted))
+    return tokens
+
+
+def _scatter(tokens: torch.Tensor, active: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    out = tokens.clone()
+    out.flatten(1)[:, active] = values
+    return out

@@ -1,0 +1,80 @@
+"""The metric probability path over a tokenizer codebook (ursa.md §4.1).
+
+p_t(x | x1) = softmax_x(-beta_t * d(x, x1)), with d the squared L2 distance between unit-normalised code vectors
+and beta_t = c * (t / (1 - t))^alpha. beta_0 = 0 is uniform noise; beta -> inf as t -> 1 is the data.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def beta(t: torch.Tensor, c: float, alpha: float) -> torch.Tensor:
+    t = torch.as_tensor(t)
+    return c * (t / (1 - t)) ** alpha
+
+
+def beta_dot(t: torch.Tensor, c: float, alpha: float) -> torch.Tensor:
+    """d beta / dt = c * alpha * t^(alpha-1) / (1-t)^(alpha+1); defined as 0 at t = 0 (the reference's choice)."""
+    t = torch.as_tensor(t)
+    safe = torch.where(t > 0, t, torch.ones_like(t))
+    value = c * alpha * safe ** (alpha - 1) / (1 - safe) ** (alpha + 1)
+    return torch.where(t > 0, value, torch.zeros_like(value))
+
+
+class MetricPath:
+    """Distances and conditional probabilities on a codebook `emb` [K, D].
+
+    Work is done in `compute_dtype` (fp32 by default: the [n, K] tensors are chunked, so precision is cheap).
+    """
+
+    def __init__(self, emb: torch.Tensor, c: float, alpha: float, eps: float = 1e-5,
+                 compute_dtype: torch.dtype = torch.float32):
+        unit = F.normalize(emb.double(), dim=-1, eps=eps)
+        self.unit = unit.to(compute_dtype)
+        self.sumsq = unit.pow(2).sum(-1).to(compute_dtype)  # 1, or 0 for an all-zero code (FSQ's centre)
+        self.c = float(c)
+        self.alpha = float(alpha)
+
+    @property
+    def codebook_size(self) -> int:
+        return self.unit.shape[0]
+
+    def with_params(self, c: float, alpha: float) -> "MetricPath":
+        """A view of the same codebook with other schedule constants (no tensor is copied)."""
+        clone = object.__new__(MetricPath)
+        clone.__dict__.update(self.__dict__, c=float(c), alpha=float(alpha))
+        return clone
+
+    def to(self, device) -> "MetricPath":
+        self.unit = self.unit.to(device)
+        self.sumsq = self.sumsq.to(device)
+        return self
+
+    def distances(self, codes: torch.Tensor) -> torch.Tensor:
+        """d(x, codes[i]) for every code x: [n, K]."""
+        a = self.unit[codes]
+        dist = self.sumsq[codes].unsqueeze(-1) + self.sumsq - 2 * (a @ self.unit.T)
+        return dist.clamp_min_(0)
+
+    def log_probs(self, x1: torch.Tensor, beta_t: torch.Tensor) -> torch.Tensor:
+        """log p_t(x | x1[i]) for every x: [n, K]; beta_t broadcasts over tokens."""
+        return torch.log_softmax(-beta_t.unsqueeze(-1) * self.distances(x1), dim=-1)
+
+    def sample(self, x1: torch.Tensor, t: torch.Tensor, uniforms: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+        """Forward noising x_t ~ p_t(. | x1), token by token, never holding more than `chunk` rows of [n, K].
+
+        `uniforms` (one per token, in [0, 1)) make the draw independent of the chunk size.
+        """
+        from .solver import sample_from_weights
+
+        flat = x1.reshape(-1)
+        t_flat = torch.as_tensor(t, dtype=self.unit.dtype, device=flat.device).expand(x1.shape).reshape(-1)
+        u = uniforms.reshape(-1)
+        out = torch.empty_like(flat)
+        for start in range(0, flat.numel(), chunk):
+            sl = slice(start, start + chunk)
+            b = beta(t_flat[sl], self.c, self.alpha).to(self.unit.dtype)
+            weights = torch.softmax(-b.unsqueeze(-1) * self.distances(flat[sl]), dim=-1)
+            out[sl] = sample_from_weights(weights, u[sl])
+        return out.view_as(x1)

@@ -1,0 +1,188 @@
+"""Loading an URSA checkpoint folder in the official layout (ursa.md §1) into one `URSAModel`."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .config import SchedulerConfig, TransformerConfig
+from .errors import CheckpointError, InputError
+from .metric_path import MetricPath
+from .modeling_ursa import URSATransformer, expected_state_shapes
+from .safetensors_io import check_state_dict, load_state_dict, read_json
+from .text import PromptEncoder
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
+          "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+IMAGE_TOKENIZER_CLASSES = ("AutoencoderVQ",)
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """'auto' -> bf16 on GPUs that support it, else fp16 on GPUs, fp32 on CPU."""
+    if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES.values():
+            raise InputError(f"unknown dtype {dtype}; allowed: auto, fp32, fp16, bf16")
+        return dtype
+    key = str(dtype).lower()
+    if key == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if key not in DTYPES:
+        raise InputError(f"unknown dtype {dtype!r}; allowed: auto, fp32, fp16, bf16")
+    return DTYPES[key]
+
+
+@dataclass(frozen=True)
+class VisualGeometry:
+    """How pixels map to latent tokens, from `vae/config.json` (the pipeline's defaults are 4 and 8)."""
+    temporal_stride: int = 4
+    spatial_stride: int = 8
+    image_only: bool = False
+    fps: float = 12.0
+
+    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
+        if self.image_only and frames != 1:
+            raise InputError(f"frames={frames}: this checkpoint's image tokenizer only makes single images (frames=1)")
+        if frames < 1 or (frames - 1) % self.temporal_stride:
+            raise InputError(f"frames={frames} is not allowed: the video tokenizer needs 1 + "
+                             f"{self.temporal_stride}k frames (1, {1 + self.temporal_stride}, "
+                             f"{1 + 2 * self.temporal_stride}, ..., 49)")
+        for name, value in (("height", height), ("width", width)):
+            if value < self.spatial_stride or value % self.spatial_stride:
+                raise InputError(f"{name}={value} is not allowed: it must be a positive multiple of "
+                                 f"{self.spatial_stride} (the tokenizer stride)")
+        return (frames - 1) // self.temporal_stride + 1, height // self.spatial_stride, width // self.spatial_stride
+
+    def pixel_frames(self, latent_frames: int) -> int:
+        return (latent_frames - 1) * self.temporal_stride + 1
+
+
+@dataclass
+class URSAModel:
+    folder: Path
+    config: TransformerConfig
+    scheduler: SchedulerConfig
+    transformer: URSATransformer
+    path: MetricPath
+    prompts: PromptEncoder
+    geometry: VisualGeometry
+    vae: Optional[torch.nn.Module] = None
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return self.transformer.device
+
+    @property
+    def codebook_size(self) -> int:
+        return self.config.lm_head_size
+
+
+def _require_file(path: Path) -> Path:
+    if not path.is_file():
+        raise CheckpointError(f"missing file: {path} (model folder {path.parent.parent})")
+    return path
+
+
+def check_layout(folder: Path) -> None:
+    """Fail early, naming the first missing piece of the official layout."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"model folder not found: {folder}")
+    _require_file(folder / "model_index.json")
+    _require_file(folder / "transformer" / "config.json")
+    _require_file(folder / "scheduler" / "scheduler_config.json")
+    if not (folder / "tokenizer").is_dir():
+        raise CheckpointError(f"missing folder: {folder / 'tokenizer'} (model folder {folder})")
+    index = read_json(folder / "model_index.json")
+    for component in ("transformer", "scheduler", "tokenizer"):
+        if component not in index:
+            raise CheckpointError(f"{folder / 'model_index.json'}: no '{component}' component")
+
+
+def load_transformer(folder: Path, device: torch.device, dtype: torch.dtype) -> URSATransformer:
+    folder = Path(folder)
+    cfg = TransformerConfig.from_json(folder / "config.json")
+    state = load_state_dict(folder)
+    q = state.get("model.layers.0.self_attn.q_proj.weight")
+    if q is not None and q.shape[0] != cfg.num_attention_heads * cfg.head_dim:
+        raise CheckpointError(f"{folder}: 'model.layers.0.self_attn.q_proj.weight' has shape {tuple(q.shape)}, "
+                              f"expected ({cfg.num_attention_heads * cfg.head_dim}, {cfg.hidden_size}) "
+                              f"= num_attention_heads x head_dim {cfg.head_dim}")
+    check_state_dict(expected_state_shapes(cfg), state, folder)
+    with torch.device("meta"):
+        model = URSATransformer(cfg)
+    model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, assign=True, strict=True)
+    return model.to(device).eval().requires_grad_(False)
+
+
+def load_path_embedding(folder: Path) -> torch.Tensor:
+    """`scheduler_model.pth` {"path.emb": [K, D]} (weights_only), or its `.safetensors` twin."""
+    folder = Path(folder)
+    pth, st = folder / "scheduler_model.pth", folder / "scheduler_model.safetensors"
+    if pth.is_file():
+        try:
+            data = torch.load(str(pth), map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise CheckpointError(f"{pth}: cannot be read with weights_only=True ({exc})") from exc
+        source = pth
+    elif st.is_file():
+        from safetensors.torch import load_file
+        data, source = load_file(str(st)), st
+    else:
+        raise CheckpointError(f"missing file: {pth} (or scheduler_model.safetensors) in {folder}")
+    if not isinstance(data, dict) or "path.emb" not in data:
+        raise CheckpointError(f"{source}: missing key 'path.emb'")
+    emb = data["path.emb"]
+    if not isinstance(emb, torch.Tensor) or emb.ndim != 2:
+        raise CheckpointError(f"{source}: 'path.emb' must be a [K, D] tensor, found "
+                              f"{getattr(emb, 'shape', type(emb).__name__)}")
+    return emb
+
+
+def read_geometry(vae_dir: Path) -> VisualGeometry:
+    cfg_path = vae_dir / "config.json"
+    if not cfg_path.is_file():
+        return VisualGeometry()
+    raw = read_json(cfg_path)
+    image_only = raw.get("_class_name") in IMAGE_TOKENIZER_CLASSES
+    return VisualGeometry(temporal_stride=int(raw.get("temporal_stride", 1 if image_only else 4)),
+                          spatial_stride=int(raw.get("spatial_stride", 16 if image_only else 8)),
+                          image_only=image_only)
+
+
+def load_model(folder: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype = "auto",
+               load_vae: bool = True) -> URSAModel:
+    """Load transformer, scheduler path, tokenizer (and the visual tokenizer when present) from `folder`."""
+    folder = Path(folder)
+    device = torch.device(device)
+    dtype = resolve_dtype(dtype, device)
+    check_layout(folder)
+    transformer = load_transformer(folder / "transformer", device, dtype)
+    cfg = transformer.config
+    sched = SchedulerConfig.from_json(folder / "scheduler" / "scheduler_config.json")
+    emb = load_path_embedding(folder / "scheduler")
+    if emb.shape[0] != cfg.lm_head_size:
+        raise CheckpointError(f"{folder / 'scheduler'}: 'path.emb' has {emb.shape[0]} codes but the transformer's "
+                              f"lm_head_size is {cfg.lm_head_size}")
+    path = MetricPath(emb, c=sched.c, alpha=sched.alpha, eps=sched.eps).to(device)
+    prompts = PromptEncoder(folder / "tokenizer", cfg.max_prompt_length, cfg.lm_vocab_size)
+    model = URSAModel(folder, cfg, sched, transformer, path, prompts, read_geometry(folder / "vae"))
+    if load_vae and (folder / "vae" / "config.json").is_file():
+        model.vae = _load_vae(folder / "vae", device, emb)
+    return model
+
+
+def _load_vae(vae_dir: Path, device: torch.device, emb: torch.Tensor):
+    from .vae.loading import fsq_table_matches, load_visual_tokenizer
+
+    vae = load_visual_tokenizer(vae_dir, device=device)
+    if getattr(vae, "kind", None) == "fsq" and not fsq_table_matches(vae.code_table(), emb):
+        log.warning("%s: scheduler path.emb differs from the FSQ code table; using the scheduler's table", vae_dir)
+    return vae

@@ -1,0 +1,175 @@
+"""The URSA transformer: a Qwen3 decoder stack run with full bidirectional attention (ursa.md §2).
+
+One module reads `[prompt tokens, BOV, visual tokens + lm_vocab_size]` and predicts, at position p, the visual
+token at p + 1. `lm_head` covers only the K visual codes. Parameter names match the official state dict.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import TransformerConfig
+from .rope import apply_rotary
+
+
+class RMSNorm(nn.Module):
+    """Mean of squares in fp32, scaled in the input dtype (as the reference's fallback)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.num_heads = cfg.num_attention_heads
+        self.num_kv_heads = cfg.num_key_value_heads
+        self.head_dim = cfg.head_dim
+        self.q_proj = nn.Linear(cfg.hidden_size, self.num_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(cfg.hidden_size, self.num_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(cfg.hidden_size, self.num_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, cfg.hidden_size, bias=False)
+        self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
+        self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                attention_fn: Optional[Callable] = None) -> torch.Tensor:
+        batch, seq, _ = x.shape
+        q = self.q_proj(x).view(batch, seq, self.num_heads, self.head_dim)
+        k = self.k_proj(x).view(batch, seq, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(batch, seq, self.num_kv_heads, self.head_dim)
+        # QK-norm is applied per head before the rotary embedding.
+        q = apply_rotary(self.q_norm(q).transpose(1, 2), cos, sin)
+        k = apply_rotary(self.k_norm(k).transpose(1, 2), cos, sin)
+        v = v.transpose(1, 2)
+        attend = attention_fn or sdpa_attention
+        out = attend(q, k, v)  # bidirectional: no mask, no causal flag
+        return self.o_proj(out.transpose(1, 2).reshape(batch, seq, -1))
+
+
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Full bidirectional attention with grouped KV heads through PyTorch SDPA."""
+    return F.scaled_dot_product_attention(q, k, v, is_causal=False, enable_gqa=q.shape[1] != k.shape[1])
+
+
+class MLP(nn.Module):
+    # Tokens per MLP chunk: the [tokens, intermediate] fp32 SwiGLU product is the largest activation of a step
+    # (1.6 GiB per CFG branch for a 49-frame video); chunking over tokens is exact and caps it.
+    chunk_tokens = 8192
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] <= self.chunk_tokens:
+            return self._swiglu(x)
+        return torch.cat([self._swiglu(part) for part in x.split(self.chunk_tokens, dim=1)], dim=1)
+
+    def _swiglu(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_proj(x), self.up_proj(x)
+        # SwiGLU product in fp32, as the reference's jiterator kernel does.
+        return self.down_proj((F.silu(gate.float()) * up.float()).to(x.dtype))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, attention_fn=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, attention_fn)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Qwen3Stack(nn.Module):
+    """`model.*` in the state dict: embeddings, decoder layers, final norm."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+class URSATransformer(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.config = cfg
+        self.model = Qwen3Stack(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.lm_head_size, bias=False)
+        # Hook for low-VRAM streaming / alternative attention kernels; None = plain SDPA, resident weights.
+        self.layer_runner: Optional[Callable] = None
+        self.attention_fn: Optional[Callable] = None
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm_head.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
+    def hidden_states(self, input_ids: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                      keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Final-normed hidden states [B, len(keep) or S, hidden] at the positions `keep` (all when None).
+
+        Selecting rows before the final norm is exact (the norm is per token) and keeps the head's work to the
+        positions the sampler reads.
+        """
+        x = self.model.embed_tokens(input_ids)
+        if self.layer_runner is not None:
+            x = self.layer_runner(self, x, cos, sin)
+        else:
+            for layer in self.model.layers:
+                x = layer(x, cos, sin, self.attention_fn)
+        if keep is not None:
+            x = x[:, keep]
+        return self.model.norm(x)
+
+    def visual_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits over the K visual codes for already-selected hidden states."""
+        return self.lm_head(hidden)
+
+    def forward(self, input_ids, cos, sin, keep=None):
+        return self.visual_logits(self.hidden_states(input_ids, cos, sin, keep))
+
+
+def expected_state_shapes(cfg: TransformerConfig) -> dict[str, tuple[int, ...]]:
+    """Every key of the official transformer state dict with its shape (ursa.md §1.3)."""
+    hd = cfg.head_dim
+    shapes = {"model.embed_tokens.weight": (cfg.vocab_size, cfg.hidden_size),
+              "model.norm.weight": (cfg.hidden_size,),
+              "lm_head.weight": (cfg.lm_head_size, cfg.hidden_size)}
+    for i in range(cfg.num_hidden_layers):
+        p = f"model.layers.{i}."
+        shapes.update({
+            p + "input_layernorm.weight": (cfg.hidden_size,),
+            p + "post_attention_layernorm.weight": (cfg.hidden_size,),
+            p + "self_attn.q_proj.weight": (cfg.num_attention_heads * hd, cfg.hidden_size),
+            p + "self_attn.k_proj.weight": (cfg.num_key_value_heads * hd, cfg.hidden_size),
+            p + "self_attn.v_proj.weight": (cfg.num_key_value_heads * hd, cfg.hidden_size),
+            p + "self_attn.o_proj.weight": (cfg.hidden_size, cfg.num_attention_heads * hd),
+            p + "self_attn.q_norm.weight": (hd,),
+            p + "self_attn.k_norm.weight": (hd,),
+            p + "mlp.gate_proj.weight": (cfg.intermediate_size, cfg.hidden_size),
+            p + "mlp.up_proj.weight": (cfg.intermediate_size, cfg.hidden_size),
+            p + "mlp.down_proj.weight": (cfg.hidden_size, cfg.intermediate_size),
+        })
+    return shapes
