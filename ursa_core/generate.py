@@ -214,7 +214,7 @@ def generate(model: URSAModel, prompt: str | Sequence[str] = "", negative_prompt
     cond_ids, uncond_ids = prompt_ids if prompt_ids is not None else _prompt_ids(model, prompt, negative_prompt,
                                                                                   motion)
     batch = cond_ids.shape[0]
-    path = model.path.with_params(c=c, alpha=alpha)
+    path = model.path.with_params(c=c, alpha=alpha).to(model.device)
     tokens = initial_tokens(model, path, plan_, batch, seed, given_tokens)
     denoiser = _Denoiser(model, cond_ids, uncond_ids if guidance > 1 else None, plan_, guidance)
     chunk = int(chunk_tokens or auto_chunk(model.codebook_size, model.device))

@@ -10,6 +10,7 @@ import torch
 
 from .config import SchedulerConfig, TransformerConfig
 from .errors import CheckpointError, InputError
+from .geometry import VisualGeometry
 from .metric_path import MetricPath
 from .modeling_ursa import URSATransformer, expected_state_shapes
 from .safetensors_io import check_state_dict, load_state_dict, read_json
@@ -38,31 +39,6 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     return DTYPES[key]
 
 
-@dataclass(frozen=True)
-class VisualGeometry:
-    """How pixels map to latent tokens, from `vae/config.json` (the pipeline's defaults are 4 and 8)."""
-    temporal_stride: int = 4
-    spatial_stride: int = 8
-    image_only: bool = False
-    fps: float = 12.0
-
-    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
-        if self.image_only and frames != 1:
-            raise InputError(f"frames={frames}: this checkpoint's image tokenizer only makes single images (frames=1)")
-        if frames < 1 or (frames - 1) % self.temporal_stride:
-            raise InputError(f"frames={frames} is not allowed: the video tokenizer needs 1 + "
-                             f"{self.temporal_stride}k frames (1, {1 + self.temporal_stride}, "
-                             f"{1 + 2 * self.temporal_stride}, ..., 49)")
-        for name, value in (("height", height), ("width", width)):
-            if value < self.spatial_stride or value % self.spatial_stride:
-                raise InputError(f"{name}={value} is not allowed: it must be a positive multiple of "
-                                 f"{self.spatial_stride} (the tokenizer stride)")
-        return (frames - 1) // self.temporal_stride + 1, height // self.spatial_stride, width // self.spatial_stride
-
-    def pixel_frames(self, latent_frames: int) -> int:
-        return (latent_frames - 1) * self.temporal_stride + 1
-
-
 @dataclass
 class URSAModel:
     folder: Path
@@ -77,7 +53,8 @@ class URSAModel:
 
     @property
     def device(self) -> torch.device:
-        return self.transformer.device
+        # Read from a weight: ComfyUI's ModelPatcher moves the module and overwrites any `device` attribute.
+        return self.transformer.lm_head.weight.device
 
     @property
     def codebook_size(self) -> int:
@@ -176,6 +153,7 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu", dtype: st
     model = URSAModel(folder, cfg, sched, transformer, path, prompts, read_geometry(folder / "vae"))
     if load_vae and (folder / "vae" / "config.json").is_file():
         model.vae = _load_vae(folder / "vae", device, emb)
+        model.geometry = model.vae.geometry  # the tokenizer's own rule (e.g. IBQ stride from its levels)
     return model
 
 

@@ -122,10 +122,6 @@ class URSATransformer(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.lm_head.weight.dtype
 
-    @property
-    def device(self) -> torch.device:
-        return self.lm_head.weight.device
-
     def hidden_states(self, input_ids: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                       keep: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Final-normed hidden states [B, len(keep) or S, hidden] at the positions `keep` (all when None).
