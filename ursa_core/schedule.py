@@ -115,3 +115,108 @@ def _count(frames: int | Sequence | Iterable) -> int:
     if n < 1:
         raise InputError(f"a schedule needs at least one latent frame, got {n}")
     return n
+
+
+SCHEDULE_MODES = ("text-to-image", "text-to-video", "image-to-video", "interpolation", "extension",
+                  "custom keyframes")
+
+
+def parse_keyframes(text: str, latent_frames: int) -> dict[int, float]:
+    """'0:1.0, 12:0.9, -1' -> {0: 1.0, 12: 0.9, T-1: 1.0}: latent frame index (negative from the end) and start
+    time (default 1.0 = held)."""
+    starts: dict[int, float] = {}
+    for item in filter(None, (part.strip() for part in text.replace(";", ",").split(","))):
+        index_text, _, time_text = item.partition(":")
+        try:
+            index = int(index_text)
+            t0 = float(time_text) if time_text.strip() else 1.0
+        except ValueError:
+            raise InputError(f"keyframe {item!r} is not 'index' or 'index:start_time' (e.g. '0:1.0, -1:0.9')") \
+                from None
+        if not -latent_frames <= index < latent_frames:
+            raise InputError(f"keyframe index {index} is outside the clip's latent frames "
+                             f"[0, {latent_frames - 1}] (or -{latent_frames}..-1 from the end)")
+        if not 0.0 <= t0 <= 1.0:
+            raise InputError(f"keyframe {item!r}: start time {t0} is outside [0, 1]")
+        starts[index % latent_frames] = t0
+    if not starts:
+        raise InputError("custom keyframes: give at least one 'index:start_time', e.g. '0:1.0, -1:1.0'")
+    return starts
+
+
+@dataclass(frozen=True)
+class ScheduledTokens:
+    """A FrameSchedule plus the tokens of its given frames ([B, T, h, w]; frames that are not given are 0)."""
+    schedule: FrameSchedule
+    given: "torch.Tensor | None"
+
+
+def _place(given: torch.Tensor, frame: int, source: "torch.Tensor | None", name: str, pick: int) -> None:
+    if source is None:
+        raise InputError(f"{name} tokens are needed for this mode")
+    if tuple(source.shape[2:]) != tuple(given.shape[2:]):
+        raise InputError(f"{name} tokens are {source.shape[2]}x{source.shape[3]} latents but the clip is "
+                         f"{given.shape[2]}x{given.shape[3]}: encode the image at the sampler's width/height")
+    given[:, frame] = source[:, pick]
+
+
+def build_schedule(mode: str, latent_frames: int, *, start_time: float = 1.0, given_frames: int = 1,
+                   keyframes: str = "", start_tokens=None, end_tokens=None, hold: bool = True) -> ScheduledTokens:
+    """The schedule of a task, with given tokens taken from `start_tokens` / `end_tokens` ([B, T, h, w]).
+
+    image-to-video: frame 0 <- first latent of start_tokens; interpolation: also frame T-1 <- last latent of
+    end_tokens; extension: frames 0..k-1 <- the last k latents of start_tokens; custom keyframes: start_tokens
+    covers the whole clip (T latents) or has one latent per keyframe, in order.
+    """
+    if mode not in SCHEDULE_MODES:
+        raise InputError(f"mode {mode!r} is not one of {SCHEDULE_MODES}")
+    if mode == "text-to-image" and latent_frames != 1:
+        raise InputError(f"text-to-image makes 1 frame, but the clip has {latent_frames} latent frames")
+    if mode in ("text-to-image", "text-to-video"):
+        return ScheduledTokens(FrameSchedule.generate(latent_frames), None)
+    starts = _mode_starts(mode, latent_frames, start_time, given_frames, keyframes)
+    schedule = FrameSchedule.keyframes(latent_frames, starts, hold=hold)
+    reference = start_tokens if start_tokens is not None else end_tokens
+    if reference is None:
+        raise InputError(f"mode {mode!r} needs start tokens (encode an image or pass a token clip)")
+    given = torch.zeros(reference.shape[0], latent_frames, *reference.shape[2:], dtype=torch.long)
+    _fill_given(mode, given, starts, start_tokens, end_tokens, given_frames)
+    return ScheduledTokens(schedule, given)
+
+
+def _mode_starts(mode, latent_frames, start_time, given_frames, keyframes) -> dict[int, float]:
+    if mode == "image-to-video":
+        return {0: start_time}
+    if mode == "interpolation":
+        if latent_frames < 2:
+            raise InputError(f"interpolation needs at least 2 latent frames (5 pixel frames), got {latent_frames}")
+        return {0: start_time, latent_frames - 1: start_time}
+    if mode == "extension":
+        if not 1 <= given_frames < latent_frames:
+            raise InputError(f"extension: given_frames={given_frames} must be in [1, {latent_frames - 1}] "
+                             f"for a clip of {latent_frames} latent frames")
+        return {i: start_time for i in range(given_frames)}
+    return parse_keyframes(keyframes, latent_frames)
+
+
+def _fill_given(mode, given, starts, start_tokens, end_tokens, given_frames) -> None:
+    if mode == "image-to-video":
+        _place(given, 0, start_tokens, "start", 0)
+    elif mode == "interpolation":
+        _place(given, 0, start_tokens, "start", 0)
+        _place(given, given.shape[1] - 1, end_tokens, "end", -1)
+    elif mode == "extension":
+        if start_tokens is None or start_tokens.shape[1] < given_frames:
+            have = None if start_tokens is None else start_tokens.shape[1]
+            raise InputError(f"extension needs start tokens with at least given_frames={given_frames} latent "
+                             f"frames, got {have}")
+        for i in range(given_frames):
+            _place(given, i, start_tokens, "start", start_tokens.shape[1] - given_frames + i)
+    else:
+        frames = sorted(starts)
+        if start_tokens is None or start_tokens.shape[1] not in (given.shape[1], len(frames)):
+            have = None if start_tokens is None else start_tokens.shape[1]
+            raise InputError(f"custom keyframes need start tokens with {given.shape[1]} latent frames (the whole "
+                             f"clip) or {len(frames)} (one per keyframe), got {have}")
+        for n, frame in enumerate(frames):
+            _place(given, frame, start_tokens, "start", frame if start_tokens.shape[1] == given.shape[1] else n)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,3 +49,14 @@ def load_tokens(path: str | Path) -> tuple[torch.Tensor, dict[str, Any]]:
     except Exception as exc:
         raise InputError(f"{path}: cannot read tokens ({exc})") from exc
     return tokens, {k: json.loads(v) for k, v in meta.items() if k != "format"}
+
+
+@dataclass
+class TokenClip:
+    """Sampled visual tokens travelling between nodes: ids [B, T, h, w] (CPU int64) and the clip's frame rate."""
+    tokens: torch.Tensor
+    fps: float = 12.0
+
+    @property
+    def latent_frames(self) -> int:
+        return self.tokens.shape[1]

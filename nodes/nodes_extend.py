@@ -1,0 +1,77 @@
+"""URSAExtendVideo: sliding-window extension of a token clip, carrying tokens (never re-encoding pixels)."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ursa_core.extend import WindowInfo, WindowPlan, extend_clip
+from ursa_core.token_io import TokenClip
+
+from . import glue
+from .nodes_sampler import checkpoint_default, sampling_inputs
+from .nodes_schedule import MAX_FRAMES, check_video_frames, latent_frames
+from .types import URSACond, URSAModel, URSATokens
+
+
+def run_extension(model, conditioning, tokens: TokenClip, windows, window_frames, overlap, carry_start,
+                  window_prompts: str, **sampling) -> TokenClip:
+    model.to_compute_device()
+    core = model.model
+    plan = WindowPlan(windows, latent_frames(window_frames), overlap)
+    plan.check()
+    progress = glue.StepProgress(windows * sampling["steps"])
+
+    def on_step(info: WindowInfo) -> None:
+        progress.advance()
+        if info.step.step + 1 == info.step.steps:
+            glue.check_interrupt()  # cancel between windows too
+    lines = [line for line in window_prompts.splitlines() if line.strip()] or [conditioning.prompt]
+    clip = extend_clip(core, tokens.tokens, lines, plan, negative_prompt=conditioning.negative_prompt,
+                       carry_start=carry_start, motion=conditioning.motion, callback=on_step, **sampling)
+    return TokenClip(clip, tokens.fps)
+
+
+class URSAExtendVideo(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="URSAExtendVideo", display_name="URSA Extend Video (sliding window)", category="URSA/video",
+            description="Makes a clip longer window by window: each window re-uses the last `overlap` latent "
+                        "frames of the clip as given frames and appends (window - overlap) new latent frames. "
+                        "Tokens are carried over directly, so there is no decode/encode colour drift. Progress "
+                        "covers every window; cancel works between steps and windows.",
+            inputs=[
+                URSAModel.Input("model", tooltip="From URSA Model Loader."),
+                URSACond.Input("conditioning", tooltip="Prompt used for every window without its own line in "
+                                                       "window_prompts."),
+                URSATokens.Input("tokens", tooltip="The clip to extend (e.g. URSA Sampler output)."),
+                io.Int.Input("windows", default=2, min=1, max=64,
+                             tooltip="How many windows to add. Each adds (window_frames - 1)/4 + 1 - overlap "
+                                     "latent frames = 4 pixel frames each."),
+                io.Int.Input("window_frames", default=49, min=5, max=MAX_FRAMES, step=4,
+                             tooltip="Pixel frames per window (1 + 4k), 49 as the URSA extension loop."),
+                io.Int.Input("overlap", default=4, min=1, max=59,
+                             tooltip="Latent frames carried from the end of the clip into each window (4 latent "
+                                     "frames = 13 pixel frames, as URSA's loop)."),
+                *sampling_inputs(steps=50),
+                io.Float.Input("carry_start", default=1.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Start time of the carried frames: 1 = kept exactly; 0.9 = lightly "
+                                       "noised so the seam can adapt (URSA's loop uses 0.9)."),
+                io.String.Input("window_prompts", multiline=True, default="", optional=True,
+                                tooltip="Optional: one prompt per line, line i for window i (the last line "
+                                        "repeats). Empty = the conditioning's prompt for every window."),
+            ],
+            outputs=[URSATokens.Output(display_name="tokens")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, window_frames=None):
+        if window_frames is not None and window_frames < 5:
+            return f"window_frames={window_frames} is not allowed: a window needs at least 5 frames (2 latents)"
+        return check_video_frames(window_frames) or True
+
+    @classmethod
+    def execute(cls, model, conditioning, tokens, windows, window_frames, overlap, seed, steps, cfg,
+                guidance_trunc, carry_start, window_prompts="") -> io.NodeOutput:
+        clip = run_extension(model, conditioning, tokens, windows, window_frames, overlap, carry_start,
+                             window_prompts, seed=seed, steps=steps, guidance=cfg, guidance_trunc=guidance_trunc)
+        return io.NodeOutput(clip)

@@ -1,0 +1,78 @@
+"""URSAFrameSchedule: which latent frames are given and how noised (frame-wise clocks) -> URSA_SCHEDULE."""
+from __future__ import annotations
+
+from comfy_api.latest import io, ui
+
+from ursa_core.preview import schedule_diagram
+from ursa_core.schedule import SCHEDULE_MODES, build_schedule
+
+from .types import URSASchedule, URSATokens
+
+MAX_FRAMES = 1 + 4 * 60
+
+
+def latent_frames(frames: int) -> int:
+    return (frames - 1) // 4 + 1
+
+
+def check_video_frames(frames) -> str | None:
+    """The 1+4k rule, checked before the graph runs (core's own min/max are off for validated inputs)."""
+    if frames is None:
+        return None
+    if not isinstance(frames, int) or not 1 <= frames <= MAX_FRAMES or (frames - 1) % 4:
+        return (f"frames={frames!r} is not allowed: use 1 (an image) or 1 + 4k up to {MAX_FRAMES} "
+                f"(5, 9, 13, ..., 49 = 4 s at 12 fps)")
+    return None
+
+
+class URSAFrameSchedule(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="URSAFrameSchedule", display_name="URSA Frame Schedule (timestep mask)",
+            category="URSA/conditioning",
+            description="Gives every latent frame its own start time: 0 = generated from noise, 1 = a given frame "
+                        "held exactly, in between = a given frame noised to that time that keeps refining. "
+                        "Image-to-video, interpolation, extension and keyframes are all schedules. The preview "
+                        "shows one column per latent frame (black = generated, green = held, amber = noised).",
+            inputs=[
+                io.Combo.Input("mode", options=list(SCHEDULE_MODES), default="image-to-video",
+                               tooltip="Which frames are given: image-to-video = the first; interpolation = first "
+                                       "and last; extension = the first given_frames (from the end of "
+                                       "start_tokens); custom keyframes = the 'keyframes' list."),
+                io.Int.Input("frames", default=49, min=1, max=MAX_FRAMES, step=4,
+                             tooltip="Pixel frames of the clip, 1 + 4k; must equal the sampler's frames."),
+                io.Float.Input("start_time", default=1.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Start time of the given frames: 1.0 = kept exactly; 0.9 = lightly "
+                                       "noised so they can adapt (the reference's cond_noise_scale 0.1)."),
+                io.Int.Input("given_frames", default=4, min=1, max=latent_frames(MAX_FRAMES) - 1,
+                             tooltip="extension only: how many latent frames are carried over (4 latent "
+                                     "frames = 13 pixel frames, as the URSA extension loop)."),
+                io.String.Input("keyframes", default="0:1.0, -1:1.0",
+                                tooltip="custom keyframes only: 'latent_index:start_time' pairs, comma separated; "
+                                        "negative indices count from the end (-1 = last latent frame)."),
+                URSATokens.Input("start_tokens", optional=True,
+                                 tooltip="Tokens of the first image (image-to-video, interpolation), the clip to "
+                                         "continue (extension) or the keyframes (custom)."),
+                URSATokens.Input("end_tokens", optional=True,
+                                 tooltip="interpolation only: tokens of the last image."),
+                io.Boolean.Input("hold", default=True, optional=True,
+                                 tooltip="On: frames with start time 1 are never resampled. Off: the reference "
+                                         "pipeline's behaviour (given frames only initialise the clip, every frame "
+                                         "follows one clock and the last step re-samples them)."),
+            ],
+            outputs=[URSASchedule.Output(display_name="schedule")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, frames=None):
+        return check_video_frames(frames) or True
+
+    @classmethod
+    def execute(cls, mode, frames, start_time, given_frames, keyframes, start_tokens=None, end_tokens=None,
+                hold=True) -> io.NodeOutput:
+        scheduled = build_schedule(mode, latent_frames(frames), start_time=start_time, given_frames=given_frames,
+                                   keyframes=keyframes, hold=hold,
+                                   start_tokens=None if start_tokens is None else start_tokens.tokens,
+                                   end_tokens=None if end_tokens is None else end_tokens.tokens)
+        return io.NodeOutput(scheduled, ui=ui.PreviewImage(schedule_diagram(scheduled.schedule), cls=cls))

@@ -1,0 +1,94 @@
+"""URSATokenizerEncode / URSATokenizerDecode: ComfyUI IMAGE batches <-> URSA_TOKENS through the visual tokenizer."""
+from __future__ import annotations
+
+import torch
+from comfy_api.latest import io
+
+from ursa_core.errors import InputError
+from ursa_core.media import RESIZE_MODES, fit_frames, from_model_pixels, to_model_pixels
+from ursa_core.token_io import TokenClip
+
+from . import glue
+from .types import URSATokens, URSAVQ
+
+MAX_SIZE = 4096
+
+
+def size_inputs(width: int = 512, height: int = 320) -> list:
+    return [
+        io.Int.Input("width", default=width, min=8, max=MAX_SIZE, step=8,
+                     tooltip="Pixel width; a multiple of the tokenizer stride (8 for FSQ320, 16 for IBQ1024)."),
+        io.Int.Input("height", default=height, min=8, max=MAX_SIZE, step=8,
+                     tooltip="Pixel height; a multiple of the tokenizer stride (8 for FSQ320, 16 for IBQ1024)."),
+    ]
+
+
+def encode_images(vq_handle, images: torch.Tensor, width: int, height: int, resize_mode: str) -> TokenClip:
+    vq = vq_handle.to_compute_device()
+    frames = fit_frames(images, width, height, resize_mode)
+    vq.latent_shape(frames.shape[0], height, width)  # frame-count and size rules, with the allowed values
+    pixels = to_model_pixels(frames).to(vq.device, vq.dtype)
+    with torch.no_grad():
+        tokens = vq.encode(pixels).cpu()
+    return TokenClip(tokens, vq_handle.fps)
+
+
+class URSATokenizerEncode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="URSATokenizerEncode", display_name="URSA Tokenizer Encode", category="URSA/tokenizer",
+            description="Encodes an IMAGE batch (one image, or video frames) into URSA visual tokens. Any input "
+                        "size is resized to width x height; alpha is dropped. A batch of F frames must have "
+                        "F = 1 + 4k for the video tokenizer (1 frame = one latent frame, for image-to-video).",
+            inputs=[
+                URSAVQ.Input("vq", tooltip="The visual tokenizer from URSA Model Loader."),
+                io.Image.Input("image", tooltip="IMAGE batch [frames, H, W, C] in 0..1 (LoadImage, VHS, ...)."),
+                *size_inputs(),
+                io.Combo.Input("resize_mode", options=list(RESIZE_MODES), default="crop",
+                               tooltip="crop: scale to cover then centre-crop; pad: scale to fit then pad with "
+                                       "black; stretch: resize ignoring aspect ratio."),
+            ],
+            outputs=[URSATokens.Output(display_name="tokens")],
+        )
+
+    @classmethod
+    def execute(cls, vq, image, width, height, resize_mode) -> io.NodeOutput:
+        return io.NodeOutput(encode_images(vq, image, width, height, resize_mode))
+
+
+def decode_clip(vq_handle, clip: TokenClip) -> torch.Tensor:
+    vq = vq_handle.to_compute_device()
+    if int(clip.tokens.max()) >= vq.codebook_size:
+        raise InputError(f"tokens contain code {int(clip.tokens.max())} but this tokenizer has "
+                         f"{vq.codebook_size} codes: were they made with another model?")
+    progress = None
+
+    def on_chunk(done: int, total: int) -> None:
+        nonlocal progress
+        progress = progress or glue.StepProgress(total)
+        progress.advance()
+    with torch.no_grad():
+        pixels = vq.decode(clip.tokens.to(vq.device), callback=on_chunk)
+    return from_model_pixels(pixels)
+
+
+class URSATokenizerDecode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="URSATokenizerDecode", display_name="URSA Tokenizer Decode", category="URSA/tokenizer",
+            description="Decodes URSA tokens to an IMAGE batch (float32 [frames, H, W, 3] on the CPU) plus the "
+                        "frame rate, ready for CreateVideo/SaveVideo, upscalers or VHS. Long clips are decoded in "
+                        "temporal chunks when they do not fit, with progress and cancel per chunk.",
+            inputs=[
+                URSAVQ.Input("vq", tooltip="The visual tokenizer from URSA Model Loader."),
+                URSATokens.Input("tokens", tooltip="From URSA Sampler, URSA Extend Video or URSA Load Tokens."),
+            ],
+            outputs=[io.Image.Output(display_name="images"),
+                     io.Float.Output(display_name="fps", tooltip="The model's frame rate (12 for URSA).")],
+        )
+
+    @classmethod
+    def execute(cls, vq, tokens) -> io.NodeOutput:
+        return io.NodeOutput(decode_clip(vq, tokens), float(tokens.fps))

@@ -1,0 +1,80 @@
+"""URSASaveTokens / URSALoadTokens: keep sampled tokens as safetensors so a failed decode loses no sampling."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import folder_paths
+from comfy_api.latest import io, ui
+
+from ursa_core.token_io import TokenClip, load_tokens, save_tokens
+
+from .types import URSATokens
+
+SUBFOLDER_HINT = "ursa_tokens"
+
+
+def token_files() -> list[str]:
+    """*.safetensors under ComfyUI's input folder, plus the output folder's with the ' [output]' annotation."""
+    names = []
+    for root, suffix in ((folder_paths.get_input_directory(), ""),
+                         (folder_paths.get_output_directory(), " [output]")):
+        base = Path(root)
+        if base.is_dir():
+            names += sorted(p.relative_to(base).as_posix() + suffix for p in base.rglob("*.safetensors"))
+    return names
+
+
+class URSASaveTokens(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="URSASaveTokens", display_name="URSA Save Tokens", category="URSA/tokens",
+            description="Writes tokens to ComfyUI's output folder as .safetensors (with fps and the prompt). "
+                        "Load them later with URSA Load Tokens to decode again without sampling again.",
+            inputs=[
+                URSATokens.Input("tokens", tooltip="Tokens to keep."),
+                io.String.Input("filename_prefix", default=f"{SUBFOLDER_HINT}/URSA",
+                                tooltip="Output path prefix; a counter and .safetensors are appended."),
+            ],
+            outputs=[URSATokens.Output(display_name="tokens")],
+            hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, tokens, filename_prefix) -> io.NodeOutput:
+        out_dir = folder_paths.get_output_directory()
+        folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, out_dir)
+        path = save_tokens(tokens.tokens, os.path.join(folder, f"{name}_{counter:05}_.safetensors"),
+                           fps=tokens.fps, shape=list(tokens.tokens.shape))
+        shown = f"{subfolder}/{path.name}" if subfolder else path.name
+        return io.NodeOutput(tokens, ui=ui.PreviewText(f"saved {shown} [output]"))
+
+
+class URSALoadTokens(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="URSALoadTokens", display_name="URSA Load Tokens", category="URSA/tokens",
+            description="Reads tokens written by URSA Save Tokens from the input folder (or the output folder, "
+                        "entries marked [output]).",
+            inputs=[io.Combo.Input("token_file", options=token_files(),
+                                   tooltip="A .safetensors token file in input/ (or output/, marked [output]).")],
+            outputs=[URSATokens.Output(display_name="tokens")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, token_file=None):
+        if token_file is not None and not folder_paths.exists_annotated_filepath(token_file):
+            return f"token file {token_file!r} not found; available: {token_files() or 'none'}"
+        return True
+
+    @classmethod
+    def fingerprint_inputs(cls, token_file=None):
+        return os.path.getmtime(folder_paths.get_annotated_filepath(token_file))
+
+    @classmethod
+    def execute(cls, token_file) -> io.NodeOutput:
+        tokens, meta = load_tokens(folder_paths.get_annotated_filepath(token_file))
+        return io.NodeOutput(TokenClip(tokens, float(meta.get("fps", 12.0))))

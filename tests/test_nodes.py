@@ -1,0 +1,181 @@
+"""Every node's execute on the tiny checkpoint, with ComfyUI's modules replaced by the stubs (pytest-mock)."""
+import shutil
+
+import pytest
+import torch
+
+from tiny_fixtures import tiny_dir  # noqa: F401 (fixture)
+
+SIZE = dict(width=32, height=32)
+
+
+@pytest.fixture
+def env(comfy, tiny_dir):
+    """Fake ComfyUI with the tiny checkpoint in models/ursa/, and the plugin's node modules imported under it."""
+    target = shutil.copytree(tiny_dir, f"{comfy.models_dir}/ursa/URSA-tiny")
+    import nodes  # noqa: F401 - imported after the stubs are in sys.modules
+    from nodes import (nodes_extend, nodes_loader, nodes_sampler, nodes_schedule, nodes_text, nodes_tokenizer,
+                       nodes_tokens_io)
+    comfy.mods = dict(loader=nodes_loader, text=nodes_text, tok=nodes_tokenizer, sched=nodes_schedule,
+                      sampler=nodes_sampler, extend=nodes_extend, tio=nodes_tokens_io)
+    comfy.model_dir = target
+    return comfy
+
+
+def load(env):
+    model, vq = env.run(env.mods["loader"].URSAModelLoader, model_name="URSA-tiny", dtype="fp32").result
+    cond = env.run(env.mods["text"].URSATextEncode, model=model, prompt="a red fox", negative_prompt="",
+                   motion_score=9.0).result[0]
+    return model, vq, cond
+
+
+def sample(env, model, cond, **kw):
+    args = dict(model=model, conditioning=cond, seed=1, steps=3, cfg=5.0, guidance_trunc=0.9, frames=1, c=0.0,
+                alpha=0.0, shift=0.0, preview=False, **SIZE)
+    args.update(kw)
+    return env.run(env.mods["sampler"].URSASampler, **args).result[0]
+
+
+def test_loader_lists_and_loads(env):
+    loader = env.mods["loader"].URSAModelLoader
+    schema = loader.GET_SCHEMA()
+    assert schema.input_by_id("model_name").options == ["URSA-tiny"]
+    assert env.validate(loader, {"model_name": "URSA-tiny", "dtype": "auto"}) == []
+    errors = env.validate(loader, {"model_name": "nope", "dtype": "fp32"})
+    assert errors and "'nope' not found" in str(errors) and "URSA-tiny" in str(errors)
+    model, vq, _ = load(env)
+    # Both models are wrapped for ComfyUI's model management, with the devices it chose.
+    assert [p.model for p in env.patchers] == [model.model.transformer, vq.vq]
+    assert model.model.transformer.dtype == torch.float32 and vq.fps == 12.0
+
+
+def test_text_encode_motion_only_for_video(env):
+    model, _, cond = load(env)
+    assert cond.video_ids.shape == cond.image_ids.shape == (1, model.model.config.max_prompt_length)
+    tok = model.model.prompts.tokenizer
+    assert tok.decode(cond.video_ids[0], skip_special_tokens=True) == "motion=9.0, a red fox"
+    assert tok.decode(cond.image_ids[0], skip_special_tokens=True) == "a red fox"
+    assert torch.equal(cond.ids_for(1)[0], cond.image_ids) and torch.equal(cond.ids_for(5)[0], cond.video_ids)
+
+
+def test_sampler_text_to_image_progress_and_model_management(env):
+    model, _, cond = load(env)
+    clip = sample(env, model, cond)
+    assert clip.tokens.shape == (1, 1, 4, 4) and clip.fps == 12.0
+    assert [u["value"] for u in env.progress_updates][-1] == 3 and len(env.progress_updates) == 3
+    assert model.patcher in env.loaded_models, "the sampler must go through load_models_gpu"
+    again = sample(env, model, cond)
+    assert torch.equal(clip.tokens, again.tokens)
+
+
+def test_sampler_preview_images(env):
+    model, _, cond = load(env)
+    sample(env, model, cond, preview=True)
+    previews = [u["preview"] for u in env.progress_updates if u.get("preview") is not None]
+    assert previews and previews[0][0] == "JPEG" and previews[0][1].size == (32, 32)
+
+
+def test_sampler_cancel_stops_at_next_step(env):
+    model, _, cond = load(env)
+    env.interrupt_after(1)
+    with pytest.raises(env.InterruptProcessingException):
+        sample(env, model, cond, steps=5)
+    assert len(env.progress_updates) == 1
+
+
+def test_sampler_validation_names_values(env):
+    sampler = env.mods["sampler"].URSASampler
+    base = {"model": ["1", 0], "conditioning": ["2", 0], "seed": 0, "steps": 4, "cfg": 7.0, "guidance_trunc": 0.9,
+            "frames": 1, "width": 32, "height": 32, "c": 0.0, "alpha": 0.0, "shift": 0.0}
+    assert env.validate(sampler, base) == []
+    assert "frames=6" in str(env.validate(sampler, {**base, "frames": 6}))
+    assert "width=30" in str(env.validate(sampler, {**base, "width": 30}))
+    assert "height=99999" in str(env.validate(sampler, {**base, "height": 99999}))
+    assert env.validate(sampler, {**base, "steps": 0})  # core's own min check still applies
+
+
+def encode(env, vq, image, **kw):
+    return env.run(env.mods["tok"].URSATokenizerEncode, vq=vq, image=image, resize_mode=kw.pop("mode", "crop"),
+                   **{**SIZE, **kw}).result[0]
+
+
+def test_encode_any_size_and_alpha_then_decode(env):
+    _, vq, _ = load(env)
+    rgba = torch.rand(1, 50, 70, 4)
+    clip = encode(env, vq, rgba)
+    assert clip.tokens.shape == (1, 1, 4, 4)
+    video = encode(env, vq, torch.rand(5, 32, 32, 3), mode="stretch")
+    assert video.tokens.shape == (1, 2, 4, 4)
+    with pytest.raises(ValueError, match="frames=4"):
+        encode(env, vq, torch.rand(4, 32, 32, 3))
+    images, fps = env.run(env.mods["tok"].URSATokenizerDecode, vq=vq, tokens=video).result
+    assert images.shape == (5, 32, 32, 3) and images.dtype == torch.float32 and images.device.type == "cpu"
+    assert 0 <= float(images.min()) and float(images.max()) <= 1 and fps == 12.0
+
+
+def schedule(env, mode, frames, **kw):
+    args = dict(mode=mode, frames=frames, start_time=1.0, given_frames=1, keyframes="0:1.0, -1:1.0")
+    args.update(kw)
+    return env.run(env.mods["sched"].URSAFrameSchedule, **args)
+
+
+def test_image_to_video_and_interpolation(env):
+    model, vq, cond = load(env)
+    first, last = encode(env, vq, torch.rand(1, 32, 32, 3)), encode(env, vq, torch.rand(1, 32, 32, 3))
+    out = schedule(env, "image-to-video", 9, start_tokens=first)
+    assert out.ui is not None  # the schedule preview image
+    clip = sample(env, model, cond, frames=9, schedule=out.result[0])
+    assert torch.equal(clip.tokens[:, 0], first.tokens[:, 0])
+    interp = schedule(env, "interpolation", 9, start_tokens=first, end_tokens=last).result[0]
+    clip = sample(env, model, cond, frames=9, schedule=interp)
+    assert torch.equal(clip.tokens[:, 0], first.tokens[:, 0]) and torch.equal(clip.tokens[:, -1], last.tokens[:, 0])
+    with pytest.raises(ValueError, match="end tokens"):
+        schedule(env, "interpolation", 9, start_tokens=first)
+    with pytest.raises(ValueError, match="schedule has 3 latent frames but the clip has 2"):
+        sample(env, model, cond, frames=5, schedule=out.result[0])
+
+
+def test_schedule_validation_and_custom_keyframes(env):
+    node = env.mods["sched"].URSAFrameSchedule
+    base = {"mode": "text-to-video", "frames": 9, "start_time": 1.0, "given_frames": 1, "keyframes": ""}
+    assert env.validate(node, base) == []
+    assert "frames=8" in str(env.validate(node, {**base, "frames": 8}))
+    with pytest.raises(ValueError, match="keyframe index 7"):
+        schedule(env, "custom keyframes", 9, keyframes="7:1.0", start_tokens=None)
+    model, vq, cond = load(env)
+    clip = encode(env, vq, torch.rand(9, 32, 32, 3))
+    keyed = schedule(env, "custom keyframes", 9, keyframes="1:1.0, 2:0.5", start_tokens=clip).result[0]
+    assert keyed.schedule.start == (0.0, 1.0, 0.5)
+    out = sample(env, model, cond, frames=9, schedule=keyed)
+    assert torch.equal(out.tokens[:, 1], clip.tokens[:, 1])
+
+
+def test_extend_video_carries_tokens(env):
+    model, vq, cond = load(env)
+    base = sample(env, model, cond, frames=9)
+    env.progress_updates.clear()
+    args = dict(model=model, conditioning=cond, tokens=base, windows=2, window_frames=9, overlap=1, seed=0,
+                steps=2, cfg=3.0, guidance_trunc=0.9, carry_start=1.0, window_prompts="a fox\na fox at night")
+    out = env.run(env.mods["extend"].URSAExtendVideo, **args).result[0]
+    assert out.tokens.shape == (1, 3 + 2 * 2, 4, 4)
+    assert torch.equal(out.tokens[:, :3], base.tokens)  # never re-encoded: the original tokens survive exactly
+    assert len(env.progress_updates) == 4
+    env.interrupt_after(2)  # cancel right after the first window
+    with pytest.raises(env.InterruptProcessingException):
+        env.run(env.mods["extend"].URSAExtendVideo, **args)
+    assert "overlap=3" in str(pytest.raises(ValueError, env.run, env.mods["extend"].URSAExtendVideo,
+                                            **{**args, "overlap": 3}).value)
+
+
+def test_save_and_load_tokens(env):
+    model, _, cond = load(env)
+    clip = sample(env, model, cond)
+    saved = env.run(env.mods["tio"].URSASaveTokens, hidden={"prompt": {}}, tokens=clip,
+                    filename_prefix="ursa_tokens/test")
+    assert "saved ursa_tokens/test_00001_.safetensors" in str(saved.ui.as_dict())
+    loader = env.mods["tio"].URSALoadTokens
+    options = loader.GET_SCHEMA().input_by_id("token_file").options
+    assert options == ["ursa_tokens/test_00001_.safetensors [output]"]
+    loaded = env.run(loader, token_file=options[0]).result[0]
+    assert torch.equal(loaded.tokens, clip.tokens) and loaded.fps == clip.fps
+    assert "not found" in str(env.validate(loader, {"token_file": "missing.safetensors"}))
