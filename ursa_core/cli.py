@@ -25,11 +25,19 @@ def tiny_model_dir() -> Path:
     """Build the tiny random checkpoint once and reuse it."""
     from .tiny import make_tiny
 
+    import shutil
+
     folder = cache_dir() / "tiny-random-fsq-v1"
     if not (folder / "model_index.json").is_file():
+        # Build beside it and rename, so a half-written folder is never mistaken for a finished one.
         tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
         make_tiny(tmp)
-        tmp.replace(folder) if not folder.exists() else None
+        try:
+            tmp.replace(folder)
+        except OSError:  # another process finished first: use its copy
+            shutil.rmtree(tmp, ignore_errors=True)
+        if not (folder / "model_index.json").is_file():
+            raise URSAError(f"could not create the tiny checkpoint in {folder}")
     return folder
 
 

@@ -10,7 +10,7 @@ import torch
 
 from .errors import InputError
 from .generate import StepInfo, generate
-from .media import fit_frames, load_image, to_model_pixels, write_frames
+from .media import OUTPUT_SUFFIXES, fit_frames, load_image, to_model_pixels, write_frames
 from .model import URSAModel, load_model
 from .schedule import FrameSchedule
 from .tiny import TINY_LABEL, is_tiny
@@ -48,7 +48,7 @@ def conditioning(model: URSAModel, args, latent_frames: int, width: int, height:
     if not args.image and not args.last_image:
         return None, None
     if latent_frames < 2 and args.last_image:
-        raise InputError("--last-image needs a video (--frames 5 or more)")
+        raise InputError(f"--last-image needs a video: frames={args.frames}, use --frames 5 or more")
     given = torch.zeros(1, latent_frames, height // model.geometry.spatial_stride,
                         width // model.geometry.spatial_stride, dtype=torch.long)
     starts = {}
@@ -57,6 +57,12 @@ def conditioning(model: URSAModel, args, latent_frames: int, width: int, height:
             given[:, index] = encode_image(model, path, width, height, args.resize)[:, 0]
             starts[index] = 1.0
     return FrameSchedule.keyframes(latent_frames, starts), given
+
+
+def check_output_path(out: str) -> None:
+    suffix = Path(out).suffix.lower()
+    if suffix not in OUTPUT_SUFFIXES:
+        raise InputError(f"--out {out}: unsupported extension {suffix!r}; use .png or .mp4")
 
 
 class ProgressPrinter:
@@ -73,6 +79,7 @@ class ProgressPrinter:
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    check_output_path(args.out)  # before any expensive work, so a typo never costs a generation
     tiny = args.model == "tiny"
     folder = _tiny_folder() if tiny else Path(args.model)
     device = pick_device(args.device)

@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from .errors import InputError
 
 RESIZE_MODES = ("crop", "pad", "stretch")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+OUTPUT_SUFFIXES = (".mp4",) + IMAGE_SUFFIXES
 
 
 def fit_frames(frames: torch.Tensor, width: int, height: int, mode: str = "crop") -> torch.Tensor:
@@ -135,6 +137,6 @@ def write_frames(images: torch.Tensor, out: str | Path, fps: float) -> Sequence[
     suffix = out.suffix.lower()
     if suffix == ".mp4":
         return [write_mp4(images, out, fps)]
-    if suffix in (".png", ".jpg", ".jpeg", ".webp"):
+    if suffix in IMAGE_SUFFIXES:
         return write_png(images, out)
     raise InputError(f"--out {out}: unsupported extension {suffix!r}; use .png or .mp4")
