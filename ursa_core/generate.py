@@ -11,7 +11,7 @@ from .metric_path import MetricPath, beta, beta_dot
 from .model import URSAModel
 from .rope import rotary_cos_sin, sequence_positions
 from .schedule import FrameSchedule, time_grid
-from .solver import TokenClocks, euler_step, guided_logits
+from .solver import TokenClocks, euler_step
 
 _MASK64 = (1 << 64) - 1
 
@@ -126,11 +126,10 @@ class _Denoiser:
     """Runs the transformer for the current tokens and hands guided logits to the solver chunk by chunk."""
 
     def __init__(self, model: URSAModel, cond_ids: torch.Tensor, uncond_ids: Optional[torch.Tensor],
-                 plan_: GenerationPlan, guidance: float):
+                 plan_: GenerationPlan):
         self.model = model
         self.cond_ids = cond_ids.to(model.device)
         self.uncond_ids = None if uncond_ids is None else uncond_ids.to(model.device)
-        self.guidance = guidance
         cfg = model.config
         positions = sequence_positions(cfg.max_prompt_length, plan_.latent_shape, device=model.device)
         self.cos, self.sin = rotary_cos_sin(positions, cfg.head_dim, cfg.rope_theta, model.transformer.dtype)
@@ -151,19 +150,29 @@ class _Denoiser:
             ids.append(self._sequence(self.uncond_ids, tokens))
         hidden = transformer.hidden_states(torch.cat(ids, 0), self.cos, self.sin, self.keep)
         hidden = hidden.reshape(len(ids), batch * self.keep.numel(), -1)
-        guidance = self.guidance
 
-        def logits(sl: slice) -> torch.Tensor:
-            cond = transformer.visual_logits(hidden[0, sl]).float()
-            uncond = transformer.visual_logits(hidden[1, sl]).float() if use_cfg else None
-            return guided_logits(cond, uncond, guidance)
+        def logits(sl: slice) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+            cond = transformer.visual_logits(hidden[0, sl])
+            return cond, (transformer.visual_logits(hidden[1, sl]) if use_cfg else None)
         return logits
 
 
-def auto_chunk(codebook_size: int, device: torch.device) -> int:
-    """Tokens per chunk so the ~6 live [chunk, K] fp32 tensors stay within a small budget."""
+def auto_chunk(codebook_size: int, device: torch.device, fused: bool = False) -> int:
+    """Tokens per chunk so the live [chunk, K] tensors stay within a small budget: ~6 fp32 ones on the torch
+    path, only the two logit chunks (cond, uncond) on the fused path."""
     budget = (1 << 30) if device.type == "cuda" else (256 << 20)
-    return max(1, budget // (codebook_size * 4 * 6))
+    per_token = codebook_size * (2 * 4 if fused else 6 * 4)
+    return max(1, budget // per_token)
+
+
+def use_fused_sampler(sampler: str, device: torch.device) -> bool:
+    from . import triton_sampler
+
+    if sampler not in ("auto", "torch", "triton"):
+        raise InputError(f"sampler={sampler!r} is not one of auto, torch, triton")
+    if sampler == "triton" and not triton_sampler.available(device):
+        raise InputError(f"sampler='triton' needs a CUDA device with Triton; the model is on {device}")
+    return sampler == "triton" or (sampler == "auto" and triton_sampler.available(device))
 
 
 def _resolve(value, default, name: str, low: float, high: float | None = None) -> float:
@@ -195,14 +204,15 @@ def generate(model: URSAModel, prompt: str | Sequence[str] = "", negative_prompt
              given_tokens: Optional[torch.Tensor] = None, motion: Optional[float] = None,
              prompt_ids: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
              callback: Optional[Callable[[StepInfo], None]] = None, chunk_tokens: Optional[int] = None,
-             skip_noop_steps: bool = True) -> torch.Tensor:
+             skip_noop_steps: bool = True, sampler: str = "auto") -> torch.Tensor:
     """Sample visual tokens [B, T, H/s, W/s] (int64, CPU) for `prompt` (a string or a list: B prompts).
 
     `c`, `alpha`, `shift` default to the checkpoint's scheduler config. `schedule` gives each latent frame a start
     time (default: all from noise); frames with start > 0 take their tokens from `given_tokens` [B|1, T, h, w].
     `motion` adds the video prefix `motion=<score>, `. `prompt_ids` (cond, uncond) [B, L] bypasses tokenization.
     `callback(StepInfo)` runs after every step; an exception raised there stops generation (cancel).
-    The result depends only on the seed (and device numerics), not on `chunk_tokens`.
+    The result depends only on the seed (and device numerics), not on `chunk_tokens`. `sampler` picks the jump
+    step's implementation: "torch" (chunked tensors), "triton" (fused CUDA kernels) or "auto" (triton on CUDA).
     """
     steps = int(_resolve(steps, None, "steps", 1, 1000))
     guidance = _resolve(guidance, None, "guidance", 0.0, 100.0)
@@ -216,8 +226,9 @@ def generate(model: URSAModel, prompt: str | Sequence[str] = "", negative_prompt
     batch = cond_ids.shape[0]
     path = model.path.with_params(c=c, alpha=alpha).to(model.device)
     tokens = initial_tokens(model, path, plan_, batch, seed, given_tokens)
-    denoiser = _Denoiser(model, cond_ids, uncond_ids if guidance > 1 else None, plan_, guidance)
-    chunk = int(chunk_tokens or auto_chunk(model.codebook_size, model.device))
+    denoiser = _Denoiser(model, cond_ids, uncond_ids if guidance > 1 else None, plan_)
+    fused = use_fused_sampler(sampler, model.device)
+    chunk = int(chunk_tokens or auto_chunk(model.codebook_size, model.device, fused))
     flat_active = tokens.flatten(1)[:, plan_.active]
     for step in range(steps):
         final = step == steps - 1
@@ -229,7 +240,7 @@ def generate(model: URSAModel, prompt: str | Sequence[str] = "", negative_prompt
             u = uniforms(seed, TAG_STEP, step, (3, batch, tokens[0].numel()))[:, :, plan_.active]
             x_t = flat_active.reshape(-1).to(model.device)
             new, x1 = euler_step(path, denoiser.logits_fn(tokens, use_cfg), x_t, clocks,
-                                 u.reshape(3, -1).to(model.device), final, chunk)
+                                 u.reshape(3, -1).to(model.device), final, chunk, guidance, fused)
             flat_active = new.view(batch, -1).cpu()
             tokens = _scatter(tokens, plan_.active, flat_active)
             predicted = _scatter(tokens, plan_.active, x1.view(batch, -1).cpu())

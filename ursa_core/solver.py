@@ -38,26 +38,49 @@ class TokenClocks:
     h: torch.Tensor
 
 
-def euler_step(path: MetricPath, logits_fn: Callable[[slice], torch.Tensor], x_t: torch.Tensor,
-               clocks: TokenClocks, uniforms: torch.Tensor, final: bool, chunk: int):
+def euler_step(path: MetricPath, logits_fn: Callable[[slice], LogitPair], x_t: torch.Tensor,
+               clocks: TokenClocks, uniforms: torch.Tensor, final: bool, chunk: int, guidance: float = 1.0,
+               fused: bool = False):
     """One jump step for the flat token vector x_t [n]; returns (new tokens, sampled x1).
 
-    logits_fn(slice) gives the guided logits [len, K] of those tokens; uniforms is [3, n] (x1 draw, jump test,
-    destination draw). At most `chunk` rows of any [n, K] tensor exist at a time.
+    logits_fn(slice) gives (cond, uncond or None) logits [len, K] of those tokens, combined here with classifier-
+    free guidance; uniforms is [3, n] (x1 draw, jump test, destination draw). At most `chunk` rows of any [n, K]
+    tensor exist at a time; with `fused` (CUDA + Triton) only the logits chunk itself does.
     """
     x_new = torch.empty_like(x_t)
     x1_all = torch.empty_like(x_t)
     for start in range(0, x_t.numel(), chunk):
         sl = slice(start, start + chunk)
-        probs = torch.softmax(logits_fn(sl).float(), dim=-1)
-        x1 = sample_from_weights(probs, uniforms[0, sl])
-        del probs
+        cond, uncond = _as_pair(logits_fn(sl))
+        if fused:
+            from .triton_sampler import categorical_from_logits
+            x1 = categorical_from_logits(cond, uncond, guidance, uniforms[0, sl])
+        else:
+            uncond = None if uncond is None else uncond.float()
+            probs = torch.softmax(guided_logits(cond.float(), uncond, guidance), dim=-1)
+            x1 = sample_from_weights(probs, uniforms[0, sl])
+            del probs
+        del cond, uncond
         x1_all[sl] = x1
         if final:
             x_new[sl] = x1
-            continue
-        x_new[sl] = _jump(path, x_t[sl], x1, clocks, sl, uniforms[1:, sl])
+        elif fused and path.unit.shape[1] <= FUSED_MAX_DIM:
+            from .triton_sampler import metric_jump
+            x_new[sl] = metric_jump(path.unit, path.sumsq, x1, x_t[sl], clocks.beta[sl], clocks.beta_dot[sl],
+                                    clocks.h[sl], uniforms[1:, sl])
+        else:
+            x_new[sl] = _jump(path, x_t[sl], x1, clocks, sl, uniforms[1:, sl])
     return x_new, x1_all
+
+
+# The fused jump recomputes d(x, x1) from the codebook for every token; that wins for FSQ's 6-D codes but not for
+# wide embeddings (IBQ), where the torch path's chunked matmul is the better way to get distances.
+FUSED_MAX_DIM = 32
+LogitPair = "tuple[torch.Tensor, torch.Tensor | None] | torch.Tensor"
+
+
+def _as_pair(logits) -> tuple[torch.Tensor, torch.Tensor | None]:
+    return logits if isinstance(logits, tuple) else (logits, None)
 
 
 def _jump(path: MetricPath, x_t: torch.Tensor, x1: torch.Tensor, clocks: TokenClocks, sl: slice,

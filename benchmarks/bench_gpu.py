@@ -1,0 +1,320 @@
+"""GPU benchmark of URSA sampling with full-size random weights (no download).
+
+Reports, per case (T2V 13/25/49 frames at 320x512, T2I 1024x1024 with IBQ dimensions): median seconds per step,
+total seconds, peak VRAM, achieved TFLOP/s against a measured bf16 matmul rate, decode time; the same for a
+reference-style baseline in the same run; plus attention backends, torch.compile, low-VRAM streaming and fp8.
+
+    python benchmarks/bench_gpu.py --out bench.json            # on the GPU machine
+    python benchmarks/bench_gpu.py --quick                      # CPU smoke test with a tiny model
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from baseline_reference import reference_generate  # noqa: E402
+from random_model import random_model, random_prompt_ids  # noqa: E402
+
+from ursa_core.attention import make_attention  # noqa: E402
+from ursa_core.generate import generate  # noqa: E402
+
+CASES = {  # name: (model kind, frames, height, width, steps)
+    "t2v13": ("fsq", 13, 320, 512, 50), "t2v25": ("fsq", 25, 320, 512, 50), "t2v49": ("fsq", 49, 320, 512, 50),
+    "t2i1024": ("ibq", 1, 1024, 1024, 25),
+}
+QUICK = {"t2v5": ("tiny", 5, 64, 64, 6), "t2i": ("tiny", 1, 64, 64, 4)}
+
+
+def sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_tflops(device, n: int = 8192, reps: int = 20) -> float:
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync(device)
+    return 2 * n ** 3 * reps / (time.perf_counter() - start) / 1e12
+
+
+def forward_flops(cfg, seq: int, logit_rows: int) -> float:
+    """One branch's forward: projections + attention (QK^T and PV) + the visual head on `logit_rows` rows."""
+    hd, h = cfg.head_dim, cfg.hidden_size
+    per_token = 2 * (h * cfg.num_attention_heads * hd * 2 + h * cfg.num_key_value_heads * hd * 2
+                     + 3 * h * cfg.intermediate_size)
+    attention = 4 * seq * seq * cfg.num_attention_heads * hd
+    return cfg.num_hidden_layers * (seq * per_token + attention) + 2 * logit_rows * h * cfg.lm_head_size
+
+
+class StepTimer:
+    def __init__(self, device):
+        self.device, self.times, self.last = device, [], None
+
+    def start(self):
+        sync(self.device)
+        self.last = time.perf_counter()
+
+    def __call__(self, *_):
+        sync(self.device)
+        now = time.perf_counter()
+        self.times.append(now - self.last)
+        self.last = now
+
+
+def measure(run, device) -> dict:
+    """Run `run(timer)`, return per-step times, total and peak memory."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    timer = StepTimer(device)
+    timer.start()
+    begin = timer.last
+    tokens = run(timer)
+    sync(device)
+    total = time.perf_counter() - begin
+    peak = torch.cuda.max_memory_allocated(device) / 2 ** 30 if torch.device(device).type == "cuda" else 0.0
+    return {"step_s": timer.times, "median_step_s": statistics.median(timer.times), "total_s": total,
+            "peak_gib": peak, "tokens": tokens}
+
+
+def executed_flops(model, frames, height, width, steps, trunc, guidance, optimized: bool) -> float:
+    """FLOPs the run actually executes (optimized: no step-0 forward, one branch once t >= trunc)."""
+    from ursa_core.generate import plan
+    p = plan(model, frames, height, width, steps, model.scheduler.shift, None)
+    n = p.active.numel()
+    seq = model.config.max_prompt_length + 1 + n
+    total = 0.0
+    for i, t in enumerate(p.grid.tolist()):
+        if optimized and i == 0 and steps > 1:
+            continue
+        branches = 2 if (guidance > 1 and (t < trunc or not optimized)) else 1
+        total += branches * forward_flops(model.config, seq, n if optimized else seq)
+    return total
+
+
+def run_optimized(model, case, steps, seed=0, sampler="auto", chunk=None) -> dict:
+    _, frames, height, width, _ = case
+    ids = random_prompt_ids(model.config)
+
+    def go(timer):
+        return generate(model, prompt_ids=ids, frames=frames, height=height, width=width, steps=steps,
+                        guidance=7.0, guidance_trunc=0.9, seed=seed, sampler=sampler, chunk_tokens=chunk,
+                        callback=timer)
+    result = measure(go, model.device)
+    result["tflops"] = executed_flops(model, frames, height, width, steps, 0.9, 7.0, True) / result["total_s"] / 1e12
+    return result
+
+
+def run_baseline(model, case, steps) -> dict:
+    _, frames, height, width, _ = case
+    ids = random_prompt_ids(model.config)
+    result = measure(lambda timer: reference_generate(model, ids, frames, height, width, steps,
+                                                      step_callback=timer), model.device)
+    result["tflops"] = executed_flops(model, frames, height, width, steps, 0.9, 7.0, False) / result["total_s"] / 1e12
+    return result
+
+
+def attention_backends(device, seq: int, dtype=torch.bfloat16, reps: int = 5) -> dict:
+    """Milliseconds per bidirectional attention call [2 branches, 16 q / 8 kv heads, seq, 128] per backend."""
+    q = torch.randn(2, 16, seq, 128, device=device, dtype=dtype)
+    k = torch.randn(2, 8, seq, 128, device=device, dtype=dtype)
+    v = torch.randn(2, 8, seq, 128, device=device, dtype=dtype)
+    out = {}
+    for backend in ("auto", "flash", "cudnn", "efficient", "flex"):
+        fn = make_attention(backend)
+        from ursa_core.modeling_ursa import sdpa_attention
+        fn = fn or sdpa_attention
+        try:
+            fn(q, k, v)
+            sync(device)
+            start = time.perf_counter()
+            for _ in range(reps):
+                fn(q, k, v)
+            sync(device)
+            ms = (time.perf_counter() - start) / reps * 1e3
+            out[backend] = {"ms": ms, "tflops": 4 * seq * seq * 16 * 128 * 2 / (ms / 1e3) / 1e12}
+        except Exception as exc:  # report a backend this build/GPU lacks instead of aborting the run
+            out[backend] = {"error": f"{type(exc).__name__}: {str(exc)[:160]}"}
+    return out
+
+
+def fastest_backend(results: dict) -> str:
+    ok = {k: v["ms"] for k, v in results.items() if "ms" in v}
+    return min(ok, key=ok.get) if ok else "auto"
+
+
+def token_agreement(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a == b).float().mean())
+
+
+def summarize(result: dict) -> dict:
+    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()
+            if k not in ("tokens", "step_s")}
+
+
+def low_vram_section(case, steps, device) -> dict:
+    from ursa_core.lowvram import enable_low_vram
+    model = random_model(case[0], device)
+    streamer = enable_low_vram(model.transformer, device)
+    result = summarize(run_optimized(model, case, steps))
+    result["resident_layer_gib"] = streamer.resident_bytes() / 2 ** 30
+    return result
+
+
+def fp8_section(model, case, steps, device) -> dict:
+    """Logit deviation of fp8 projections vs bf16 on one forward, then fp8 step time. Modifies `model`."""
+    from ursa_core.fp8 import enable_fp8
+    from ursa_core.generate import plan
+    from ursa_core.rope import rotary_cos_sin, sequence_positions
+    _, frames, height, width, _ = case
+    p = plan(model, frames, height, width, 2, 1.0, None)
+    cfg = model.config
+    gen = torch.Generator().manual_seed(0)
+    visual = torch.randint(0, cfg.lm_head_size, (1, p.active.numel()), generator=gen) + cfg.lm_vocab_size
+    ids = torch.cat([random_prompt_ids(cfg)[0], torch.tensor([[cfg.bov_token_id]]), visual], 1).to(device)
+    cos, sin = rotary_cos_sin(sequence_positions(cfg.max_prompt_length, p.latent_shape, device), cfg.head_dim,
+                              cfg.rope_theta, model.transformer.dtype)
+    keep = (p.active + cfg.max_prompt_length).to(device)
+    ref = model.transformer(ids, cos, sin, keep).float()
+    enable_fp8(model.transformer)
+    out = model.transformer(ids, cos, sin, keep).float()
+    deviation = {"rel_rms": float((out - ref).norm() / ref.norm()), "max_abs": float((out - ref).abs().max()),
+                 "logit_std": float(ref.std()), "top1_agree": float((out.argmax(-1) == ref.argmax(-1)).float().mean())}
+    timing = summarize(run_optimized(model, case, steps))
+    return {"deviation": deviation, **timing}
+
+
+def compile_section(model, case, steps) -> dict:
+    from ursa_core.compiled import compile_layers
+    compile_layers(model.transformer)
+    start = time.perf_counter()
+    run_optimized(model, case, 2)  # compiles
+    compile_s = time.perf_counter() - start
+    result = summarize(run_optimized(model, case, steps))
+    model.transformer.layer_runner = None
+    return {"compile_and_first_run_s": compile_s, **result}
+
+
+def decode_section(kind: str, latent_shape, device, dtype=torch.bfloat16) -> dict:
+    """Full-size tokenizer with random weights: seconds to decode one clip/image of tokens."""
+    from ursa_core.vae.cosmos import CosmosFSQTokenizer
+    from ursa_core.vae.ibq import IBQTokenizer
+    if kind == "fsq":
+        vq = CosmosFSQTokenizer({})
+    else:
+        vq = IBQTokenizer({"block_out_channels": [128, 128, 256, 256, 512], "num_vq_embeddings": 131072,
+                           "vq_embed_dim": 256, "spatial_stride": 16})
+    vq = vq.to(device, dtype).eval()
+    ids = torch.randint(0, vq.codebook_size, (1, *latent_shape), device=device)
+    with torch.no_grad():
+        vq.decode(ids)  # warm-up
+        result = measure(lambda timer: vq.decode(ids), device)
+    return {"decode_s": result["total_s"], "peak_gib": result["peak_gib"], "config": "random weights, " + kind}
+
+
+def agreement_section(model, case, steps) -> dict:
+    """Optimized path vs the unoptimised torch path (no step skipping, chunked torch sampler), same seed."""
+    fast = run_optimized(model, case, steps, seed=5)["tokens"]
+    slow_no_skip = generate(model, prompt_ids=random_prompt_ids(model.config), frames=case[1], height=case[2],
+                            width=case[3], steps=steps, guidance=7.0, seed=5, sampler="torch",
+                            skip_noop_steps=False)
+    torch_path = run_optimized(model, case, steps, seed=5, sampler="torch")["tokens"]
+    return {"fused_vs_torch": token_agreement(fast, torch_path),
+            "skip_vs_no_skip_torch": token_agreement(torch_path, slow_no_skip)}
+
+
+def run_cases(args, device, report) -> None:
+    cases = QUICK if args.quick else {k: CASES[k] for k in args.cases.split(",")}
+    model, kind = None, None
+    for name, case in cases.items():
+        if case[0] != kind:
+            model, kind = None, None
+            torch.cuda.empty_cache() if torch.cuda.is_available() else None
+            model, kind = random_model(case[0], device), case[0]
+            model.transformer.attention_fn = make_attention(report.get("attention_choice", "auto"))
+        steps = case[4] if not args.steps else args.steps
+        entry = {"optimized": summarize(run_optimized(model, case, steps))}
+        if "baseline" in args.sections:
+            base_steps = min(steps, args.baseline_steps or steps)
+            entry["baseline"] = summarize(run_baseline(model, case, base_steps))
+            entry["baseline"]["steps_measured"] = base_steps
+            entry["speedup"] = entry["baseline"]["median_step_s"] / entry["optimized"]["median_step_s"]
+        report["cases"][name] = entry
+        print(name, json.dumps(entry), flush=True)
+    report["_last_model"] = (model, kind)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny model on CPU (smoke test of this script)")
+    parser.add_argument("--cases", default="t2v13,t2v25,t2v49,t2i1024")
+    parser.add_argument("--sections", default="probe,cases,baseline,lowvram,fp8,compile,decode,agree")
+    parser.add_argument("--steps", type=int, help="override every case's step count")
+    parser.add_argument("--baseline-steps", type=int, help="measure the baseline on this many steps")
+    parser.add_argument("--attention", default="fastest", help="auto/flash/cudnn/efficient/flex or 'fastest'")
+    parser.add_argument("--out", help="write the JSON report here")
+    args = parser.parse_args(argv)
+    device = torch.device("cpu" if args.quick or not torch.cuda.is_available() else "cuda")
+    report = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+              "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "cases": {}}
+    sections = args.sections.split(",")
+    if "probe" in sections and device.type == "cuda":
+        report["matmul_bf16_tflops"] = matmul_tflops(device)
+        report["attention_49f"] = attention_backends(device, seq=33_601)
+        print("probe", json.dumps(report), flush=True)
+    report["attention_choice"] = (fastest_backend(report.get("attention_49f", {})) if args.attention == "fastest"
+                                  else args.attention)
+    if "cases" in sections:
+        run_cases(args, device, report)
+    extra_sections(args, device, report, sections)
+    report.pop("_last_model", None)
+    text = json.dumps(report, indent=2, default=str)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+    return 0
+
+
+def extra_sections(args, device, report, sections) -> None:
+    big = ("tiny", 5, 64, 64, 6) if args.quick else CASES["t2v49"]
+    few = 3 if args.quick else 8
+    model, kind = report.pop("_last_model", (None, None))
+    if kind != big[0]:
+        model = None  # drop the other model before building this one
+        torch.cuda.empty_cache() if device.type == "cuda" else None
+        model = random_model(big[0], device)
+    model.transformer.attention_fn = make_attention(report["attention_choice"])
+    if "agree" in sections:
+        small = ("tiny", 5, 64, 64, 6) if args.quick else CASES["t2v13"]
+        report["agreement_13f"] = agreement_section(model, small, small[4])
+    if "compile" in sections and device.type == "cuda":
+        report["compile_49f"] = compile_section(model, big, few)
+    if "decode" in sections and device.type == "cuda":
+        report["decode_fsq_49f"] = decode_section("fsq", (13, 40, 64), device)
+        report["decode_ibq_1024"] = decode_section("ibq", (1, 64, 64), device)
+    if "fp8" in sections and device.type == "cuda":
+        report["fp8_49f"] = fp8_section(model, big, few, device)
+    del model
+    if "lowvram" in sections:
+        torch.cuda.empty_cache() if device.type == "cuda" else None
+        report["low_vram_49f"] = low_vram_section(big, few, device)
+    print("extra", json.dumps({k: v for k, v in report.items() if k != "cases"}, default=str), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,269 @@
+"""Opt-in: boot a real ComfyUI headless on the CPU, load this plugin, run every API workflow on a tiny checkpoint.
+
+    COMFYUI_DIR=/path/to/ComfyUI COMFYUI_PYTHON=/path/to/comfy-venv/bin/python \
+        python -m pytest -q tests/test_comfyui_integration.py -s
+
+Skipped unless COMFYUI_DIR is set. COMFYUI_PYTHON (default: this interpreter) must have ComfyUI's requirements and
+the plugin's (transformers, tokenizers, safetensors, einops, imageio-ffmpeg). The server gets its own BASE folder
+(custom_nodes/ursa_video -> this repo, models/ursa/URSA-1.7B-FSQ320 = `python -m ursa_core make-tiny`), so the
+ComfyUI tree is never written to. Workflows are overridden by node title through scripts/comfy_queue.py.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
+COMFYUI_PYTHON = os.environ.get("COMFYUI_PYTHON", sys.executable)
+pytestmark = pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR (and COMFYUI_PYTHON) to run against a "
+                                                        "real ComfyUI")
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import comfy_queue  # noqa: E402  (stdlib-only client of this repo)
+
+URSA_NODES = {"URSAModelLoader", "URSATextEncode", "URSATokenizerEncode", "URSATokenizerDecode", "URSAFrameSchedule",
+              "URSASampler", "URSAExtendVideo", "URSASaveTokens", "URSALoadTokens"}
+PLUGIN_DIR_NAME = "ursa_video"
+MODEL_NAME = "URSA-1.7B-FSQ320"
+TINY = ["URSA Sampler.width=64", "URSA Sampler.height=64", "URSA Sampler.steps=2"]
+ENCODE = ["URSA Encode Start.width=64", "URSA Encode Start.height=64", "Start Image.image=ursa_start.png"]
+# per workflow: (overrides, expected frames per output file, expected (width, height))
+CASES = {
+    "ursa_t2i": (TINY + ["URSA Sampler.frames=1"], 1, (64, 64)),
+    "ursa_t2v": (TINY + ["URSA Sampler.frames=5"], 5, (64, 64)),
+    "ursa_i2v": (TINY + ENCODE + ["URSA Sampler.frames=5", "URSA Frame Schedule.frames=5"], 5, (64, 64)),
+    # 9 frames = 3 latent frames: first and last given, the middle one generated (5 would leave nothing to do)
+    "ursa_interpolation": (TINY + ENCODE + ["URSA Sampler.frames=9", "URSA Frame Schedule.frames=9",
+                                            "URSA Encode End.width=64", "URSA Encode End.height=64",
+                                            "End Image.image=ursa_end.png"], 9, (64, 64)),
+    "ursa_long_video": (TINY + ["URSA Sampler.frames=5", "URSA Extend Video.windows=1",
+                                "URSA Extend Video.window_frames=5", "URSA Extend Video.overlap=1",
+                                "URSA Extend Video.steps=2"], 9, (64, 64)),
+    "ursa_upscale_chain": (TINY + ["URSA Sampler.frames=5"], 5, (128, 128)),
+}
+TIMINGS: dict[str, float] = {}
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def prepare_base(base: Path) -> None:
+    """custom_nodes/ursa_video -> repo, a tiny checkpoint under the workflows' model name, two input PNGs."""
+    (base / "custom_nodes").mkdir(parents=True, exist_ok=True)
+    (base / "custom_nodes" / PLUGIN_DIR_NAME).symlink_to(ROOT, target_is_directory=True)
+    subprocess.run([sys.executable, "-m", "ursa_core", "make-tiny", str(base / "models" / "ursa" / MODEL_NAME)],
+                   cwd=ROOT, check=True, capture_output=True, text=True, timeout=120)
+
+
+def start_server(base: Path, port: int, log_path: Path) -> subprocess.Popen:
+    cmd = [COMFYUI_PYTHON, str(Path(COMFYUI_DIR) / "main.py"), "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+           "--disable-auto-launch", "--disable-api-nodes", "--base-directory", str(base),
+           "--database-url", "sqlite:///:memory:"]
+    log = open(log_path, "w")
+    return subprocess.Popen(cmd, cwd=COMFYUI_DIR, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_ready(url: str, proc: subprocess.Popen, log_path: Path, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"ComfyUI exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+        try:
+            status, _ = comfy_queue.http_json(url, "/system_stats", timeout=2)
+            if status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"ComfyUI not ready after {timeout}s:\n{log_path.read_text()[-4000:]}")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+
+
+def png_bytes(seed: int, size: int = 96) -> bytes:
+    from PIL import Image
+    img = Image.new("RGB", (size, size))
+    img.putdata([((x * 5 + seed * 70) % 256, (y * 3 + seed * 40) % 256, (x + y) % 256)
+                 for y in range(size) for x in range(size)])
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def upload_image(url: str, name: str, data: bytes) -> dict:
+    """POST /upload/image (multipart/form-data, as the frontend's upload button does)."""
+    boundary = uuid.uuid4().hex
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{name}\"\r\n"
+            f"Content-Type: image/png\r\n\r\n").encode() + data + (
+        f"\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"overwrite\"\r\n\r\ntrue\r\n"
+        f"--{boundary}--\r\n").encode()
+    req = urllib.request.Request(url + "/upload/image", data=body,
+                                 headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.load(r)
+
+
+def queue_cli(url: str, workflow: str, sets: list[str], out_dir: Path, timeout: float = 120.0,
+              extra: list[str] = ()) -> subprocess.CompletedProcess:
+    """Run the repo's own client on workflows/api/<workflow>.json with --set overrides."""
+    cmd = [sys.executable, str(ROOT / "scripts" / "comfy_queue.py"), str(ROOT / "workflows" / "api" / f"{workflow}.json"),
+           "--server", url, "--out", str(out_dir), "--timeout", str(timeout), "--poll", "0.2", *extra]
+    for s in sets:
+        cmd += ["--set", s]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 30)
+
+
+def post_prompt(url: str, workflow: str, sets: list[str]) -> tuple[int, dict]:
+    graph = comfy_queue.load_workflow(str(ROOT / "workflows" / "api" / f"{workflow}.json"), sets, {})
+    return comfy_queue.http_json(url, "/prompt", {"prompt": graph, "client_id": uuid.uuid4().hex})
+
+
+def video_info(path: str) -> tuple[int, tuple[int, int]]:
+    import imageio_ffmpeg
+    frames, _ = imageio_ffmpeg.count_frames_and_secs(path)
+    reader = imageio_ffmpeg.read_frames(path)
+    meta = next(reader)
+    reader.close()
+    return frames, tuple(meta["size"])
+
+
+def node_id_by_title(workflow: str, title: str) -> str:
+    graph = json.loads((ROOT / "workflows" / "api" / f"{workflow}.json").read_text())
+    return next(nid for nid, n in graph.items() if n["_meta"]["title"] == title)
+
+
+# ----------------------------------------------------------------------------------------------- fixture
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    base = tmp_path_factory.mktemp("comfy_base")
+    prepare_base(base)
+    port, log_path = free_port(), base / "server.log"
+    t0 = time.monotonic()
+    proc = start_server(base, port, log_path)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, proc, log_path)
+        TIMINGS["server start"] = time.monotonic() - t0
+        for i, name in enumerate(("ursa_start.png", "ursa_end.png")):
+            assert upload_image(url, name, png_bytes(i))["name"] == name
+        yield {"url": url, "base": base, "log": log_path}
+    finally:
+        stop_server(proc)
+        if TIMINGS:
+            print("\n[comfyui integration] seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in TIMINGS.items()))
+
+
+# ----------------------------------------------------------------------------------------------- tests
+def test_plugin_registered(server):
+    log = server["log"].read_text()
+    failed = [line for line in log.splitlines() if "IMPORT FAILED" in line and PLUGIN_DIR_NAME in line]
+    assert not failed, failed
+    status, info = comfy_queue.http_json(server["url"], "/object_info")
+    assert status == 200
+    assert URSA_NODES <= set(info), URSA_NODES - set(info)
+    assert info["URSAModelLoader"]["input"]["required"]["model_name"][1]["options"] == [MODEL_NAME]
+    # The workflow generator reads our schemas through the test stand-ins: they must agree with the real server.
+    import make_workflows
+    stub_specs = {k: make_workflows.normalize_info(v) for k, v in make_workflows.ursa_node_infos().items()}
+    for node_id in URSA_NODES:
+        assert make_workflows.normalize_info(info[node_id]) == stub_specs[node_id], node_id
+    status, templates = comfy_queue.http_json(server["url"], "/workflow_templates")
+    assert sorted(templates.get(PLUGIN_DIR_NAME, [])) == sorted(CASES)
+
+
+@pytest.mark.parametrize("workflow", list(CASES))
+def test_workflow_runs(server, workflow, tmp_path):
+    sets, frames, size = CASES[workflow]
+    t0 = time.monotonic()
+    res = queue_cli(server["url"], workflow, sets, tmp_path)
+    TIMINGS[workflow] = time.monotonic() - t0
+    assert res.returncode == 0, f"{workflow}:\n{res.stdout}\n{res.stderr}\n{server['log'].read_text()[-3000:]}"
+    files = [line for line in res.stdout.splitlines() if line.startswith(str(tmp_path))]
+    assert files and all(os.path.getsize(f) > 0 for f in files), res.stdout
+    if frames == 1:
+        from PIL import Image
+        pngs = [f for f in files if f.endswith(".png")]
+        assert len(pngs) == 1 and Image.open(pngs[0]).size == size
+    else:
+        mp4s = [f for f in files if f.endswith(".mp4")]
+        assert len(mp4s) == 1, files
+        assert video_info(mp4s[0]) == (frames, size)
+    if workflow == "ursa_long_video":
+        saved = list((server["base"] / "output" / "ursa_tokens").glob("URSA_long_*.safetensors"))
+        assert saved, "URSA Save Tokens wrote nothing"
+
+
+def test_interrupt_stops_sampling(server, tmp_path):
+    url = server["url"]
+    status, body = post_prompt(url, "ursa_t2v", ["URSA Sampler.width=64", "URSA Sampler.height=64",
+                                                 "URSA Sampler.frames=9", "URSA Sampler.steps=500",
+                                                 "URSA Sampler.seed=7"])
+    assert status == 200, body
+    prompt_id = body["prompt_id"]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # wait until it runs, then a little into sampling
+        _, queue = comfy_queue.http_json(url, "/queue")
+        if any(q[1] == prompt_id for q in queue.get("queue_running", [])):
+            break
+        time.sleep(0.1)
+    time.sleep(1.5)
+    t0 = time.monotonic()
+    comfy_queue.http_json(url, "/interrupt", {"prompt_id": prompt_id})
+    entry = comfy_queue.wait_for(url, prompt_id, timeout=60, poll=0.1)
+    TIMINGS["interrupt latency"] = time.monotonic() - t0
+    assert entry is not None, "no history entry after /interrupt"
+    assert entry["status"]["status_str"] == "error"
+    events = {event: data for event, data in entry["status"]["messages"]}
+    assert "execution_interrupted" in events, events.keys()
+    assert events["execution_interrupted"]["node_type"] == "URSASampler"
+    assert TIMINGS["interrupt latency"] < 10
+    # The server still works afterwards.
+    res = queue_cli(url, "ursa_t2i", TINY + ["URSA Sampler.frames=1", "URSA Sampler.seed=8"], tmp_path)
+    assert res.returncode == 0, res.stderr
+
+
+def test_bad_frames_rejected(server):
+    status, body = post_prompt(server["url"], "ursa_t2v", TINY + ["URSA Sampler.frames=6"])
+    assert status == 400, body
+    sampler = node_id_by_title("ursa_t2v", "URSA Sampler")
+    assert set(body["node_errors"]) == {sampler}, body["node_errors"]
+    messages = json.dumps(body["node_errors"][sampler]["errors"])
+    assert "frames=6" in messages, messages
+    print(f"\n[frames=6] {body['node_errors'][sampler]['errors'][0]}")
+
+
+def test_missing_model_rejected(server, tmp_path):
+    status, body = post_prompt(server["url"], "ursa_t2i", TINY + ["URSA Loader.model_name=URSA-not-downloaded"])
+    assert status == 400, body
+    loader = node_id_by_title("ursa_t2i", "URSA Loader")
+    assert loader in body["node_errors"], body["node_errors"]
+    messages = json.dumps(body["node_errors"][loader]["errors"])
+    assert "URSA-not-downloaded" in messages and MODEL_NAME in messages, messages
+    print(f"\n[missing model] {body['node_errors'][loader]['errors'][0]}")
+    # The client reports the same rejection with exit code 2 and names the node by title.
+    res = queue_cli(server["url"], "ursa_t2i", ["URSA Loader.model_name=URSA-not-downloaded"], tmp_path)
+    assert res.returncode == 2 and "URSA Loader" in res.stderr, res.stderr

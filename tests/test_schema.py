@@ -1,0 +1,165 @@
+"""Static checks of the node schemas, their docs and the shipped workflows (no model, no real ComfyUI needed)."""
+from __future__ import annotations
+
+import inspect
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+import make_workflows  # noqa: E402
+
+CORE_NODES = json.loads((ROOT / "tests" / "data" / "core_nodes_0.8.0.json").read_text(encoding="utf-8"))
+UI_WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
+API_WORKFLOWS = sorted((ROOT / "workflows" / "api").glob("*.json"))
+NODE_IDS = ["URSAModelLoader", "URSATextEncode", "URSATokenizerEncode", "URSATokenizerDecode", "URSAFrameSchedule",
+            "URSASampler", "URSAExtendVideo", "URSASaveTokens", "URSALoadTokens"]
+
+
+@pytest.fixture
+def ursa_nodes(comfy):
+    import nodes  # imported under the ComfyUI stand-ins
+    return list(nodes.NODES)
+
+
+@pytest.fixture
+def specs(ursa_nodes):
+    """Normalised input/output lists (frontend order) of our nodes and of the allowed core nodes."""
+    out = {cls.GET_SCHEMA().node_id: make_workflows.normalize_info(
+        {"input": cls.INPUT_TYPES(), "output": list(cls.RETURN_TYPES), "output_name": list(cls.RETURN_NAMES)})
+        for cls in ursa_nodes}
+    out.update({name: make_workflows.normalize_info(info) for name, info in CORE_NODES.items()})
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- schemas
+def test_node_ids_unique_prefixed_and_categorised(ursa_nodes):
+    schemas = [cls.GET_SCHEMA() for cls in ursa_nodes]
+    ids = [s.node_id for s in schemas]
+    assert sorted(ids) == sorted(NODE_IDS) and len(set(ids)) == len(ids)
+    for s in schemas:
+        assert s.node_id.startswith("URSA"), s.node_id
+        assert s.category.startswith("URSA/"), (s.node_id, s.category)
+        assert s.display_name and s.description, s.node_id
+
+
+def test_inputs_have_tooltips_and_sane_defaults(ursa_nodes):
+    for cls in ursa_nodes:
+        schema = cls.GET_SCHEMA()
+        for inp in schema.inputs:
+            where = f"{schema.node_id}.{inp.id}"
+            assert isinstance(inp.tooltip, str) and inp.tooltip.strip(), f"{where}: no tooltip"
+            io_type = inp.get_io_type()
+            default = getattr(inp, "default", None)
+            if io_type in ("INT", "FLOAT") and default is not None:
+                lo, hi = getattr(inp, "min", None), getattr(inp, "max", None)
+                assert lo is None or default >= lo, f"{where}: default {default} < min {lo}"
+                assert hi is None or default <= hi, f"{where}: default {default} > max {hi}"
+                if io_type == "INT":
+                    assert isinstance(default, int), where
+            if io_type == "COMBO" and default is not None and inp.options:
+                assert default in inp.options, f"{where}: default {default!r} not in {inp.options}"
+
+
+def test_validate_inputs_signatures(ursa_nodes):
+    """Core calls validate_inputs with only the inputs present (linked ones as None), so every parameter needs a
+    default; **kwargs would also re-enable nothing and hide which inputs the node checks itself."""
+    for cls in ursa_nodes:
+        func = cls.__dict__.get("validate_inputs")
+        if func is None:
+            continue
+        spec = inspect.getfullargspec(func.__func__)
+        name = cls.GET_SCHEMA().node_id
+        assert spec.varkw is None, f"{name}.validate_inputs takes **{spec.varkw}"
+        params = spec.args[1:]  # drop cls
+        assert len(spec.defaults or ()) == len(params), f"{name}.validate_inputs: every parameter needs a default"
+        inputs = {i.id for i in cls.GET_SCHEMA().inputs}
+        assert set(params) <= inputs | {"input_types"}, f"{name}.validate_inputs names unknown inputs"
+
+
+def test_every_node_has_docs(ursa_nodes):
+    for cls in ursa_nodes:
+        node_id = cls.GET_SCHEMA().node_id
+        doc = ROOT / "web" / "docs" / f"{node_id}.md"
+        assert doc.is_file(), f"missing {doc.relative_to(ROOT)}"
+        text = doc.read_text(encoding="utf-8")
+        for inp in cls.GET_SCHEMA().inputs:
+            assert f"`{inp.id}`" in text, f"{doc.name} does not describe input `{inp.id}`"
+
+
+def test_every_node_in_readme(ursa_nodes):
+    readme = ROOT / "README.md"
+    if not readme.is_file():
+        pytest.skip("README.md does not exist yet")
+    text = readme.read_text(encoding="utf-8")
+    missing = [cls.GET_SCHEMA().node_id for cls in ursa_nodes if cls.GET_SCHEMA().node_id not in text]
+    assert not missing, f"README.md does not mention {missing}"
+
+
+# ----------------------------------------------------------------------------------------------- workflows
+def test_workflows_exist_in_pairs():
+    assert UI_WORKFLOWS and [p.name for p in UI_WORKFLOWS] == [p.name for p in API_WORKFLOWS]
+    for path in UI_WORKFLOWS + API_WORKFLOWS:
+        assert path.stat().st_size < 2_000_000, path
+
+
+@pytest.mark.parametrize("path", API_WORKFLOWS, ids=lambda p: p.stem)
+def test_api_workflow_nodes_and_inputs_known(path, specs):
+    graph = json.loads(path.read_text(encoding="utf-8"))
+    for nid, node in graph.items():
+        spec = specs.get(node["class_type"])
+        assert spec is not None, f"{path.name}: node {nid} has unknown type {node['class_type']}"
+        names = {i["name"]: i for i in spec["inputs"]}
+        for name, value in node["inputs"].items():
+            assert name in names, f"{path.name}: {node['class_type']} has no input {name!r}"
+            if isinstance(value, list):  # a link [src_id, slot]
+                src = graph[value[0]]
+                assert value[1] < len(specs[src["class_type"]]["outputs"]), f"{path.name}: bad link {value}"
+        required = {n for n, i in names.items() if not i["optional"]}
+        assert required <= set(node["inputs"]), f"{path.name}: node {nid} misses {required - set(node['inputs'])}"
+        assert node.get("_meta", {}).get("title"), f"{path.name}: node {nid} has no title"
+
+
+@pytest.mark.parametrize("path", UI_WORKFLOWS, ids=lambda p: p.stem)
+def test_ui_workflow_widgets_and_links(path, specs):
+    wf = json.loads(path.read_text(encoding="utf-8"))
+    assert wf["version"] == 0.4 and {"last_node_id", "last_link_id", "groups", "config", "extra"} <= set(wf)
+    nodes = {n["id"]: n for n in wf["nodes"]}
+    for node in wf["nodes"]:
+        spec = specs.get(node["type"])
+        assert spec is not None, f"{path.name}: unknown node type {node['type']}"
+        widgets = [i for i in spec["inputs"] if i["widget"]]
+        expected = len(widgets) + sum(1 for i in widgets if i["frontend_extra"])
+        assert len(node["widgets_values"]) == expected, f"{path.name}: {node['type']} widgets_values"
+        assert node["properties"]["Node name for S&R"] == node["type"]
+    for link_id, src, src_slot, dst, dst_slot, io_type in wf["links"]:
+        out = nodes[src]["outputs"][src_slot]
+        inp = nodes[dst]["inputs"][dst_slot]
+        assert link_id in out["links"] and inp["link"] == link_id, f"{path.name}: link {link_id} not on both ends"
+        assert out["type"] == inp["type"] == io_type, f"{path.name}: link {link_id} type mismatch"
+    all_ids = [lk[0] for lk in wf["links"]]
+    used_in = [i["link"] for n in wf["nodes"] for i in n["inputs"] if i["link"] is not None]
+    used_out = [lid for n in wf["nodes"] for o in n["outputs"] for lid in (o["links"] or [])]
+    assert sorted(used_in) == sorted(used_out) == sorted(all_ids), f"{path.name}: dangling link ids"
+    assert wf["last_link_id"] == max(all_ids, default=0) and wf["last_node_id"] == max(nodes)
+
+
+@pytest.mark.parametrize("path", UI_WORKFLOWS, ids=lambda p: p.stem)
+def test_ui_and_api_twins_match(path):
+    ui = json.loads(path.read_text(encoding="utf-8"))
+    api = json.loads((ROOT / "workflows" / "api" / path.name).read_text(encoding="utf-8"))
+    assert sorted((str(n["id"]), n["type"], n["title"]) for n in ui["nodes"]) == \
+        sorted((nid, n["class_type"], n["_meta"]["title"]) for nid, n in api.items())
+    loaders = [n for n in ui["nodes"] if n["type"] == "URSAModelLoader"]
+    for n in loaders:
+        assert n["properties"]["models"][0]["name"] == n["widgets_values"][0]
+
+
+def test_workflows_are_generated():
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_workflows.py"), "--check"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr

@@ -1,0 +1,122 @@
+"""Fused CUDA (Triton) kernels for the Euler jump step: one program per token, looping over the codebook in
+blocks, so no [tokens, K] distance / probability / rate tensor is ever written.
+
+`categorical_from_logits` draws x1 ~ softmax(z_u + g (z_c - z_u)) by inverse CDF; `metric_jump` computes
+d(x, x1) on the fly from the unit codebook, the rate u(x) = p_t(x|x1) (d(x_t,x1) - d(x,x1))_+, the jump test and
+the destination draw. They consume the same uniforms as solver.py's torch path, so results agree token for token
+except where float summation order moves a draw across a CDF boundary (measured in tests/test_cuda.py).
+"""
+from __future__ import annotations
+
+import torch
+
+try:  # triton ships with CUDA builds of torch; CPU-only installs simply use the torch path
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - exercised on CPU machines
+    triton = None
+
+
+def available(device: torch.device) -> bool:
+    return triton is not None and torch.device(device).type == "cuda"
+
+
+if triton is not None:
+    @triton.jit
+    def _guided(cond_ptr, uncond_ptr, offs, mask, scale, HAS_UNCOND: tl.constexpr):
+        z = tl.load(cond_ptr + offs, mask=mask, other=float("-inf")).to(tl.float32)
+        if HAS_UNCOND:
+            zu = tl.load(uncond_ptr + offs, mask=mask, other=float("-inf")).to(tl.float32)
+            z = tl.where(mask, zu + scale * (z - zu), float("-inf"))
+        return z
+
+    @triton.jit
+    def _categorical_kernel(cond_ptr, uncond_ptr, stride, u_ptr, out_ptr, K, scale,
+                            HAS_UNCOND: tl.constexpr, BLOCK: tl.constexpr):
+        row = tl.program_id(0)
+        cond_row, uncond_row = cond_ptr + row * stride, uncond_ptr + row * stride
+        best = float("-inf")
+        for start in range(0, K, BLOCK):
+            offs = start + tl.arange(0, BLOCK)
+            best = tl.maximum(best, tl.max(_guided(cond_row, uncond_row, offs, offs < K, scale, HAS_UNCOND)))
+        total = 0.0
+        for start in range(0, K, BLOCK):
+            offs = start + tl.arange(0, BLOCK)
+            total += tl.sum(tl.exp(_guided(cond_row, uncond_row, offs, offs < K, scale, HAS_UNCOND) - best))
+        target = tl.load(u_ptr + row) * total
+        below = 0.0
+        pick = K - 1
+        for start in range(0, K, BLOCK):
+            offs = start + tl.arange(0, BLOCK)
+            e = tl.exp(_guided(cond_row, uncond_row, offs, offs < K, scale, HAS_UNCOND) - best)
+            cdf = tl.cumsum(e, axis=0) + below
+            pick = tl.minimum(pick, tl.min(tl.where((cdf > target) & (offs < K), offs, K - 1)))
+            below += tl.sum(e)
+        tl.store(out_ptr + row, pick)
+
+    @triton.jit
+    def _distances(unit_ptr, sumsq_ptr, offs, mask, e1, s1, D: tl.constexpr, DP: tl.constexpr):
+        dims = tl.arange(0, DP)
+        codes = tl.load(unit_ptr + offs[:, None] * D + dims[None, :], mask=mask[:, None] & (dims[None, :] < D),
+                        other=0.0)
+        sq = tl.load(sumsq_ptr + offs, mask=mask, other=0.0)
+        return tl.maximum(sq + s1 - 2.0 * tl.sum(codes * e1[None, :], axis=1), 0.0)
+
+    @triton.jit
+    def _jump_kernel(unit_ptr, sumsq_ptr, x1_ptr, xt_ptr, beta_ptr, bdot_ptr, h_ptr, u_ptr, out_ptr, n, K,
+                     D: tl.constexpr, DP: tl.constexpr, BLOCK: tl.constexpr):
+        row = tl.program_id(0)
+        x1, xt = tl.load(x1_ptr + row).to(tl.int32), tl.load(xt_ptr + row).to(tl.int32)
+        beta, bdot, h = tl.load(beta_ptr + row), tl.load(bdot_ptr + row), tl.load(h_ptr + row)
+        dims = tl.arange(0, DP)
+        e1 = tl.load(unit_ptr + x1 * D + dims, mask=dims < D, other=0.0)
+        et = tl.load(unit_ptr + xt * D + dims, mask=dims < D, other=0.0)
+        s1 = tl.load(sumsq_ptr + x1)
+        d_cur = tl.maximum(tl.load(sumsq_ptr + xt) + s1 - 2.0 * tl.sum(et * e1, axis=0), 0.0)
+        norm, rate = 0.0, 0.0
+        for start in range(0, K, BLOCK):
+            offs = start + tl.arange(0, BLOCK)
+            mask = offs < K
+            d = _distances(unit_ptr, sumsq_ptr, offs, mask, e1, s1, D, DP)
+            w = tl.where(mask, tl.exp(-beta * d), 0.0)  # min d is 0 (at x1), so this is softmax's numerator
+            norm += tl.sum(w)
+            rate += tl.sum(tl.where(mask & (offs != xt), w * tl.maximum(d_cur - d, 0.0), 0.0))
+        jump_prob = 1.0 - tl.exp(-h * bdot * rate / norm)
+        pick = xt  # int32, like every value assigned to it below
+        if tl.load(u_ptr + row) < jump_prob:
+            target = tl.load(u_ptr + n + row) * rate
+            below = 0.0
+            pick = K - 1
+            for start in range(0, K, BLOCK):
+                offs = start + tl.arange(0, BLOCK)
+                mask = offs < K
+                d = _distances(unit_ptr, sumsq_ptr, offs, mask, e1, s1, D, DP)
+                r = tl.where(mask & (offs != xt), tl.exp(-beta * d) * tl.maximum(d_cur - d, 0.0), 0.0)
+                cdf = tl.cumsum(r, axis=0) + below
+                pick = tl.minimum(pick, tl.min(tl.where((cdf > target) & mask, offs, K - 1)))
+                below += tl.sum(r)
+        tl.store(out_ptr + row, pick)
+
+
+def categorical_from_logits(cond: torch.Tensor, uncond: torch.Tensor | None, scale: float,
+                            uniforms: torch.Tensor) -> torch.Tensor:
+    """x1 per row of the guided logits [n, K] (cond/uncond in any float dtype)."""
+    n, k = cond.shape
+    out = torch.empty(n, dtype=torch.long, device=cond.device)
+    cond = cond.contiguous()
+    uncond = cond if uncond is None else uncond.contiguous()
+    _categorical_kernel[(n,)](cond, uncond, cond.stride(0), uniforms.float().contiguous(), out, k, float(scale),
+                              HAS_UNCOND=uncond is not cond, BLOCK=2048, num_warps=8)
+    return out
+
+
+def metric_jump(unit: torch.Tensor, sumsq: torch.Tensor, x1: torch.Tensor, x_t: torch.Tensor, beta: torch.Tensor,
+                beta_dot: torch.Tensor, h: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """New tokens for one jump step; uniforms [2, n] = (jump test, destination draw)."""
+    n = x1.numel()
+    k, dim = unit.shape
+    out = torch.empty_like(x_t)
+    f32 = (lambda t: t.float().contiguous())  # noqa: E731
+    _jump_kernel[(n,)](f32(unit), f32(sumsq), x1.contiguous(), x_t.contiguous(), f32(beta), f32(beta_dot), f32(h),
+                       f32(uniforms), out, n, k, D=dim, DP=triton.next_power_of_2(dim), BLOCK=1024, num_warps=4)
+    return out
