@@ -227,6 +227,17 @@ def decode_section(kind: str, latent_shape, device, dtype=torch.bfloat16) -> dic
     return {"decode_s": result["total_s"], "peak_gib": result["peak_gib"], "config": "random weights, " + kind}
 
 
+def profile_section(model, case, label: str, rows: int = 22) -> str:
+    """Kernel time table of one sampling step (after a warm-up run), to see where a step goes."""
+    from torch.profiler import ProfilerActivity, profile
+    run_optimized(model, case, 3)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        run_optimized(model, case, 2)  # step 0 is skipped: this profiles exactly one step
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows, max_name_column_width=60)
+    print(f"profile {label}\n{table}", flush=True)
+    return table
+
+
 def agreement_section(model, case, steps) -> dict:
     """Optimized path vs the unoptimised torch path (no step skipping, chunked torch sampler), same seed."""
     fast = run_optimized(model, case, steps, seed=5)["tokens"]
@@ -276,6 +287,7 @@ def main(argv=None) -> int:
     if "probe" in sections and device.type == "cuda":
         report["matmul_bf16_tflops"] = matmul_tflops(device)
         report["attention_49f"] = attention_backends(device, seq=33_601)
+        report["attention_49f_fp16"] = attention_backends(device, seq=33_601, dtype=torch.float16)
         print("probe", json.dumps(report), flush=True)
     report["attention_choice"] = (fastest_backend(report.get("attention_49f", {})) if args.attention == "fastest"
                                   else args.attention)
@@ -302,6 +314,12 @@ def extra_sections(args, device, report, sections) -> None:
     if "agree" in sections:
         small = ("tiny", 5, 64, 64, 6) if args.quick else CASES["t2v13"]
         report["agreement_13f"] = agreement_section(model, small, small[4])
+    if "profile" in sections and device.type == "cuda":
+        report["profile_49f_eager"] = profile_section(model, big, "eager")
+        from ursa_core.compiled import compile_layers
+        compile_layers(model.transformer)
+        report["profile_49f_compiled"] = profile_section(model, big, "compiled")
+        model.transformer.layer_runner = None
     if "compile" in sections and device.type == "cuda":
         report["compile_49f"] = compile_section(model, big, few)
     if "decode" in sections and device.type == "cuda":

@@ -130,8 +130,9 @@ def upload_image(url: str, name: str, data: bytes) -> dict:
 def queue_cli(url: str, workflow: str, sets: list[str], out_dir: Path, timeout: float = 120.0,
               extra: list[str] = ()) -> subprocess.CompletedProcess:
     """Run the repo's own client on workflows/api/<workflow>.json with --set overrides."""
-    cmd = [sys.executable, str(ROOT / "scripts" / "comfy_queue.py"), str(ROOT / "workflows" / "api" / f"{workflow}.json"),
-           "--server", url, "--out", str(out_dir), "--timeout", str(timeout), "--poll", "0.2", *extra]
+    cmd = [sys.executable, str(ROOT / "scripts" / "comfy_queue.py"),
+           str(ROOT / "workflows" / "api" / f"{workflow}.json"), "--server", url, "--out", str(out_dir),
+           "--timeout", str(timeout), "--poll", "0.2", *extra]
     for s in sets:
         cmd += ["--set", s]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 30)

@@ -30,9 +30,30 @@ def test_fused_sampler_matches_torch_path():
     logits = lambda sl: (cond[sl], uncond[sl])  # noqa: E731
     ref, ref_x1 = euler_step(path, logits, x_t, clocks, u, False, 512, guidance=5.0, fused=False)
     out, x1 = euler_step(path, logits, x_t, clocks, u, False, 4096, guidance=5.0, fused=True)
+    # Same uniforms, different float summation order: draws agree except next to a CDF boundary.
     assert (x1 == ref_x1).float().mean() > 0.999
-    assert (out == ref).float().mean() > 0.999
+    assert (out == ref).float().mean() > 0.995
     assert (out != x_t).float().mean() > 0.05  # tokens do move: the comparison is not vacuous
+
+
+def test_fused_jump_law_statistical():
+    """The fused kernels follow the exact CTMC jump law (float64 reference from test_metric_path)."""
+    pytest.importorskip("triton")
+    from test_metric_path import exact_jump_law, random_path
+    emb, _ = random_path(k=6, d=3, seed=3)
+    path = MetricPath(emb.float(), c=3.0, alpha=0.9).to("cuda")
+    n = 200_000
+    logits = torch.tensor([0.3, -1.0, 2.0, 0.5, -0.2, 1.0], device="cuda")
+    x_t = torch.full((n,), 4, device="cuda")
+    b, bd, h = 2.5, 6.0, 0.08
+    clocks = TokenClocks(*(torch.full((n,), v, device="cuda") for v in (b, bd, h)))
+    u = torch.rand(3, n, device="cuda", generator=torch.Generator(device="cuda").manual_seed(7))
+    new, _ = euler_step(path, lambda sl: logits.expand(len(range(n)[sl]), -1), x_t, clocks, u, False, n,
+                        fused=True)
+    freq = torch.bincount(new, minlength=6).double().cpu() / n
+    law = exact_jump_law(emb, logits.double().cpu(), 4, b, bd, h)
+    sigma = (law * (1 - law) / n).sqrt()
+    assert bool(((freq - law).abs() <= 5 * sigma + 1e-9).all()), (freq, law)
 
 
 def test_fused_final_step_and_no_guidance():
@@ -61,8 +82,10 @@ def test_generate_deterministic_and_chunk_invariant_on_cuda(cuda_model):
     a = generate(cuda_model, "a fox", **kw)
     b = generate(cuda_model, "a fox", **kw, chunk_tokens=17)
     assert torch.equal(a, b)
+    # The fused path draws from the same law with another float summation order; on a random model a single
+    # differing draw changes every later logit, so it is compared for determinism here and for the law above.
     c = generate(cuda_model, "a fox", **{**kw, "sampler": "triton"})
-    assert (c == a).float().mean() > 0.98
+    assert torch.equal(c, generate(cuda_model, "a fox", **{**kw, "sampler": "triton"}))
 
 
 def test_low_vram_streaming_matches_on_cuda(cuda_model):
