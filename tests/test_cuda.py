@@ -122,3 +122,18 @@ def test_fp8_linear_close_to_bf16():
     x = torch.randn(4096, 2048, device="cuda", dtype=torch.bfloat16)
     ref, out = lin(x).float(), FP8Linear(lin)(x).float()
     assert ((out - ref).norm() / ref.norm()) < 0.05
+
+
+def test_compiled_layers_match_eager(cuda_model):
+    from ursa_core.compiled import compile_layers
+    from ursa_core.rope import rotary_cos_sin, sequence_positions
+    transformer = copy.deepcopy(cuda_model.transformer)
+    cfg = transformer.config
+    pos = sequence_positions(cfg.max_prompt_length, (3, 8, 8), device="cuda")
+    cos, sin = rotary_cos_sin(pos, cfg.head_dim, cfg.rope_theta, transformer.dtype)
+    ids = torch.randint(0, cfg.lm_vocab_size, (2, pos.shape[0]), device="cuda")
+    with torch.no_grad():
+        eager = transformer(ids, cos, sin).float()
+        compile_layers(transformer)
+        compiled = transformer(ids, cos, sin).float()
+    assert (compiled - eager).abs().max() < 0.05 * eager.abs().max()

@@ -1,19 +1,31 @@
-"""Optional torch.compile of the decoder layer (one graph serves all layers: modules are graph inputs)."""
+"""Optional torch.compile of the decoder layers: everything around attention is compiled (norms, RoPE, SwiGLU
+fuse into few kernels); attention itself stays an eager SDPA call so it keeps the fastest kernel and layout.
+
+One compiled graph serves every layer (modules are graph inputs), so compile time does not grow with depth.
+"""
 from __future__ import annotations
 
 import torch
 
+from .modeling_ursa import sdpa_attention
 
-def _run_layer(layer, x, cos, sin, attention_fn):
-    return layer(x, cos, sin, attention_fn)
+
+def _before(layer, x, cos, sin):
+    return layer.attention_inputs(x, cos, sin)
+
+
+def _after(layer, x, attended):
+    return layer.after_attention(x, attended)
 
 
 def compile_layers(transformer, mode: str | None = None) -> None:
-    """Route the layer loop through one compiled layer function (static shapes per clip size)."""
-    step = torch.compile(_run_layer, dynamic=False, mode=mode)
+    """Route the layer loop through the compiled halves (static shapes per clip size)."""
+    before = torch.compile(_before, dynamic=False, mode=mode)
+    after = torch.compile(_after, dynamic=False, mode=mode)
 
     def runner(model, x, cos, sin):
+        attend = model.attention_fn or sdpa_attention
         for layer in model.model.layers:
-            x = step(layer, x, cos, sin, model.attention_fn)
+            x = after(layer, x, attend(*before(layer, x, cos, sin)))
         return x
     transformer.layer_runner = runner

@@ -142,7 +142,7 @@ class _Denoiser:
         return torch.cat([text_ids, self.bov, visual], dim=1)
 
     @torch.no_grad()
-    def logits_fn(self, tokens: torch.Tensor, use_cfg: bool) -> Callable[[slice], torch.Tensor]:
+    def logits_fn(self, tokens: torch.Tensor, use_cfg: bool, guidance: float) -> Callable[[slice], torch.Tensor]:
         transformer = self.model.transformer
         batch = self.cond_ids.shape[0]
         ids = [self._sequence(self.cond_ids, tokens)]
@@ -151,17 +151,21 @@ class _Denoiser:
         hidden = transformer.hidden_states(torch.cat(ids, 0), self.cos, self.sin, self.keep)
         hidden = hidden.reshape(len(ids), batch * self.keep.numel(), -1)
 
-        def logits(sl: slice) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-            cond = transformer.visual_logits(hidden[0, sl])
-            return cond, (transformer.visual_logits(hidden[1, sl]) if use_cfg else None)
+        def logits(sl: slice) -> torch.Tensor:
+            if not use_cfg:
+                return transformer.visual_logits(hidden[0, sl])
+            # lm_head is linear without bias, so guiding the hidden states and projecting once equals
+            # z_u + g (z_c - z_u) while running the [tokens, K] head for one branch instead of two.
+            cond, uncond = hidden[0, sl].float(), hidden[1, sl].float()
+            return transformer.visual_logits((uncond + guidance * (cond - uncond)).to(hidden.dtype))
         return logits
 
 
 def auto_chunk(codebook_size: int, device: torch.device, fused: bool = False) -> int:
     """Tokens per chunk so the live [chunk, K] tensors stay within a small budget: ~6 fp32 ones on the torch
-    path, only the two logit chunks (cond, uncond) on the fused path."""
+    path, only the (guided) logit chunk on the fused path."""
     budget = (1 << 30) if device.type == "cuda" else (256 << 20)
-    per_token = codebook_size * (2 * 4 if fused else 6 * 4)
+    per_token = codebook_size * (4 if fused else 6 * 4)
     return max(1, budget // per_token)
 
 
@@ -239,8 +243,8 @@ def generate(model: URSAModel, prompt: str | Sequence[str] = "", negative_prompt
             use_cfg = guidance > 1 and t < guidance_trunc
             u = uniforms(seed, TAG_STEP, step, (3, batch, tokens[0].numel()))[:, :, plan_.active]
             x_t = flat_active.reshape(-1).to(model.device)
-            new, x1 = euler_step(path, denoiser.logits_fn(tokens, use_cfg), x_t, clocks,
-                                 u.reshape(3, -1).to(model.device), final, chunk, guidance, fused)
+            new, x1 = euler_step(path, denoiser.logits_fn(tokens, use_cfg, guidance), x_t, clocks,
+                                 u.reshape(3, -1).to(model.device), final, chunk, fused=fused)
             flat_active = new.view(batch, -1).cpu()
             tokens = _scatter(tokens, plan_.active, flat_active)
             predicted = _scatter(tokens, plan_.active, x1.view(batch, -1).cpu())

@@ -43,19 +43,28 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
         self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                attention_fn: Optional[Callable] = None) -> torch.Tensor:
+    def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """q, k, v as [B, heads, S, D] views of [B, S, heads, D] tensors (the layout cuDNN attention is fastest on).
+
+        QK-norm is applied per head before the rotary embedding.
+        """
         batch, seq, _ = x.shape
         q = self.q_proj(x).view(batch, seq, self.num_heads, self.head_dim)
         k = self.k_proj(x).view(batch, seq, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x).view(batch, seq, self.num_kv_heads, self.head_dim)
-        # QK-norm is applied per head before the rotary embedding.
-        q = apply_rotary(self.q_norm(q).transpose(1, 2), cos, sin)
-        k = apply_rotary(self.k_norm(k).transpose(1, 2), cos, sin)
-        v = v.transpose(1, 2)
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        q = apply_rotary(self.q_norm(q), cos, sin)
+        k = apply_rotary(self.k_norm(k), cos, sin)
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+    def output(self, attended: torch.Tensor) -> torch.Tensor:
+        batch, _, seq, _ = attended.shape
+        return self.o_proj(attended.transpose(1, 2).reshape(batch, seq, -1))
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                attention_fn: Optional[Callable] = None) -> torch.Tensor:
         attend = attention_fn or sdpa_attention
-        out = attend(q, k, v)  # bidirectional: no mask, no causal flag
-        return self.o_proj(out.transpose(1, 2).reshape(batch, seq, -1))
+        return self.output(attend(*self.project(x, cos, sin)))  # bidirectional: no mask, no causal flag
 
 
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -93,9 +102,16 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, attention_fn=None):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, attention_fn)
+    def attention_inputs(self, x, cos, sin):
+        return self.self_attn.project(self.input_layernorm(x), cos, sin)
+
+    def after_attention(self, x, attended):
+        x = x + self.self_attn.output(attended)
         return x + self.mlp(self.post_attention_layernorm(x))
+
+    def forward(self, x, cos, sin, attention_fn=None):
+        attend = attention_fn or sdpa_attention
+        return self.after_attention(x, attend(*self.attention_inputs(x, cos, sin)))
 
 
 class Qwen3Stack(nn.Module):
