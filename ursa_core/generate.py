@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -151,14 +152,31 @@ class _Denoiser:
         hidden = transformer.hidden_states(torch.cat(ids, 0), self.cos, self.sin, self.keep)
         hidden = hidden.reshape(len(ids), batch * self.keep.numel(), -1)
 
-        def logits(sl: slice) -> torch.Tensor:
+        def head(rows: slice) -> torch.Tensor:
             if not use_cfg:
-                return transformer.visual_logits(hidden[0, sl])
+                return transformer.visual_logits(hidden[0, rows])
             # lm_head is linear without bias, so guiding the hidden states and projecting once equals
             # z_u + g (z_c - z_u) while running the [tokens, K] head for one branch instead of two.
-            cond, uncond = hidden[0, sl].float(), hidden[1, sl].float()
+            cond, uncond = hidden[0, rows].float(), hidden[1, rows].float()
             return transformer.visual_logits((uncond + guidance * (cond - uncond)).to(hidden.dtype))
-        return logits
+        return partial(head_in_blocks, head, hidden.shape[1])
+
+
+HEAD_BLOCK = 1024  # rows per lm_head matmul, aligned to the token index
+
+
+def head_in_blocks(head: Callable[[slice], torch.Tensor], rows: int, sl: slice) -> torch.Tensor:
+    """Logits of rows `sl`, always computed in the same HEAD_BLOCK-aligned matmuls whatever the chunk size.
+
+    BLAS kernels are chosen by matrix shape and round differently per shape; fixed blocks keep every row's logits
+    bit-identical between chunk sizes, so a chunked run gives the same tokens as a one-chunk run on GPUs too.
+    """
+    start, stop = sl.start, min(sl.stop, rows)
+    parts = []
+    for block in range(start - start % HEAD_BLOCK, stop, HEAD_BLOCK):
+        logits = head(slice(block, min(block + HEAD_BLOCK, rows)))
+        parts.append(logits[max(start - block, 0):stop - block])
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def auto_chunk(codebook_size: int, device: torch.device, fused: bool = False) -> int:
@@ -166,7 +184,8 @@ def auto_chunk(codebook_size: int, device: torch.device, fused: bool = False) ->
     path, only the (guided) logit chunk on the fused path."""
     budget = (1 << 30) if device.type == "cuda" else (256 << 20)
     per_token = codebook_size * (4 if fused else 6 * 4)
-    return max(1, budget // per_token)
+    chunk = max(1, budget // per_token)
+    return max(HEAD_BLOCK, chunk - chunk % HEAD_BLOCK) if chunk >= HEAD_BLOCK else chunk
 
 
 def use_fused_sampler(sampler: str, device: torch.device) -> bool:
