@@ -113,3 +113,13 @@ def test_layer_streaming_matches_resident_forward():
     assert torch.equal(streamed(ids[None], cos, sin), model(ids[None], cos, sin))
     assert streamer.resident_bytes() == 2 * sum(p.numel() * 4 for p in model.model.layers[0].parameters())
     assert all(p.device.type == "meta" for p in streamed.model.layers.parameters())
+
+
+def test_fused_projections_same_output():
+    _, model = build(torch.float64)
+    ids, pos = inputs()
+    cos, sin = rotary_cos_sin(pos, 128, CFG.rope_theta, torch.float64)
+    ref = model(ids[None], cos, sin)
+    model.fuse_projections()
+    assert not hasattr(model.model.layers[0].self_attn, "q_proj")
+    assert torch.allclose(model(ids[None], cos, sin), ref, atol=1e-10)

@@ -63,10 +63,10 @@ def plan(model: URSAModel, frames: int, height: int, width: int, steps: int, shi
     schedule = schedule or FrameSchedule.generate(latent[0])
     schedule.check_frames(latent[0])
     per_frame = latent[1] * latent[2]
-    held = set(schedule.held())
     frame_of_token = torch.arange(latent[0] * per_frame) // per_frame
-    active_mask = torch.tensor([int(f) not in held for f in frame_of_token])
-    active = torch.nonzero(active_mask).squeeze(1)
+    held = torch.zeros(latent[0], dtype=torch.bool)
+    held[schedule.held()] = True
+    active = torch.nonzero(~held[frame_of_token]).squeeze(1)
     if active.numel() == 0:
         raise InputError("every frame of the schedule is held (start time 1): there is nothing to generate")
     return GenerationPlan(latent, schedule, active, frame_of_token[active], time_grid(steps, shift))

@@ -49,7 +49,14 @@ class MetricPath:
     def to(self, device) -> "MetricPath":
         self.unit = self.unit.to(device)
         self.sumsq = self.sumsq.to(device)
+        self._half = None
         return self
+
+    def half_unit(self) -> torch.Tensor:
+        """The unit codebook in fp16 (cached), for tensor-core distance matmuls on wide codebooks."""
+        if getattr(self, "_half", None) is None or self._half.device != self.unit.device:
+            self._half = self.unit.half()
+        return self._half
 
     def distances(self, codes: torch.Tensor) -> torch.Tensor:
         """d(x, codes[i]) for every code x: [n, K]."""

@@ -48,14 +48,26 @@ class Attention(nn.Module):
 
         QK-norm is applied per head before the rotary embedding.
         """
-        batch, seq, _ = x.shape
-        q = self.q_proj(x).view(batch, seq, self.num_heads, self.head_dim)
-        k = self.k_proj(x).view(batch, seq, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).view(batch, seq, self.num_kv_heads, self.head_dim)
+        q, k, v = self._qkv(x)
+        q = q.unflatten(-1, (self.num_heads, self.head_dim))
+        k = k.unflatten(-1, (self.num_kv_heads, self.head_dim))
+        v = v.unflatten(-1, (self.num_kv_heads, self.head_dim))
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         q = apply_rotary(self.q_norm(q), cos, sin)
         k = apply_rotary(self.k_norm(k), cos, sin)
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+    def _qkv(self, x: torch.Tensor):
+        if hasattr(self, "qkv_proj"):
+            return self.qkv_proj(x).split(self.qkv_sizes, dim=-1)
+        return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+
+    def fuse_projections(self) -> None:
+        """One [q; k; v] matmul instead of three: larger GEMMs run closer to peak. Inference only (the state dict
+        then has `qkv_proj` instead of the official names)."""
+        self.qkv_sizes = [self.q_proj.out_features, self.k_proj.out_features, self.v_proj.out_features]
+        self.qkv_proj = _concat_linear(self.q_proj, self.k_proj, self.v_proj)
+        del self.q_proj, self.k_proj, self.v_proj
 
     def output(self, attended: torch.Tensor) -> torch.Tensor:
         batch, _, seq, _ = attended.shape
@@ -65,6 +77,13 @@ class Attention(nn.Module):
                 attention_fn: Optional[Callable] = None) -> torch.Tensor:
         attend = attention_fn or sdpa_attention
         return self.output(attend(*self.project(x, cos, sin)))  # bidirectional: no mask, no causal flag
+
+
+def _concat_linear(*linears: nn.Linear) -> nn.Linear:
+    weight = torch.cat([lin.weight.detach() for lin in linears])
+    fused = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
+    fused.weight = nn.Parameter(weight, requires_grad=False)
+    return fused
 
 
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -88,8 +107,16 @@ class MLP(nn.Module):
             return self._swiglu(x)
         return torch.cat([self._swiglu(part) for part in x.split(self.chunk_tokens, dim=1)], dim=1)
 
+    def fuse_projections(self) -> None:
+        """gate and up in one matmul (see Attention.fuse_projections)."""
+        self.gate_up_proj = _concat_linear(self.gate_proj, self.up_proj)
+        del self.gate_proj, self.up_proj
+
     def _swiglu(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_proj(x), self.up_proj(x)
+        if hasattr(self, "gate_up_proj"):
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
         # SwiGLU product in fp32, as the reference's jiterator kernel does.
         return self.down_proj((F.silu(gate.float()) * up.float()).to(x.dtype))
 
@@ -154,6 +181,14 @@ class URSATransformer(nn.Module):
         if keep is not None:
             x = x[:, keep]
         return self.model.norm(x)
+
+    def fuse_projections(self) -> None:
+        """Fuse every layer's projections (idempotent)."""
+        for layer in self.model.layers:
+            if hasattr(layer.self_attn, "qkv_proj"):
+                continue
+            layer.self_attn.fuse_projections()
+            layer.mlp.fuse_projections()
 
     def visual_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits over the K visual codes for already-selected hidden states."""

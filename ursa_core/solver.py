@@ -64,23 +64,35 @@ def euler_step(path: MetricPath, logits_fn: Callable[[slice], LogitPair], x_t: t
         x1_all[sl] = x1
         if final:
             x_new[sl] = x1
-        elif fused and path.unit.shape[1] <= FUSED_MAX_DIM:
-            from .triton_sampler import metric_jump
-            x_new[sl] = metric_jump(path.unit, path.sumsq, x1, x_t[sl], clocks.beta[sl], clocks.beta_dot[sl],
-                                    clocks.h[sl], uniforms[1:, sl])
+        elif fused:
+            x_new[sl] = _fused_jump(path, x1, x_t[sl], clocks, sl, uniforms[1:, sl])
         else:
             x_new[sl] = _jump(path, x_t[sl], x1, clocks, sl, uniforms[1:, sl])
     return x_new, x1_all
 
 
-# The fused jump recomputes d(x, x1) from the codebook for every token; that wins for FSQ's 6-D codes but not for
-# wide embeddings (IBQ), where the torch path's chunked matmul is the better way to get distances.
+# The fused jump recomputes d(x, x1) from the codebook inside the kernel for narrow codes (FSQ's 6-D); wider
+# embeddings (IBQ) get their distances from a matmul first.
 FUSED_MAX_DIM = 32
 LogitPair = "tuple[torch.Tensor, torch.Tensor | None] | torch.Tensor"
 
 
 def _as_pair(logits) -> tuple[torch.Tensor, torch.Tensor | None]:
     return logits if isinstance(logits, tuple) else (logits, None)
+
+
+def _fused_jump(path: MetricPath, x1, x_t, clocks: TokenClocks, sl: slice, uniforms) -> torch.Tensor:
+    from . import triton_sampler
+
+    if path.unit.shape[1] <= FUSED_MAX_DIM:  # narrow codes (FSQ): distances recomputed inside the kernel
+        return triton_sampler.metric_jump(path.unit, path.sumsq, x1, x_t, clocks.beta[sl], clocks.beta_dot[sl],
+                                          clocks.h[sl], uniforms)
+    # Wide codes (IBQ): one half-precision tensor-core matmul for d(x, x1) (the reference works in fp16 too),
+    # then a kernel that never writes probabilities or rates.
+    unit = path.half_unit()
+    dist = path.sumsq[x1].unsqueeze(-1).half() + path.sumsq.half() - 2 * (unit[x1] @ unit.T)
+    return triton_sampler.jump_from_distances(dist, x1, x_t, clocks.beta[sl], clocks.beta_dot[sl], clocks.h[sl],
+                                              uniforms)
 
 
 def _jump(path: MetricPath, x_t: torch.Tensor, x1: torch.Tensor, clocks: TokenClocks, sl: slice,

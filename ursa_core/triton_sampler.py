@@ -98,6 +98,53 @@ if triton is not None:
         tl.store(out_ptr + row, pick)
 
 
+if triton is not None:
+    @triton.jit
+    def _jump_from_distances_kernel(dist_ptr, stride, x1_ptr, xt_ptr, beta_ptr, bdot_ptr, h_ptr, u_ptr, out_ptr,
+                                    n, K, BLOCK: tl.constexpr):
+        """The jump for wide codebooks: d(x, x1) rows come precomputed (one tensor-core matmul per chunk)."""
+        row = tl.program_id(0)
+        xt = tl.load(xt_ptr + row).to(tl.int32)
+        beta, bdot, h = tl.load(beta_ptr + row), tl.load(bdot_ptr + row), tl.load(h_ptr + row)
+        base = dist_ptr + row.to(tl.int64) * stride
+        d_cur = tl.maximum(tl.load(base + xt).to(tl.float32), 0.0)
+        norm, rate = 0.0, 0.0
+        for start in range(0, K, BLOCK):
+            offs = start + tl.arange(0, BLOCK)
+            mask = offs < K
+            d = tl.maximum(tl.load(base + offs, mask=mask, other=0.0).to(tl.float32), 0.0)
+            w = tl.where(mask, tl.exp(-beta * d), 0.0)
+            norm += tl.sum(w)
+            rate += tl.sum(tl.where(mask & (offs != xt), w * tl.maximum(d_cur - d, 0.0), 0.0))
+        jump_prob = 1.0 - tl.exp(-h * bdot * rate / norm)
+        pick = xt
+        if tl.load(u_ptr + row) < jump_prob:
+            target = tl.load(u_ptr + n + row) * rate
+            below = 0.0
+            pick = K - 1
+            for start in range(0, K, BLOCK):
+                offs = start + tl.arange(0, BLOCK)
+                mask = offs < K
+                d = tl.maximum(tl.load(base + offs, mask=mask, other=0.0).to(tl.float32), 0.0)
+                r = tl.where(mask & (offs != xt), tl.exp(-beta * d) * tl.maximum(d_cur - d, 0.0), 0.0)
+                cdf = tl.cumsum(r, axis=0) + below
+                pick = tl.minimum(pick, tl.min(tl.where((cdf > target) & mask, offs, K - 1)))
+                below += tl.sum(r)
+        tl.store(out_ptr + row, pick)
+
+
+def jump_from_distances(dist: torch.Tensor, x1: torch.Tensor, x_t: torch.Tensor, beta: torch.Tensor,
+                        beta_dot: torch.Tensor, h: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """New tokens given d(x, x1) rows [n, K] (any float dtype); uniforms [2, n]."""
+    n, k = dist.shape
+    out = torch.empty_like(x_t)
+    f32 = (lambda t: t.float().contiguous())  # noqa: E731
+    dist = dist.contiguous()
+    _jump_from_distances_kernel[(n,)](dist, dist.stride(0), x1.contiguous(), x_t.contiguous(), f32(beta),
+                                      f32(beta_dot), f32(h), f32(uniforms), out, n, k, BLOCK=2048, num_warps=8)
+    return out
+
+
 def categorical_from_logits(cond: torch.Tensor, uncond: torch.Tensor | None, scale: float,
                             uniforms: torch.Tensor) -> torch.Tensor:
     """x1 per row of the guided logits [n, K] (cond/uncond in any float dtype)."""

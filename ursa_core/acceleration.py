@@ -1,0 +1,34 @@
+"""Speed and memory options for a loaded model, in one place (CLI, benchmark and callers use the same order)."""
+from __future__ import annotations
+
+import logging
+
+from .attention import make_attention
+from .errors import InputError
+from .model import URSAModel
+
+log = logging.getLogger(__name__)
+
+
+def accelerate(model: URSAModel, *, attention: str = "auto", fuse: bool = True, compile: bool = False,
+               low_vram: bool = False, fp8: bool = False) -> URSAModel:
+    """Apply the options in place. fuse: one QKV and one gate/up GEMM per layer (exact). compile: torch.compile
+    around attention. low_vram: stream layers from pinned host memory. fp8: e4m3 projections (changes logits)."""
+    if compile and low_vram:
+        raise InputError("compile and low_vram cannot be combined: both replace the layer loop")
+    transformer = model.transformer
+    transformer.attention_fn = make_attention(attention)
+    if fuse:
+        transformer.fuse_projections()
+    if fp8:
+        from .fp8 import enable_fp8
+        enable_fp8(transformer)
+    if low_vram:
+        from .lowvram import enable_low_vram
+        if model.device.type != "cuda":
+            log.warning("low_vram streams layers to a GPU; on %s it only saves nothing and costs copies", model.device)
+        enable_low_vram(transformer, model.device)
+    if compile:
+        from .compiled import compile_layers
+        compile_layers(transformer)
+    return model
