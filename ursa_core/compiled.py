@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .modeling_ursa import sdpa_attention
+from .modeling_ursa import attend_heads
 
 
 def _before(layer, x, cos, sin):
@@ -24,8 +24,7 @@ def compile_layers(transformer, mode: str | None = None) -> None:
     after = torch.compile(_after, dynamic=False, mode=mode)
 
     def runner(model, x, cos, sin):
-        attend = model.attention_fn or sdpa_attention
         for layer in model.model.layers:
-            x = after(layer, x, attend(*before(layer, x, cos, sin)))
+            x = after(layer, x, attend_heads(model.attention_fn, *before(layer, x, cos, sin)))
         return x
     transformer.layer_runner = runner

@@ -22,6 +22,9 @@ def beta_dot(t: torch.Tensor, c: float, alpha: float) -> torch.Tensor:
     return torch.where(t > 0, value, torch.zeros_like(value))
 
 
+ELEMENTWISE_MAX_DIM = 16
+
+
 class MetricPath:
     """Distances and conditional probabilities on a codebook `emb` [K, D].
 
@@ -61,7 +64,14 @@ class MetricPath:
     def distances(self, codes: torch.Tensor) -> torch.Tensor:
         """d(x, codes[i]) for every code x: [n, K]."""
         a = self.unit[codes]
-        dist = self.sumsq[codes].unsqueeze(-1) + self.sumsq - 2 * (a @ self.unit.T)
+        dist = self.sumsq[codes].unsqueeze(-1) + self.sumsq
+        if a.shape[-1] <= ELEMENTWISE_MAX_DIM:
+            # Narrow codes (FSQ's 6-D): D elementwise passes instead of a GEMM, whose rounding depends on how
+            # many rows it gets; this keeps chunked and one-chunk runs token-identical on every device.
+            for dim in range(a.shape[-1]):
+                dist -= 2 * a[:, dim:dim + 1] * self.unit[:, dim]
+        else:
+            dist -= 2 * (a @ self.unit.T)
         return dist.clamp_min_(0)
 
     def log_probs(self, x1: torch.Tensor, beta_t: torch.Tensor) -> torch.Tensor:

@@ -44,18 +44,17 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
 
     def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        """q, k, v as [B, heads, S, D] views of [B, S, heads, D] tensors (the layout cuDNN attention is fastest on).
+        """q, k, v as [B, S, heads, D] tensors; QK-norm is applied per head before the rotary embedding.
 
-        QK-norm is applied per head before the rotary embedding.
+        They are handed to attention as [B, heads, S, D] *views* (see `attend_heads`): the strided layout cuDNN's
+        attention kernel runs fastest on. Returning them untransposed also keeps torch.compile from changing it.
         """
         q, k, v = self._qkv(x)
         q = q.unflatten(-1, (self.num_heads, self.head_dim))
         k = k.unflatten(-1, (self.num_kv_heads, self.head_dim))
         v = v.unflatten(-1, (self.num_kv_heads, self.head_dim))
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-        q = apply_rotary(self.q_norm(q), cos, sin)
-        k = apply_rotary(self.k_norm(k), cos, sin)
-        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        return apply_rotary(self.q_norm(q), cos, sin), apply_rotary(self.k_norm(k), cos, sin), v
 
     def _qkv(self, x: torch.Tensor):
         if hasattr(self, "qkv_proj"):
@@ -75,8 +74,7 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 attention_fn: Optional[Callable] = None) -> torch.Tensor:
-        attend = attention_fn or sdpa_attention
-        return self.output(attend(*self.project(x, cos, sin)))  # bidirectional: no mask, no causal flag
+        return self.output(attend_heads(attention_fn, *self.project(x, cos, sin)))
 
 
 def _concat_linear(*linears: nn.Linear) -> nn.Linear:
@@ -84,6 +82,12 @@ def _concat_linear(*linears: nn.Linear) -> nn.Linear:
     fused = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
     fused.weight = nn.Parameter(weight, requires_grad=False)
     return fused
+
+
+def attend_heads(attention_fn: Optional[Callable], q, k, v) -> torch.Tensor:
+    """[B, S, heads, D] q/k/v -> attention output [B, heads, S, D]; bidirectional: no mask, no causal flag."""
+    attend = attention_fn or sdpa_attention
+    return attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
 
 
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -137,8 +141,7 @@ class DecoderLayer(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
     def forward(self, x, cos, sin, attention_fn=None):
-        attend = attention_fn or sdpa_attention
-        return self.after_attention(x, attend(*self.attention_inputs(x, cos, sin)))
+        return self.after_attention(x, attend_heads(attention_fn, *self.attention_inputs(x, cos, sin)))
 
 
 class Qwen3Stack(nn.Module):
