@@ -88,7 +88,8 @@ def measure(run, device) -> dict:
     sync(device)
     total = time.perf_counter() - begin
     peak = torch.cuda.max_memory_allocated(device) / 2 ** 30 if torch.device(device).type == "cuda" else 0.0
-    return {"step_s": timer.times, "median_step_s": statistics.median(timer.times), "total_s": total,
+    median = statistics.median(timer.times) if timer.times else total
+    return {"step_s": timer.times, "median_step_s": median, "total_s": total,
             "peak_gib": peak, "tokens": tokens}
 
 
@@ -255,7 +256,7 @@ def prepare(model, args, report) -> None:
     """The optimized configuration: fastest attention kernel, fused projections, compiled layers (unless --eager)."""
     from ursa_core.acceleration import accelerate
     accelerate(model, attention=report.get("attention_choice", "auto"), fuse=not args.no_fuse,
-               compile=not args.eager and model.device.type == "cuda")
+               compile=not args.eager and model.device.type == "cuda", compile_mode=args.compile_mode)
 
 
 def run_cases(args, device, report) -> None:
@@ -272,7 +273,8 @@ def run_cases(args, device, report) -> None:
             # Compile outside the timed run (reported separately): 3 steps with trunc 0.5 hit both the guided
             # (batch 2) and the unguided (batch 1) shapes.
             run_optimized(model, case, 3, trunc=0.5)
-        entry = {"optimized": summarize(run_optimized(model, case, steps))}
+        optimized = run_optimized(model, case, steps)
+        entry = {"optimized": {**summarize(optimized), "step_s": [round(t, 4) for t in optimized["step_s"]]}}
         if "baseline" in args.sections:
             base_steps = min(steps, args.baseline_steps or steps)
             entry["baseline"] = summarize(run_baseline(model, case, base_steps))
@@ -293,6 +295,7 @@ def main(argv=None) -> int:
     parser.add_argument("--attention", default="fastest", help="auto/flash/cudnn/efficient/flex or 'fastest'")
     parser.add_argument("--eager", action="store_true", help="optimized path without torch.compile")
     parser.add_argument("--no-fuse", action="store_true", help="optimized path without fused QKV/gate-up GEMMs")
+    parser.add_argument("--compile-mode", default=None, help="torch.compile mode (e.g. reduce-overhead)")
     parser.add_argument("--out", help="write the JSON report here")
     args = parser.parse_args(argv)
     device = torch.device("cpu" if args.quick or not torch.cuda.is_available() else "cuda")

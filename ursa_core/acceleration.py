@@ -11,7 +11,7 @@ log = logging.getLogger(__name__)
 
 
 def accelerate(model: URSAModel, *, attention: str = "auto", fuse: bool = True, compile: bool = False,
-               low_vram: bool = False, fp8: bool = False) -> URSAModel:
+               low_vram: bool = False, fp8: bool = False, compile_mode: str | None = None) -> URSAModel:
     """Apply the options in place. fuse: one QKV and one gate/up GEMM per layer (exact). compile: torch.compile
     around attention. low_vram: stream layers from pinned host memory. fp8: e4m3 projections (changes logits)."""
     if compile and low_vram:
@@ -30,5 +30,5 @@ def accelerate(model: URSAModel, *, attention: str = "auto", fuse: bool = True, 
         enable_low_vram(transformer, model.device)
     if compile:
         from .compiled import compile_layers
-        compile_layers(transformer)
+        compile_layers(transformer, mode=compile_mode)
     return model

@@ -17,10 +17,13 @@ from .metric_path import MetricPath
 
 def sample_from_weights(weights: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     """Inverse-CDF draw per row of non-negative `weights` [n, K] with one uniform in [0, 1) per row."""
-    cdf = torch.cumsum(weights, dim=-1)
+    return sample_from_cdf(torch.cumsum(weights, dim=-1), uniforms)
+
+
+def sample_from_cdf(cdf: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     target = uniforms.to(cdf.dtype).unsqueeze(-1) * cdf[:, -1:]
     index = torch.searchsorted(cdf, target, right=True).squeeze(-1)
-    return index.clamp_max_(weights.shape[-1] - 1)
+    return index.clamp_max_(cdf.shape[-1] - 1)
 
 
 def guided_logits(cond: torch.Tensor, uncond: torch.Tensor | None, scale: float) -> torch.Tensor:
@@ -105,8 +108,11 @@ def _jump(path: MetricPath, x_t: torch.Tensor, x1: torch.Tensor, clocks: TokenCl
     rate = p_t.mul_((d_current - dist).clamp_min_(0))
     del dist
     rate.scatter_(1, x_t.unsqueeze(-1), 0.0)
-    total = rate.sum(-1) * clocks.beta_dot[sl].to(rate.dtype)
-    jump_prob = 1 - torch.exp(-clocks.h[sl].to(rate.dtype) * total)
-    jumps = uniforms[0].to(rate.dtype) < jump_prob
-    destination = sample_from_weights(rate, uniforms[1])
-    return torch.where(jumps, destination, x_t)
+    # The scan's last entry is the row total: a plain .sum() may split rows differently for different chunk
+    # sizes on GPUs, and the jump test must not depend on the chunking.
+    cdf = torch.cumsum(rate, dim=-1)
+    del rate
+    total = cdf[:, -1] * clocks.beta_dot[sl].to(cdf.dtype)
+    jump_prob = 1 - torch.exp(-clocks.h[sl].to(cdf.dtype) * total)
+    jumps = uniforms[0].to(cdf.dtype) < jump_prob
+    return torch.where(jumps, sample_from_cdf(cdf, uniforms[1]), x_t)
