@@ -18,8 +18,19 @@ def _after(layer, x, attended):
     return layer.after_attention(x, attended)
 
 
+# Each clip size (and guided / unguided batch) is one compiled entry; dynamo's default of 8 entries per function
+# would silently fall back to eager after a few size changes in a ComfyUI session (measured: 0.098 vs 0.073 s/step
+# for a 1024px image after three video sizes).
+CACHE_ENTRIES = 64
+
+
 def compile_layers(transformer, mode: str | None = None) -> None:
     """Route the layer loop through the compiled halves (static shapes per clip size)."""
+    import torch._dynamo
+
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, CACHE_ENTRIES)
+    torch._dynamo.config.accumulated_cache_size_limit = max(torch._dynamo.config.accumulated_cache_size_limit,
+                                                            4 * CACHE_ENTRIES)
     before = torch.compile(_before, dynamic=False, mode=mode)
     after = torch.compile(_after, dynamic=False, mode=mode)
 
