@@ -122,10 +122,17 @@ def run_optimized(model, case, steps, seed=0, sampler="auto", chunk=None, trunc=
 
 
 def run_baseline(model, case, steps) -> dict:
+    """The reference-style loop on the same weights, eager (no compiled layers) with PyTorch's default SDPA."""
     _, frames, height, width, _ = case
     ids = random_prompt_ids(model.config)
-    result = measure(lambda timer: reference_generate(model, ids, frames, height, width, steps,
-                                                      step_callback=timer), model.device)
+    transformer = model.transformer
+    saved = transformer.layer_runner, transformer.attention_fn
+    transformer.layer_runner, transformer.attention_fn = None, None
+    try:
+        result = measure(lambda timer: reference_generate(model, ids, frames, height, width, steps,
+                                                          step_callback=timer), model.device)
+    finally:
+        transformer.layer_runner, transformer.attention_fn = saved
     result["tflops"] = executed_flops(model, frames, height, width, steps, 0.9, 7.0, False) / result["total_s"] / 1e12
     return result
 
