@@ -69,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     gen.add_argument("--out", required=True, help="out.png for images, out.mp4 for videos")
     gen.add_argument("--save-tokens", help="also write the sampled tokens to this .safetensors file")
+    speed = gen.add_argument_group("speed and memory (GPU; see docs/PERFORMANCE.md)")
+    speed.add_argument("--compile", action="store_true", help="torch.compile the layers (faster after ~15 s)")
+    speed.add_argument("--low-vram", action="store_true", help="stream layers from host memory (49 frames in 4.3 GiB)")
+    speed.add_argument("--attention", default="auto", help="auto, flash, cudnn, efficient, math or flex")
+    speed.add_argument("--sampler", default="auto", choices=("auto", "torch", "triton"),
+                       help="jump-step kernels: triton (fused, CUDA), torch, or auto")
+    speed.add_argument("--fp8", action="store_true", help="EXPERIMENTAL fp8 projections (changes results)")
     dl = sub.add_parser("download", help="fetch a real checkpoint from the Hugging Face Hub")
     dl.add_argument("repo", help=f"e.g. {REAL_MODELS[0]}")
     dl.add_argument("--dir", default="models/ursa", help="parent folder (a ComfyUI models/ursa folder works)")

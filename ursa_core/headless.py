@@ -8,6 +8,7 @@ from typing import Optional
 
 import torch
 
+from .acceleration import accelerate
 from .errors import InputError
 from .generate import StepInfo, generate
 from .media import OUTPUT_SUFFIXES, fit_frames, load_image, to_model_pixels, write_frames
@@ -85,6 +86,7 @@ def run_generate(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     started = time.time()
     model = load_model(folder, device=device, dtype=args.dtype)
+    accelerate(model, attention=args.attention, compile=args.compile, low_vram=args.low_vram, fp8=args.fp8)
     tiny = tiny or is_tiny(folder)
     if tiny:
         print(f"NOTE: {TINY_LABEL}.")
@@ -98,7 +100,7 @@ def run_generate(args: argparse.Namespace) -> int:
     tokens = generate(model, args.prompt, args.negative, height=height, width=width, frames=args.frames,
                       steps=steps, guidance=args.cfg, guidance_trunc=args.guidance_trunc, shift=args.shift,
                       seed=args.seed, schedule=schedule, given_tokens=given, motion=motion,
-                      callback=ProgressPrinter(steps, "sampling"))
+                      callback=ProgressPrinter(steps, "sampling"), sampler=args.sampler)
     if args.save_tokens:
         from .token_io import save_tokens
         save_tokens(tokens, args.save_tokens, fps=model.geometry.fps, model=str(folder))
