@@ -65,7 +65,15 @@ class URSAFrameSchedule(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, frames=None):
+    def validate_inputs(cls, frames=None, mode=None, start_time=None):
+        # Naming these inputs turns off core's own checks for them, so their ranges are checked here too.
+        if mode is not None and mode not in SCHEDULE_MODES:
+            return f"mode={mode!r} is not one of {list(SCHEDULE_MODES)}"
+        if start_time is not None and not 0.0 <= start_time <= 1.0:
+            return f"start_time={start_time} is not allowed: it must be in [0, 1]"
+        if mode == "interpolation" and frames is not None and frames < 9 and (start_time is None or start_time >= 1):
+            return (f"frames={frames} with interpolation holds every latent frame (first and last are all there "
+                    f"is): use 9 frames or more, or a start_time below 1")
         return check_video_frames(frames) or True
 
     @classmethod

@@ -179,3 +179,21 @@ def test_save_and_load_tokens(env):
     loaded = env.run(loader, token_file=options[0]).result[0]
     assert torch.equal(loaded.tokens, clip.tokens) and loaded.fps == clip.fps
     assert "not found" in str(env.validate(loader, {"token_file": "missing.safetensors"}))
+
+
+def test_loader_speed_options(env):
+    model, _ = env.run(env.mods["loader"].URSAModelLoader, model_name="URSA-tiny", dtype="fp32",
+                       attention="math", compile=False).result
+    assert model.model.transformer.attention_fn is not None  # pinned SDPA backend
+    loader = env.mods["loader"].URSAModelLoader
+    assert env.validate(loader, {"model_name": "URSA-tiny", "dtype": "fp32", "attention": "nope"})
+
+
+def test_interpolation_needs_a_frame_to_generate(env):
+    node = env.mods["sched"].URSAFrameSchedule
+    base = {"mode": "interpolation", "frames": 5, "start_time": 1.0, "given_frames": 1, "keyframes": ""}
+    assert "frames=5 with interpolation" in str(env.validate(node, base))
+    assert env.validate(node, {**base, "start_time": 0.9}) == []
+    assert env.validate(node, {**base, "frames": 9}) == []
+    assert "start_time=1.5" in str(env.validate(node, {**base, "start_time": 1.5}))
+    assert "mode='zoom'" in str(env.validate(node, {**base, "mode": "zoom"}))

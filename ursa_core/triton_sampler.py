@@ -63,21 +63,39 @@ if triton is not None:
         return tl.maximum(sq + s1 - 2.0 * tl.sum(codes * e1[None, :], axis=1), 0.0)
 
     @triton.jit
-    def _jump_kernel(unit_ptr, sumsq_ptr, x1_ptr, xt_ptr, beta_ptr, bdot_ptr, h_ptr, u_ptr, out_ptr, n, K,
-                     D: tl.constexpr, DP: tl.constexpr, BLOCK: tl.constexpr):
+    def _block_distances(src_ptr, sumsq_ptr, offs, mask, e1, s1, FROM_ROWS: tl.constexpr, D: tl.constexpr,
+                         DP: tl.constexpr):
+        """d(x, x1) for a block of codes x: read from a precomputed row, or computed from the unit codebook."""
+        if FROM_ROWS:
+            return tl.maximum(tl.load(src_ptr + offs, mask=mask, other=0.0).to(tl.float32), 0.0)
+        else:
+            return _distances(src_ptr, sumsq_ptr, offs, mask, e1, s1, D, DP)
+
+    @triton.jit
+    def _jump_kernel(src_ptr, stride, sumsq_ptr, x1_ptr, xt_ptr, beta_ptr, bdot_ptr, h_ptr, u_ptr, out_ptr, n, K,
+                     FROM_ROWS: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, BLOCK: tl.constexpr):
+        """One token per program. src is the unit codebook [K, D] (narrow codes) or, with FROM_ROWS, the
+        distance rows [n, K] (wide codes: one tensor-core matmul per chunk computed them)."""
         row = tl.program_id(0)
         x1, xt = tl.load(x1_ptr + row).to(tl.int32), tl.load(xt_ptr + row).to(tl.int32)
         beta, bdot, h = tl.load(beta_ptr + row), tl.load(bdot_ptr + row), tl.load(h_ptr + row)
         dims = tl.arange(0, DP)
-        e1 = tl.load(unit_ptr + x1 * D + dims, mask=dims < D, other=0.0)
-        et = tl.load(unit_ptr + xt * D + dims, mask=dims < D, other=0.0)
-        s1 = tl.load(sumsq_ptr + x1)
-        d_cur = tl.maximum(tl.load(sumsq_ptr + xt) + s1 - 2.0 * tl.sum(et * e1, axis=0), 0.0)
+        if FROM_ROWS:
+            base = src_ptr + row.to(tl.int64) * stride
+            e1 = tl.zeros([DP], dtype=tl.float32)
+            s1 = 0.0
+            d_cur = tl.maximum(tl.load(base + xt).to(tl.float32), 0.0)
+        else:
+            base = src_ptr
+            e1 = tl.load(src_ptr + x1 * D + dims, mask=dims < D, other=0.0)
+            et = tl.load(src_ptr + xt * D + dims, mask=dims < D, other=0.0)
+            s1 = tl.load(sumsq_ptr + x1)
+            d_cur = tl.maximum(tl.load(sumsq_ptr + xt) + s1 - 2.0 * tl.sum(et * e1, axis=0), 0.0)
         norm, rate = 0.0, 0.0
         for start in range(0, K, BLOCK):
             offs = start + tl.arange(0, BLOCK)
             mask = offs < K
-            d = _distances(unit_ptr, sumsq_ptr, offs, mask, e1, s1, D, DP)
+            d = _block_distances(base, sumsq_ptr, offs, mask, e1, s1, FROM_ROWS, D, DP)
             w = tl.where(mask, tl.exp(-beta * d), 0.0)  # min d is 0 (at x1), so this is softmax's numerator
             norm += tl.sum(w)
             rate += tl.sum(tl.where(mask & (offs != xt), w * tl.maximum(d_cur - d, 0.0), 0.0))
@@ -90,42 +108,7 @@ if triton is not None:
             for start in range(0, K, BLOCK):
                 offs = start + tl.arange(0, BLOCK)
                 mask = offs < K
-                d = _distances(unit_ptr, sumsq_ptr, offs, mask, e1, s1, D, DP)
-                r = tl.where(mask & (offs != xt), tl.exp(-beta * d) * tl.maximum(d_cur - d, 0.0), 0.0)
-                cdf = tl.cumsum(r, axis=0) + below
-                pick = tl.minimum(pick, tl.min(tl.where((cdf > target) & mask, offs, K - 1)))
-                below += tl.sum(r)
-        tl.store(out_ptr + row, pick)
-
-
-if triton is not None:
-    @triton.jit
-    def _jump_from_distances_kernel(dist_ptr, stride, x1_ptr, xt_ptr, beta_ptr, bdot_ptr, h_ptr, u_ptr, out_ptr,
-                                    n, K, BLOCK: tl.constexpr):
-        """The jump for wide codebooks: d(x, x1) rows come precomputed (one tensor-core matmul per chunk)."""
-        row = tl.program_id(0)
-        xt = tl.load(xt_ptr + row).to(tl.int32)
-        beta, bdot, h = tl.load(beta_ptr + row), tl.load(bdot_ptr + row), tl.load(h_ptr + row)
-        base = dist_ptr + row.to(tl.int64) * stride
-        d_cur = tl.maximum(tl.load(base + xt).to(tl.float32), 0.0)
-        norm, rate = 0.0, 0.0
-        for start in range(0, K, BLOCK):
-            offs = start + tl.arange(0, BLOCK)
-            mask = offs < K
-            d = tl.maximum(tl.load(base + offs, mask=mask, other=0.0).to(tl.float32), 0.0)
-            w = tl.where(mask, tl.exp(-beta * d), 0.0)
-            norm += tl.sum(w)
-            rate += tl.sum(tl.where(mask & (offs != xt), w * tl.maximum(d_cur - d, 0.0), 0.0))
-        jump_prob = 1.0 - tl.exp(-h * bdot * rate / norm)
-        pick = xt
-        if tl.load(u_ptr + row) < jump_prob:
-            target = tl.load(u_ptr + n + row) * rate
-            below = 0.0
-            pick = K - 1
-            for start in range(0, K, BLOCK):
-                offs = start + tl.arange(0, BLOCK)
-                mask = offs < K
-                d = tl.maximum(tl.load(base + offs, mask=mask, other=0.0).to(tl.float32), 0.0)
+                d = _block_distances(base, sumsq_ptr, offs, mask, e1, s1, FROM_ROWS, D, DP)
                 r = tl.where(mask & (offs != xt), tl.exp(-beta * d) * tl.maximum(d_cur - d, 0.0), 0.0)
                 cdf = tl.cumsum(r, axis=0) + below
                 pick = tl.minimum(pick, tl.min(tl.where((cdf > target) & mask, offs, K - 1)))
@@ -136,12 +119,18 @@ if triton is not None:
 def jump_from_distances(dist: torch.Tensor, x1: torch.Tensor, x_t: torch.Tensor, beta: torch.Tensor,
                         beta_dot: torch.Tensor, h: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     """New tokens given d(x, x1) rows [n, K] (any float dtype); uniforms [2, n]."""
-    n, k = dist.shape
+    dist = dist.contiguous()
+    return _launch_jump(dist, dist.stride(0), dist, x1, x_t, beta, beta_dot, h, uniforms, from_rows=True,
+                        dim=1, block=2048, warps=8)
+
+
+def _launch_jump(src, stride, sumsq, x1, x_t, beta, beta_dot, h, uniforms, from_rows, dim, block, warps):
+    n, k = x1.numel(), (src.shape[1] if from_rows else src.shape[0])
     out = torch.empty_like(x_t)
     f32 = (lambda t: t.float().contiguous())  # noqa: E731
-    dist = dist.contiguous()
-    _jump_from_distances_kernel[(n,)](dist, dist.stride(0), x1.contiguous(), x_t.contiguous(), f32(beta),
-                                      f32(beta_dot), f32(h), f32(uniforms), out, n, k, BLOCK=2048, num_warps=8)
+    _jump_kernel[(n,)](src, stride, sumsq, x1.contiguous(), x_t.contiguous(), f32(beta), f32(beta_dot), f32(h),
+                       f32(uniforms), out, n, k, FROM_ROWS=from_rows, D=dim,
+                       DP=max(2, triton.next_power_of_2(dim)), BLOCK=block, num_warps=warps)
     return out
 
 
@@ -160,10 +149,6 @@ def categorical_from_logits(cond: torch.Tensor, uncond: torch.Tensor | None, sca
 def metric_jump(unit: torch.Tensor, sumsq: torch.Tensor, x1: torch.Tensor, x_t: torch.Tensor, beta: torch.Tensor,
                 beta_dot: torch.Tensor, h: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     """New tokens for one jump step; uniforms [2, n] = (jump test, destination draw)."""
-    n = x1.numel()
-    k, dim = unit.shape
-    out = torch.empty_like(x_t)
-    f32 = (lambda t: t.float().contiguous())  # noqa: E731
-    _jump_kernel[(n,)](f32(unit), f32(sumsq), x1.contiguous(), x_t.contiguous(), f32(beta), f32(beta_dot), f32(h),
-                       f32(uniforms), out, n, k, D=dim, DP=triton.next_power_of_2(dim), BLOCK=1024, num_warps=4)
-    return out
+    unit, sumsq = unit.float().contiguous(), sumsq.float().contiguous()
+    return _launch_jump(unit, 0, sumsq, x1, x_t, beta, beta_dot, h, uniforms, from_rows=False,
+                        dim=unit.shape[1], block=1024, warps=4)
