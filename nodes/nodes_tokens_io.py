@@ -30,7 +30,7 @@ class URSASaveTokens(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="URSASaveTokens", display_name="URSA Save Tokens", category="URSA/tokens",
-            description="Writes tokens to ComfyUI's output folder as .safetensors (with fps and the prompt). "
+            description="Writes tokens to ComfyUI's output folder as .safetensors (with their fps and shape). "
                         "Load them later with URSA Load Tokens to decode again without sampling again.",
             inputs=[
                 URSATokens.Input("tokens", tooltip="Tokens to keep."),

@@ -128,3 +128,31 @@ def test_prompt_encoding(tiny_model):
     assert long_ids[0] != pad and long_ids.shape[0] == tiny_model.config.max_prompt_length  # truncated, first kept
     first = enc.tokenizer("fox fox", add_special_tokens=False)["input_ids"][0]
     assert int(long_ids[0]) == first
+
+
+def test_scheduler_table_is_checked_against_fsq_levels(tmp_path, tiny_dir, tiny_model, caplog):
+    """path.emb equals the FSQ code table in the tiny checkpoint; a different table warns and is still used."""
+    from ursa_core.vae.fsq import code_table
+    assert torch.allclose(tiny_model.path.unit, torch.nn.functional.normalize(code_table().double(), dim=-1,
+                                                                              eps=1e-5).float())
+    other = fresh_copy(tiny_dir, tmp_path / "other_table")
+    emb = code_table().flip(0)
+    torch.save({"path.emb": emb}, str(other / "scheduler/scheduler_model.pth"))
+    with caplog.at_level("WARNING"):
+        model = load_model(other)
+    assert "differs from the FSQ code table" in caplog.text
+    assert torch.equal(model.path.unit[0], tiny_model.path.unit[-1])  # the file's table is the one used
+
+
+def test_package_root_imports_without_comfyui():
+    """ComfyUI's entry point module must import (and expose WEB_DIRECTORY) where ComfyUI is absent."""
+    import importlib.util
+    import pathlib
+    import sys
+    root = pathlib.Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("ursa_plugin_root", root / "__init__.py",
+                                                  submodule_search_locations=[str(root)])
+    module = importlib.util.module_from_spec(spec)
+    assert "comfy_api" not in sys.modules
+    spec.loader.exec_module(module)
+    assert module.WEB_DIRECTORY == "./web" and not hasattr(module, "comfy_entrypoint")
