@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from ursa_core.errors import InputError
-from ursa_core.media import RESIZE_MODES, fit_frames, from_model_pixels, to_model_pixels
+from ursa_core.codec import decode_images, encode_images
+from ursa_core.media import RESIZE_MODES
 from ursa_core.token_io import TokenClip
 
 from . import glue
@@ -23,14 +23,8 @@ def size_inputs(width: int = 512, height: int = 320) -> list:
     ]
 
 
-def encode_images(vq_handle, images: torch.Tensor, width: int, height: int, resize_mode: str) -> TokenClip:
-    vq = vq_handle.to_compute_device()
-    frames = fit_frames(images, width, height, resize_mode)
-    vq.latent_shape(frames.shape[0], height, width)  # frame-count and size rules, with the allowed values
-    pixels = to_model_pixels(frames).to(vq.device, vq.dtype)
-    with torch.no_grad():
-        tokens = vq.encode(pixels).cpu()
-    return TokenClip(tokens, vq_handle.fps)
+def encode_clip(vq_handle, images: torch.Tensor, width: int, height: int, resize_mode: str) -> TokenClip:
+    return TokenClip(encode_images(vq_handle.to_compute_device(), images, width, height, resize_mode), vq_handle.fps)
 
 
 class URSATokenizerEncode(io.ComfyNode):
@@ -54,23 +48,17 @@ class URSATokenizerEncode(io.ComfyNode):
 
     @classmethod
     def execute(cls, vq, image, width, height, resize_mode) -> io.NodeOutput:
-        return io.NodeOutput(encode_images(vq, image, width, height, resize_mode))
+        return io.NodeOutput(encode_clip(vq, image, width, height, resize_mode))
 
 
 def decode_clip(vq_handle, clip: TokenClip) -> torch.Tensor:
-    vq = vq_handle.to_compute_device()
-    if int(clip.tokens.max()) >= vq.codebook_size:
-        raise InputError(f"tokens contain code {int(clip.tokens.max())} but this tokenizer has "
-                         f"{vq.codebook_size} codes: were they made with another model?")
     progress = None
 
     def on_chunk(done: int, total: int) -> None:
         nonlocal progress
         progress = progress or glue.StepProgress(total)
-        progress.advance()
-    with torch.no_grad():
-        pixels = vq.decode(clip.tokens.to(vq.device), callback=on_chunk)
-    return from_model_pixels(pixels)
+        progress.advance()  # a progress update is also ComfyUI's cancel point
+    return decode_images(vq_handle.to_compute_device(), clip.tokens, on_chunk)
 
 
 class URSATokenizerDecode(io.ComfyNode):

@@ -111,6 +111,10 @@ def test_encode_any_size_and_alpha_then_decode(env):
     images, fps = env.run(env.mods["tok"].URSATokenizerDecode, vq=vq, tokens=video).result
     assert images.shape == (5, 32, 32, 3) and images.dtype == torch.float32 and images.device.type == "cpu"
     assert 0 <= float(images.min()) and float(images.max()) <= 1 and fps == 12.0
+    foreign = type(video)(video.tokens.clone(), video.fps)
+    foreign.tokens[0, 0, 0, 0] = 64000
+    with pytest.raises(ValueError, match="another model"):
+        env.run(env.mods["tok"].URSATokenizerDecode, vq=vq, tokens=foreign)
 
 
 def schedule(env, mode, frames, **kw):

@@ -9,9 +9,10 @@ from typing import Optional
 import torch
 
 from .acceleration import accelerate
+from .codec import decode_images, encode_images
 from .errors import InputError
 from .generate import StepInfo, generate
-from .media import OUTPUT_SUFFIXES, fit_frames, load_image, to_model_pixels, write_frames
+from .media import OUTPUT_SUFFIXES, load_image, write_frames
 from .model import URSAModel, load_model
 from .schedule import FrameSchedule
 from .tiny import TINY_LABEL, is_tiny
@@ -39,9 +40,7 @@ def encode_image(model: URSAModel, path: str, width: int, height: int, mode: str
     """An image file -> its single latent frame of tokens [1, 1, h, w] (a 1-frame clip for the video tokenizer)."""
     if model.vae is None:
         raise InputError(f"{model.folder}: this checkpoint has no vae/ folder, so images cannot be encoded")
-    frames = fit_frames(load_image(path), width, height, mode)
-    pixels = to_model_pixels(frames).to(model.vae.device, model.vae.dtype)
-    return model.vae.encode(pixels).cpu()
+    return encode_images(model.vae, load_image(path), width, height, mode)
 
 
 def conditioning(model: URSAModel, args, latent_frames: int, width: int, height: int):
@@ -113,12 +112,9 @@ def run_generate(args: argparse.Namespace) -> int:
 
 def decode_tokens(model: URSAModel, tokens: torch.Tensor, callback: Optional[callable] = None) -> torch.Tensor:
     """Tokens [B, T, h, w] -> IMAGE [B*F, H, W, 3] float32 CPU."""
-    from .media import from_model_pixels
-
     if model.vae is None:
         raise InputError(f"{model.folder}: this checkpoint has no vae/ folder, so tokens cannot be decoded")
-    pixels = model.vae.decode(tokens.to(model.vae.device), callback=callback)
-    return from_model_pixels(pixels)
+    return decode_images(model.vae, tokens, callback)
 
 
 def _tiny_folder() -> Path:
