@@ -7,7 +7,7 @@ from ursa_core.extend import WindowInfo, WindowPlan, extend_clip
 from ursa_core.token_io import TokenClip
 
 from . import glue
-from .nodes_sampler import checkpoint_default, sampling_inputs
+from .nodes_sampler import sampling_inputs
 from .nodes_schedule import MAX_FRAMES, check_video_frames, latent_frames
 from .types import URSACond, URSAModel, URSATokens
 

@@ -15,6 +15,8 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 import comfy_stubs  # noqa: E402
+# Session-wide tiny checkpoints, shared by every test module (registered here rather than imported per file).
+from tiny_fixtures import tiny_dir, tiny_ibq_dir, tiny_model  # noqa: E402,F401
 
 STUB_MODULE_NAMES = ("comfy_api", "comfy_api.latest", "comfy_api.latest._io", "comfy_api.latest._ui", "comfy",
                      "comfy.model_management", "comfy.model_patcher", "comfy.utils", "folder_paths")

@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tiny_fixtures import fresh_copy, tiny_dir, tiny_model  # noqa: F401 (fixtures)
+from tiny_fixtures import fresh_copy
 from ursa_core.config import TransformerConfig
 from ursa_core.errors import CheckpointError, InputError
 from ursa_core.model import load_model, resolve_dtype

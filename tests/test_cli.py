@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from tiny_fixtures import tiny_dir, tiny_model  # noqa: F401 (fixtures)
 from ursa_core import cli
 from ursa_core.media import count_video_frames, fit_frames, load_image, to_model_pixels
 from ursa_core.model import load_model

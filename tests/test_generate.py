@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from tiny_fixtures import small_size, tiny_dir, tiny_model  # noqa: F401 (fixtures)
+from tiny_fixtures import small_size
 from ursa_core.errors import InputError
 from ursa_core.generate import generate
 from ursa_core.schedule import FrameSchedule

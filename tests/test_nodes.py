@@ -4,7 +4,6 @@ import shutil
 import pytest
 import torch
 
-from tiny_fixtures import tiny_dir  # noqa: F401 (fixture)
 
 SIZE = dict(width=32, height=32)
 

@@ -6,6 +6,7 @@ One compiled graph serves every layer (modules are graph inputs), so compile tim
 from __future__ import annotations
 
 import torch
+import torch._dynamo
 
 from .modeling_ursa import attend_heads
 
@@ -26,8 +27,6 @@ CACHE_ENTRIES = 64
 
 def compile_layers(transformer, mode: str | None = None) -> None:
     """Route the layer loop through the compiled halves (static shapes per clip size)."""
-    import torch._dynamo
-
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, CACHE_ENTRIES)
     torch._dynamo.config.accumulated_cache_size_limit = max(torch._dynamo.config.accumulated_cache_size_limit,
                                                             4 * CACHE_ENTRIES)
