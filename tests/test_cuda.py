@@ -4,32 +4,47 @@ import copy
 import pytest
 import torch
 
+from ursa_core.generate import guided_logits
 from ursa_core.metric_path import MetricPath
-from ursa_core.solver import TokenClocks, euler_step
+from ursa_core.schedule import FrameClocks
+from ursa_core.solver import euler_step
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 pytestmark = cuda
 
 
-def random_step_inputs(n=4096, k=64000, d=6, seed=0):
+class _Head(torch.nn.Module):
+    """Just the lm_head, so guided_logits runs exactly as in production (hidden-state guidance, one projection)."""
+
+    def __init__(self, hidden, k, gen):
+        super().__init__()
+        self.lm_head = torch.nn.Linear(hidden, k, bias=False, device="cuda", dtype=torch.bfloat16)
+        self.lm_head.weight.data = (torch.randn(k, hidden, device="cuda", generator=gen) / 16).to(torch.bfloat16)
+
+    def visual_logits(self, hidden):
+        return self.lm_head(hidden)
+
+
+def random_step_inputs(n=4096, k=64000, d=6, seed=0, hidden=256):
     gen = torch.Generator(device="cuda").manual_seed(seed)
     emb = torch.randn(k, d, device="cuda", generator=gen)
     path = MetricPath(emb, c=3.0, alpha=0.9).to("cuda")
-    cond = torch.randn(n, k, device="cuda", generator=gen).to(torch.bfloat16) * 3
-    uncond = torch.randn(n, k, device="cuda", generator=gen).to(torch.bfloat16) * 3
+    head = _Head(hidden, k, gen)
+    cond = torch.randn(n, hidden, device="cuda", generator=gen).to(torch.bfloat16)
+    uncond = torch.randn(n, hidden, device="cuda", generator=gen).to(torch.bfloat16)
     x_t = torch.randint(0, k, (n,), device="cuda", generator=gen)
-    clocks = TokenClocks(torch.full((n,), 4.0, device="cuda"), torch.full((n,), 20.0, device="cuda"),
-                         torch.full((n,), 0.05, device="cuda"))
+    clocks = FrameClocks.constant(n, 4.0, 20.0, 0.05, dtype=torch.float32, device="cuda")
     u = torch.rand(3, n, device="cuda", generator=gen)
-    return path, cond, uncond, x_t, clocks, u
+    return path, (head, cond, uncond), x_t, clocks, u
 
 
 def test_fused_sampler_matches_torch_path():
+    """The production step: CFG on hidden states (guidance 5), bf16 logits, then the x1 draw and the jump."""
     pytest.importorskip("triton")
-    path, cond, uncond, x_t, clocks, u = random_step_inputs()
-    logits = lambda sl: (cond[sl], uncond[sl])  # noqa: E731
-    ref, ref_x1 = euler_step(path, logits, x_t, clocks, u, False, 512, guidance=5.0, fused=False)
-    out, x1 = euler_step(path, logits, x_t, clocks, u, False, 4096, guidance=5.0, fused=True)
+    path, (head, cond, uncond), x_t, clocks, u = random_step_inputs()
+    logits = lambda sl: guided_logits(head, cond[sl], uncond[sl], 5.0)  # noqa: E731
+    ref, ref_x1 = euler_step(path, logits, x_t, clocks, u, False, 512, fused=False)
+    out, x1 = euler_step(path, logits, x_t, clocks, u, False, 4096, fused=True)
     # Same uniforms, different float summation order: draws agree except next to a CDF boundary.
     agree_x1, agree = float((x1 == ref_x1).float().mean()), float((out == ref).float().mean())
     assert agree_x1 > 0.995 and agree > 0.99, (agree_x1, agree)
@@ -46,7 +61,7 @@ def test_fused_jump_law_statistical():
     logits = torch.tensor([0.3, -1.0, 2.0, 0.5, -0.2, 1.0], device="cuda")
     x_t = torch.full((n,), 4, device="cuda")
     b, bd, h = 2.5, 6.0, 0.08
-    clocks = TokenClocks(*(torch.full((n,), v, device="cuda") for v in (b, bd, h)))
+    clocks = FrameClocks.constant(n, b, bd, h, dtype=torch.float32, device="cuda")
     u = torch.rand(3, n, device="cuda", generator=torch.Generator(device="cuda").manual_seed(7))
     new, _ = euler_step(path, lambda sl: logits.expand(len(range(n)[sl]), -1), x_t, clocks, u, False, n,
                         fused=True)
@@ -58,9 +73,10 @@ def test_fused_jump_law_statistical():
 
 def test_fused_final_step_and_no_guidance():
     pytest.importorskip("triton")
-    path, cond, _, x_t, clocks, u = random_step_inputs(n=1024, seed=1)
-    ref, _ = euler_step(path, lambda sl: cond[sl], x_t, clocks, u, True, 1024, fused=False)
-    out, _ = euler_step(path, lambda sl: cond[sl], x_t, clocks, u, True, 1024, fused=True)
+    path, (head, cond, _), x_t, clocks, u = random_step_inputs(n=1024, seed=1)
+    logits = lambda sl: head.visual_logits(cond[sl])  # noqa: E731 - the unguided branch
+    ref, _ = euler_step(path, logits, x_t, clocks, u, True, 1024, fused=False)
+    out, _ = euler_step(path, logits, x_t, clocks, u, True, 1024, fused=True)
     agree = float((out == ref).float().mean())
     assert agree > 0.99, agree
 
@@ -146,9 +162,10 @@ def test_compiled_layers_match_eager(cuda_model):
 def test_wide_codebook_fused_jump_matches_torch(monkeypatch):
     """IBQ-like codes (D=256): distances from an fp16 matmul, then the distance-row kernel."""
     pytest.importorskip("triton")
-    path, cond, _, x_t, clocks, u = random_step_inputs(n=2048, k=8192, d=256, seed=4)
-    ref, ref_x1 = euler_step(path, lambda sl: cond[sl], x_t, clocks, u, False, 512, fused=False)
-    out, x1 = euler_step(path, lambda sl: cond[sl], x_t, clocks, u, False, 2048, fused=True)
+    path, (head, cond, uncond), x_t, clocks, u = random_step_inputs(n=2048, k=8192, d=256, seed=4)
+    logits = lambda sl: guided_logits(head, cond[sl], uncond[sl], 7.0)  # noqa: E731
+    ref, ref_x1 = euler_step(path, logits, x_t, clocks, u, False, 512, fused=False)
+    out, x1 = euler_step(path, logits, x_t, clocks, u, False, 2048, fused=True)
     assert (x1 == ref_x1).float().mean() > 0.995
     # fp16 distances (as the reference) vs fp32 move individual draws; the jump rate must agree (the law itself
     # is checked by test_wide_path_follows_jump_law).

@@ -22,10 +22,6 @@ class WindowPlan:
     window_latents: int
     overlap: int
 
-    @property
-    def new_per_window(self) -> int:
-        return self.window_latents - self.overlap
-
     def check(self) -> None:
         if self.windows < 1:
             raise InputError(f"windows={self.windows}: at least 1 window is needed")

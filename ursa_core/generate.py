@@ -8,11 +8,11 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from .errors import InputError
-from .metric_path import MetricPath, beta, beta_dot
+from .metric_path import MetricPath
 from .model import URSAModel
 from .rope import rotary_cos_sin, sequence_positions
-from .schedule import FrameSchedule, time_grid
-from .solver import TokenClocks, euler_step
+from .schedule import FrameClocks, FrameSchedule, time_grid
+from .solver import euler_step
 
 _MASK64 = (1 << 64) - 1
 
@@ -110,19 +110,6 @@ def check_given(given: Optional[torch.Tensor], batch: int, latent: tuple, k: int
     return given.expand(batch, *latent).long()
 
 
-def token_clocks(model: URSAModel, plan_: GenerationPlan, step: int, c: float, alpha: float,
-                 batch: int) -> TokenClocks:
-    grid = plan_.grid
-    t = plan_.schedule.frame_times(float(grid[step]))
-    dt = float(grid[step + 1] - grid[step]) if step + 1 < len(grid) else 0.0
-    h = plan_.schedule.frame_rates() * dt
-    frame = plan_.token_frame
-    device = model.device
-    as_tokens = (lambda v: v[frame].repeat(batch).to(device))  # noqa: E731 - flat order is (batch, token)
-    return TokenClocks(as_tokens(beta(t.clamp(max=1 - 1e-12), c, alpha)), as_tokens(beta_dot(t, c, alpha)),
-                       as_tokens(h))
-
-
 class _Denoiser:
     """Runs the transformer for the current tokens and hands guided logits to the solver chunk by chunk."""
 
@@ -155,11 +142,18 @@ class _Denoiser:
         def head(rows: slice) -> torch.Tensor:
             if not use_cfg:
                 return transformer.visual_logits(hidden[0, rows])
-            # lm_head is linear without bias, so guiding the hidden states and projecting once equals
-            # z_u + g (z_c - z_u) while running the [tokens, K] head for one branch instead of two.
-            cond, uncond = hidden[0, rows].float(), hidden[1, rows].float()
-            return transformer.visual_logits((uncond + guidance * (cond - uncond)).to(hidden.dtype))
+            return guided_logits(transformer, hidden[0, rows], hidden[1, rows], guidance)
         return partial(head_in_blocks, head, hidden.shape[1])
+
+
+def guided_logits(transformer, cond: torch.Tensor, uncond: torch.Tensor, guidance: float) -> torch.Tensor:
+    """Classifier-free guided logits z_u + g (z_c - z_u), computed in hidden-state space.
+
+    lm_head is linear without bias, so guiding the hidden states (in fp32) and projecting once equals guiding the
+    logits while running the [tokens, K] head for one branch instead of two. This is the only guidance there is.
+    """
+    cond, uncond_32 = cond.float(), uncond.float()
+    return transformer.visual_logits((uncond_32 + guidance * (cond - uncond_32)).to(uncond.dtype))
 
 
 HEAD_BLOCK = 1024  # rows per lm_head matmul, aligned to the token index
@@ -255,7 +249,8 @@ def generate(model: URSAModel, prompt: str | Sequence[str] = "", negative_prompt
     flat_active = tokens.flatten(1)[:, plan_.active]
     for step in range(steps):
         final = step == steps - 1
-        clocks = token_clocks(model, plan_, step, c, alpha, batch)
+        clocks = FrameClocks.at_step(plan_.schedule, plan_.grid, step, c, alpha, plan_.token_frame, batch,
+                                     model.device)
         t = float(plan_.grid[step])
         predicted = None
         if final or not (skip_noop_steps and bool((clocks.beta_dot == 0).all())):

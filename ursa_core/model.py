@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -49,7 +49,6 @@ class URSAModel:
     prompts: PromptEncoder
     geometry: VisualGeometry
     vae: Optional[torch.nn.Module] = None
-    extras: dict = field(default_factory=dict)
 
     @property
     def device(self) -> torch.device:
