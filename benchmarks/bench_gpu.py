@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from baseline_reference import reference_generate  # noqa: E402
-from random_model import random_model, random_prompt_ids  # noqa: E402
+from random_model import random_model, random_prompt_ids, with_fused_projections  # noqa: E402
 
-from ursa_core.attention import make_attention  # noqa: E402
+from ursa_core import attention  # noqa: E402
 from ursa_core.generate import generate  # noqa: E402
 
 CASES = {  # name: (model kind, frames, height, width, steps)
@@ -126,13 +126,15 @@ def run_baseline(model, case, steps) -> dict:
     _, frames, height, width, _ = case
     ids = random_prompt_ids(model.config)
     transformer = model.transformer
-    saved = transformer.layer_runner, transformer.attention_fn
-    transformer.layer_runner, transformer.attention_fn = None, None
+    saved = transformer.layer_runner, transformer.attn_implementation
+    transformer.layer_runner = None
+    transformer.set_attention("sdpa")
     try:
         result = measure(lambda timer: reference_generate(model, ids, frames, height, width, steps,
                                                           step_callback=timer), model.device)
     finally:
-        transformer.layer_runner, transformer.attention_fn = saved
+        transformer.layer_runner = saved[0]
+        transformer.set_attention(saved[1])
     result["tflops"] = executed_flops(model, frames, height, width, steps, 0.9, 7.0, False) / result["total_s"] / 1e12
     return result
 
@@ -144,10 +146,8 @@ def attention_backends(device, seq: int, dtype=torch.bfloat16, reps: int = 5) ->
     v = torch.randn(2, 8, seq, 128, device=device, dtype=dtype)
     out = {}
     for backend in ("auto", "flash", "cudnn", "efficient", "flex"):
-        fn = make_attention(backend)
-        from ursa_core.modeling_ursa import sdpa_attention
-        fn = fn or sdpa_attention
         try:
+            fn = attention.attention_function(attention.resolve(backend, device))
             fn(q, k, v)
             sync(device)
             start = time.perf_counter()
@@ -262,7 +262,9 @@ def agreement_section(model, case, steps) -> dict:
 def prepare(model, args, report) -> None:
     """The optimized configuration: fastest attention kernel and compiled layers (unless --eager)."""
     from ursa_core.acceleration import accelerate
-    accelerate(model, attention=report.get("attention_choice", "auto"), fuse=args.fuse,
+    if args.fuse:
+        model.transformer = with_fused_projections(model.transformer)
+    accelerate(model, attention=report.get("attention_choice", "auto"),
                compile=not args.eager and model.device.type == "cuda", compile_mode=args.compile_mode)
 
 
@@ -335,13 +337,13 @@ def extra_sections(args, device, report, sections) -> None:
         model = None  # drop the other model before building this one
         torch.cuda.empty_cache() if device.type == "cuda" else None
         model = random_model(big[0], device)
-    model.transformer.attention_fn = make_attention(report["attention_choice"])
+    model.transformer.set_attention(attention.resolve(report["attention_choice"], device))
     model.transformer.layer_runner = None  # ablations below start from the eager model
     if "ablate" in sections:
         report["ablation_49f"] = {"eager": summarize(run_optimized(model, big, few)),
                                   "eager_torch_sampler": summarize(run_optimized(model, big, few, sampler="torch"))}
     if args.fuse:
-        model.transformer.fuse_projections()
+        model.transformer = with_fused_projections(model.transformer)
         if "ablate" in sections:
             report["ablation_49f"]["eager_fused_projections"] = summarize(run_optimized(model, big, few))
     if "agree" in sections:

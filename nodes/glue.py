@@ -13,7 +13,7 @@ import folder_paths
 import torch
 
 from ursa_core.errors import InputError
-from ursa_core.model import URSAModel, load_model, resolve_dtype
+from ursa_core.checkpoint import URSAModel, load_model, resolve_dtype
 from ursa_core.preview import token_colors
 
 MODEL_FOLDER_KEY = "ursa"

@@ -9,10 +9,9 @@ import hashlib
 import torch
 
 from tiny_fixtures import small_size
-from ursa_core.acceleration import accelerate
 from ursa_core.extend import WindowPlan, extend_clip
 from ursa_core.generate import generate
-from ursa_core.model import load_model
+from ursa_core.checkpoint import load_model
 from ursa_core.schedule import FrameSchedule
 
 PINNED = "71e565193e3808fc63dbc8657f365d279cb3c3358d0d170eaea8da20431a679e"
@@ -56,7 +55,7 @@ def test_tiny_runs_token_hash_is_pinned(tiny_dir, tiny_ibq_dir):
     model = load_model(tiny_dir, device="cpu", dtype="fp32")
     ibq = load_model(tiny_ibq_dir, device="cpu", dtype="fp32")
     digest = _digest(_runs(model, ibq))
-    fused = accelerate(load_model(tiny_dir, device="cpu", dtype="fp32"), attention="math", fuse=True)
+    fused = load_model(tiny_dir, device="cpu", dtype="fp32", attention="math", fuse_projections=True)
     fused_digest = _digest(_text_runs(fused))
     assert digest == PINNED
     assert fused_digest == PINNED_FUSED_MATH

@@ -8,7 +8,7 @@
 from .errors import CheckpointError, InputError, URSAError
 from .generate import StepInfo, generate
 from .headless import decode_tokens
-from .model import URSAModel, load_model
+from .checkpoint import URSAModel, load_model
 from .schedule import FrameSchedule
 
 __all__ = ["CheckpointError", "FrameSchedule", "InputError", "StepInfo", "URSAError", "URSAModel", "decode_tokens",

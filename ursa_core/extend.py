@@ -12,7 +12,7 @@ import torch
 
 from .errors import InputError
 from .generate import StepInfo, generate
-from .model import URSAModel
+from .checkpoint import URSAModel
 from .schedule import FrameSchedule
 
 

@@ -9,7 +9,7 @@ import torch
 
 from .errors import InputError
 from .metric_path import MetricPath
-from .model import URSAModel
+from .checkpoint import URSAModel
 from .rope import rotary_cos_sin, sequence_positions
 from .schedule import FrameClocks, FrameSchedule, time_grid
 from .solver import euler_step

@@ -13,7 +13,7 @@ from .codec import decode_images, encode_images
 from .errors import InputError
 from .generate import StepInfo, generate
 from .media import OUTPUT_SUFFIXES, load_image, write_frames
-from .model import URSAModel, load_model
+from .checkpoint import URSAModel, load_model
 from .schedule import FrameSchedule
 from .tiny import TINY_LABEL, is_tiny
 

@@ -67,8 +67,11 @@ def write_tiny_vae(vae_dir: str | Path, kind: str = "fsq", seed: int = 0) -> Pat
         raise ValueError(f"kind={kind!r}: expected one of {sorted(TINY_CONFIGS)}")
     vae_dir = Path(vae_dir)
     config = dict(TINY_CONFIGS[kind])
-    torch.manual_seed(seed)
-    model = CLASS_BY_NAME[config["_class_name"]](config)
+    # Module constructors draw from the global RNG and take no generator; seed a forked RNG so the caller's
+    # random state is left exactly as it was (and the tiny weights stay the same for a seed).
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = CLASS_BY_NAME[config["_class_name"]](config)
     vae_dir.mkdir(parents=True, exist_ok=True)
     (vae_dir / CONFIG_NAME).write_text(json.dumps(config, indent=2))
     save_state_dict(model.state_dict(), vae_dir)

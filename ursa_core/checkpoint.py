@@ -1,4 +1,4 @@
-"""Loading an URSA checkpoint folder in the official layout (ursa.md §1) into one `URSAModel`."""
+"""Loading an URSA checkpoint folder in the official layout (docs/ARCHITECTURE.md, "Checkpoint layout") into one `URSAModel`."""
 from __future__ import annotations
 
 import logging
@@ -8,11 +8,12 @@ from typing import Optional
 
 import torch
 
+from .attention import resolve as resolve_attention
 from .config import SchedulerConfig, TransformerConfig
 from .errors import CheckpointError, InputError
 from .geometry import VisualGeometry
 from .metric_path import MetricPath
-from .modeling_ursa import URSATransformer, expected_state_shapes
+from .modeling_ursa import URSATransformer, build_transformer, expected_state_shapes
 from .safetensors_io import check_state_dict, load_state_dict, read_json
 from .text import PromptEncoder
 
@@ -82,7 +83,8 @@ def check_layout(folder: Path) -> None:
             raise CheckpointError(f"{folder / 'model_index.json'}: no '{component}' component")
 
 
-def load_transformer(folder: Path, device: torch.device, dtype: torch.dtype) -> URSATransformer:
+def load_transformer(folder: Path, device: torch.device, dtype: torch.dtype,
+                     fuse_projections: bool = False) -> URSATransformer:
     folder = Path(folder)
     cfg = TransformerConfig.from_json(folder / "config.json")
     state = load_state_dict(folder)
@@ -92,10 +94,7 @@ def load_transformer(folder: Path, device: torch.device, dtype: torch.dtype) -> 
                               f"expected ({cfg.num_attention_heads * cfg.head_dim}, {cfg.hidden_size}) "
                               f"= num_attention_heads x head_dim {cfg.head_dim}")
     check_state_dict(expected_state_shapes(cfg), state, folder)
-    with torch.device("meta"):
-        model = URSATransformer(cfg)
-    model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, assign=True, strict=True)
-    return model.to(device).eval().requires_grad_(False)
+    return build_transformer(cfg, state, dtype, fuse_projections).to(device)
 
 
 def load_path_embedding(folder: Path) -> torch.Tensor:
@@ -134,13 +133,19 @@ def read_geometry(vae_dir: Path) -> VisualGeometry:
 
 
 def load_model(folder: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype = "auto",
-               load_vae: bool = True) -> URSAModel:
-    """Load transformer, scheduler path, tokenizer (and the visual tokenizer when present) from `folder`."""
+               load_vae: bool = True, attention: str = "auto", fuse_projections: bool = False) -> URSAModel:
+    """Load transformer, scheduler path, tokenizer (and the visual tokenizer when present) from `folder`.
+
+    `attention` names a backend of the attention registry (checked against the device before any weight is
+    read); `fuse_projections` loads each layer's q/k/v and gate/up weights into single fused matmuls.
+    """
     folder = Path(folder)
     device = torch.device(device)
     dtype = resolve_dtype(dtype, device)
+    attention = resolve_attention(attention, device)
     check_layout(folder)
-    transformer = load_transformer(folder / "transformer", device, dtype)
+    transformer = load_transformer(folder / "transformer", device, dtype, fuse_projections)
+    transformer.set_attention(attention)
     cfg = transformer.config
     sched = SchedulerConfig.from_json(folder / "scheduler" / "scheduler_config.json")
     emb = load_path_embedding(folder / "scheduler")
