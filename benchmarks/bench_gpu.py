@@ -221,18 +221,18 @@ def compile_section(model, case, steps) -> dict:
 
 def decode_section(kind: str, latent_shape, device, dtype=torch.bfloat16) -> dict:
     """Full-size tokenizer with random weights: seconds to decode one clip/image of tokens."""
-    from ursa_core.vae.cosmos import CosmosFSQTokenizer
-    from ursa_core.vae.ibq import IBQTokenizer
+    from ursa_core.visual_tokenizer.cosmos import CosmosFSQTokenizer
+    from ursa_core.visual_tokenizer.ibq import IBQTokenizer
     if kind == "fsq":
-        vq = CosmosFSQTokenizer({})
+        tokenizer = CosmosFSQTokenizer({})
     else:
-        vq = IBQTokenizer({"block_out_channels": [128, 128, 256, 256, 512], "num_vq_embeddings": 131072,
+        tokenizer = IBQTokenizer({"block_out_channels": [128, 128, 256, 256, 512], "num_vq_embeddings": 131072,
                            "vq_embed_dim": 256, "spatial_stride": 16})
-    vq = vq.to(device, dtype).eval()
-    ids = torch.randint(0, vq.codebook_size, (1, *latent_shape), device=device)
+    tokenizer = tokenizer.to(device, dtype).eval()
+    ids = torch.randint(0, tokenizer.codebook_size, (1, *latent_shape), device=device)
     with torch.no_grad():
-        vq.decode(ids)  # warm-up
-        result = measure(lambda timer: vq.decode(ids), device)
+        tokenizer.decode(ids)  # warm-up
+        result = measure(lambda timer: tokenizer.decode(ids), device)
     return {"decode_s": result["total_s"], "peak_gib": result["peak_gib"], "config": "random weights, " + kind}
 
 

@@ -7,13 +7,13 @@ from ursa_core.errors import InputError
 
 
 def test_writing_a_tiny_tokenizer_leaves_the_callers_rng_alone(tmp_path):
-    from ursa_core.vae.loading import write_tiny_vae
+    from ursa_core.visual_tokenizer.loading import write_tiny_visual_tokenizer
     torch.manual_seed(123)
     expected = torch.rand(4)
     torch.manual_seed(123)
-    write_tiny_vae(tmp_path / "a", kind="ibq", seed=0)
+    write_tiny_visual_tokenizer(tmp_path / "a", kind="ibq", seed=0)
     assert torch.equal(torch.rand(4), expected)
-    write_tiny_vae(tmp_path / "b", kind="ibq", seed=0)  # and the seed alone decides the weights
+    write_tiny_visual_tokenizer(tmp_path / "b", kind="ibq", seed=0)  # and the seed alone decides the weights
     assert (tmp_path / "a" / "diffusion_pytorch_model.safetensors").read_bytes() == \
         (tmp_path / "b" / "diffusion_pytorch_model.safetensors").read_bytes()
 

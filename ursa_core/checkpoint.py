@@ -1,4 +1,5 @@
-"""Loading an URSA checkpoint folder in the official layout (docs/ARCHITECTURE.md, "Checkpoint layout") into one `URSAModel`."""
+"""Loading an URSA checkpoint folder in the official layout into one `URSAModel` (docs/ARCHITECTURE.md,
+"Checkpoint layout")."""
 from __future__ import annotations
 
 import logging
@@ -49,7 +50,7 @@ class URSAModel:
     path: MetricPath
     prompts: PromptEncoder
     geometry: VisualGeometry
-    vae: Optional[torch.nn.Module] = None
+    visual_tokenizer: Optional[torch.nn.Module] = None
 
     @property
     def device(self) -> torch.device:
@@ -156,15 +157,15 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu", dtype: st
     prompts = PromptEncoder(folder / "tokenizer", cfg.max_prompt_length, cfg.lm_vocab_size)
     model = URSAModel(folder, cfg, sched, transformer, path, prompts, read_geometry(folder / "vae"))
     if load_vae and (folder / "vae" / "config.json").is_file():
-        model.vae = _load_vae(folder / "vae", device, emb)
-        model.geometry = model.vae.geometry  # the tokenizer's own rule (e.g. IBQ stride from its levels)
+        model.visual_tokenizer = _load_visual_tokenizer(folder / "vae", device, emb)
+        model.geometry = model.visual_tokenizer.geometry  # its own rule (e.g. IBQ stride from its levels)
     return model
 
 
-def _load_vae(vae_dir: Path, device: torch.device, emb: torch.Tensor):
-    from .vae.loading import fsq_table_matches, load_visual_tokenizer
+def _load_visual_tokenizer(vae_dir: Path, device: torch.device, emb: torch.Tensor):
+    from .visual_tokenizer.loading import fsq_table_matches, load_visual_tokenizer
 
-    vae = load_visual_tokenizer(vae_dir, device=device)
-    if getattr(vae, "kind", None) == "fsq" and not fsq_table_matches(vae.code_table(), emb):
+    tokenizer = load_visual_tokenizer(vae_dir, device=device)
+    if getattr(tokenizer, "kind", None) == "fsq" and not fsq_table_matches(tokenizer.code_table(), emb):
         log.warning("%s: scheduler path.emb differs from the FSQ code table; using the scheduler's table", vae_dir)
-    return vae
+    return tokenizer

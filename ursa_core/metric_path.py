@@ -1,4 +1,4 @@
-"""The metric probability path over a tokenizer codebook (ursa.md §4.1).
+"""The metric probability path over a tokenizer codebook (docs/ARCHITECTURE.md, "The metric path").
 
 p_t(x | x1) = softmax_x(-beta_t * d(x, x1)), with d the squared L2 distance between unit-normalised code vectors
 and beta_t = c * (t / (1 - t))^alpha. beta_0 = 0 is uniform noise; beta -> inf as t -> 1 is the data.

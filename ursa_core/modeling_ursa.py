@@ -1,4 +1,5 @@
-"""The URSA transformer: a Qwen3 decoder stack run with full bidirectional attention (docs/ARCHITECTURE.md, "The transformer").
+"""The URSA transformer: a Qwen3 decoder stack run with full bidirectional attention (docs/ARCHITECTURE.md,
+"The transformer").
 
 One module reads `[prompt tokens, BOV, visual tokens + lm_vocab_size]` and predicts, at position p, the visual
 token at p + 1. `lm_head` covers only the K visual codes. Parameter names match the official state dict.

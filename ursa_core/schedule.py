@@ -1,8 +1,9 @@
 """Time grids and per-frame clocks.
 
-`time_grid` is the reference's shifted grid (ursa.md §4.2). `FrameSchedule` gives every latent frame its own start
-time t0 (the paper's asynchronous timesteps, used here at inference): 0 = generate from uniform noise, 1 = a given
-frame held exactly, in between = a given frame noised along the path to t0 that keeps refining.
+`time_grid` is the reference's shifted grid (docs/ARCHITECTURE.md, "Time grid and shift"). `FrameSchedule` gives
+every latent frame its own start time t0 (the paper's asynchronous timesteps, used here at inference): 0 = generate
+from uniform noise, 1 = a given frame held exactly, in between = a given frame noised along the path to t0 that
+keeps refining. `FrameClocks` is where those clocks stand at one sampling step.
 """
 from __future__ import annotations
 
@@ -15,14 +16,20 @@ from .errors import InputError
 from .metric_path import beta, beta_dot
 
 
+def time_shift(t: torch.Tensor, shift: float) -> torch.Tensor:
+    """The reference's time shift: t -> 1 - lam*sigma / (1 + (lam-1)*sigma) with sigma = 1 - t (lam = shift;
+    lam > 1 spends more steps near t = 0, where the picture's layout is decided)."""
+    sigma = 1 - torch.as_tensor(t, dtype=torch.float64)
+    return 1 - shift * sigma / (1 + (shift - 1) * sigma)
+
+
 def time_grid(steps: int, shift: float) -> torch.Tensor:
-    """t_i = 1 - lam*sigma / (1 + (lam-1)*sigma), sigma = 1 - i/N, for i = 0..N-1 (float64)."""
+    """t_i = time_shift(i/N) for i = 0..N-1 (float64): the global clock at the start of each step."""
     if steps < 1:
         raise InputError(f"steps must be >= 1, got {steps}")
     if shift <= 0:
         raise InputError(f"shift (lambda) must be > 0, got {shift}")
-    sigma = 1 - torch.arange(steps, dtype=torch.float64) / steps
-    return 1 - shift * sigma / (1 + (shift - 1) * sigma)
+    return time_shift(torch.arange(steps, dtype=torch.float64) / steps, shift)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Prompt tokenization for URSA: Qwen3 tokenizer, left padding to the prompt length, motion prefix (ursa.md §2.6)."""
+"""Prompt tokenization for URSA: Qwen3 tokenizer, left padding to the prompt length, motion prefix
+(docs/ARCHITECTURE.md, "Prompt encoding")."""
 from __future__ import annotations
 
 import logging

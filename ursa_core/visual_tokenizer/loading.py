@@ -27,7 +27,7 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
             "attn_down_block": True, "attn_up_block": True, "temporal_stride": 1, "spatial_stride": 16},
 }
 
-__all__ = ["load_visual_tokenizer", "write_tiny_vae", "fsq_table_matches", "tokenizer_class"]
+__all__ = ["load_visual_tokenizer", "write_tiny_visual_tokenizer", "fsq_table_matches", "tokenizer_class"]
 
 
 def tokenizer_class(config: Mapping[str, Any], where: Path) -> type[VisualTokenizer]:
@@ -61,7 +61,7 @@ def load_visual_tokenizer(vae_dir: str | Path, device: str | torch.device = "cpu
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 
-def write_tiny_vae(vae_dir: str | Path, kind: str = "fsq", seed: int = 0) -> Path:
+def write_tiny_visual_tokenizer(vae_dir: str | Path, kind: str = "fsq", seed: int = 0) -> Path:
     """Write a tiny random tokenizer in the official layout (config.json + diffusion_pytorch_model.safetensors)."""
     if kind not in TINY_CONFIGS:
         raise ValueError(f"kind={kind!r}: expected one of {sorted(TINY_CONFIGS)}")
