@@ -115,7 +115,7 @@ def run_optimized(model, case, steps, seed=0, sampler="auto", chunk=None, trunc=
     def go(timer):
         return generate(model, prompt_ids=ids, frames=frames, height=height, width=width, steps=steps,
                         guidance=7.0, guidance_trunc=trunc, seed=seed, sampler=sampler, chunk_tokens=chunk,
-                        callback=timer)
+                        callback=timer).tokens
     result = measure(go, model.device)
     result["tflops"] = executed_flops(model, frames, height, width, steps, 0.9, 7.0, True) / result["total_s"] / 1e12
     return result
@@ -253,7 +253,7 @@ def agreement_section(model, case, steps) -> dict:
     fast = run_optimized(model, case, steps, seed=5)["tokens"]
     slow_no_skip = generate(model, prompt_ids=random_prompt_ids(model.config), frames=case[1], height=case[2],
                             width=case[3], steps=steps, guidance=7.0, seed=5, sampler="torch",
-                            skip_noop_steps=False)
+                            skip_noop_steps=False).tokens
     torch_path = run_optimized(model, case, steps, seed=5, sampler="torch")["tokens"]
     return {"fused_vs_torch": token_agreement(fast, torch_path),
             "skip_vs_no_skip_torch": token_agreement(torch_path, slow_no_skip)}

@@ -18,6 +18,7 @@ def test_writing_a_tiny_tokenizer_leaves_the_callers_rng_alone(tmp_path):
         (tmp_path / "b" / "diffusion_pytorch_model.safetensors").read_bytes()
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch._dynamo's own import-time warnings
 def test_compiling_layers_leaves_dynamo_settings_alone():
     from ursa_core.compiled import CACHE_ENTRIES, _cache_limits, compile_layers
     from ursa_core.modeling_ursa import URSATransformer

@@ -93,30 +93,33 @@ def cuda_model(tmp_path_factory):
     return tiny_cuda_model(tmp_path_factory)
 
 
-def test_generate_deterministic_and_chunk_invariant_on_cuda(cuda_model):
+def generate_tokens(model, prompt, **kw):
     from ursa_core.generate import generate
+    return generate(model, prompt, **kw).tokens
+
+
+def test_generate_deterministic_and_chunk_invariant_on_cuda(cuda_model):
     # The GPU default (fused) path is chunk-invariant; CPU runs of the torch path are checked in test_generate.
     kw = dict(height=64, width=64, frames=9, steps=6, seed=3, sampler="triton")
-    a = generate(cuda_model, "a fox", **kw)
-    assert torch.equal(a, generate(cuda_model, "a fox", **kw, chunk_tokens=17))
+    a = generate_tokens(cuda_model, "a fox", **kw)
+    assert torch.equal(a, generate_tokens(cuda_model, "a fox", **kw, chunk_tokens=17))
     kw["sampler"] = "torch"
-    a = generate(cuda_model, "a fox", **kw)
-    assert torch.equal(a, generate(cuda_model, "a fox", **kw))
+    a = generate_tokens(cuda_model, "a fox", **kw)
+    assert torch.equal(a, generate_tokens(cuda_model, "a fox", **kw))
     # The fused path draws from the same law with another float summation order; on a random model a single
     # differing draw changes every later logit, so it is compared for determinism here and for the law above.
-    c = generate(cuda_model, "a fox", **{**kw, "sampler": "triton"})
-    assert torch.equal(c, generate(cuda_model, "a fox", **{**kw, "sampler": "triton"}))
+    c = generate_tokens(cuda_model, "a fox", **{**kw, "sampler": "triton"})
+    assert torch.equal(c, generate_tokens(cuda_model, "a fox", **{**kw, "sampler": "triton"}))
 
 
 def test_low_vram_streaming_matches_on_cuda(cuda_model):
-    from ursa_core.generate import generate
     from ursa_core.lowvram import enable_low_vram
     kw = dict(height=64, width=64, frames=5, steps=4, seed=2)
-    ref = generate(cuda_model, "a fox", **kw)
+    ref = generate_tokens(cuda_model, "a fox", **kw)
     streamed = copy.copy(cuda_model)
     streamed.transformer = copy.deepcopy(cuda_model.transformer)
     enable_low_vram(streamed.transformer, "cuda")
-    assert torch.equal(generate(streamed, "a fox", **kw), ref)
+    assert torch.equal(generate_tokens(streamed, "a fox", **kw), ref)
 
 
 @pytest.mark.parametrize("backend", ["flash", "cudnn", "efficient", "math", "flex"])

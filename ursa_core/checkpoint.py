@@ -16,6 +16,7 @@ from .geometry import VisualGeometry
 from .metric_path import MetricPath
 from .modeling_ursa import URSATransformer, build_transformer, expected_state_shapes
 from .safetensors_io import check_state_dict, load_state_dict, read_json
+from .sequence import ModelInput
 from .text import PromptEncoder
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,12 @@ class URSAModel:
     @property
     def codebook_size(self) -> int:
         return self.config.lm_head_size
+
+    def __call__(self, sequence: ModelInput, keep: Optional[torch.Tensor] = None,
+                 output_hidden_states: bool = False):
+        """The transformer on a `build_sequence(...)` input: visual logits, or with output_hidden_states a
+        TransformerOutput(logits, hidden_states) as in transformers (see URSATransformer.forward)."""
+        return self.transformer(sequence.input_ids, sequence.cos, sequence.sin, keep, output_hidden_states)
 
 
 def _require_file(path: Path) -> Path:
@@ -154,7 +161,7 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu", dtype: st
         raise CheckpointError(f"{folder / 'scheduler'}: 'path.emb' has {emb.shape[0]} codes but the transformer's "
                               f"lm_head_size is {cfg.lm_head_size}")
     path = MetricPath(emb, c=sched.c, alpha=sched.alpha, eps=sched.eps).to(device)
-    prompts = PromptEncoder(folder / "tokenizer", cfg.max_prompt_length, cfg.lm_vocab_size)
+    prompts = PromptEncoder(folder / "tokenizer", cfg)
     model = URSAModel(folder, cfg, sched, transformer, path, prompts, read_geometry(folder / "vae"))
     if load_vae and (folder / "vae" / "config.json").is_file():
         model.visual_tokenizer = _load_visual_tokenizer(folder / "vae", device, emb)

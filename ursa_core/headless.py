@@ -99,7 +99,7 @@ def run_generate(args: argparse.Namespace) -> int:
     tokens = generate(model, args.prompt, args.negative, height=height, width=width, frames=args.frames,
                       steps=steps, guidance=args.cfg, guidance_trunc=args.guidance_trunc, shift=args.shift,
                       seed=args.seed, schedule=schedule, given_tokens=given, motion=motion,
-                      callback=ProgressPrinter(steps, "sampling"), sampler=args.sampler)
+                      callback=ProgressPrinter(steps, "sampling"), sampler=args.sampler).tokens
     if args.save_tokens:
         from .token_io import save_tokens
         save_tokens(tokens, args.save_tokens, fps=model.geometry.fps, model=str(folder))
