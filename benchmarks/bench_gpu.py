@@ -188,19 +188,17 @@ def fp8_section(model, case, steps, device) -> dict:
     """Logit deviation of fp8 projections vs bf16 on one forward, then fp8 step time. Modifies `model`."""
     from ursa_core.fp8 import enable_fp8
     from ursa_core.generate import plan
-    from ursa_core.rope import rotary_cos_sin, sequence_positions
+    from ursa_core.sequence import build_sequence, predicting_positions
     _, frames, height, width, _ = case
     p = plan(model, frames, height, width, 2, 1.0, None)
     cfg = model.config
     gen = torch.Generator().manual_seed(0)
-    visual = torch.randint(0, cfg.lm_head_size, (1, p.active.numel()), generator=gen) + cfg.lm_vocab_size
-    ids = torch.cat([random_prompt_ids(cfg)[0], torch.tensor([[cfg.bov_token_id]]), visual], 1).to(device)
-    cos, sin = rotary_cos_sin(sequence_positions(cfg.max_prompt_length, p.latent_shape, device), cfg.head_dim,
-                              cfg.rope_theta, model.transformer.dtype)
-    keep = (p.active + cfg.max_prompt_length).to(device)
-    ref = model.transformer(ids, cos, sin, keep).float()
+    tokens = torch.randint(0, cfg.lm_head_size, (1, *p.latent_shape), generator=gen)
+    sequence = build_sequence(model, random_prompt_ids(cfg)[0], tokens)
+    keep = predicting_positions(cfg, p.active).to(device)
+    ref = model(sequence, keep).float()
     enable_fp8(model.transformer)
-    out = model.transformer(ids, cos, sin, keep).float()
+    out = model(sequence, keep).float()
     deviation = {"rel_rms": float((out - ref).norm() / ref.norm()), "max_abs": float((out - ref).abs().max()),
                  "logit_std": float(ref.std()), "top1_agree": float((out.argmax(-1) == ref.argmax(-1)).float().mean())}
     timing = summarize(run_optimized(model, case, steps))
