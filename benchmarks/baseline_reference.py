@@ -10,15 +10,13 @@ import torch
 from ursa_core.generate import plan
 from ursa_core.metric_path import beta, beta_dot
 from ursa_core.modeling_ursa import MLP
-from ursa_core.rope import rotary_cos_sin, sequence_positions
+from ursa_core.sequence import rotary_angles, sequence_ids
 
 
 @torch.no_grad()
 def reference_step(model, x, text, cos, sin, t, h, last, guidance, trunc, emb16, sumsq16):
     cfg, n = model.config, x.numel()
-    visual = x.view(1, -1) + cfg.lm_vocab_size
-    bov = torch.full((1, 1), cfg.bov_token_id, device=x.device)
-    ids = torch.cat([torch.cat([ids, bov, visual], 1) for ids in text], 0)
+    ids = torch.cat([sequence_ids(cfg, ids, x.view(1, -1)) for ids in text], 0)
     hidden = model.transformer.hidden_states(ids, cos, sin)
     logits = model.transformer.visual_logits(hidden)[:, -(n + 1):-1]  # every position's logits, then the slice
     z = logits[1] + guidance * (logits[0] - logits[1]) if t < trunc else logits[0]
@@ -46,8 +44,7 @@ def reference_generate(model, prompt_ids, frames, height, width, steps, guidance
     try:
         p = plan(model, frames, height, width, steps, model.scheduler.shift, None)
         cfg, device = model.config, model.device
-        pos = sequence_positions(cfg.max_prompt_length, p.latent_shape, device=device)
-        cos, sin = rotary_cos_sin(pos, cfg.head_dim, cfg.rope_theta, model.transformer.dtype)
+        cos, sin = rotary_angles(cfg, p.latent_shape, model.transformer.dtype, device)
         emb16 = model.path.unit.half()
         sumsq16 = model.path.sumsq.half()
         torch.manual_seed(seed)

@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from baseline_reference import reference_generate  # noqa: E402
-from random_model import random_model, random_prompt_ids  # noqa: E402
+from random_model import random_model, random_prompt_ids, with_fused_projections  # noqa: E402
 
-from ursa_core.attention import make_attention  # noqa: E402
+from ursa_core import attention  # noqa: E402
 from ursa_core.generate import generate  # noqa: E402
 
 CASES = {  # name: (model kind, frames, height, width, steps)
@@ -115,7 +115,7 @@ def run_optimized(model, case, steps, seed=0, sampler="auto", chunk=None, trunc=
     def go(timer):
         return generate(model, prompt_ids=ids, frames=frames, height=height, width=width, steps=steps,
                         guidance=7.0, guidance_trunc=trunc, seed=seed, sampler=sampler, chunk_tokens=chunk,
-                        callback=timer)
+                        callback=timer).tokens
     result = measure(go, model.device)
     result["tflops"] = executed_flops(model, frames, height, width, steps, 0.9, 7.0, True) / result["total_s"] / 1e12
     return result
@@ -126,13 +126,15 @@ def run_baseline(model, case, steps) -> dict:
     _, frames, height, width, _ = case
     ids = random_prompt_ids(model.config)
     transformer = model.transformer
-    saved = transformer.layer_runner, transformer.attention_fn
-    transformer.layer_runner, transformer.attention_fn = None, None
+    saved = transformer.layer_runner, transformer.attn_implementation
+    transformer.layer_runner = None
+    transformer.set_attention("sdpa")
     try:
         result = measure(lambda timer: reference_generate(model, ids, frames, height, width, steps,
                                                           step_callback=timer), model.device)
     finally:
-        transformer.layer_runner, transformer.attention_fn = saved
+        transformer.layer_runner = saved[0]
+        transformer.set_attention(saved[1])
     result["tflops"] = executed_flops(model, frames, height, width, steps, 0.9, 7.0, False) / result["total_s"] / 1e12
     return result
 
@@ -144,10 +146,8 @@ def attention_backends(device, seq: int, dtype=torch.bfloat16, reps: int = 5) ->
     v = torch.randn(2, 8, seq, 128, device=device, dtype=dtype)
     out = {}
     for backend in ("auto", "flash", "cudnn", "efficient", "flex"):
-        fn = make_attention(backend)
-        from ursa_core.modeling_ursa import sdpa_attention
-        fn = fn or sdpa_attention
         try:
+            fn = attention.attention_function(attention.resolve(backend, device))
             fn(q, k, v)
             sync(device)
             start = time.perf_counter()
@@ -188,19 +188,17 @@ def fp8_section(model, case, steps, device) -> dict:
     """Logit deviation of fp8 projections vs bf16 on one forward, then fp8 step time. Modifies `model`."""
     from ursa_core.fp8 import enable_fp8
     from ursa_core.generate import plan
-    from ursa_core.rope import rotary_cos_sin, sequence_positions
+    from ursa_core.sequence import build_sequence, predicting_positions
     _, frames, height, width, _ = case
     p = plan(model, frames, height, width, 2, 1.0, None)
     cfg = model.config
     gen = torch.Generator().manual_seed(0)
-    visual = torch.randint(0, cfg.lm_head_size, (1, p.active.numel()), generator=gen) + cfg.lm_vocab_size
-    ids = torch.cat([random_prompt_ids(cfg)[0], torch.tensor([[cfg.bov_token_id]]), visual], 1).to(device)
-    cos, sin = rotary_cos_sin(sequence_positions(cfg.max_prompt_length, p.latent_shape, device), cfg.head_dim,
-                              cfg.rope_theta, model.transformer.dtype)
-    keep = (p.active + cfg.max_prompt_length).to(device)
-    ref = model.transformer(ids, cos, sin, keep).float()
+    tokens = torch.randint(0, cfg.lm_head_size, (1, *p.latent_shape), generator=gen)
+    sequence = build_sequence(model, random_prompt_ids(cfg)[0], tokens)
+    keep = predicting_positions(cfg, p.active).to(device)
+    ref = model(sequence, keep).float()
     enable_fp8(model.transformer)
-    out = model.transformer(ids, cos, sin, keep).float()
+    out = model(sequence, keep).float()
     deviation = {"rel_rms": float((out - ref).norm() / ref.norm()), "max_abs": float((out - ref).abs().max()),
                  "logit_std": float(ref.std()), "top1_agree": float((out.argmax(-1) == ref.argmax(-1)).float().mean())}
     timing = summarize(run_optimized(model, case, steps))
@@ -221,18 +219,18 @@ def compile_section(model, case, steps) -> dict:
 
 def decode_section(kind: str, latent_shape, device, dtype=torch.bfloat16) -> dict:
     """Full-size tokenizer with random weights: seconds to decode one clip/image of tokens."""
-    from ursa_core.vae.cosmos import CosmosFSQTokenizer
-    from ursa_core.vae.ibq import IBQTokenizer
+    from ursa_core.visual_tokenizer.cosmos import CosmosFSQTokenizer
+    from ursa_core.visual_tokenizer.ibq import IBQTokenizer
     if kind == "fsq":
-        vq = CosmosFSQTokenizer({})
+        tokenizer = CosmosFSQTokenizer({})
     else:
-        vq = IBQTokenizer({"block_out_channels": [128, 128, 256, 256, 512], "num_vq_embeddings": 131072,
+        tokenizer = IBQTokenizer({"block_out_channels": [128, 128, 256, 256, 512], "num_vq_embeddings": 131072,
                            "vq_embed_dim": 256, "spatial_stride": 16})
-    vq = vq.to(device, dtype).eval()
-    ids = torch.randint(0, vq.codebook_size, (1, *latent_shape), device=device)
+    tokenizer = tokenizer.to(device, dtype).eval()
+    ids = torch.randint(0, tokenizer.codebook_size, (1, *latent_shape), device=device)
     with torch.no_grad():
-        vq.decode(ids)  # warm-up
-        result = measure(lambda timer: vq.decode(ids), device)
+        tokenizer.decode(ids)  # warm-up
+        result = measure(lambda timer: tokenizer.decode(ids), device)
     return {"decode_s": result["total_s"], "peak_gib": result["peak_gib"], "config": "random weights, " + kind}
 
 
@@ -253,7 +251,7 @@ def agreement_section(model, case, steps) -> dict:
     fast = run_optimized(model, case, steps, seed=5)["tokens"]
     slow_no_skip = generate(model, prompt_ids=random_prompt_ids(model.config), frames=case[1], height=case[2],
                             width=case[3], steps=steps, guidance=7.0, seed=5, sampler="torch",
-                            skip_noop_steps=False)
+                            skip_noop_steps=False).tokens
     torch_path = run_optimized(model, case, steps, seed=5, sampler="torch")["tokens"]
     return {"fused_vs_torch": token_agreement(fast, torch_path),
             "skip_vs_no_skip_torch": token_agreement(torch_path, slow_no_skip)}
@@ -262,7 +260,9 @@ def agreement_section(model, case, steps) -> dict:
 def prepare(model, args, report) -> None:
     """The optimized configuration: fastest attention kernel and compiled layers (unless --eager)."""
     from ursa_core.acceleration import accelerate
-    accelerate(model, attention=report.get("attention_choice", "auto"), fuse=args.fuse,
+    if args.fuse:
+        model.transformer = with_fused_projections(model.transformer)
+    accelerate(model, attention=report.get("attention_choice", "auto"),
                compile=not args.eager and model.device.type == "cuda", compile_mode=args.compile_mode)
 
 
@@ -335,13 +335,13 @@ def extra_sections(args, device, report, sections) -> None:
         model = None  # drop the other model before building this one
         torch.cuda.empty_cache() if device.type == "cuda" else None
         model = random_model(big[0], device)
-    model.transformer.attention_fn = make_attention(report["attention_choice"])
+    model.transformer.set_attention(attention.resolve(report["attention_choice"], device))
     model.transformer.layer_runner = None  # ablations below start from the eager model
     if "ablate" in sections:
         report["ablation_49f"] = {"eager": summarize(run_optimized(model, big, few)),
                                   "eager_torch_sampler": summarize(run_optimized(model, big, few, sampler="torch"))}
     if args.fuse:
-        model.transformer.fuse_projections()
+        model.transformer = with_fused_projections(model.transformer)
         if "ablate" in sections:
             report["ablation_49f"]["eager_fused_projections"] = summarize(run_optimized(model, big, few))
     if "agree" in sections:

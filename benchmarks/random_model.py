@@ -8,9 +8,9 @@ import torch
 from ursa_core.config import SchedulerConfig, TransformerConfig
 from ursa_core.geometry import VisualGeometry
 from ursa_core.metric_path import MetricPath
-from ursa_core.model import URSAModel
-from ursa_core.modeling_ursa import URSATransformer
-from ursa_core.vae.fsq import code_table
+from ursa_core.checkpoint import URSAModel
+from ursa_core.modeling_ursa import URSATransformer, build_transformer
+from ursa_core.visual_tokenizer.fsq import code_table
 
 FSQ320 = TransformerConfig()  # the 1.7B FSQ320 dimensions are the defaults
 IBQ_CODES, IBQ_DIM = 131_072, 256  # IBQ1024: K from Emu3.5's tokenizer; the embed dim is an assumption
@@ -32,6 +32,13 @@ def random_transformer(cfg: TransformerConfig, device, dtype, seed: int = 0) -> 
         else:
             param.normal_(0.0, 0.02)
     return model.to(dtype).eval().requires_grad_(False)
+
+
+def with_fused_projections(transformer: URSATransformer) -> URSATransformer:
+    """The same weights loaded into fused q/k/v and gate/up projections (the loader's fuse_projections)."""
+    fused = build_transformer(transformer.config, transformer.state_dict(), transformer.dtype, fuse_projections=True)
+    fused.set_attention(transformer.attn_implementation)
+    return fused
 
 
 def random_model(kind: str, device, dtype=torch.bfloat16) -> URSAModel:

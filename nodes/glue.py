@@ -13,7 +13,7 @@ import folder_paths
 import torch
 
 from ursa_core.errors import InputError
-from ursa_core.model import URSAModel, load_model, resolve_dtype
+from ursa_core.checkpoint import URSAModel, load_model, resolve_dtype
 from ursa_core.preview import token_colors
 
 MODEL_FOLDER_KEY = "ursa"
@@ -83,13 +83,13 @@ def load_ursa(name: str, dtype: str) -> tuple[LoadedURSA, LoadedVQ]:
     folder = model_folder_path(name)
     load_device, offload_device = mm.get_torch_device(), mm.unet_offload_device()
     model = load_model(folder, device=offload_device, dtype=resolve_dtype(dtype, torch.device(load_device)))
-    if model.vae is None:
+    if model.visual_tokenizer is None:
         raise InputError(f"{folder}: no vae/ folder; URSA needs its visual tokenizer to encode and decode")
     patcher = comfy.model_patcher.ModelPatcher(model.transformer, load_device=load_device,
                                                offload_device=offload_device)
-    vq_patcher = comfy.model_patcher.ModelPatcher(model.vae, load_device=mm.vae_device(),
+    vq_patcher = comfy.model_patcher.ModelPatcher(model.visual_tokenizer, load_device=mm.vae_device(),
                                                   offload_device=mm.vae_offload_device())
-    return LoadedURSA(model, patcher), LoadedVQ(model.vae, vq_patcher, model.geometry.fps)
+    return LoadedURSA(model, patcher), LoadedVQ(model.visual_tokenizer, vq_patcher, model.geometry.fps)
 
 
 class StepProgress:

@@ -6,7 +6,7 @@ import os
 from comfy_api.latest import io
 
 from ursa_core.acceleration import accelerate
-from ursa_core.attention import BACKENDS
+from ursa_core import attention as attention_backends
 
 from . import glue
 from .types import URSAModel, URSAVQ
@@ -29,9 +29,10 @@ class URSAModelLoader(io.ComfyNode):
                 io.Combo.Input("dtype", options=DTYPES, default="auto",
                                tooltip="Transformer weight/compute dtype. auto = bf16 on GPUs that support it, "
                                        "else fp16; fp32 on CPU."),
-                io.Combo.Input("attention", options=list(BACKENDS), default="auto", optional=True,
-                               tooltip="Attention kernel. auto = PyTorch SDPA's choice (cuDNN on H100, the "
-                                       "fastest measured); flash/cudnn/efficient/math pin one; flex = "
+                io.Combo.Input("attention", options=list(attention_backends.names()), default="auto",
+                               optional=True,
+                               tooltip="Attention kernel. auto = the fastest available (today sdpa: PyTorch SDPA's "
+                                       "choice, cuDNN on H100); flash/cudnn/efficient/math pin one SDPA kernel; flex = "
                                        "FlexAttention (compiled)."),
                 io.Boolean.Input("compile", default=False, optional=True,
                                  tooltip="torch.compile the layers (about 23% faster per step on an H100; the first "

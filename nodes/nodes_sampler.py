@@ -67,7 +67,7 @@ def run_sampler(model, conditioning, frames, width, height, schedule=None, given
     def on_step(info: StepInfo) -> None:
         progress.advance(info.predicted if preview else None)
     tokens = generate(core, prompt_ids=conditioning.ids_for(frames), frames=frames, width=width, height=height,
-                      schedule=sched, given_tokens=given, callback=on_step, **sampling)
+                      schedule=sched, given_tokens=given, callback=on_step, **sampling).tokens
     return TokenClip(tokens, core.geometry.fps)
 
 

@@ -8,7 +8,7 @@ from safetensors.torch import load_file, save_file
 from tiny_fixtures import fresh_copy
 from ursa_core.config import TransformerConfig
 from ursa_core.errors import CheckpointError, InputError
-from ursa_core.model import load_model, resolve_dtype
+from ursa_core.checkpoint import load_model, resolve_dtype
 from ursa_core.tiny import make_tiny
 
 WEIGHTS = "transformer/diffusion_pytorch_model.safetensors"
@@ -132,7 +132,7 @@ def test_prompt_encoding(tiny_model):
 
 def test_scheduler_table_is_checked_against_fsq_levels(tmp_path, tiny_dir, tiny_model, caplog):
     """path.emb equals the FSQ code table in the tiny checkpoint; a different table warns and is still used."""
-    from ursa_core.vae.fsq import code_table
+    from ursa_core.visual_tokenizer.fsq import code_table
     assert torch.allclose(tiny_model.path.unit, torch.nn.functional.normalize(code_table().double(), dim=-1,
                                                                               eps=1e-5).float())
     other = fresh_copy(tiny_dir, tmp_path / "other_table")

@@ -9,7 +9,7 @@ import torch
 
 from ursa_core import cli
 from ursa_core.media import count_video_frames, fit_frames, load_image, to_model_pixels
-from ursa_core.model import load_model
+from ursa_core.checkpoint import load_model
 from ursa_core.token_io import load_tokens
 
 STEPS = "2"  # sampling steps for every generate here: enough to exercise the loop, cheap on 2 CPU cores
@@ -40,9 +40,9 @@ def gen(model, out, *extra, prompt="a red fox runs through the snow"):
 
 def encoded(model, path, mode, width=64, height=64):
     """What the CLI must hold for a conditioning image: fit_frames -> to_model_pixels -> vae.encode, one frame."""
-    pixels = to_model_pixels(fit_frames(load_image(path), width, height, mode)).to(model.vae.device, model.vae.dtype)
+    pixels = to_model_pixels(fit_frames(load_image(path), width, height, mode)).to(model.visual_tokenizer.device, model.visual_tokenizer.dtype)
     with torch.no_grad():
-        ids = model.vae.encode(pixels)
+        ids = model.visual_tokenizer.encode(pixels)
     assert ids.shape == (1, 1, height // model.geometry.spatial_stride, width // model.geometry.spatial_stride)
     return ids[:, 0].cpu().long()
 

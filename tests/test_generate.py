@@ -15,7 +15,7 @@ def run(model, **kw):
     kw.setdefault("height", h)
     kw.setdefault("width", w)
     kw.setdefault("steps", STEPS)
-    return generate(model, kw.pop("prompt", "a red fox"), **kw)
+    return generate(model, kw.pop("prompt", "a red fox"), **kw).tokens
 
 
 @pytest.mark.parametrize("frames,latent_t", [(1, 1), (5, 2), (9, 3)])

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from ursa_core.errors import InputError
-from ursa_core.metric_path import MetricPath, beta, beta_dot
-from ursa_core.schedule import time_grid
-from ursa_core.solver import TokenClocks, euler_step, guided_logits, sample_from_weights
+from ursa_core.metric_path import MetricPath, beta, beta_dot, sample_from_weights, velocity
+from ursa_core.schedule import FrameClocks, time_grid
+from ursa_core.solver import euler_step
 
 
 @pytest.mark.parametrize("c,alpha", [(3.0, 0.9), (1.5, 1.3), (5.0, 0.5)])
@@ -100,8 +100,7 @@ def test_jump_law_statistical():
     logits = torch.tensor([0.3, -1.0, 2.0, 0.5, -0.2, 1.0], dtype=torch.float64)
     x_t = torch.full((n,), 4)
     b, bd, h = 2.5, 6.0, 0.08
-    clocks = TokenClocks(torch.full((n,), b, dtype=torch.float64), torch.full((n,), bd, dtype=torch.float64),
-                         torch.full((n,), h, dtype=torch.float64))
+    clocks = FrameClocks.constant(n, b, bd, h)
     u = torch.rand(3, n, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
     new, _ = euler_step(path, lambda sl: logits.expand(len(range(n)[sl]), -1), x_t, clocks, u, False, 8192)
     freq = torch.bincount(new, minlength=6).double() / n
@@ -117,8 +116,7 @@ def test_final_step_returns_x1_and_chunking_is_invariant():
     gen = torch.Generator().manual_seed(2)
     logits = torch.randn(n, 9, generator=gen, dtype=torch.float64)
     x_t = torch.randint(0, 9, (n,), generator=gen)
-    clocks = TokenClocks(torch.full((n,), 1.0, dtype=torch.float64), torch.full((n,), 3.0, dtype=torch.float64),
-                         torch.full((n,), 0.2, dtype=torch.float64))
+    clocks = FrameClocks.constant(n, 1.0, 3.0, 0.2)
     u = torch.rand(3, n, generator=gen, dtype=torch.float64)
     a, x1a = euler_step(path, lambda sl: logits[sl], x_t, clocks, u, False, 7)
     b, x1b = euler_step(path, lambda sl: logits[sl], x_t, clocks, u, False, 10_000)
@@ -130,7 +128,27 @@ def test_final_step_returns_x1_and_chunking_is_invariant():
     assert torch.equal(a[same], x_t[same])
 
 
-def test_guided_logits():
-    cond, uncond = torch.randn(4, 5, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64)
-    assert torch.allclose(guided_logits(cond, uncond, 7.0), uncond + 7.0 * (cond - uncond))
-    assert guided_logits(cond, None, 7.0) is cond
+def test_guided_logits_in_hidden_space_equal_logit_space_guidance(tiny_model):
+    """Production guides hidden states and projects once; that equals z_u + g (z_c - z_u) on the logits."""
+    from ursa_core.generate import guided_logits
+    transformer = tiny_model.transformer
+    gen = torch.Generator().manual_seed(0)
+    cond, uncond = (torch.randn(5, tiny_model.config.hidden_size, generator=gen) for _ in range(2))
+    z_c, z_u = transformer.visual_logits(cond), transformer.visual_logits(uncond)
+    expected = z_u + 7.0 * (z_c - z_u)
+    assert torch.allclose(guided_logits(transformer, cond, uncond, 7.0), expected, atol=1e-4)
+    assert not torch.allclose(expected, z_c, atol=1e-2)  # guidance does change the logits
+
+
+def test_velocity_is_the_kinetic_optimal_rate():
+    emb, path = random_path(k=7, d=3, seed=4)
+    x_t, x1, t = torch.tensor([2, 5]), torch.tensor([4, 5]), 0.4
+    u = velocity(path, x_t, x1, t)
+    d = torch.cdist(torch.nn.functional.normalize(emb, dim=-1), torch.nn.functional.normalize(emb, dim=-1)) ** 2
+    b, bd = beta(torch.tensor(t), path.c, path.alpha), beta_dot(torch.tensor(t), path.c, path.alpha)
+    for row, (xt, target) in enumerate(zip(x_t.tolist(), x1.tolist())):
+        p_t = torch.softmax(-b * d[:, target], dim=0)
+        expected = bd * p_t * (d[xt, target] - d[:, target]).clamp_min(0)
+        expected[xt] = 0
+        assert torch.allclose(u[row].double(), expected.double(), atol=1e-5)
+    assert u[1].abs().sum() == 0  # x_t == x1: nothing pulls the token anywhere

@@ -187,7 +187,7 @@ def test_save_and_load_tokens(env):
 def test_loader_speed_options(env):
     model, _ = env.run(env.mods["loader"].URSAModelLoader, model_name="URSA-tiny", dtype="fp32",
                        attention="math", compile=False).result
-    assert model.model.transformer.attention_fn is not None  # pinned SDPA backend
+    assert model.model.transformer.attn_implementation == "math"  # pinned SDPA backend
     loader = env.mods["loader"].URSAModelLoader
     assert env.validate(loader, {"model_name": "URSA-tiny", "dtype": "fp32", "attention": "nope"})
 

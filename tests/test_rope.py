@@ -1,4 +1,4 @@
-"""RoPE against a plain float64 implementation written from the spec's pair lists (ursa.md §2.3)."""
+"""RoPE against a plain float64 implementation written from the spec's pair lists (docs/ARCHITECTURE.md, "Rotary positions")."""
 import math
 
 import torch

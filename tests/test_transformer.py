@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from ursa_core.config import TransformerConfig
-from ursa_core.modeling_ursa import URSATransformer
+from ursa_core.modeling_ursa import URSATransformer, build_transformer
 from ursa_core.rope import rotary_cos_sin, sequence_positions
 from ursa_core.tiny import random_transformer_state
 
@@ -115,11 +115,51 @@ def test_layer_streaming_matches_resident_forward():
     assert all(p.device.type == "meta" for p in streamed.model.layers.parameters())
 
 
-def test_fused_projections_same_output():
+def test_fused_projections_are_a_load_option_with_the_same_output():
+    state, model = build(torch.float64)
+    ids, pos = inputs()
+    cos, sin = rotary_cos_sin(pos, 128, CFG.rope_theta, torch.float64)
+    fused = build_transformer(CFG, state, torch.float64, fuse_projections=True)
+    attn = fused.model.layers[0].self_attn
+    assert hasattr(attn, "qkv_proj") and not hasattr(attn, "q_proj") and hasattr(fused.model.layers[0].mlp,
+                                                                                  "gate_up_proj")
+    assert torch.allclose(fused(ids[None], cos, sin), model(ids[None], cos, sin), atol=1e-10)
+
+
+def test_output_hidden_states_follow_transformers_convention():
+    state, model = build(torch.float64)
+    ids, pos = inputs()
+    cos, sin = rotary_cos_sin(pos, 128, CFG.rope_theta, torch.float64)
+    keep = torch.tensor([CFG.max_prompt_length, ids.shape[0] - 1])
+    out = model(ids[None], cos, sin, keep, output_hidden_states=True)
+    assert len(out.hidden_states) == CFG.num_hidden_layers + 1
+    assert torch.equal(out.hidden_states[0][0], state["model.embed_tokens.weight"].double()[ids])
+    assert torch.allclose(out.logits, model(ids[None], cos, sin, keep))
+    # the last state is final-normed: the head applied to it gives the logits at every position
+    assert torch.allclose(model.visual_logits(out.hidden_states[-1]), model(ids[None], cos, sin), atol=1e-10)
+    # an intermediate state is the input of the next layer
+    second = model.model.layers[1](out.hidden_states[1], cos, sin)
+    assert torch.allclose(model.model.norm(second), out.hidden_states[2], atol=1e-10)
+
+
+def test_attention_backend_is_looked_up_by_name(monkeypatch):
+    from ursa_core import attention
     _, model = build(torch.float64)
     ids, pos = inputs()
     cos, sin = rotary_cos_sin(pos, 128, CFG.rope_theta, torch.float64)
     ref = model(ids[None], cos, sin)
-    model.fuse_projections()
-    assert not hasattr(model.model.layers[0].self_attn, "q_proj")
+    calls = []
+
+    def counting(q, k, v):
+        calls.append(q.shape)
+        return attention.sdpa(q, k, v)
+    monkeypatch.setitem(attention._REGISTRY, "counting", attention.AttentionBackend(
+        "counting", lambda: counting, lambda device: True, "test backend"))
+    model.set_attention("counting")
+    try:
+        assert torch.equal(model(ids[None], cos, sin), ref) and len(calls) == CFG.num_hidden_layers
+    finally:
+        attention._BUILT.pop("counting", None)
+    model.set_attention("math")
+    assert model.attn_implementation == "math"
     assert torch.allclose(model(ids[None], cos, sin), ref, atol=1e-10)

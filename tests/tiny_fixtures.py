@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from ursa_core.model import load_model
+from ursa_core.checkpoint import load_model
 from ursa_core.tiny import make_tiny
 
 

@@ -1,15 +1,32 @@
 """URSA inference in plain PyTorch: checkpoint loading, metric-path sampler with frame-wise clocks, tokenizers.
 
-    from ursa_core import load_model, generate, FrameSchedule
-    model = load_model("models/ursa/URSA-1.7B-FSQ320", device="cuda")
-    tokens = generate(model, "a red fox in the snow", frames=49, motion=9.0)
-    frames = decode_tokens(model, tokens)   # IMAGE-style [F, H, W, 3] in 0..1
-"""
-from .errors import CheckpointError, InputError, URSAError
-from .generate import StepInfo, generate
-from .headless import decode_tokens
-from .model import URSAModel, load_model
-from .schedule import FrameSchedule
+The library surface (docs/ARCHITECTURE.md describes the pieces):
 
-__all__ = ["CheckpointError", "FrameSchedule", "InputError", "StepInfo", "URSAError", "URSAModel", "decode_tokens",
-           "generate", "load_model"]
+    import ursa_core as ursa
+    model = ursa.load("models/ursa/URSA-1.7B-FSQ320", device="cuda", attention="auto")
+    run = ursa.generate(model, "a red fox in the snow", frames=49, motion=9.0, seed=7)
+    run.tokens, run.initial_tokens, run.seed, run.settings      # what came out, where it started, how
+    frames = ursa.decode_tokens(model, run.tokens)             # IMAGE-style [F, H, W, 3] in 0..1
+
+    # one transformer pass as the sampler runs it, with every layer's hidden states (as transformers)
+    ids = model.prompts.encode(["a red fox"])                    # [1, max_prompt_length]
+    out = model(ursa.build_sequence(model, ids, run.tokens), output_hidden_states=True)
+    out.logits, out.hidden_states
+
+    # the metric path: beta_t, its derivative, the kinetic-optimal velocity, the time shift of the grid
+    ursa.beta(t, c, alpha); ursa.beta_dot(t, c, alpha); ursa.velocity(model.path, x_t, x1, t)
+    ursa.time_shift(t, shift); ursa.time_grid(steps, shift)
+"""
+from .checkpoint import URSAModel
+from .checkpoint import load_model as load
+from .errors import CheckpointError, InputError, URSAError
+from .generate import Generation, StepInfo, generate
+from .headless import decode_tokens
+from .metric_path import MetricPath, beta, beta_dot, velocity
+from .modeling_ursa import TransformerOutput
+from .schedule import FrameClocks, FrameSchedule, time_grid, time_shift
+from .sequence import ModelInput, build_sequence
+
+__all__ = ["CheckpointError", "FrameClocks", "FrameSchedule", "Generation", "InputError", "MetricPath",
+           "ModelInput", "StepInfo", "TransformerOutput", "URSAError", "URSAModel", "beta", "beta_dot",
+           "build_sequence", "decode_tokens", "generate", "load", "time_grid", "time_shift", "velocity"]

@@ -3,25 +3,23 @@ from __future__ import annotations
 
 import logging
 
-from .attention import make_attention
+from .attention import resolve as resolve_attention
 from .errors import InputError
-from .model import URSAModel
+from .checkpoint import URSAModel
 
 log = logging.getLogger(__name__)
 
 
-def accelerate(model: URSAModel, *, attention: str = "auto", fuse: bool = False, compile: bool = False,
-               low_vram: bool = False, fp8: bool = False, compile_mode: str | None = None) -> URSAModel:
-    """Apply the options in place. compile: torch.compile around attention (measured: 1.29 vs 1.66 s/step at
-    49 frames). low_vram: stream layers from pinned host memory. fuse: one QKV and one gate/up GEMM per layer
-    (exact, but measured no gain at 49 frames and slower at 1024px, so off). fp8: e4m3 projections (changes
-    logits; opt-in only). Numbers: docs/PERFORMANCE.md."""
+def accelerate(model: URSAModel, *, attention: str = "auto", compile: bool = False, low_vram: bool = False,
+               fp8: bool = False, compile_mode: str | None = None) -> URSAModel:
+    """Apply the options in place. attention: a name of the attention registry (attention.py). compile:
+    torch.compile around attention (measured: 1.29 vs 1.66 s/step at 49 frames). low_vram: stream layers from
+    pinned host memory. fp8: e4m3 projections (changes logits; opt-in only). Numbers: docs/PERFORMANCE.md.
+    Fused projections are a load option (checkpoint.load_model(fuse_projections=True))."""
     if compile and low_vram:
         raise InputError("compile and low_vram cannot be combined: both replace the layer loop")
     transformer = model.transformer
-    transformer.attention_fn = make_attention(attention)
-    if fuse:
-        transformer.fuse_projections()
+    transformer.set_attention(resolve_attention(attention, model.device))
     if fp8:
         from .fp8 import enable_fp8
         enable_fp8(transformer)

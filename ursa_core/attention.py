@@ -1,9 +1,14 @@
-"""Attention kernels for the bidirectional URSA stack: PyTorch SDPA (auto or a pinned backend) and FlexAttention.
+"""Attention backends for the bidirectional URSA stack, registered by name and looked up where attention runs.
 
-All take q [B, Hq, S, D], k/v [B, Hkv, S, D] and return [B, Hq, S, D]; none uses a mask.
+As transformers' ALL_ATTENTION_FUNCTIONS: each `Attention` module holds the name of its backend
+(`attn_implementation`) and calls `attention_function(name)(q, k, v)`, so no layer loop carries a function.
+Every backend takes q [B, Hq, S, D], k/v [B, Hkv, S, D] (grouped KV heads) and returns [B, Hq, S, D]; none uses a
+mask. A backend registers with an availability check (device, installed package); `auto` resolves to the first
+available name of AUTO_ORDER when a model is set up, and says which.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -11,7 +16,70 @@ import torch.nn.functional as F
 
 from .errors import InputError
 
-BACKENDS = ("auto", "flash", "cudnn", "efficient", "math", "flex")
+AttentionFunction = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class AttentionBackend:
+    name: str
+    build: Callable[[], AttentionFunction]   # called once, on first use (imports, compiles)
+    available: Callable[[torch.device], bool]
+    summary: str
+
+
+_REGISTRY: dict[str, AttentionBackend] = {}
+_BUILT: dict[str, AttentionFunction] = {}
+# Fastest first; faster backends (FlashAttention-4, SageAttention) go in front when they are registered.
+AUTO_ORDER = ["sdpa"]
+
+
+def register(name: str, build: Callable[[], AttentionFunction], available: Callable[[torch.device], bool],
+             summary: str) -> None:
+    """Add (or replace) a backend. `available(device)` must be cheap and must not raise."""
+    _REGISTRY[name] = AttentionBackend(name, build, available, summary)
+    _BUILT.pop(name, None)
+
+
+def names() -> tuple[str, ...]:
+    """Every name a user may choose: "auto" and the registered backends."""
+    return ("auto", *_REGISTRY)
+
+
+def is_available(name: str, device: str | torch.device) -> bool:
+    backend = _REGISTRY.get(name)
+    return backend is not None and backend.available(torch.device(device))
+
+
+def available_names(device: str | torch.device) -> tuple[str, ...]:
+    return ("auto", *(name for name in _REGISTRY if is_available(name, device)))
+
+
+def resolve(name: str, device: str | torch.device) -> str:
+    """The backend `name` stands for on `device` ("auto" -> the first available of AUTO_ORDER); one line of
+    InputError for an unknown name or one this device / installation cannot run."""
+    device = torch.device(device)
+    if name == "auto":
+        return next(n for n in AUTO_ORDER if is_available(n, device))
+    if name not in _REGISTRY:
+        raise InputError(f"attention backend {name!r} is not one of {names()}")
+    if not is_available(name, device):
+        raise InputError(f"attention backend {name!r} is not available on {device} "
+                         f"({_REGISTRY[name].summary}); available: {available_names(device)}")
+    return name
+
+
+def attention_function(name: str) -> AttentionFunction:
+    """The kernel registered as `name` (built on first use)."""
+    if name not in _BUILT:
+        if name not in _REGISTRY:
+            raise InputError(f"attention backend {name!r} is not one of {names()}")
+        _BUILT[name] = _REGISTRY[name].build()
+    return _BUILT[name]
+
+
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """PyTorch SDPA, PyTorch picks the kernel (cuDNN on H100): full bidirectional attention, grouped KV heads."""
+    return F.scaled_dot_product_attention(q, k, v, is_causal=False, enable_gqa=q.shape[1] != k.shape[1])
 
 
 def _expand_kv(q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
@@ -19,17 +87,20 @@ def _expand_kv(q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
     return kv if groups == 1 else kv.repeat_interleave(groups, dim=1)
 
 
-def _sdpa_with(backend) -> Callable:
-    from torch.nn.attention import sdpa_kernel
+def _sdpa_pinned(kind: str) -> Callable[[], AttentionFunction]:
+    def build() -> AttentionFunction:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        backend = getattr(SDPBackend, kind)
 
-    def attend(q, k, v):
-        with sdpa_kernel([backend]):
-            # Not every backend takes enable_gqa; expanding KV heads is exact and cheap next to attention.
-            return F.scaled_dot_product_attention(q, _expand_kv(q, k), _expand_kv(q, v))
-    return attend
+        def attend(q, k, v):
+            with sdpa_kernel([backend]):
+                # Not every backend takes enable_gqa; expanding KV heads is exact and cheap next to attention.
+                return F.scaled_dot_product_attention(q, _expand_kv(q, k), _expand_kv(q, v))
+        return attend
+    return build
 
 
-def _flex() -> Callable:
+def _flex() -> AttentionFunction:
     from torch.nn.attention.flex_attention import flex_attention
 
     compiled = torch.compile(flex_attention, dynamic=False)
@@ -39,15 +110,18 @@ def _flex() -> Callable:
     return attend
 
 
-def make_attention(backend: str = "auto") -> Callable | None:
-    """The attention function for `backend`; None means the model's default (SDPA, PyTorch picks the kernel)."""
-    if backend not in BACKENDS:
-        raise InputError(f"attention backend {backend!r} is not one of {BACKENDS}")
-    if backend == "auto":
-        return None
-    if backend == "flex":
-        return _flex()
-    from torch.nn.attention import SDPBackend
-    kinds = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
-             "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
-    return _sdpa_with(kinds[backend])
+def _cuda(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_available()
+
+
+def _has_flex(device: torch.device) -> bool:
+    import importlib.util
+    return _cuda(device) and importlib.util.find_spec("torch.nn.attention.flex_attention") is not None
+
+
+register("sdpa", lambda: sdpa, lambda device: True, "PyTorch SDPA, kernel chosen by PyTorch")
+register("cudnn", _sdpa_pinned("CUDNN_ATTENTION"), _cuda, "SDPA pinned to cuDNN; CUDA only")
+register("flash", _sdpa_pinned("FLASH_ATTENTION"), _cuda, "SDPA pinned to FlashAttention-2; CUDA only")
+register("efficient", _sdpa_pinned("EFFICIENT_ATTENTION"), _cuda, "SDPA pinned to memory-efficient; CUDA only")
+register("math", _sdpa_pinned("MATH"), lambda device: True, "SDPA's reference math kernel")
+register("flex", _flex, _has_flex, "FlexAttention (torch.compile); CUDA only")

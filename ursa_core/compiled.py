@@ -1,5 +1,6 @@
 """Optional torch.compile of the decoder layers: everything around attention is compiled (norms, RoPE, SwiGLU
-fuse into few kernels); attention itself stays an eager SDPA call so it keeps the fastest kernel and layout.
+fuse into few kernels); attention itself stays an eager call of the registered backend, so it keeps the fastest
+kernel and layout.
 
 One compiled graph serves every layer (modules are graph inputs), so compile time does not grow with depth.
 """
@@ -7,8 +8,6 @@ from __future__ import annotations
 
 import torch
 import torch._dynamo
-
-from .modeling_ursa import attend_heads
 
 
 def _before(layer, x, cos, sin):
@@ -25,16 +24,24 @@ def _after(layer, x, attended):
 CACHE_ENTRIES = 64
 
 
+def _cache_limits():
+    """Dynamo's cache limits raised for the duration of one forward only: the process-wide settings (other
+    nodes' compiled models in a ComfyUI session) are left as they are."""
+    config = torch._dynamo.config
+    return config.patch(cache_size_limit=max(config.cache_size_limit, CACHE_ENTRIES),
+                        accumulated_cache_size_limit=max(config.accumulated_cache_size_limit, 4 * CACHE_ENTRIES))
+
+
 def compile_layers(transformer, mode: str | None = None) -> None:
     """Route the layer loop through the compiled halves (static shapes per clip size)."""
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, CACHE_ENTRIES)
-    torch._dynamo.config.accumulated_cache_size_limit = max(torch._dynamo.config.accumulated_cache_size_limit,
-                                                            4 * CACHE_ENTRIES)
     before = torch.compile(_before, dynamic=False, mode=mode)
     after = torch.compile(_after, dynamic=False, mode=mode)
 
-    def runner(model, x, cos, sin):
-        for layer in model.model.layers:
-            x = after(layer, x, attend_heads(model.attention_fn, *before(layer, x, cos, sin)))
+    def runner(model, x, cos, sin, collect=None):
+        with _cache_limits():
+            for layer in model.model.layers:
+                x = after(layer, x, layer.self_attn.attend(*before(layer, x, cos, sin)))
+                if collect is not None:
+                    collect.append(x)
         return x
     transformer.layer_runner = runner

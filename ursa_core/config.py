@@ -2,7 +2,7 @@
 
 Only the keys the reference's init signatures name are taken from `transformer/config.json`; everything else takes
 the values the reference ends up with through transformers' Qwen3Config defaults (head_dim 128, rms eps 1e-6),
-whatever the file says (ursa.md §1.2).
+whatever the file says (docs/ARCHITECTURE.md, "Checkpoint layout").
 """
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ import torch
 
 from .errors import InputError
 from .generate import StepInfo, generate
-from .model import URSAModel
+from .checkpoint import URSAModel
 from .schedule import FrameSchedule
 
 
@@ -21,10 +21,6 @@ class WindowPlan:
     windows: int
     window_latents: int
     overlap: int
-
-    @property
-    def new_per_window(self) -> int:
-        return self.window_latents - self.overlap
 
     def check(self) -> None:
         if self.windows < 1:
@@ -74,7 +70,7 @@ def extend_clip(model: URSAModel, tokens: torch.Tensor, prompts: Sequence[str], 
         step_cb = None if callback is None else (lambda info, w=w: callback(WindowInfo(w, plan.windows, info)))
         window = generate(model, [per_window[w]] * clip.shape[0], negative_prompt, height=height, width=width,
                           frames=frames, schedule=schedule, given_tokens=given, seed=seed + w, callback=step_cb,
-                          **sampling)
+                          **sampling).tokens
         clip = torch.cat([clip[:, :-plan.overlap], window], dim=1) if carry_start < 1 else \
             torch.cat([clip, window[:, plan.overlap:]], dim=1)
     return clip

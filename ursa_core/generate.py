@@ -1,4 +1,4 @@
-"""The one entry point that turns a prompt into visual tokens: `generate(model, prompt, ...)`."""
+"""The one entry point that turns a prompt into visual tokens: `generate(model, prompt, ...)` -> `Generation`."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,12 +7,12 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from .checkpoint import URSAModel
 from .errors import InputError
-from .metric_path import MetricPath, beta, beta_dot
-from .model import URSAModel
-from .rope import rotary_cos_sin, sequence_positions
-from .schedule import FrameSchedule, time_grid
-from .solver import TokenClocks, euler_step
+from .metric_path import MetricPath
+from .schedule import FrameClocks, FrameSchedule, time_grid
+from .sequence import predicting_positions, rotary_angles, sequence_ids
+from .solver import euler_step
 
 _MASK64 = (1 << 64) - 1
 
@@ -110,19 +110,6 @@ def check_given(given: Optional[torch.Tensor], batch: int, latent: tuple, k: int
     return given.expand(batch, *latent).long()
 
 
-def token_clocks(model: URSAModel, plan_: GenerationPlan, step: int, c: float, alpha: float,
-                 batch: int) -> TokenClocks:
-    grid = plan_.grid
-    t = plan_.schedule.frame_times(float(grid[step]))
-    dt = float(grid[step + 1] - grid[step]) if step + 1 < len(grid) else 0.0
-    h = plan_.schedule.frame_rates() * dt
-    frame = plan_.token_frame
-    device = model.device
-    as_tokens = (lambda v: v[frame].repeat(batch).to(device))  # noqa: E731 - flat order is (batch, token)
-    return TokenClocks(as_tokens(beta(t.clamp(max=1 - 1e-12), c, alpha)), as_tokens(beta_dot(t, c, alpha)),
-                       as_tokens(h))
-
-
 class _Denoiser:
     """Runs the transformer for the current tokens and hands guided logits to the solver chunk by chunk."""
 
@@ -131,16 +118,11 @@ class _Denoiser:
         self.model = model
         self.cond_ids = cond_ids.to(model.device)
         self.uncond_ids = None if uncond_ids is None else uncond_ids.to(model.device)
-        cfg = model.config
-        positions = sequence_positions(cfg.max_prompt_length, plan_.latent_shape, device=model.device)
-        self.cos, self.sin = rotary_cos_sin(positions, cfg.head_dim, cfg.rope_theta, model.transformer.dtype)
-        # Position L + j predicts visual token j (BOV predicts token 0): the reference's next-token shift.
-        self.keep = (plan_.active + cfg.max_prompt_length).to(model.device)
-        self.bov = torch.full((cond_ids.shape[0], 1), cfg.bov_token_id, dtype=torch.long, device=model.device)
+        self.cos, self.sin = rotary_angles(model.config, plan_.latent_shape, model.transformer.dtype, model.device)
+        self.keep = predicting_positions(model.config, plan_.active).to(model.device)
 
     def _sequence(self, text_ids: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        visual = tokens.flatten(1).to(self.model.device) + self.model.config.lm_vocab_size
-        return torch.cat([text_ids, self.bov, visual], dim=1)
+        return sequence_ids(self.model.config, text_ids, tokens)
 
     @torch.no_grad()
     def logits_fn(self, tokens: torch.Tensor, use_cfg: bool, guidance: float) -> Callable[[slice], torch.Tensor]:
@@ -155,11 +137,18 @@ class _Denoiser:
         def head(rows: slice) -> torch.Tensor:
             if not use_cfg:
                 return transformer.visual_logits(hidden[0, rows])
-            # lm_head is linear without bias, so guiding the hidden states and projecting once equals
-            # z_u + g (z_c - z_u) while running the [tokens, K] head for one branch instead of two.
-            cond, uncond = hidden[0, rows].float(), hidden[1, rows].float()
-            return transformer.visual_logits((uncond + guidance * (cond - uncond)).to(hidden.dtype))
+            return guided_logits(transformer, hidden[0, rows], hidden[1, rows], guidance)
         return partial(head_in_blocks, head, hidden.shape[1])
+
+
+def guided_logits(transformer, cond: torch.Tensor, uncond: torch.Tensor, guidance: float) -> torch.Tensor:
+    """Classifier-free guided logits z_u + g (z_c - z_u), computed in hidden-state space.
+
+    lm_head is linear without bias, so guiding the hidden states (in fp32) and projecting once equals guiding the
+    logits while running the [tokens, K] head for one branch instead of two. This is the only guidance there is.
+    """
+    cond, uncond_32 = cond.float(), uncond.float()
+    return transformer.visual_logits((uncond_32 + guidance * (cond - uncond_32)).to(uncond.dtype))
 
 
 HEAD_BLOCK = 1024  # rows per lm_head matmul, aligned to the token index
@@ -219,6 +208,15 @@ def _prompt_ids(model: URSAModel, prompt, negative, motion):
     return model.prompts.encode(prompts, motion), model.prompts.encode(negatives)
 
 
+@dataclass(frozen=True)
+class Generation:
+    """What `generate` returns: the tokens, where sampling started, and the settings that repeat the run."""
+    tokens: torch.Tensor          # [B, T, h, w] int64 on the CPU
+    initial_tokens: torch.Tensor  # [B, T, h, w] before the first step: noise, given frames placed or noised
+    seed: int
+    settings: dict                # every setting as used (defaults filled in from the checkpoint, sampler resolved)
+
+
 @torch.no_grad()
 def generate(model: URSAModel, prompt: str | Sequence[str] = "", negative_prompt: str | Sequence[str] | None = None,
              *, height: int = 320, width: int = 512, frames: int = 1, steps: int = 25, guidance: float = 7.0,
@@ -227,8 +225,8 @@ def generate(model: URSAModel, prompt: str | Sequence[str] = "", negative_prompt
              given_tokens: Optional[torch.Tensor] = None, motion: Optional[float] = None,
              prompt_ids: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
              callback: Optional[Callable[[StepInfo], None]] = None, chunk_tokens: Optional[int] = None,
-             skip_noop_steps: bool = True, sampler: str = "auto") -> torch.Tensor:
-    """Sample visual tokens [B, T, H/s, W/s] (int64, CPU) for `prompt` (a string or a list: B prompts).
+             skip_noop_steps: bool = True, sampler: str = "auto") -> Generation:
+    """Sample visual tokens [B, T, H/s, W/s] for `prompt` (a string or a list: B prompts) -> `Generation`.
 
     `c`, `alpha`, `shift` default to the checkpoint's scheduler config. `schedule` gives each latent frame a start
     time (default: all from noise); frames with start > 0 take their tokens from `given_tokens` [B|1, T, h, w].
@@ -237,33 +235,46 @@ def generate(model: URSAModel, prompt: str | Sequence[str] = "", negative_prompt
     The result depends only on the seed (and device numerics), not on `chunk_tokens`. `sampler` picks the jump
     step's implementation: "torch" (chunked tensors), "triton" (fused CUDA kernels) or "auto" (triton on CUDA).
     """
-    steps = int(_resolve(steps, None, "steps", 1, 1000))
-    guidance = _resolve(guidance, None, "guidance", 0.0, 100.0)
-    guidance_trunc = _resolve(guidance_trunc, None, "guidance_trunc", 0.0, 1.0)
-    c = _resolve(c, model.scheduler.c, "c", 1e-6)
-    alpha = _resolve(alpha, model.scheduler.alpha, "alpha", 1e-6)
-    shift = _resolve(shift, model.scheduler.shift, "shift", 1e-6)
-    plan_ = plan(model, frames, height, width, steps, shift, schedule)
+    scheduler = model.scheduler
+    settings = dict(height=height, width=width, frames=frames, motion=motion, skip_noop_steps=skip_noop_steps,
+                    steps=int(_resolve(steps, None, "steps", 1, 1000)),
+                    guidance=_resolve(guidance, None, "guidance", 0.0, 100.0),
+                    guidance_trunc=_resolve(guidance_trunc, None, "guidance_trunc", 0.0, 1.0),
+                    c=_resolve(c, scheduler.c, "c", 1e-6), alpha=_resolve(alpha, scheduler.alpha, "alpha", 1e-6),
+                    shift=_resolve(shift, scheduler.shift, "shift", 1e-6))
+    plan_ = plan(model, frames, height, width, settings["steps"], settings["shift"], schedule)
     cond_ids, uncond_ids = prompt_ids if prompt_ids is not None else _prompt_ids(model, prompt, negative_prompt,
                                                                                   motion)
-    batch = cond_ids.shape[0]
-    path = model.path.with_params(c=c, alpha=alpha).to(model.device)
-    tokens = initial_tokens(model, path, plan_, batch, seed, given_tokens)
-    denoiser = _Denoiser(model, cond_ids, uncond_ids if guidance > 1 else None, plan_)
     fused = use_fused_sampler(sampler, model.device)
-    chunk = int(chunk_tokens or auto_chunk(model.codebook_size, model.device, fused))
+    settings.update(sampler="triton" if fused else "torch", schedule_start=plan_.schedule.start,
+                    hold=plan_.schedule.hold, prompt=None if prompt_ids is not None else prompt,
+                    negative_prompt=None if prompt_ids is not None else negative_prompt,
+                    chunk_tokens=int(chunk_tokens or auto_chunk(model.codebook_size, model.device, fused)))
+    path = model.path.with_params(c=settings["c"], alpha=settings["alpha"]).to(model.device)
+    start = initial_tokens(model, path, plan_, cond_ids.shape[0], seed, given_tokens)
+    denoiser = _Denoiser(model, cond_ids, uncond_ids if settings["guidance"] > 1 else None, plan_)
+    tokens = _sample(model, path, plan_, denoiser, start, seed, settings, callback)
+    return Generation(tokens, start, int(seed), settings)
+
+
+def _sample(model, path, plan_: GenerationPlan, denoiser: "_Denoiser", tokens: torch.Tensor, seed: int,
+            settings: dict, callback) -> torch.Tensor:
+    """The step loop: every step's clocks, transformer pass (guided or not) and jump; the callback after each."""
+    batch, steps, guidance = tokens.shape[0], settings["steps"], settings["guidance"]
     flat_active = tokens.flatten(1)[:, plan_.active]
     for step in range(steps):
         final = step == steps - 1
-        clocks = token_clocks(model, plan_, step, c, alpha, batch)
+        clocks = FrameClocks.at_step(plan_.schedule, plan_.grid, step, settings["c"], settings["alpha"],
+                                     plan_.token_frame, batch, model.device)
         t = float(plan_.grid[step])
         predicted = None
-        if final or not (skip_noop_steps and bool((clocks.beta_dot == 0).all())):
-            use_cfg = guidance > 1 and t < guidance_trunc
+        if final or not (settings["skip_noop_steps"] and bool((clocks.beta_dot == 0).all())):
+            use_cfg = guidance > 1 and t < settings["guidance_trunc"]
             u = uniforms(seed, TAG_STEP, step, (3, batch, tokens[0].numel()))[:, :, plan_.active]
             x_t = flat_active.reshape(-1).to(model.device)
             new, x1 = euler_step(path, denoiser.logits_fn(tokens, use_cfg, guidance), x_t, clocks,
-                                 u.reshape(3, -1).to(model.device), final, chunk, fused=fused)
+                                 u.reshape(3, -1).to(model.device), final, settings["chunk_tokens"],
+                                 fused=settings["sampler"] == "triton")
             flat_active = new.view(batch, -1).cpu()
             tokens = _scatter(tokens, plan_.active, flat_active)
             predicted = _scatter(tokens, plan_.active, x1.view(batch, -1).cpu())

@@ -13,7 +13,7 @@ from .codec import decode_images, encode_images
 from .errors import InputError
 from .generate import StepInfo, generate
 from .media import OUTPUT_SUFFIXES, load_image, write_frames
-from .model import URSAModel, load_model
+from .checkpoint import URSAModel, load_model
 from .schedule import FrameSchedule
 from .tiny import TINY_LABEL, is_tiny
 
@@ -38,9 +38,9 @@ def default_size(model: URSAModel, tiny: bool) -> tuple[int, int]:
 
 def encode_image(model: URSAModel, path: str, width: int, height: int, mode: str) -> torch.Tensor:
     """An image file -> its single latent frame of tokens [1, 1, h, w] (a 1-frame clip for the video tokenizer)."""
-    if model.vae is None:
+    if model.visual_tokenizer is None:
         raise InputError(f"{model.folder}: this checkpoint has no vae/ folder, so images cannot be encoded")
-    return encode_images(model.vae, load_image(path), width, height, mode)
+    return encode_images(model.visual_tokenizer, load_image(path), width, height, mode)
 
 
 def conditioning(model: URSAModel, args, latent_frames: int, width: int, height: int):
@@ -99,7 +99,7 @@ def run_generate(args: argparse.Namespace) -> int:
     tokens = generate(model, args.prompt, args.negative, height=height, width=width, frames=args.frames,
                       steps=steps, guidance=args.cfg, guidance_trunc=args.guidance_trunc, shift=args.shift,
                       seed=args.seed, schedule=schedule, given_tokens=given, motion=motion,
-                      callback=ProgressPrinter(steps, "sampling"), sampler=args.sampler)
+                      callback=ProgressPrinter(steps, "sampling"), sampler=args.sampler).tokens
     if args.save_tokens:
         from .token_io import save_tokens
         save_tokens(tokens, args.save_tokens, fps=model.geometry.fps, model=str(folder))
@@ -112,9 +112,9 @@ def run_generate(args: argparse.Namespace) -> int:
 
 def decode_tokens(model: URSAModel, tokens: torch.Tensor, callback: Optional[callable] = None) -> torch.Tensor:
     """Tokens [B, T, h, w] -> IMAGE [B*F, H, W, 3] float32 CPU."""
-    if model.vae is None:
+    if model.visual_tokenizer is None:
         raise InputError(f"{model.folder}: this checkpoint has no vae/ folder, so tokens cannot be decoded")
-    return decode_images(model.vae, tokens, callback)
+    return decode_images(model.visual_tokenizer, tokens, callback)
 
 
 def _tiny_folder() -> Path:

@@ -41,7 +41,8 @@ class LayerStreamer:
                 dst.data.copy_(src, non_blocking=True)
             self.ready[slot].record(self.copy_stream)
 
-    def __call__(self, transformer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def __call__(self, transformer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                 collect: list | None = None) -> torch.Tensor:
         count = len(self.host)
         if self.copy_stream is not None:
             for event in self.free:  # nothing uses the slots before the first layer
@@ -53,7 +54,9 @@ class LayerStreamer:
                 self._load(i + 1, (i + 1) % len(self.slots))
             if self.copy_stream is not None:
                 torch.cuda.current_stream(self.device).wait_event(self.ready[slot])
-            x = self.slots[slot](x, cos, sin, transformer.attention_fn)
+            x = self.slots[slot](x, cos, sin)
+            if collect is not None:
+                collect.append(x)
             if self.copy_stream is not None:
                 self.free[slot].record(torch.cuda.current_stream(self.device))
         return x

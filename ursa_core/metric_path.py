@@ -1,4 +1,4 @@
-"""The metric probability path over a tokenizer codebook (ursa.md §4.1).
+"""The metric probability path over a tokenizer codebook (docs/ARCHITECTURE.md, "The metric path").
 
 p_t(x | x1) = softmax_x(-beta_t * d(x, x1)), with d the squared L2 distance between unit-normalised code vectors
 and beta_t = c * (t / (1 - t))^alpha. beta_0 = 0 is uniform noise; beta -> inf as t -> 1 is the data.
@@ -20,6 +20,28 @@ def beta_dot(t: torch.Tensor, c: float, alpha: float) -> torch.Tensor:
     safe = torch.where(t > 0, t, torch.ones_like(t))
     value = c * alpha * safe ** (alpha - 1) / (1 - safe) ** (alpha + 1)
     return torch.where(t > 0, value, torch.zeros_like(value))
+
+
+def sample_from_weights(weights: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF draw per row of non-negative `weights` [n, K] with one uniform in [0, 1) per row."""
+    return sample_from_cdf(torch.cumsum(weights, dim=-1), uniforms)
+
+
+def sample_from_cdf(cdf: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    target = uniforms.to(cdf.dtype).unsqueeze(-1) * cdf[:, -1:]
+    index = torch.searchsorted(cdf, target, right=True).squeeze(-1)
+    return index.clamp_max_(cdf.shape[-1] - 1)
+
+
+def velocity(path: "MetricPath", x_t: torch.Tensor, x1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The kinetic-optimal velocity u_t(x | x_t, x1) [n, K] at times t (one per token, or a scalar).
+
+    u(x) = beta_dot_t * p_t(x | x1) * max(0, d(x_t, x1) - d(x, x1)) for x != x_t, u(x_t) = 0 (the rate of
+    leaving x_t towards x; docs/ARCHITECTURE.md, "The metric path").
+    """
+    t = torch.as_tensor(t, dtype=torch.float64).expand(x_t.shape)
+    rates = path.jump_rates(x_t, x1, beta(t.clamp(max=1 - 1e-12), path.c, path.alpha).to(path.unit.device))
+    return beta_dot(t, path.c, path.alpha).to(rates).unsqueeze(-1) * rates
 
 
 ELEMENTWISE_MAX_DIM = 16
@@ -78,13 +100,25 @@ class MetricPath:
         """log p_t(x | x1[i]) for every x: [n, K]; beta_t broadcasts over tokens."""
         return torch.log_softmax(-beta_t.unsqueeze(-1) * self.distances(x1), dim=-1)
 
+    def jump_rates(self, x_t: torch.Tensor, x1: torch.Tensor, beta_t: torch.Tensor) -> torch.Tensor:
+        """u(x) / beta_dot_t = p_t(x | x1) * max(0, d(x_t, x1) - d(x, x1)) with u(x_t) = 0: [n, K].
+
+        The kinetic-optimal velocity without its beta_dot factor, which the jump step applies to the row total
+        only (docs/ARCHITECTURE.md, "The jump step").
+        """
+        dist = self.distances(x1)  # d(x, x1) for all x: [n, K]
+        p_t = torch.softmax(-beta_t.to(dist.dtype).unsqueeze(-1) * dist, dim=-1)
+        d_current = dist.gather(1, x_t.unsqueeze(-1))
+        # Only candidates closer to x1 than the current token receive rate.
+        rate = p_t.mul_((d_current - dist).clamp_min_(0))
+        del dist
+        return rate.scatter_(1, x_t.unsqueeze(-1), 0.0)
+
     def sample(self, x1: torch.Tensor, t: torch.Tensor, uniforms: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
         """Forward noising x_t ~ p_t(. | x1), token by token, never holding more than `chunk` rows of [n, K].
 
         `uniforms` (one per token, in [0, 1)) make the draw independent of the chunk size.
         """
-        from .solver import sample_from_weights
-
         flat = x1.reshape(-1)
         t_flat = torch.as_tensor(t, dtype=self.unit.dtype, device=flat.device).expand(x1.shape).reshape(-1)
         u = uniforms.reshape(-1)

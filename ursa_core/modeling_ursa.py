@@ -1,16 +1,18 @@
-"""The URSA transformer: a Qwen3 decoder stack run with full bidirectional attention (ursa.md §2).
+"""The URSA transformer: a Qwen3 decoder stack run with full bidirectional attention (docs/ARCHITECTURE.md,
+"The transformer").
 
 One module reads `[prompt tokens, BOV, visual tokens + lm_vocab_size]` and predicts, at position p, the visual
 token at p + 1. `lm_head` covers only the K visual codes. Parameter names match the official state dict.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention import attention_function
 from .config import TransformerConfig
 from .rope import apply_rotary
 
@@ -31,14 +33,21 @@ class RMSNorm(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: TransformerConfig):
+    """Grouped-query attention with QK-norm and 3-axis RoPE. With `fused`, q/k/v come from one [q; k; v] matmul
+    (larger GEMMs run closer to peak; the loader concatenates the official weights, see `fuse_state_dict`)."""
+
+    def __init__(self, cfg: TransformerConfig, fused: bool = False):
         super().__init__()
         self.num_heads = cfg.num_attention_heads
         self.num_kv_heads = cfg.num_key_value_heads
         self.head_dim = cfg.head_dim
-        self.q_proj = nn.Linear(cfg.hidden_size, self.num_heads * self.head_dim, bias=False)
-        self.k_proj = nn.Linear(cfg.hidden_size, self.num_kv_heads * self.head_dim, bias=False)
-        self.v_proj = nn.Linear(cfg.hidden_size, self.num_kv_heads * self.head_dim, bias=False)
+        self.attn_implementation = "sdpa"  # a name of the attention registry (URSATransformer.set_attention)
+        self.qkv_sizes = [self.num_heads * self.head_dim] + 2 * [self.num_kv_heads * self.head_dim]
+        if fused:
+            self.qkv_proj = nn.Linear(cfg.hidden_size, sum(self.qkv_sizes), bias=False)
+        else:
+            self.q_proj, self.k_proj, self.v_proj = (nn.Linear(cfg.hidden_size, n, bias=False)
+                                                     for n in self.qkv_sizes)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, cfg.hidden_size, bias=False)
         self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
         self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
@@ -46,7 +55,7 @@ class Attention(nn.Module):
     def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         """q, k, v as [B, S, heads, D] tensors; QK-norm is applied per head before the rotary embedding.
 
-        They are handed to attention as [B, heads, S, D] *views* (see `attend_heads`): the strided layout cuDNN's
+        They are handed to attention as [B, heads, S, D] *views* (see `attend`): the strided layout cuDNN's
         attention kernel runs fastest on. Returning them untransposed also keeps torch.compile from changing it.
         """
         q, k, v = self._qkv(x)
@@ -61,38 +70,18 @@ class Attention(nn.Module):
             return self.qkv_proj(x).split(self.qkv_sizes, dim=-1)
         return self.q_proj(x), self.k_proj(x), self.v_proj(x)
 
-    def fuse_projections(self) -> None:
-        """One [q; k; v] matmul instead of three: larger GEMMs run closer to peak. Inference only (the state dict
-        then has `qkv_proj` instead of the official names)."""
-        self.qkv_sizes = [self.q_proj.out_features, self.k_proj.out_features, self.v_proj.out_features]
-        self.qkv_proj = _concat_linear(self.q_proj, self.k_proj, self.v_proj)
-        del self.q_proj, self.k_proj, self.v_proj
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """[B, S, heads, D] q/k/v -> [B, heads, S, D] through the registered backend `attn_implementation`;
+        bidirectional: no mask, no causal flag."""
+        attend = attention_function(self.attn_implementation)
+        return attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
 
     def output(self, attended: torch.Tensor) -> torch.Tensor:
         batch, _, seq, _ = attended.shape
         return self.o_proj(attended.transpose(1, 2).reshape(batch, seq, -1))
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                attention_fn: Optional[Callable] = None) -> torch.Tensor:
-        return self.output(attend_heads(attention_fn, *self.project(x, cos, sin)))
-
-
-def _concat_linear(*linears: nn.Linear) -> nn.Linear:
-    weight = torch.cat([lin.weight.detach() for lin in linears])
-    fused = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
-    fused.weight = nn.Parameter(weight, requires_grad=False)
-    return fused
-
-
-def attend_heads(attention_fn: Optional[Callable], q, k, v) -> torch.Tensor:
-    """[B, S, heads, D] q/k/v -> attention output [B, heads, S, D]; bidirectional: no mask, no causal flag."""
-    attend = attention_fn or sdpa_attention
-    return attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-
-
-def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Full bidirectional attention with grouped KV heads through PyTorch SDPA."""
-    return F.scaled_dot_product_attention(q, k, v, is_causal=False, enable_gqa=q.shape[1] != k.shape[1])
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        return self.output(self.attend(*self.project(x, cos, sin)))
 
 
 class MLP(nn.Module):
@@ -100,21 +89,19 @@ class MLP(nn.Module):
     # (1.6 GiB per CFG branch for a 49-frame video); chunking over tokens is exact and caps it.
     chunk_tokens = 8192
 
-    def __init__(self, cfg: TransformerConfig):
+    def __init__(self, cfg: TransformerConfig, fused: bool = False):
         super().__init__()
-        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        if fused:  # gate and up in one matmul (see Attention)
+            self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
+        else:
+            self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+            self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] <= self.chunk_tokens:
             return self._swiglu(x)
         return torch.cat([self._swiglu(part) for part in x.split(self.chunk_tokens, dim=1)], dim=1)
-
-    def fuse_projections(self) -> None:
-        """gate and up in one matmul (see Attention.fuse_projections)."""
-        self.gate_up_proj = _concat_linear(self.gate_proj, self.up_proj)
-        del self.gate_proj, self.up_proj
 
     def _swiglu(self, x: torch.Tensor) -> torch.Tensor:
         if hasattr(self, "gate_up_proj"):
@@ -126,12 +113,12 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: TransformerConfig):
+    def __init__(self, cfg: TransformerConfig, fused: bool = False):
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.self_attn = Attention(cfg)
+        self.self_attn = Attention(cfg, fused)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.mlp = MLP(cfg)
+        self.mlp = MLP(cfg, fused)
 
     def attention_inputs(self, x, cos, sin):
         return self.self_attn.project(self.input_layernorm(x), cos, sin)
@@ -140,69 +127,117 @@ class DecoderLayer(nn.Module):
         x = x + self.self_attn.output(attended)
         return x + self.mlp(self.post_attention_layernorm(x))
 
-    def forward(self, x, cos, sin, attention_fn=None):
-        return self.after_attention(x, attend_heads(attention_fn, *self.attention_inputs(x, cos, sin)))
+    def forward(self, x, cos, sin):
+        return self.after_attention(x, self.self_attn.attend(*self.attention_inputs(x, cos, sin)))
 
 
 class Qwen3Stack(nn.Module):
     """`model.*` in the state dict: embeddings, decoder layers, final norm."""
 
-    def __init__(self, cfg: TransformerConfig):
+    def __init__(self, cfg: TransformerConfig, fused: bool = False):
         super().__init__()
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.layers = nn.ModuleList(DecoderLayer(cfg, fused) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
 
+class TransformerOutput(NamedTuple):
+    logits: torch.Tensor
+    # (embeddings, output of layer 1, ..., output of layer N after the final norm), each [B, S, hidden]: the
+    # convention of transformers' output_hidden_states, so states compare one to one with the reference.
+    hidden_states: tuple[torch.Tensor, ...]
+
+
 class URSATransformer(nn.Module):
-    def __init__(self, cfg: TransformerConfig):
+    def __init__(self, cfg: TransformerConfig, fuse_projections: bool = False):
         super().__init__()
         self.config = cfg
-        self.model = Qwen3Stack(cfg)
+        self.model = Qwen3Stack(cfg, fuse_projections)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.lm_head_size, bias=False)
-        # Hook for low-VRAM streaming / alternative attention kernels; None = plain SDPA, resident weights.
+        # Hook for low-VRAM streaming / compiled layers: runner(transformer, x, cos, sin, collect) -> x, appending
+        # each layer's output to `collect` when it is a list. None = the plain loop over resident layers.
         self.layer_runner: Optional[Callable] = None
-        self.attention_fn: Optional[Callable] = None
 
     @property
     def dtype(self) -> torch.dtype:
         return self.lm_head.weight.dtype
 
+    @property
+    def attn_implementation(self) -> str:
+        return self.model.layers[0].self_attn.attn_implementation
+
+    def set_attention(self, name: str) -> None:
+        """Run every layer's attention through the registered backend `name` (see attention.py)."""
+        attention_function(name)  # an unknown name fails here, not in the middle of a step
+        slots = getattr(self.layer_runner, "slots", ())  # low-VRAM slots are copies outside self.modules()
+        for module in [*self.modules(), *(m for slot in slots for m in slot.modules())]:
+            if isinstance(module, Attention):
+                module.attn_implementation = name
+
     def hidden_states(self, input_ids: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                      keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+                      keep: Optional[torch.Tensor] = None, collect: Optional[list] = None) -> torch.Tensor:
         """Final-normed hidden states [B, len(keep) or S, hidden] at the positions `keep` (all when None).
 
         Selecting rows before the final norm is exact (the norm is per token) and keeps the head's work to the
-        positions the sampler reads.
+        positions the sampler reads. `collect` (a list) receives the embeddings and every layer's output.
         """
         x = self.model.embed_tokens(input_ids)
+        if collect is not None:
+            collect.append(x)
         if self.layer_runner is not None:
-            x = self.layer_runner(self, x, cos, sin)
+            x = self.layer_runner(self, x, cos, sin, collect)
         else:
             for layer in self.model.layers:
-                x = layer(x, cos, sin, self.attention_fn)
+                x = layer(x, cos, sin)
+                if collect is not None:
+                    collect.append(x)
         if keep is not None:
             x = x[:, keep]
         return self.model.norm(x)
-
-    def fuse_projections(self) -> None:
-        """Fuse every layer's projections (idempotent)."""
-        for layer in self.model.layers:
-            if hasattr(layer.self_attn, "qkv_proj"):
-                continue
-            layer.self_attn.fuse_projections()
-            layer.mlp.fuse_projections()
 
     def visual_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits over the K visual codes for already-selected hidden states."""
         return self.lm_head(hidden)
 
-    def forward(self, input_ids, cos, sin, keep=None):
-        return self.visual_logits(self.hidden_states(input_ids, cos, sin, keep))
+    def forward(self, input_ids, cos, sin, keep=None, output_hidden_states: bool = False):
+        """Visual logits [B, len(keep) or S, K]; with output_hidden_states a TransformerOutput that also holds
+        every layer's hidden states (the whole sequence, whatever `keep` selects for the logits)."""
+        if not output_hidden_states:
+            return self.visual_logits(self.hidden_states(input_ids, cos, sin, keep))
+        states: list[torch.Tensor] = []
+        hidden = self.hidden_states(input_ids, cos, sin, keep, collect=states)
+        states[-1] = self.model.norm(states[-1])
+        return TransformerOutput(self.visual_logits(hidden), tuple(states))
+
+
+# Fused module <- the official projections it concatenates (output rows in this order).
+FUSED_PROJECTIONS = {"self_attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+                     "mlp.gate_up_proj": ("mlp.gate_proj", "mlp.up_proj")}
+
+
+def fuse_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An official state dict with each layer's q/k/v and gate/up weights concatenated for a fused model."""
+    out = dict(state)
+    for key in [k for k in state if k.endswith(".self_attn.q_proj.weight")]:
+        prefix = key[:-len("self_attn.q_proj.weight")]
+        for fused, parts in FUSED_PROJECTIONS.items():
+            out[f"{prefix}{fused}.weight"] = torch.cat([out.pop(f"{prefix}{p}.weight") for p in parts])
+    return out
+
+
+def build_transformer(cfg: TransformerConfig, state: dict[str, torch.Tensor], dtype: torch.dtype,
+                      fuse_projections: bool = False) -> URSATransformer:
+    """A transformer holding `state` (official names) in `dtype`, without ever allocating random weights."""
+    with torch.device("meta"):
+        model = URSATransformer(cfg, fuse_projections)
+    if fuse_projections:
+        state = fuse_state_dict(state)
+    model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, assign=True, strict=True)
+    return model.eval().requires_grad_(False)
 
 
 def expected_state_shapes(cfg: TransformerConfig) -> dict[str, tuple[int, ...]]:
-    """Every key of the official transformer state dict with its shape (ursa.md §1.3)."""
+    """Every key of the official transformer state dict with its shape (docs/ARCHITECTURE.md, "Checkpoint layout")."""
     hd = cfg.head_dim
     shapes = {"model.embed_tokens.weight": (cfg.vocab_size, cfg.hidden_size),
               "model.norm.weight": (cfg.hidden_size,),

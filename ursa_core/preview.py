@@ -9,7 +9,7 @@ from .schedule import FrameSchedule
 def token_colors(unit_codebook: torch.Tensor, tokens: torch.Tensor, scale: int = 8) -> torch.Tensor:
     """Tokens [h, w] -> an RGB preview [h*scale, w*scale, 3] in 0..1 from the first three codebook dimensions.
 
-    Not the decoded image: a glance at layout and progress that costs a gather, not a VAE run.
+    Not the decoded image: a glance at layout and progress that costs a gather, not a visual-tokenizer decode.
     """
     vectors = unit_codebook[tokens.to(unit_codebook.device)].float()
     dims = vectors.shape[-1]

@@ -1,4 +1,4 @@
-"""URSA's interleaved 3-axis rotary position embedding (ursa.md §2.3).
+"""URSA's interleaved 3-axis rotary position embedding (docs/ARCHITECTURE.md, "Rotary positions").
 
 Every token has a position triple (t, h, w). Rotary pair i of a head (dims i and i + D/2, rotate-half convention)
 rotates by pos[axis(i)] * theta^(-2i/D), where the first 3*(D/8) pairs cycle t, h, w and the rest cycle h, w.

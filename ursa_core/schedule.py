@@ -1,8 +1,9 @@
 """Time grids and per-frame clocks.
 
-`time_grid` is the reference's shifted grid (ursa.md §4.2). `FrameSchedule` gives every latent frame its own start
-time t0 (the paper's asynchronous timesteps, used here at inference): 0 = generate from uniform noise, 1 = a given
-frame held exactly, in between = a given frame noised along the path to t0 that keeps refining.
+`time_grid` is the reference's shifted grid (docs/ARCHITECTURE.md, "Time grid and shift"). `FrameSchedule` gives
+every latent frame its own start time t0 (the paper's asynchronous timesteps, used here at inference): 0 = generate
+from uniform noise, 1 = a given frame held exactly, in between = a given frame noised along the path to t0 that
+keeps refining. `FrameClocks` is where those clocks stand at one sampling step.
 """
 from __future__ import annotations
 
@@ -12,16 +13,23 @@ from typing import Iterable, Mapping, Sequence
 import torch
 
 from .errors import InputError
+from .metric_path import beta, beta_dot
+
+
+def time_shift(t: torch.Tensor, shift: float) -> torch.Tensor:
+    """The reference's time shift: t -> 1 - lam*sigma / (1 + (lam-1)*sigma) with sigma = 1 - t (lam = shift;
+    lam > 1 spends more steps near t = 0, where the picture's layout is decided)."""
+    sigma = 1 - torch.as_tensor(t, dtype=torch.float64)
+    return 1 - shift * sigma / (1 + (shift - 1) * sigma)
 
 
 def time_grid(steps: int, shift: float) -> torch.Tensor:
-    """t_i = 1 - lam*sigma / (1 + (lam-1)*sigma), sigma = 1 - i/N, for i = 0..N-1 (float64)."""
+    """t_i = time_shift(i/N) for i = 0..N-1 (float64): the global clock at the start of each step."""
     if steps < 1:
         raise InputError(f"steps must be >= 1, got {steps}")
     if shift <= 0:
         raise InputError(f"shift (lambda) must be > 0, got {shift}")
-    sigma = 1 - torch.arange(steps, dtype=torch.float64) / steps
-    return 1 - shift * sigma / (1 + (shift - 1) * sigma)
+    return time_shift(torch.arange(steps, dtype=torch.float64) / steps, shift)
 
 
 @dataclass(frozen=True)
@@ -89,25 +97,46 @@ class FrameSchedule:
         """Frames the sampler never touches."""
         return [i for i, t0 in enumerate(self.start) if t0 >= 1.0] if self.hold else []
 
-    def frame_times(self, t: float) -> torch.Tensor:
-        """Each frame's own time when the global clock reads t (float64, [T])."""
-        t0 = torch.tensor(self.start, dtype=torch.float64)
-        if not self.hold:
-            return torch.full_like(t0, float(t))
-        return t0 + (1 - t0) * t
-
-    def frame_rates(self) -> torch.Tensor:
-        """d(frame time)/d(global time): each frame's step size h is this times the global step."""
-        t0 = torch.tensor(self.start, dtype=torch.float64)
-        return torch.ones_like(t0) if not self.hold else 1 - t0
-
     def check_frames(self, latent_frames: int) -> None:
         if self.num_frames != latent_frames:
             raise InputError(f"the schedule has {self.num_frames} latent frames but the clip has {latent_frames}; "
                              f"build it for {latent_frames} latent frames")
 
-    def describe(self) -> str:
-        return ", ".join(f"{i}:{t0:g}" for i, t0 in enumerate(self.start))
+
+@dataclass(frozen=True)
+class FrameClocks:
+    """Every sampled token's clock at one step: beta_t, d beta/dt and the step size h (flat like the tokens).
+
+    A frame with start time t0 runs its own clock t_f = t0 + (1 - t0) t while the global clock reads t, so its
+    step is h_f = (1 - t0) dt (docs/ARCHITECTURE.md, "Frame clocks"); with hold=False every frame runs the
+    global clock (the reference). The one home of per-frame times: the sampler reads nothing else.
+    """
+    beta: torch.Tensor
+    beta_dot: torch.Tensor
+    h: torch.Tensor
+
+    @classmethod
+    def at_step(cls, schedule: FrameSchedule, grid: torch.Tensor, step: int, c: float, alpha: float,
+                frame_of_token: torch.Tensor, batch: int, device: torch.device) -> "FrameClocks":
+        """The clocks of step `step` of `grid` for the tokens whose latent frames are `frame_of_token`."""
+        t0 = torch.tensor(schedule.start, dtype=torch.float64)
+        t_global = float(grid[step])
+        dt = float(grid[step + 1] - grid[step]) if step + 1 < len(grid) else 0.0
+        if schedule.hold:
+            t, rate = t0 + (1 - t0) * t_global, 1 - t0
+        else:
+            t, rate = torch.full_like(t0, t_global), torch.ones_like(t0)
+
+        def per_token(values: torch.Tensor) -> torch.Tensor:  # flat order is (batch, token)
+            return values[frame_of_token].repeat(batch).to(device)
+        return cls(per_token(beta(t.clamp(max=1 - 1e-12), c, alpha)), per_token(beta_dot(t, c, alpha)),
+                   per_token(rate * dt))
+
+    @classmethod
+    def constant(cls, n: int, beta_t: float, beta_dot_t: float, h: float, dtype=torch.float64,
+                 device=None) -> "FrameClocks":
+        """The same clock for n tokens (a single-frame step, as in kernel tests)."""
+        return cls(*(torch.full((n,), float(v), dtype=dtype, device=device) for v in (beta_t, beta_dot_t, h)))
 
 
 def _count(frames: int | Sequence | Iterable) -> int:

@@ -1,4 +1,5 @@
-"""Prompt tokenization for URSA: Qwen3 tokenizer, left padding to the prompt length, motion prefix (ursa.md §2.6)."""
+"""Prompt tokenization for URSA: Qwen3 tokenizer, left padding to the prompt length, motion prefix
+(docs/ARCHITECTURE.md, "Prompt encoding")."""
 from __future__ import annotations
 
 import logging
@@ -7,6 +8,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from .config import TransformerConfig
 from .errors import CheckpointError, InputError
 
 log = logging.getLogger(__name__)
@@ -24,7 +26,7 @@ def with_motion(prompt: str, motion: Optional[float]) -> str:
 class PromptEncoder:
     """Turns prompts into the [B, L] left-padded id tensors the transformer reads."""
 
-    def __init__(self, tokenizer_dir: Path, max_length: int, lm_vocab_size: int):
+    def __init__(self, tokenizer_dir: Path, config: TransformerConfig):
         from transformers import AutoTokenizer
 
         tokenizer_dir = Path(tokenizer_dir)
@@ -34,6 +36,7 @@ class PromptEncoder:
             self.tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
         except Exception as exc:  # transformers raises OSError/ValueError/... for broken folders
             raise CheckpointError(f"{tokenizer_dir}: cannot load the tokenizer ({exc})") from exc
+        lm_vocab_size = config.lm_vocab_size
         if len(self.tokenizer) > lm_vocab_size:
             raise CheckpointError(f"{tokenizer_dir}: tokenizer has {len(self.tokenizer)} tokens but the transformer's "
                                   f"lm_vocab_size is {lm_vocab_size}; text ids would collide with visual ids")
@@ -43,7 +46,12 @@ class PromptEncoder:
             self.tokenizer.pad_token = PAD_TOKEN
         self.tokenizer.padding_side = "left"
         self.tokenizer.truncation_side = "right"  # keep the first max_length tokens
-        self.max_length = max_length
+        self.config = config
+
+    @property
+    def max_length(self) -> int:
+        """The prompt length limit: the checkpoint's max_prompt_length (its one home is TransformerConfig)."""
+        return self.config.max_prompt_length
 
     @property
     def pad_token_id(self) -> int:

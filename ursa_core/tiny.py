@@ -64,15 +64,15 @@ def write_json(path: Path, data: dict) -> None:
 
 def make_tiny(folder: str | Path, seed: int = 0, vae: str = "fsq", shard: bool = False) -> Path:
     """Write the tiny checkpoint to `folder` (official layout) and return the folder."""
-    from .vae.fsq import code_table
-    from .vae.loading import write_tiny_vae
+    from .visual_tokenizer.fsq import code_table
+    from .visual_tokenizer.loading import write_tiny_visual_tokenizer
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     lm_vocab = build_tokenizer(folder / "tokenizer")
     from transformers import AutoTokenizer
     bov = AutoTokenizer.from_pretrained(str(folder / "tokenizer")).convert_tokens_to_ids("<|vision_start|>")
-    write_tiny_vae(folder / "vae", kind=vae, seed=seed)
+    write_tiny_visual_tokenizer(folder / "vae", kind=vae, seed=seed)
     emb = code_table() if vae == "fsq" else _ibq_embedding(folder / "vae")
     cfg = tiny_transformer_config(lm_vocab, bov, emb.shape[0])
     tdir = folder / "transformer"

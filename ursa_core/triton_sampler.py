@@ -1,7 +1,8 @@
 """Fused CUDA (Triton) kernels for the Euler jump step: one program per token, looping over the codebook in
 blocks, so no [tokens, K] distance / probability / rate tensor is ever written.
 
-`categorical_from_logits` draws x1 ~ softmax(z_u + g (z_c - z_u)) by inverse CDF; `metric_jump` computes
+`categorical_from_logits` draws x1 ~ softmax(z) by inverse CDF (z already guided: guidance is applied to
+hidden states before the head); `metric_jump` computes
 d(x, x1) on the fly from the unit codebook, the rate u(x) = p_t(x|x1) (d(x_t,x1) - d(x,x1))_+, the jump test and
 the destination draw. They consume the same uniforms as solver.py's torch path, so results agree token for token
 except where float summation order moves a draw across a CDF boundary (measured in tests/test_cuda.py).
@@ -23,32 +24,25 @@ def available(device: torch.device) -> bool:
 
 if triton is not None:
     @triton.jit
-    def _guided(cond_ptr, uncond_ptr, offs, mask, scale, HAS_UNCOND: tl.constexpr):
-        z = tl.load(cond_ptr + offs, mask=mask, other=float("-inf")).to(tl.float32)
-        if HAS_UNCOND:
-            zu = tl.load(uncond_ptr + offs, mask=mask, other=float("-inf")).to(tl.float32)
-            z = tl.where(mask, zu + scale * (z - zu), float("-inf"))
-        return z
+    def _logit_block(row_ptr, offs, K):
+        return tl.load(row_ptr + offs, mask=offs < K, other=float("-inf")).to(tl.float32)
 
     @triton.jit
-    def _categorical_kernel(cond_ptr, uncond_ptr, stride, u_ptr, out_ptr, K, scale,
-                            HAS_UNCOND: tl.constexpr, BLOCK: tl.constexpr):
+    def _categorical_kernel(logits_ptr, stride, u_ptr, out_ptr, K, BLOCK: tl.constexpr):
         row = tl.program_id(0)
-        cond_row, uncond_row = cond_ptr + row * stride, uncond_ptr + row * stride
+        row_ptr = logits_ptr + row * stride
         best = float("-inf")
         for start in range(0, K, BLOCK):
-            offs = start + tl.arange(0, BLOCK)
-            best = tl.maximum(best, tl.max(_guided(cond_row, uncond_row, offs, offs < K, scale, HAS_UNCOND)))
+            best = tl.maximum(best, tl.max(_logit_block(row_ptr, start + tl.arange(0, BLOCK), K)))
         total = 0.0
         for start in range(0, K, BLOCK):
-            offs = start + tl.arange(0, BLOCK)
-            total += tl.sum(tl.exp(_guided(cond_row, uncond_row, offs, offs < K, scale, HAS_UNCOND) - best))
+            total += tl.sum(tl.exp(_logit_block(row_ptr, start + tl.arange(0, BLOCK), K) - best))
         target = tl.load(u_ptr + row) * total
         below = 0.0
         pick = K - 1
         for start in range(0, K, BLOCK):
             offs = start + tl.arange(0, BLOCK)
-            e = tl.exp(_guided(cond_row, uncond_row, offs, offs < K, scale, HAS_UNCOND) - best)
+            e = tl.exp(_logit_block(row_ptr, offs, K) - best)
             cdf = tl.cumsum(e, axis=0) + below
             pick = tl.minimum(pick, tl.min(tl.where((cdf > target) & (offs < K), offs, K - 1)))
             below += tl.sum(e)
@@ -134,15 +128,13 @@ def _launch_jump(src, stride, sumsq, x1, x_t, beta, beta_dot, h, uniforms, from_
     return out
 
 
-def categorical_from_logits(cond: torch.Tensor, uncond: torch.Tensor | None, scale: float,
-                            uniforms: torch.Tensor) -> torch.Tensor:
-    """x1 per row of the guided logits [n, K] (cond/uncond in any float dtype)."""
-    n, k = cond.shape
-    out = torch.empty(n, dtype=torch.long, device=cond.device)
-    cond = cond.contiguous()
-    uncond = cond if uncond is None else uncond.contiguous()
-    _categorical_kernel[(n,)](cond, uncond, cond.stride(0), uniforms.float().contiguous(), out, k, float(scale),
-                              HAS_UNCOND=uncond is not cond, BLOCK=2048, num_warps=8)
+def categorical_from_logits(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """x1 per row of the (already guided) logits [n, K], any float dtype."""
+    n, k = logits.shape
+    out = torch.empty(n, dtype=torch.long, device=logits.device)
+    logits = logits.contiguous()
+    _categorical_kernel[(n,)](logits, logits.stride(0), uniforms.float().contiguous(), out, k, BLOCK=2048,
+                              num_warps=8)
     return out
 
 

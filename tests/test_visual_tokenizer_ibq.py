@@ -3,13 +3,13 @@ import torch
 
 from ursa_core.errors import CheckpointError, InputError
 from ursa_core.safetensors_io import load_state_dict, save_state_dict
-from ursa_core.vae import IBQTokenizer
-from ursa_core.vae.loading import load_visual_tokenizer, write_tiny_vae
+from ursa_core.visual_tokenizer import IBQTokenizer
+from ursa_core.visual_tokenizer.loading import load_visual_tokenizer, write_tiny_visual_tokenizer
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    folder = write_tiny_vae(tmp_path_factory.mktemp("vae") / "vae", "ibq")
+    folder = write_tiny_visual_tokenizer(tmp_path_factory.mktemp("vae") / "vae", "ibq")
     return folder, load_visual_tokenizer(folder)
 
 

@@ -1,4 +1,4 @@
-"""Finite scalar quantization (FSQ) as used by URSA's Cosmos tokenizer (spec §3.1).
+"""Finite scalar quantization (FSQ) as used by URSA's Cosmos tokenizer (docs/ARCHITECTURE.md, "Visual tokenizers").
 
 An index packs one digit per channel, channel 0 being the least significant digit. A digit d of a channel
 with L levels stands for the code value (d - L//2) / (L//2).

@@ -6,8 +6,8 @@ import torch
 
 from ursa_core.errors import CheckpointError, InputError
 from ursa_core.safetensors_io import WEIGHTS_NAME, load_state_dict, save_state_dict
-from ursa_core.vae import haar
-from ursa_core.vae.loading import load_visual_tokenizer, write_tiny_vae
+from ursa_core.visual_tokenizer import haar
+from ursa_core.visual_tokenizer.loading import load_visual_tokenizer, write_tiny_visual_tokenizer
 
 
 def _naive_dwt(x: torch.Tensor) -> torch.Tensor:
@@ -42,7 +42,7 @@ def test_haar_two_levels_and_odd_reflect_pad():
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    folder = write_tiny_vae(tmp_path_factory.mktemp("vae") / "vae", "fsq")
+    folder = write_tiny_visual_tokenizer(tmp_path_factory.mktemp("vae") / "vae", "fsq")
     return folder, load_visual_tokenizer(folder)
 
 
@@ -105,7 +105,7 @@ def test_missing_config_and_weights_name_the_file(tiny, tmp_path):
 
 
 def test_official_key_structure():
-    from ursa_core.vae.cosmos import CosmosFSQTokenizer
+    from ursa_core.visual_tokenizer.cosmos import CosmosFSQTokenizer
     with torch.device("meta"):
         model = CosmosFSQTokenizer({})
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}

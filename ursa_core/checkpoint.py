@@ -1,19 +1,22 @@
-"""Loading an URSA checkpoint folder in the official layout (ursa.md §1) into one `URSAModel`."""
+"""Loading an URSA checkpoint folder in the official layout into one `URSAModel` (docs/ARCHITECTURE.md,
+"Checkpoint layout")."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import torch
 
+from .attention import resolve as resolve_attention
 from .config import SchedulerConfig, TransformerConfig
 from .errors import CheckpointError, InputError
 from .geometry import VisualGeometry
 from .metric_path import MetricPath
-from .modeling_ursa import URSATransformer, expected_state_shapes
+from .modeling_ursa import URSATransformer, build_transformer, expected_state_shapes
 from .safetensors_io import check_state_dict, load_state_dict, read_json
+from .sequence import ModelInput
 from .text import PromptEncoder
 
 log = logging.getLogger(__name__)
@@ -48,8 +51,7 @@ class URSAModel:
     path: MetricPath
     prompts: PromptEncoder
     geometry: VisualGeometry
-    vae: Optional[torch.nn.Module] = None
-    extras: dict = field(default_factory=dict)
+    visual_tokenizer: Optional[torch.nn.Module] = None
 
     @property
     def device(self) -> torch.device:
@@ -59,6 +61,12 @@ class URSAModel:
     @property
     def codebook_size(self) -> int:
         return self.config.lm_head_size
+
+    def __call__(self, sequence: ModelInput, keep: Optional[torch.Tensor] = None,
+                 output_hidden_states: bool = False):
+        """The transformer on a `build_sequence(...)` input: visual logits, or with output_hidden_states a
+        TransformerOutput(logits, hidden_states) as in transformers (see URSATransformer.forward)."""
+        return self.transformer(sequence.input_ids, sequence.cos, sequence.sin, keep, output_hidden_states)
 
 
 def _require_file(path: Path) -> Path:
@@ -83,7 +91,8 @@ def check_layout(folder: Path) -> None:
             raise CheckpointError(f"{folder / 'model_index.json'}: no '{component}' component")
 
 
-def load_transformer(folder: Path, device: torch.device, dtype: torch.dtype) -> URSATransformer:
+def load_transformer(folder: Path, device: torch.device, dtype: torch.dtype,
+                     fuse_projections: bool = False) -> URSATransformer:
     folder = Path(folder)
     cfg = TransformerConfig.from_json(folder / "config.json")
     state = load_state_dict(folder)
@@ -93,10 +102,7 @@ def load_transformer(folder: Path, device: torch.device, dtype: torch.dtype) -> 
                               f"expected ({cfg.num_attention_heads * cfg.head_dim}, {cfg.hidden_size}) "
                               f"= num_attention_heads x head_dim {cfg.head_dim}")
     check_state_dict(expected_state_shapes(cfg), state, folder)
-    with torch.device("meta"):
-        model = URSATransformer(cfg)
-    model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, assign=True, strict=True)
-    return model.to(device).eval().requires_grad_(False)
+    return build_transformer(cfg, state, dtype, fuse_projections).to(device)
 
 
 def load_path_embedding(folder: Path) -> torch.Tensor:
@@ -135,13 +141,19 @@ def read_geometry(vae_dir: Path) -> VisualGeometry:
 
 
 def load_model(folder: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype = "auto",
-               load_vae: bool = True) -> URSAModel:
-    """Load transformer, scheduler path, tokenizer (and the visual tokenizer when present) from `folder`."""
+               load_vae: bool = True, attention: str = "auto", fuse_projections: bool = False) -> URSAModel:
+    """Load transformer, scheduler path, tokenizer (and the visual tokenizer when present) from `folder`.
+
+    `attention` names a backend of the attention registry (checked against the device before any weight is
+    read); `fuse_projections` loads each layer's q/k/v and gate/up weights into single fused matmuls.
+    """
     folder = Path(folder)
     device = torch.device(device)
     dtype = resolve_dtype(dtype, device)
+    attention = resolve_attention(attention, device)
     check_layout(folder)
-    transformer = load_transformer(folder / "transformer", device, dtype)
+    transformer = load_transformer(folder / "transformer", device, dtype, fuse_projections)
+    transformer.set_attention(attention)
     cfg = transformer.config
     sched = SchedulerConfig.from_json(folder / "scheduler" / "scheduler_config.json")
     emb = load_path_embedding(folder / "scheduler")
@@ -149,18 +161,18 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu", dtype: st
         raise CheckpointError(f"{folder / 'scheduler'}: 'path.emb' has {emb.shape[0]} codes but the transformer's "
                               f"lm_head_size is {cfg.lm_head_size}")
     path = MetricPath(emb, c=sched.c, alpha=sched.alpha, eps=sched.eps).to(device)
-    prompts = PromptEncoder(folder / "tokenizer", cfg.max_prompt_length, cfg.lm_vocab_size)
+    prompts = PromptEncoder(folder / "tokenizer", cfg)
     model = URSAModel(folder, cfg, sched, transformer, path, prompts, read_geometry(folder / "vae"))
     if load_vae and (folder / "vae" / "config.json").is_file():
-        model.vae = _load_vae(folder / "vae", device, emb)
-        model.geometry = model.vae.geometry  # the tokenizer's own rule (e.g. IBQ stride from its levels)
+        model.visual_tokenizer = _load_visual_tokenizer(folder / "vae", device, emb)
+        model.geometry = model.visual_tokenizer.geometry  # its own rule (e.g. IBQ stride from its levels)
     return model
 
 
-def _load_vae(vae_dir: Path, device: torch.device, emb: torch.Tensor):
-    from .vae.loading import fsq_table_matches, load_visual_tokenizer
+def _load_visual_tokenizer(vae_dir: Path, device: torch.device, emb: torch.Tensor):
+    from .visual_tokenizer.loading import fsq_table_matches, load_visual_tokenizer
 
-    vae = load_visual_tokenizer(vae_dir, device=device)
-    if getattr(vae, "kind", None) == "fsq" and not fsq_table_matches(vae.code_table(), emb):
+    tokenizer = load_visual_tokenizer(vae_dir, device=device)
+    if getattr(tokenizer, "kind", None) == "fsq" and not fsq_table_matches(tokenizer.code_table(), emb):
         log.warning("%s: scheduler path.emb differs from the FSQ code table; using the scheduler's table", vae_dir)
-    return vae
+    return tokenizer

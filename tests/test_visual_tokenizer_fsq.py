@@ -2,8 +2,8 @@ import math
 
 import torch
 
-from ursa_core.vae import fsq
-from ursa_core.vae.loading import fsq_table_matches
+from ursa_core.visual_tokenizer import fsq
+from ursa_core.visual_tokenizer.loading import fsq_table_matches
 
 
 def _independent_table() -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Cosmos DV 4x8x8 FSQ video tokenizer (`AutoencoderVQCosmos3D`, URSA FSQ320; spec §3.2).
+"""Cosmos DV 4x8x8 FSQ video tokenizer (`AutoencoderVQCosmos3D`, URSA FSQ320; docs/ARCHITECTURE.md,
+"Visual tokenizers").
 
 Module attribute names mirror the official state-dict keys (encoder.down_blocks.0.resnets.1.conv1.0.weight, ...).
 Time is causal everywhere except the mid-block temporal attention, which sees the whole clip (as the reference).

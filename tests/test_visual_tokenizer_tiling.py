@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from ursa_core.vae import decode_fitting
-from ursa_core.vae.loading import load_visual_tokenizer, write_tiny_vae
-from ursa_core.vae.tiling import VisualTokenizer, choose_plan, plan_temporal_chunks, plan_tiles
+from ursa_core.visual_tokenizer import decode_fitting
+from ursa_core.visual_tokenizer.loading import load_visual_tokenizer, write_tiny_visual_tokenizer
+from ursa_core.visual_tokenizer.tiling import VisualTokenizer, choose_plan, plan_temporal_chunks, plan_tiles
 
 
 class LocalTokenizer(VisualTokenizer):
@@ -104,7 +104,7 @@ CHUNK_MEAN_TOLERANCE = 0.03
 
 @pytest.fixture(scope="module")
 def tiny_fsq(tmp_path_factory):
-    return load_visual_tokenizer(write_tiny_vae(tmp_path_factory.mktemp("vae") / "vae", "fsq"))
+    return load_visual_tokenizer(write_tiny_visual_tokenizer(tmp_path_factory.mktemp("vae") / "vae", "fsq"))
 
 
 @pytest.fixture(scope="module")

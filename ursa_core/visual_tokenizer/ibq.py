@@ -1,4 +1,5 @@
-"""IBQ image tokenizer (`AutoencoderVQ`, URSA IBQ1024, Emu3.5 vision tokenizer; spec §3.3).
+"""IBQ image tokenizer (`AutoencoderVQ`, URSA IBQ1024, Emu3.5 vision tokenizer; docs/ARCHITECTURE.md,
+"Visual tokenizers").
 
 An LDM-style 2-D conv autoencoder. Module attribute names mirror the official state-dict keys. Ids are the
 codebook rows with the largest dot product with the latent vector (IBQ), not the L2-nearest rows.

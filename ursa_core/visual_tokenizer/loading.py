@@ -27,7 +27,7 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
             "attn_down_block": True, "attn_up_block": True, "temporal_stride": 1, "spatial_stride": 16},
 }
 
-__all__ = ["load_visual_tokenizer", "write_tiny_vae", "fsq_table_matches", "tokenizer_class"]
+__all__ = ["load_visual_tokenizer", "write_tiny_visual_tokenizer", "fsq_table_matches", "tokenizer_class"]
 
 
 def tokenizer_class(config: Mapping[str, Any], where: Path) -> type[VisualTokenizer]:
@@ -61,14 +61,17 @@ def load_visual_tokenizer(vae_dir: str | Path, device: str | torch.device = "cpu
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 
-def write_tiny_vae(vae_dir: str | Path, kind: str = "fsq", seed: int = 0) -> Path:
+def write_tiny_visual_tokenizer(vae_dir: str | Path, kind: str = "fsq", seed: int = 0) -> Path:
     """Write a tiny random tokenizer in the official layout (config.json + diffusion_pytorch_model.safetensors)."""
     if kind not in TINY_CONFIGS:
         raise ValueError(f"kind={kind!r}: expected one of {sorted(TINY_CONFIGS)}")
     vae_dir = Path(vae_dir)
     config = dict(TINY_CONFIGS[kind])
-    torch.manual_seed(seed)
-    model = CLASS_BY_NAME[config["_class_name"]](config)
+    # Module constructors draw from the global RNG and take no generator; seed a forked RNG so the caller's
+    # random state is left exactly as it was (and the tiny weights stay the same for a seed).
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = CLASS_BY_NAME[config["_class_name"]](config)
     vae_dir.mkdir(parents=True, exist_ok=True)
     (vae_dir / CONFIG_NAME).write_text(json.dumps(config, indent=2))
     save_state_dict(model.state_dict(), vae_dir)

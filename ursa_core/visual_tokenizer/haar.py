@@ -1,4 +1,4 @@
-"""Parameter-free 3-D Haar wavelet transform of the Cosmos patcher (spec §3.2, encoder step 2).
+"""Parameter-free 3-D Haar wavelet transform of the Cosmos patcher (docs/ARCHITECTURE.md, "Visual tokenizers").
 
 One level halves T, H and W and multiplies channels by 8. Sub-bands are stacked band-major
 (channel = band * C + c) with band = 4*t + 2*h + w, t/h/w being 0 for the low-pass and 1 for the high-pass
