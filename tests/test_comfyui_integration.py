@@ -4,7 +4,7 @@
         python -m pytest -q tests/test_comfyui_integration.py -s
 
 Skipped unless COMFYUI_DIR is set. COMFYUI_PYTHON (default: this interpreter) must have ComfyUI's requirements and
-the plugin's (transformers, tokenizers, safetensors, einops, imageio-ffmpeg). The server gets its own BASE folder
+the plugin's (transformers, tokenizers, safetensors, av). The server gets its own BASE folder
 (custom_nodes/ursa_video -> this repo, models/ursa/URSA-1.7B-FSQ320 = `python -m ursa_core make-tiny`), so the
 ComfyUI tree is never written to. Workflows are overridden by node title through scripts/comfy_queue.py.
 """
@@ -144,12 +144,13 @@ def post_prompt(url: str, workflow: str, sets: list[str]) -> tuple[int, dict]:
 
 
 def video_info(path: str) -> tuple[int, tuple[int, int]]:
-    import imageio_ffmpeg
-    frames, _ = imageio_ffmpeg.count_frames_and_secs(path)
-    reader = imageio_ffmpeg.read_frames(path)
-    meta = next(reader)
-    reader.close()
-    return frames, tuple(meta["size"])
+    import av
+
+    from ursa_core.media import count_video_frames
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        size = (stream.width, stream.height)
+    return count_video_frames(path), size
 
 
 def node_id_by_title(workflow: str, title: str) -> str:

@@ -25,3 +25,10 @@ def decode_images(vq, tokens: torch.Tensor, callback: Optional[Callable[[int, in
         raise InputError(f"tokens contain codes in [{int(tokens.min())}, {int(tokens.max())}] but this tokenizer has "
                          f"{vq.codebook_size} codes: were they made with another model?")
     return from_model_pixels(vq.decode(tokens.to(vq.device), callback=callback))
+
+
+def decode_tokens(model, tokens: torch.Tensor, callback: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
+    """An URSAModel's tokens [B, T, h, w] -> IMAGE [B*F, H, W, 3] float32 CPU."""
+    if model.vae is None:
+        raise InputError(f"{model.folder}: this checkpoint has no vae/ folder, so tokens cannot be decoded")
+    return decode_images(model.vae, tokens, callback)

@@ -107,7 +107,10 @@ def load_path_embedding(folder: Path) -> torch.Tensor:
         try:
             data = torch.load(str(pth), map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise CheckpointError(f"{pth}: cannot be read with weights_only=True ({exc})") from exc
+            # torch's message suggests weights_only=False (running code from the file): never pass that on.
+            raise CheckpointError(f"{pth}: not a plain tensor file ({type(exc).__name__}); only tensors are loaded "
+                                  f"from checkpoints. Provide scheduler_model.safetensors with the key 'path.emb' "
+                                  f"instead") from None
         source = pth
     elif st.is_file():
         from safetensors.torch import load_file
