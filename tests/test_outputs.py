@@ -55,6 +55,25 @@ def test_all_frames_or_none(tmp_path):
     assert [t.read_bytes() for t in targets] == [b"A", b"B", b"C"]
 
 
+def test_ctrl_c_during_the_renames_still_publishes_the_whole_set(tmp_path, monkeypatch):
+    import ursa_core.atomic as atomic
+
+    real_replace, calls = os.replace, []
+
+    def replace_then_ctrl_c(src, dst):
+        calls.append(dst)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives between the first and the second rename
+        real_replace(src, dst)
+    monkeypatch.setattr(atomic.os, "replace", replace_then_ctrl_c)
+    targets = [tmp_path / f"f_{i}.png" for i in range(3)]
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_files(targets) as temps:
+            for tmp in temps:
+                tmp.write_bytes(b"x")
+    assert len(calls) == 3 and all(t.read_bytes() == b"x" for t in targets) and leftovers(tmp_path) == []
+
+
 def test_atomic_dir_replaces_only_when_complete(tmp_path):
     target = tmp_path / "model"
     target.mkdir()

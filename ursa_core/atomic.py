@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -57,6 +59,20 @@ def _pause_for_tests() -> None:
         time.sleep(float(delay))
 
 
+@contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Hold Ctrl-C for the few renames that publish a set of files, so the set appears whole (the interrupt is
+    delivered right after). Only where the OS allows it (POSIX, main thread)."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _check_written(tmp: Path, target: Path) -> None:
     if not tmp.is_file() or tmp.stat().st_size == 0:
         raise OutputError(f"{target}: the writer produced no data")
@@ -77,8 +93,9 @@ def atomic_files(targets: Sequence[str | Path]) -> Iterator[list[Path]]:
             _check_written(tmp, target)
             _fsync(tmp)
         _pause_for_tests()
-        for tmp, target in zip(temps, targets):
-            os.replace(tmp, target)
+        with _sigint_deferred():
+            for tmp, target in zip(temps, targets):
+                os.replace(tmp, target)
     except OSError as exc:
         shown = f"{targets[0]}" + (f" (and {len(targets) - 1} more)" if len(targets) > 1 else "")
         raise OutputError(f"{shown}: cannot write ({exc.strerror or exc})") from None

@@ -106,10 +106,10 @@ def load_path_embedding(folder: Path) -> torch.Tensor:
     if pth.is_file():
         try:
             data = torch.load(str(pth), map_location="cpu", weights_only=True)
-        except Exception as exc:
+        except Exception:
             # torch's message suggests weights_only=False (running code from the file): never pass that on.
-            raise CheckpointError(f"{pth}: not a plain tensor file ({type(exc).__name__}); only tensors are loaded "
-                                  f"from checkpoints. Provide scheduler_model.safetensors with the key 'path.emb' "
+            raise CheckpointError(f"{pth}: holds more than plain tensors, and only tensors are loaded from "
+                                  f"checkpoints; provide scheduler_model.safetensors with the key 'path.emb' "
                                   f"instead") from None
         source = pth
     elif st.is_file():

@@ -91,5 +91,5 @@ def save_state_dict(state: Mapping[str, torch.Tensor], folder: Path, max_shard_b
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     # A limit above the total size writes the single unsharded file.
     limit = max_shard_bytes or sum(v.numel() * v.element_size() for v in tensors.values()) + 1
-    save_torch_state_dict(tensors, folder, filename_pattern=WEIGHTS_NAME.replace(".safetensors", "{suffix}.safetensors"),
-                          max_shard_size=limit)
+    pattern = WEIGHTS_NAME.replace(".safetensors", "{suffix}.safetensors")  # -00001-of-00002 before the extension
+    save_torch_state_dict(tensors, folder, filename_pattern=pattern, max_shard_size=limit)
