@@ -35,6 +35,20 @@ def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path, error):
     assert leftovers(tmp_path) == []
 
 
+def test_outputs_get_the_usual_permissions(tmp_path):
+    """The temporary becomes the output, so it must not keep a private temp-file mode."""
+    (tmp_path / "plain.png").write_bytes(b"x")
+    (tmp_path / "plain_dir").mkdir()
+    with atomic_file(tmp_path / "atomic.png") as tmp:
+        tmp.write_bytes(b"x")
+    with atomic_dir(tmp_path / "atomic_dir") as work:
+        (work / "f").write_bytes(b"x")
+
+    def mode(name):
+        return (tmp_path / name).stat().st_mode & 0o777
+    assert mode("atomic.png") == mode("plain.png") and mode("atomic_dir") == mode("plain_dir")
+
+
 def test_empty_result_is_an_error_not_a_file(tmp_path):
     with pytest.raises(OutputError, match="no data"):
         with atomic_file(tmp_path / "x.png"):

@@ -6,6 +6,7 @@ The one home of this rule: media (PNG/MP4), token files, the tiny checkpoint and
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import tempfile
@@ -33,19 +34,34 @@ def check_writable(target: str | Path, what: str = "--out") -> Path:
         raise InputError(f"{what} {target}: is a folder; give a file name (e.g. {target / 'out.png'})")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_MARK, dir=target.parent)
-        os.close(fd)
-        os.unlink(probe)
+        os.unlink(_temp_name(target))
     except OSError as exc:
         raise InputError(f"{what} {target}: cannot write there ({exc.strerror or exc})") from None
     return target
 
 
+def _fresh_beside(target: Path, make) -> Path:
+    """Create a new hidden name beside `target` that keeps its extension (writers pick the format from it).
+
+    Created with the usual modes (0666/0777 less the umask), unlike tempfile's private 0600/0700, because the
+    temporary becomes the output.
+    """
+    for _ in range(100):
+        candidate = target.with_name(f".{target.name}.{secrets.token_hex(4)}{TEMP_MARK}{target.suffix}")
+        try:
+            make(candidate)
+            return candidate
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {target}")
+
+
+def _new_file(path: Path) -> None:
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+
+
 def _temp_name(target: Path) -> Path:
-    """A fresh hidden name beside `target` that keeps its extension (writers pick the format from it)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_MARK + target.suffix, dir=target.parent)
-    os.close(fd)
-    return Path(tmp)
+    return _fresh_beside(target, _new_file)
 
 
 def _fsync(path: Path) -> None:
@@ -144,7 +160,7 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     """`with atomic_dir("models/x") as tmp: fill(tmp)`: the folder appears complete or not at all."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=TEMP_MARK, dir=target.parent))
+    tmp = _fresh_beside(target, lambda path: path.mkdir(0o777))
     try:
         yield tmp
         _pause_for_tests()
