@@ -269,3 +269,30 @@ def test_missing_model_rejected(server, tmp_path):
     # The client reports the same rejection with exit code 2 and names the node by title.
     res = queue_cli(server["url"], "ursa_t2i", ["URSA Loader.model_name=URSA-not-downloaded"], tmp_path)
     assert res.returncode == 2 and "URSA Loader" in res.stderr, res.stderr
+
+
+def test_token_loader_stays_inside_input_and_output(server):
+    """A real server refuses token names outside input/ and output/ with the same 400 whether or not the file
+    exists, showing no path of the machine; a file in input/ is accepted."""
+    import torch
+
+    from ursa_core.token_io import save_tokens
+
+    base, zeros = server["base"], torch.zeros(1, 1, 4, 4, dtype=torch.long)
+    secret = save_tokens(zeros, base.parent / f"{base.name}_outside" / "secret.safetensors")
+    save_tokens(zeros, base / "input" / "mine.safetensors")
+    answers = set()
+    for name in (f"../../{secret.parent.name}/secret.safetensors", f"../../{secret.parent.name}/nope.safetensors",
+                 str(secret), "mine.safetensors"):
+        graph = {"1": {"class_type": "URSALoadTokens", "inputs": {"token_file": name}},
+                 "2": {"class_type": "URSASaveTokens", "inputs": {"tokens": ["1", 0], "filename_prefix": "t/x"}}}
+        status, body = comfy_queue.http_json(server["url"], "/prompt", {"prompt": graph, "client_id": "t"})
+        if name == "mine.safetensors":
+            assert status == 200, body
+            assert comfy_queue.wait_for(server["url"], body["prompt_id"], timeout=60, poll=0.1) is not None
+            continue
+        assert status == 400 and set(body["node_errors"]) == {"1"}, body
+        text = json.dumps(body["node_errors"]).replace(json.dumps(name)[1:-1], "NAME")
+        assert str(base.parent) not in text, text
+        answers.add(text)
+    assert len(answers) == 1, answers
