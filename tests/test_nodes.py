@@ -216,10 +216,15 @@ def test_tokens_from_another_tokenizer_are_refused(env):
     clip = sample(env, model, cond)
     foreign = TokenClip(clip.tokens, clip.fps, {**clip.identity, "kind": "ibq", "config_hash": "0123456789ab",
                                                 "model": "URSA-1.7B-IBQ1024"})
-    for node, args in ((env.mods["tok"].URSATokenizerDecode, dict(vq=vq, tokens=foreign)),):
+    extend = dict(model=model, conditioning=cond, tokens=foreign, windows=1, window_frames=5, overlap=1, seed=0,
+                  steps=2, cfg=3.0, guidance_trunc=0.9, carry_start=1.0, window_prompts="")
+    for node, args in ((env.mods["tok"].URSATokenizerDecode, dict(vq=vq, tokens=foreign)),
+                       (env.mods["extend"].URSAExtendVideo, extend)):
         with pytest.raises(ValueError) as exc:
             env.run(node, **args)
         assert "URSA-1.7B-IBQ1024" in str(exc.value) and "URSA-tiny" in str(exc.value)
+    extended = env.run(env.mods["extend"].URSAExtendVideo, **{**extend, "tokens": clip}).result[0]
+    assert extended.identity == clip.identity and extended.latent_frames == 2
     with pytest.raises(ValueError, match="given_tokens were made by URSA-1.7B-IBQ1024"):
         sample(env, model, cond, given_tokens=foreign)
     images, _ = env.run(env.mods["tok"].URSATokenizerDecode, vq=vq, tokens=clip).result
