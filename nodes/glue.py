@@ -15,6 +15,7 @@ import torch
 from ursa_core.errors import InputError
 from ursa_core.checkpoint import URSAModel, load_model, resolve_dtype
 from ursa_core.preview import token_colors
+from ursa_core.token_io import model_identity
 
 MODEL_FOLDER_KEY = "ursa"
 SEARCH_DEPTH = 2  # models/ursa/<name> or models/ursa/<org>/<name>
@@ -68,10 +69,12 @@ class LoadedURSA:
 
 @dataclass
 class LoadedVQ:
-    """What URSA_VQ carries: the visual tokenizer, its patcher and the model's frame rate."""
+    """What URSA_VQ carries: the visual tokenizer, its patcher, the model's frame rate and the tokenizer's identity
+    (checked against the identity of the tokens it decodes)."""
     vq: torch.nn.Module
     patcher: object
     fps: float
+    identity: Optional[dict] = None
 
     def to_compute_device(self) -> torch.nn.Module:
         mm.load_models_gpu([self.patcher])
@@ -89,7 +92,7 @@ def load_ursa(name: str, dtype: str) -> tuple[LoadedURSA, LoadedVQ]:
                                                offload_device=offload_device)
     vq_patcher = comfy.model_patcher.ModelPatcher(model.visual_tokenizer, load_device=mm.vae_device(),
                                                   offload_device=mm.vae_offload_device())
-    return LoadedURSA(model, patcher), LoadedVQ(model.visual_tokenizer, vq_patcher, model.geometry.fps)
+    return LoadedURSA(model, patcher), LoadedVQ(model.visual_tokenizer, vq_patcher, model.geometry.fps, model_identity(model))
 
 
 class StepProgress:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ursa_core.extend import WindowInfo, WindowPlan, extend_clip
-from ursa_core.token_io import TokenClip
+from ursa_core.token_io import TokenClip, check_identity, model_identity
 
 from . import glue
 from .nodes_sampler import sampling_inputs
@@ -16,6 +16,7 @@ def run_extension(model, conditioning, tokens: TokenClip, windows, window_frames
                   window_prompts: str, **sampling) -> TokenClip:
     model.to_compute_device()
     core = model.model
+    check_identity(tokens.identity, model_identity(core), "the tokens to extend")
     plan = WindowPlan(windows, latent_frames(window_frames), overlap)
     plan.check()
     progress = glue.StepProgress(windows * sampling["steps"])
@@ -27,7 +28,7 @@ def run_extension(model, conditioning, tokens: TokenClip, windows, window_frames
     lines = [line for line in window_prompts.splitlines() if line.strip()] or [conditioning.prompt]
     clip = extend_clip(core, tokens.tokens, lines, plan, negative_prompt=conditioning.negative_prompt,
                        carry_start=carry_start, motion=conditioning.motion, callback=on_step, **sampling)
-    return TokenClip(clip, tokens.fps)
+    return TokenClip(clip, tokens.fps, model_identity(core))
 
 
 class URSAExtendVideo(io.ComfyNode):

@@ -5,7 +5,7 @@ from comfy_api.latest import io
 
 from ursa_core.errors import InputError
 from ursa_core.generate import StepInfo, generate
-from ursa_core.token_io import TokenClip
+from ursa_core.token_io import TokenClip, check_identity, model_identity
 
 from . import glue
 from .nodes_schedule import MAX_FRAMES, check_video_frames
@@ -61,6 +61,7 @@ def run_sampler(model, conditioning, frames, width, height, schedule=None, given
     core = model.model
     sched, given = (None, None) if schedule is None else (schedule.schedule, schedule.given)
     if given_tokens is not None:
+        check_identity(given_tokens.identity, model_identity(core), "given_tokens")
         given = _merge_given(given, given_tokens.tokens, core.geometry.latent_shape(frames, height, width))
     progress = glue.StepProgress(sampling["steps"], core.path.unit if preview else None)
 
@@ -68,7 +69,7 @@ def run_sampler(model, conditioning, frames, width, height, schedule=None, given
         progress.advance(info.predicted if preview else None)
     tokens = generate(core, prompt_ids=conditioning.ids_for(frames), frames=frames, width=width, height=height,
                       schedule=sched, given_tokens=given, callback=on_step, **sampling).tokens
-    return TokenClip(tokens, core.geometry.fps)
+    return TokenClip(tokens, core.geometry.fps, model_identity(core))
 
 
 def _merge_given(given, extra, latent_shape):

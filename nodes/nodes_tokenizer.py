@@ -6,7 +6,7 @@ from comfy_api.latest import io
 
 from ursa_core.codec import decode_images, encode_images
 from ursa_core.media import RESIZE_MODES
-from ursa_core.token_io import TokenClip
+from ursa_core.token_io import TokenClip, check_identity
 
 from . import glue
 from .types import URSATokens, URSAVQ
@@ -24,7 +24,8 @@ def size_inputs(width: int = 512, height: int = 320) -> list:
 
 
 def encode_clip(vq_handle, images: torch.Tensor, width: int, height: int, resize_mode: str) -> TokenClip:
-    return TokenClip(encode_images(vq_handle.to_compute_device(), images, width, height, resize_mode), vq_handle.fps)
+    return TokenClip(encode_images(vq_handle.to_compute_device(), images, width, height, resize_mode), vq_handle.fps,
+                     vq_handle.identity)
 
 
 class URSATokenizerEncode(io.ComfyNode):
@@ -52,6 +53,7 @@ class URSATokenizerEncode(io.ComfyNode):
 
 
 def decode_clip(vq_handle, clip: TokenClip) -> torch.Tensor:
+    check_identity(clip.identity, vq_handle.identity)
     progress = None
 
     def on_chunk(done: int, total: int) -> None:

@@ -2,27 +2,33 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import folder_paths
 from comfy_api.latest import io, ui
 
+from ursa_core.contained import list_contained, resolve_contained
+from ursa_core.errors import InputError
 from ursa_core.token_io import TokenClip, load_tokens, save_tokens
 
 from .types import URSATokens
 
 SUBFOLDER_HINT = "ursa_tokens"
+TOKEN_SUFFIX = ".safetensors"
+
+
+def token_roots() -> dict[str, str]:
+    """The only folders URSA Load Tokens reads from."""
+    return {"input": folder_paths.get_input_directory(), "output": folder_paths.get_output_directory()}
 
 
 def token_files() -> list[str]:
-    """*.safetensors under ComfyUI's input folder, plus the output folder's with the ' [output]' annotation."""
-    names = []
-    for root, suffix in ((folder_paths.get_input_directory(), ""),
-                         (folder_paths.get_output_directory(), " [output]")):
-        base = Path(root)
-        if base.is_dir():
-            names += sorted(p.relative_to(base).as_posix() + suffix for p in base.rglob("*.safetensors"))
-    return names
+    """*.safetensors inside ComfyUI's input folder, plus the output folder's with the ' [output]' annotation."""
+    return list_contained(token_roots(), TOKEN_SUFFIX)
+
+
+def token_path(token_file: str):
+    """The contained real path of a listed name, or None (outside the folders, escaping symlink, missing)."""
+    return resolve_contained(token_file, token_roots(), TOKEN_SUFFIX)
 
 
 class URSASaveTokens(io.ComfyNode):
@@ -47,7 +53,7 @@ class URSASaveTokens(io.ComfyNode):
         out_dir = folder_paths.get_output_directory()
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, out_dir)
         path = save_tokens(tokens.tokens, os.path.join(folder, f"{name}_{counter:05}_.safetensors"),
-                           fps=tokens.fps, shape=list(tokens.tokens.shape))
+                           identity=tokens.identity, fps=tokens.fps, shape=list(tokens.tokens.shape))
         shown = f"{subfolder}/{path.name}" if subfolder else path.name
         return io.NodeOutput(tokens, ui=ui.PreviewText(f"saved {shown} [output]"))
 
@@ -66,15 +72,21 @@ class URSALoadTokens(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, token_file=None):
-        if token_file is not None and not folder_paths.exists_annotated_filepath(token_file):
-            return f"token file {token_file!r} not found; available: {token_files() or 'none'}"
+        # The same answer for a missing file and for any name outside input/ and output/: nothing is revealed.
+        if token_file is not None and token_path(token_file) is None:
+            return (f"token file {token_file!r} is not one of the .safetensors files in ComfyUI's input or output "
+                    f"folder; pick one from the list")
         return True
 
     @classmethod
     def fingerprint_inputs(cls, token_file=None):
-        return os.path.getmtime(folder_paths.get_annotated_filepath(token_file))
+        path = token_path(token_file)
+        return None if path is None else os.path.getmtime(path)
 
     @classmethod
     def execute(cls, token_file) -> io.NodeOutput:
-        tokens, meta = load_tokens(folder_paths.get_annotated_filepath(token_file))
-        return io.NodeOutput(TokenClip(tokens, float(meta.get("fps", 12.0))))
+        path = token_path(token_file)
+        if path is None:  # validate_inputs ran first; the file went away since
+            raise InputError(f"token file {token_file!r} is no longer in ComfyUI's input or output folder")
+        tokens, meta = load_tokens(path, shown=token_file)
+        return io.NodeOutput(TokenClip(tokens, float(meta.get("fps", 12.0)), meta.get("tokenizer")))

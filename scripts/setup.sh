@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv with everything the headless command and the tests need.
+# Create .venv with everything the headless command and the tests need, and install this project into it
+# (editable, so `import ursa_core` and the `ursa` command work from any folder). Safe to run again.
 # torch is installed first and pinned to 2.13.0 so pip never picks a (CUDA) torch of its own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,5 +9,7 @@ VENV=${URSA_VENV:-.venv}
 PY="$VENV/bin/python"
 "$PY" -m pip install -q --upgrade pip
 "$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install -q torch==2.13.0
-"$PY" -m pip install -q -r requirements.txt pytest pytest-mock
-echo "setup done: $("$PY" -c 'import torch, transformers; print("torch", torch.__version__, "| transformers", transformers.__version__)')"
+# setuptools: the build backend, also for the offline wheel test (pip wheel --no-build-isolation).
+"$PY" -m pip install -q -r requirements.txt pytest pytest-mock "setuptools>=77"
+"$PY" -m pip install -q --no-build-isolation --no-deps -e .
+echo "setup done: $("$PY" -c 'import torch, ursa_core; print("torch", torch.__version__, "| ursa", ursa_core.__version__)')"

@@ -156,3 +156,20 @@ def test_package_root_imports_without_comfyui():
     assert "comfy_api" not in sys.modules
     spec.loader.exec_module(module)
     assert module.WEB_DIRECTORY == "./web" and not hasattr(module, "comfy_entrypoint")
+
+
+class _NotATensor:
+    """A pickled object of a custom class: what torch.load(weights_only=True) refuses."""
+
+
+def test_pickled_code_is_refused_without_suggesting_unsafe_loading(tmp_path, tiny_dir):
+    broken = fresh_copy(tiny_dir, tmp_path / "code_file")
+    torch.save({"path.emb": _NotATensor()}, str(broken / "scheduler/scheduler_model.pth"))
+    with pytest.raises(Exception) as torch_says:  # the hint exists in torch's own message ...
+        torch.load(str(broken / "scheduler/scheduler_model.pth"), weights_only=True)
+    assert "weights_only" in str(torch_says.value)
+    with pytest.raises(CheckpointError) as exc:  # ... and never reaches the user
+        load_model(broken)
+    message = str(exc.value)
+    assert "scheduler_model.pth" in message and "safetensors" in message
+    assert "weights_only" not in message and "=False" not in message

@@ -1,4 +1,4 @@
-"""`python -m ursa_core {generate, make-tiny, download}` end to end, in-process through `ursa_core.cli.main`."""
+"""`ursa` (`python -m ursa_core`) {generate, decode, make-tiny, download} end to end, in-process via cli.main."""
 import json
 import sys
 from pathlib import Path
@@ -187,21 +187,45 @@ def test_download_offline_exit_3(tmp_path, capsys, monkeypatch):
     assert calls and calls[0]["repo_id"] == "BAAI/URSA-1.7B-FSQ320"
 
 
-def test_download_success_prints_folder(tmp_path, capsys, monkeypatch):
+def test_download_lands_complete_folder_and_leaves_no_work_folder(tmp_path, capsys, monkeypatch):
     import huggingface_hub
 
     seen = {}
 
     def fake(repo_id, local_dir, **kw):
         seen.update(repo_id=repo_id, local_dir=local_dir)
+        Path(local_dir).mkdir(parents=True, exist_ok=True)
+        (Path(local_dir) / "model_index.json").write_text("{}")
         return local_dir
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
-    assert cli.main(["download", "BAAI/URSA-1.7B-IBQ1024", "--dir", str(tmp_path / "models")]) == 0
-    expected = str(tmp_path / "models" / "URSA-1.7B-IBQ1024")
-    assert seen == {"repo_id": "BAAI/URSA-1.7B-IBQ1024", "local_dir": expected}
+    models = tmp_path / "models"
+    assert cli.main(["download", "BAAI/URSA-1.7B-IBQ1024", "--dir", str(models)]) == 0
+    expected = models / "URSA-1.7B-IBQ1024"
+    assert seen["repo_id"] == "BAAI/URSA-1.7B-IBQ1024"
+    assert Path(seen["local_dir"]).parent == models and seen["local_dir"] != str(expected)  # downloaded beside it
+    assert (expected / "model_index.json").read_text() == "{}"
+    assert [p.name for p in models.iterdir()] == ["URSA-1.7B-IBQ1024"]
     out = capsys.readouterr().out
-    assert "BAAI/URSA-1.7B-IBQ1024" in out and expected in out
+    assert "BAAI/URSA-1.7B-IBQ1024" in out and str(expected) in out
+
+
+def test_failed_download_keeps_the_existing_folder(tmp_path, capsys, monkeypatch):
+    import huggingface_hub
+
+    def half_then_offline(repo_id, local_dir, **kw):
+        Path(local_dir).mkdir(parents=True, exist_ok=True)
+        (Path(local_dir) / "model_index.json").write_text("half")
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", half_then_offline)
+    old = tmp_path / "URSA-1.7B-FSQ320"
+    old.mkdir()
+    (old / "model_index.json").write_text("old")
+    assert cli.main(["download", "BAAI/URSA-1.7B-FSQ320", "--dir", str(tmp_path)]) == 3
+    assert (old / "model_index.json").read_text() == "old"
+    err = capsys.readouterr().err
+    assert "hf download BAAI/URSA-1.7B-FSQ320 --local-dir" in err and "huggingface-cli" not in err
 
 
 # --- make-tiny ------------------------------------------------------------------------------------------------------
@@ -251,6 +275,6 @@ def test_module_entry_point_exit_code(tmp_path):
 
     result = subprocess.run([sys.executable, "-m", "ursa_core", "generate", "--model", str(tmp_path / "missing"),
                              "--prompt", "x", "--out", str(tmp_path / "o.png")], capture_output=True, text=True,
-                            timeout=120, cwd=Path(cli.__file__).resolve().parents[1])
+                            timeout=120, cwd=Path(__file__).resolve().parents[1])
     assert result.returncode == 2
     assert "model folder not found" in result.stderr

@@ -4,7 +4,7 @@
         python -m pytest -q tests/test_comfyui_integration.py -s
 
 Skipped unless COMFYUI_DIR is set. COMFYUI_PYTHON (default: this interpreter) must have ComfyUI's requirements and
-the plugin's (transformers, tokenizers, safetensors, einops, imageio-ffmpeg). The server gets its own BASE folder
+the plugin's (transformers, tokenizers, safetensors, av). The server gets its own BASE folder
 (custom_nodes/ursa_video -> this repo, models/ursa/URSA-1.7B-FSQ320 = `python -m ursa_core make-tiny`), so the
 ComfyUI tree is never written to. Workflows are overridden by node title through scripts/comfy_queue.py.
 """
@@ -144,12 +144,13 @@ def post_prompt(url: str, workflow: str, sets: list[str]) -> tuple[int, dict]:
 
 
 def video_info(path: str) -> tuple[int, tuple[int, int]]:
-    import imageio_ffmpeg
-    frames, _ = imageio_ffmpeg.count_frames_and_secs(path)
-    reader = imageio_ffmpeg.read_frames(path)
-    meta = next(reader)
-    reader.close()
-    return frames, tuple(meta["size"])
+    import av
+
+    from ursa_core.media import count_video_frames
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        size = (stream.width, stream.height)
+    return count_video_frames(path), size
 
 
 def node_id_by_title(workflow: str, title: str) -> str:
@@ -268,3 +269,30 @@ def test_missing_model_rejected(server, tmp_path):
     # The client reports the same rejection with exit code 2 and names the node by title.
     res = queue_cli(server["url"], "ursa_t2i", ["URSA Loader.model_name=URSA-not-downloaded"], tmp_path)
     assert res.returncode == 2 and "URSA Loader" in res.stderr, res.stderr
+
+
+def test_token_loader_stays_inside_input_and_output(server):
+    """A real server refuses token names outside input/ and output/ with the same 400 whether or not the file
+    exists, showing no path of the machine; a file in input/ is accepted."""
+    import torch
+
+    from ursa_core.token_io import save_tokens
+
+    base, zeros = server["base"], torch.zeros(1, 1, 4, 4, dtype=torch.long)
+    secret = save_tokens(zeros, base.parent / f"{base.name}_outside" / "secret.safetensors")
+    save_tokens(zeros, base / "input" / "mine.safetensors")
+    answers = set()
+    for name in (f"../../{secret.parent.name}/secret.safetensors", f"../../{secret.parent.name}/nope.safetensors",
+                 str(secret), "mine.safetensors"):
+        graph = {"1": {"class_type": "URSALoadTokens", "inputs": {"token_file": name}},
+                 "2": {"class_type": "URSASaveTokens", "inputs": {"tokens": ["1", 0], "filename_prefix": "t/x"}}}
+        status, body = comfy_queue.http_json(server["url"], "/prompt", {"prompt": graph, "client_id": "t"})
+        if name == "mine.safetensors":
+            assert status == 200, body
+            assert comfy_queue.wait_for(server["url"], body["prompt_id"], timeout=60, poll=0.1) is not None
+            continue
+        assert status == 400 and set(body["node_errors"]) == {"1"}, body
+        text = json.dumps(body["node_errors"]).replace(json.dumps(name)[1:-1], "NAME")
+        assert str(base.parent) not in text, text
+        answers.add(text)
+    assert len(answers) == 1, answers

@@ -181,7 +181,54 @@ def test_save_and_load_tokens(env):
     assert options == ["ursa_tokens/test_00001_.safetensors [output]"]
     loaded = env.run(loader, token_file=options[0]).result[0]
     assert torch.equal(loaded.tokens, clip.tokens) and loaded.fps == clip.fps
-    assert "not found" in str(env.validate(loader, {"token_file": "missing.safetensors"}))
+    assert loaded.identity == clip.identity and loaded.identity["model"] == "URSA-tiny"
+
+
+def test_load_tokens_stays_inside_input_and_output(env, tmp_path):
+    """Names outside ComfyUI's input/output folders (.., absolute, symlink escapes) are refused exactly like a
+    missing file, and the answer shows no path of this machine."""
+    import os
+
+    from ursa_core.token_io import save_tokens
+
+    outside = tmp_path / "outside"
+    secret = save_tokens(torch.zeros(1, 1, 4, 4, dtype=torch.long), outside / "secret.safetensors")
+    os.symlink(secret, f"{env.input_dir}/link.safetensors")
+    os.symlink(outside, f"{env.input_dir}/linkdir")
+    save_tokens(torch.zeros(1, 1, 4, 4, dtype=torch.long), f"{env.input_dir}/mine.safetensors")
+    loader = env.mods["tio"].URSALoadTokens
+    assert loader.GET_SCHEMA().input_by_id("token_file").options == ["mine.safetensors"]
+    assert env.validate(loader, {"token_file": "mine.safetensors"}) == []
+    rel = os.path.relpath(secret, env.input_dir)
+    answers = set()
+    for name in (rel, rel + " [output]", str(secret), "link.safetensors", "linkdir/secret.safetensors",
+                 "missing.safetensors", "../missing.safetensors"):
+        errors = str(env.validate(loader, {"token_file": name}))
+        assert errors != "[]" and str(tmp_path) not in errors.replace(name, "")
+        answers.add(errors.replace(repr(name), "NAME"))
+    assert len(answers) == 1  # the same answer whether or not the file exists
+
+
+def test_tokens_from_another_tokenizer_are_refused(env):
+    from ursa_core.token_io import TokenClip
+
+    model, vq, cond = load(env)
+    clip = sample(env, model, cond)
+    foreign = TokenClip(clip.tokens, clip.fps, {**clip.identity, "kind": "ibq", "config_hash": "0123456789ab",
+                                                "model": "URSA-1.7B-IBQ1024"})
+    extend = dict(model=model, conditioning=cond, tokens=foreign, windows=1, window_frames=5, overlap=1, seed=0,
+                  steps=2, cfg=3.0, guidance_trunc=0.9, carry_start=1.0, window_prompts="")
+    for node, args in ((env.mods["tok"].URSATokenizerDecode, dict(vq=vq, tokens=foreign)),
+                       (env.mods["extend"].URSAExtendVideo, extend)):
+        with pytest.raises(ValueError) as exc:
+            env.run(node, **args)
+        assert "URSA-1.7B-IBQ1024" in str(exc.value) and "URSA-tiny" in str(exc.value)
+    extended = env.run(env.mods["extend"].URSAExtendVideo, **{**extend, "tokens": clip}).result[0]
+    assert extended.identity == clip.identity and extended.latent_frames == 2
+    with pytest.raises(ValueError, match="given_tokens were made by URSA-1.7B-IBQ1024"):
+        sample(env, model, cond, given_tokens=foreign)
+    images, _ = env.run(env.mods["tok"].URSATokenizerDecode, vq=vq, tokens=clip).result
+    assert images.shape == (1, 32, 32, 3)
 
 
 def test_loader_speed_options(env):

@@ -7,6 +7,7 @@ The library surface (docs/ARCHITECTURE.md describes the pieces):
     run = ursa.generate(model, "a red fox in the snow", frames=49, motion=9.0, seed=7)
     run.tokens, run.initial_tokens, run.seed, run.settings      # what came out, where it started, how
     frames = ursa.decode_tokens(model, run.tokens)             # IMAGE-style [F, H, W, 3] in 0..1
+    ursa.write_frames(frames, "out/fox.mp4", fps=model.geometry.fps)   # atomic: complete or not at all
 
     # one transformer pass as the sampler runs it, with every layer's hidden states (as transformers)
     ids = model.prompts.encode(["a red fox"])                    # [1, max_prompt_length]
@@ -17,16 +18,20 @@ The library surface (docs/ARCHITECTURE.md describes the pieces):
     ursa.beta(t, c, alpha); ursa.beta_dot(t, c, alpha); ursa.velocity(model.path, x_t, x1, t)
     ursa.time_shift(t, shift); ursa.time_grid(steps, shift)
 """
+__version__ = "0.1.0"  # the one place the version is written (pyproject.toml reads it)
+
 from .checkpoint import URSAModel
 from .checkpoint import load_model as load
-from .errors import CheckpointError, InputError, URSAError
+from .codec import decode_tokens
+from .errors import CheckpointError, InputError, OutputError, URSAError
 from .generate import Generation, StepInfo, generate
-from .headless import decode_tokens
+from .media import write_frames
 from .metric_path import MetricPath, beta, beta_dot, velocity
 from .modeling_ursa import TransformerOutput
 from .schedule import FrameClocks, FrameSchedule, time_grid, time_shift
 from .sequence import ModelInput, build_sequence
 
 __all__ = ["CheckpointError", "FrameClocks", "FrameSchedule", "Generation", "InputError", "MetricPath",
-           "ModelInput", "StepInfo", "TransformerOutput", "URSAError", "URSAModel", "beta", "beta_dot",
-           "build_sequence", "decode_tokens", "generate", "load", "time_grid", "time_shift", "velocity"]
+           "ModelInput", "OutputError", "StepInfo", "TransformerOutput", "URSAError", "URSAModel", "__version__",
+           "beta", "beta_dot", "build_sequence", "decode_tokens", "generate", "load", "time_grid", "time_shift",
+           "velocity", "write_frames"]

@@ -112,8 +112,11 @@ def load_path_embedding(folder: Path) -> torch.Tensor:
     if pth.is_file():
         try:
             data = torch.load(str(pth), map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise CheckpointError(f"{pth}: cannot be read with weights_only=True ({exc})") from exc
+        except Exception:
+            # torch's message suggests weights_only=False (running code from the file): never pass that on.
+            raise CheckpointError(f"{pth}: holds more than plain tensors, and only tensors are loaded from "
+                                  f"checkpoints; provide scheduler_model.safetensors with the key 'path.emb' "
+                                  f"instead") from None
         source = pth
     elif st.is_file():
         from safetensors.torch import load_file

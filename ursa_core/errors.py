@@ -17,3 +17,10 @@ class InputError(URSAError):
 
     The message names the argument, the bad value and what is allowed.
     """
+
+
+class OutputError(URSAError):
+    """Writing a result failed (disk full, permissions, encoder error); the existing file at the path is untouched.
+
+    The message names the path and the cause. The CLI exits 1 (an I/O failure), not 2 (bad input).
+    """

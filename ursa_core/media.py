@@ -1,6 +1,7 @@
 """Pixels in and out: fitting images to the model size, writing PNG / MP4."""
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 from typing import Sequence
 
@@ -8,7 +9,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import InputError
+from .atomic import atomic_files
+from .errors import InputError, OutputError
 
 RESIZE_MODES = ("crop", "pad", "stretch")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -73,15 +75,19 @@ def from_model_pixels(pixels: torch.Tensor) -> torch.Tensor:
 
 
 def load_image(path: str | Path) -> torch.Tensor:
-    """An image file -> [1, H, W, 3] float in 0..1."""
-    from PIL import Image, ImageOps
+    """An image file -> [1, H, W, 3] float in 0..1; a missing or unreadable file is one InputError naming it."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
     if not path.is_file():
         raise InputError(f"image not found: {path}")
-    with Image.open(path) as img:
-        img = ImageOps.exif_transpose(img).convert("RGB")
-        array = np.asarray(img, dtype=np.float32) / 255.0
+    try:
+        with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img).convert("RGB")
+            array = np.asarray(img, dtype=np.float32) / 255.0
+    except (UnidentifiedImageError, OSError) as exc:
+        cause = "not an image PIL can read" if isinstance(exc, UnidentifiedImageError) else exc.strerror or str(exc)
+        raise InputError(f"image {path}: {cause}") from None
     return torch.from_numpy(array).unsqueeze(0)
 
 
@@ -90,45 +96,64 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return (images.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
 
 
+def frame_paths(path: str | Path, frames: int) -> list[Path]:
+    """`path` itself for a single frame, `stem_00000.png`, `stem_00001.png`... for several."""
+    path = Path(path)
+    if frames == 1:
+        return [path]
+    return [path.with_name(f"{path.stem}_{i:05d}{path.suffix}") for i in range(frames)]
+
+
 def write_png(images: torch.Tensor, path: str | Path) -> list[Path]:
-    """One PNG per frame: `path` itself for a single frame, `stem_00000.png`... otherwise."""
+    """One image file per frame (see frame_paths); all frames appear together or none do."""
     from PIL import Image
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arrays = to_uint8(images)
-    if len(arrays) == 1:
-        Image.fromarray(arrays[0]).save(path)
-        return [path]
-    paths = [path.with_name(f"{path.stem}_{i:05d}{path.suffix}") for i in range(len(arrays))]
-    for array, p in zip(arrays, paths):
-        Image.fromarray(array).save(p)
+    paths = frame_paths(path, len(arrays))
+    with atomic_files(paths) as temps:
+        for array, tmp in zip(arrays, temps):
+            Image.fromarray(array).save(tmp)
     return paths
 
 
 def write_mp4(images: torch.Tensor, path: str | Path, fps: float = 12.0, quality_crf: int = 17) -> Path:
-    """H.264 yuv420p MP4 through imageio-ffmpeg (frames are multiples of 8 pixels, so no resizing happens)."""
-    import imageio_ffmpeg
+    """H.264 yuv420p MP4 through PyAV (frames are multiples of 8 pixels, so no resizing happens).
+
+    The file is checked (it opens and holds every frame) before it replaces anything at `path`.
+    """
+    import av
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arrays = to_uint8(images)
     height, width = arrays.shape[1:3]
-    writer = imageio_ffmpeg.write_frames(str(path), (width, height), fps=fps, codec="libx264",
-                                         pix_fmt_out="yuv420p", macro_block_size=2,
-                                         output_params=["-crf", str(quality_crf)])
-    writer.send(None)
-    for frame in arrays:
-        writer.send(np.ascontiguousarray(frame))
-    writer.close()
+    with atomic_files([path]) as (tmp,):
+        try:
+            with av.open(str(tmp), mode="w", format="mp4") as container:
+                stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+                stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+                stream.options = {"crf": str(quality_crf)}
+                for array in arrays:
+                    container.mux(stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")))
+                container.mux(stream.encode())
+        except av.FFmpegError as exc:
+            raise OutputError(f"{path}: the video encoder failed ({exc})") from None
+        written = count_video_frames(tmp)
+        if written != len(arrays):
+            raise OutputError(f"{path}: the encoder wrote {written} of {len(arrays)} frames")
     return path
 
 
 def count_video_frames(path: str | Path) -> int:
-    import imageio_ffmpeg
+    """Decode-free frame count of a video file (0 for a file that holds no readable video)."""
+    import av
 
-    frames, _ = imageio_ffmpeg.count_frames_and_secs(str(path))
-    return int(frames)
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                return 0
+            return sum(1 for packet in container.demux(video=0) if packet.size)
+    except av.FFmpegError:
+        return 0
 
 
 def write_frames(images: torch.Tensor, out: str | Path, fps: float) -> Sequence[Path]:

@@ -82,29 +82,14 @@ def check_state_dict(expected: Mapping[str, torch.Size | tuple], found: Mapping[
 
 
 def save_state_dict(state: Mapping[str, torch.Tensor], folder: Path, max_shard_bytes: int | None = None) -> None:
-    """Write a component's weights in the diffusers layout (sharded with an index when max_shard_bytes is set)."""
-    from safetensors.torch import save_file
+    """Write a component's weights in the diffusers layout (sharded with an index json when max_shard_bytes is set,
+    through huggingface_hub's own writer of that layout)."""
+    from huggingface_hub import save_torch_state_dict
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    if max_shard_bytes is None:
-        save_file(tensors, str(folder / WEIGHTS_NAME))
-        return
-    shards: list[dict[str, torch.Tensor]] = [{}]
-    size = 0
-    for key, value in tensors.items():
-        nbytes = value.numel() * value.element_size()
-        if shards[-1] and size + nbytes > max_shard_bytes:
-            shards.append({})
-            size = 0
-        shards[-1][key] = value
-        size += nbytes
-    weight_map = {}
-    for i, shard in enumerate(shards):
-        name = f"diffusion_pytorch_model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, str(folder / name))
-        weight_map.update({k: name for k in shard})
-    total = sum(v.numel() * v.element_size() for v in tensors.values())
-    (folder / INDEX_NAME).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map},
-                                                indent=2))
+    # A limit above the total size writes the single unsharded file.
+    limit = max_shard_bytes or sum(v.numel() * v.element_size() for v in tensors.values()) + 1
+    pattern = WEIGHTS_NAME.replace(".safetensors", "{suffix}.safetensors")  # -00001-of-00002 before the extension
+    save_torch_state_dict(tensors, folder, filename_pattern=pattern, max_shard_size=limit)

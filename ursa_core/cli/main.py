@@ -1,54 +1,19 @@
-"""Command line: `python -m ursa_core {make-tiny, generate, download}`."""
+"""Argument parsing and the exit-code contract: 0 done, 1 an output could not be written, 2 bad input (one line,
+before any model loads), 3 download failed, 130 interrupted (Ctrl-C; existing files untouched)."""
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import time
-from pathlib import Path
 from typing import Optional
 
-from .errors import URSAError
+from .. import __version__
+from ..errors import OutputError, URSAError
 
 REAL_MODELS = ("BAAI/URSA-1.7B-FSQ320", "BAAI/URSA-1.7B-IBQ1024")
+EXIT_OUTPUT, EXIT_INPUT, EXIT_DOWNLOAD, EXIT_INTERRUPTED = 1, 2, 3, 130
 
 
-def cache_dir() -> Path:
-    """Where `--model tiny` is built: $URSA_CACHE, else $XDG_CACHE_HOME/ursa_comfy, else ~/.cache/ursa_comfy."""
-    if os.environ.get("URSA_CACHE"):
-        return Path(os.environ["URSA_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "ursa_comfy"
-
-
-def tiny_model_dir() -> Path:
-    """Build the tiny random checkpoint once and reuse it."""
-    from .tiny import make_tiny
-
-    import shutil
-
-    folder = cache_dir() / "tiny-random-fsq-v1"
-    if not (folder / "model_index.json").is_file():
-        # Build beside it and rename, so a half-written folder is never mistaken for a finished one.
-        tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-        make_tiny(tmp)
-        try:
-            tmp.replace(folder)
-        except OSError:  # another process finished first: use its copy
-            shutil.rmtree(tmp, ignore_errors=True)
-        if not (folder / "model_index.json").is_file():
-            raise URSAError(f"could not create the tiny checkpoint in {folder}")
-    return folder
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m ursa_core", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    tiny = sub.add_parser("make-tiny", help="write a tiny RANDOM checkpoint in the official layout (outputs noise)")
-    tiny.add_argument("dir")
-    tiny.add_argument("--seed", type=int, default=0)
-    tiny.add_argument("--vae", choices=("fsq", "ibq"), default="fsq")
-    tiny.add_argument("--shard", action="store_true", help="write sharded transformer weights with an index json")
+def _add_generate(sub) -> None:
     gen = sub.add_parser("generate", help="headless text/image-to-image/video generation")
     gen.add_argument("--model", required=True, help="a model folder in the official layout, or 'tiny'")
     gen.add_argument("--prompt", required=True)
@@ -76,6 +41,23 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--sampler", default="auto", choices=("auto", "torch", "triton"),
                        help="jump-step kernels: triton (fused, CUDA), torch, or auto")
     speed.add_argument("--fp8", action="store_true", help="EXPERIMENTAL fp8 projections (changes results)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ursa", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_generate(sub)
+    dec = sub.add_parser("decode", help="decode a token file (from --save-tokens) to PNG or MP4 without sampling")
+    dec.add_argument("--tokens", required=True, help="a .safetensors token file")
+    dec.add_argument("--out", required=True, help="out.png for images, out.mp4 for videos")
+    dec.add_argument("--model", help="model folder or 'tiny' (default: the model recorded in the token file)")
+    dec.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    tiny = sub.add_parser("make-tiny", help="write a tiny RANDOM checkpoint in the official layout (outputs noise)")
+    tiny.add_argument("dir")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--vae", choices=("fsq", "ibq"), default="fsq")
+    tiny.add_argument("--shard", action="store_true", help="write sharded transformer weights with an index json")
     dl = sub.add_parser("download", help="fetch a real checkpoint from the Hugging Face Hub")
     dl.add_argument("repo", help=f"e.g. {REAL_MODELS[0]}")
     dl.add_argument("--dir", default="models/ursa", help="parent folder (a ComfyUI models/ursa folder works)")
@@ -85,33 +67,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "make-tiny":
-            from .tiny import make_tiny
-            print(f"wrote {make_tiny(args.dir, seed=args.seed, vae=args.vae, shard=args.shard)}")
-            return 0
-        if args.command == "download":
-            return download(args.repo, Path(args.dir))
-        from .headless import run_generate
-        return run_generate(args)
+        if args.command == "generate":
+            from .generate import run_generate
+            return run_generate(args)
+        from . import tools
+        return {"decode": tools.run_decode, "make-tiny": tools.run_make_tiny,
+                "download": tools.run_download}[args.command](args)
+    except OutputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_OUTPUT
     except URSAError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_INPUT
     except KeyboardInterrupt:
         print("cancelled", file=sys.stderr)
-        return 130
-
-
-def download(repo: str, parent: Path) -> int:
-    from huggingface_hub import snapshot_download
-
-    target = parent / repo.split("/")[-1]
-    started = time.time()
-    try:
-        path = snapshot_download(repo_id=repo, local_dir=str(target))
-    except Exception as exc:  # offline, DNS, HTTP and auth errors all end here
-        print(f"error: could not download {repo} from the Hugging Face Hub ({type(exc).__name__}: {exc}).\n"
-              f"Are you offline? Download it on a connected machine (huggingface-cli download {repo} "
-              f"--local-dir {target}) and copy the folder to {target}.", file=sys.stderr)
-        return 3
-    print(f"downloaded {repo} to {path} in {time.time() - started:.0f} s")
-    return 0
+        return EXIT_INTERRUPTED

@@ -1,0 +1,107 @@
+"""The package installs: the wheel holds every subpackage and the `ursa` command, the version has one home,
+requirements.txt and pyproject.toml agree, and the README's Python example runs as written."""
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+import ursa_core
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILD_SKIP = ("build", ".git", ".venv", "out", "models", ".ci-cache", ".pytest_cache", "__pycache__", "*.egg-info")
+
+
+def requirement_names(lines):
+    return sorted(re.split(r"[<>=!~ ;\[]", line.strip(), maxsplit=1)[0].lower().replace("_", "-")
+                  for line in lines if line.strip() and not line.lstrip().startswith("#"))
+
+
+def test_requirements_txt_and_pyproject_agree():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    listed = [line.strip() for line in (ROOT / "requirements.txt").read_text().splitlines()
+              if line.strip() and not line.startswith("#")]
+    assert sorted(listed) == sorted(project["dependencies"])
+    assert "torch" not in requirement_names(listed)  # ComfyUI users keep their own build
+    assert {"accelerate", "einops", "imageio", "imageio-ffmpeg"}.isdisjoint(requirement_names(listed))
+
+
+def test_version_has_one_home():
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "version" not in pyproject["project"] and pyproject["project"]["dynamic"] == ["version"]
+    assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "ursa_core.__version__"}
+    assert re.fullmatch(r"\d+\.\d+\.\d+", ursa_core.__version__)
+    from ursa_core import cli
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--version"])
+    assert exc.value.code == 0
+
+
+@pytest.fixture(scope="module")
+def installed_wheel(tmp_path_factory):
+    """Build the wheel offline from a copy of the sources and install it (no deps) into a bare folder."""
+    pytest.importorskip("setuptools", reason="building the wheel needs setuptools (scripts/setup.sh installs it)")
+    tmp = tmp_path_factory.mktemp("wheel")
+    src = shutil.copytree(ROOT, tmp / "src", ignore=shutil.ignore_patterns(*BUILD_SKIP))
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp / "dist"), str(src)],
+                   check=True, capture_output=True, timeout=300)
+    wheel = next((tmp / "dist").glob("ursa_video-*.whl"))
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(tmp / "site"), str(wheel)], check=True,
+                   capture_output=True, timeout=300)
+    return wheel, tmp / "site"
+
+
+def test_wheel_holds_every_subpackage(installed_wheel):
+    wheel, site = installed_wheel
+    assert wheel.name.startswith(f"ursa_video-{ursa_core.__version__}-")
+    sources = {p.parent.relative_to(ROOT).as_posix() for p in (ROOT / "ursa_core").rglob("__init__.py")}
+    assert {"ursa_core", "ursa_core/visual_tokenizer", "ursa_core/cli"} <= sources
+    for package in sources:
+        assert (site / package / "__init__.py").is_file(), package
+    assert not (site / "nodes").exists() and not (site / "tests").exists()
+
+
+def test_installed_package_runs_from_another_folder(installed_wheel, tmp_path):
+    _, site = installed_wheel
+    env = dict(os.environ, PYTHONPATH=str(site))
+    probe = subprocess.run([sys.executable, "-c", "import ursa_core, ursa_core.visual_tokenizer, ursa_core.cli; "
+                            "print(ursa_core.__file__)"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=120)
+    assert probe.returncode == 0, probe.stderr
+    assert Path(probe.stdout.strip()).is_relative_to(site)
+    version = subprocess.run([str(site / "bin" / "ursa"), "--version"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert version.returncode == 0, version.stderr
+    assert version.stdout.strip() == f"ursa {ursa_core.__version__}"
+
+
+# --- the README's Python example ------------------------------------------------------------------------------------
+
+# The example is written for a real checkpoint on a GPU; the test runs it on the tiny checkpoint on the CPU.
+README_SUBSTITUTIONS = {'"models/ursa/URSA-1.7B-FSQ320"': "{tiny_dir!r}", '"cuda"': '"cpu"', "frames=49": "frames=5",
+                        "height=320, width=512": "height=64, width=64", '"out/fox.mp4"': "{out!r}",
+                        "seed=1)": "seed=1, steps=2)"}
+
+
+def readme_python_example() -> str:
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    assert len(blocks) == 1, "the README has one Python example"
+    return blocks[0]
+
+
+def test_readme_python_example_runs(tmp_path, tiny_dir):
+    from ursa_core.media import count_video_frames
+
+    code = readme_python_example()
+    for old, new in README_SUBSTITUTIONS.items():
+        assert old in code, f"README example changed: {old} is gone (update README_SUBSTITUTIONS)"
+        code = code.replace(old, new.format(tiny_dir=str(tiny_dir), out=str(tmp_path / "fox.mp4")))
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert count_video_frames(tmp_path / "fox.mp4") == 5
+    assert namespace["frames"].shape == (5, 64, 64, 3)

@@ -1,0 +1,7 @@
+"""The command line `ursa` (also `python -m ursa_core`): generate, decode, make-tiny, download.
+
+main.py parses and maps errors to exit codes; generate.py and tools.py hold the jobs.
+"""
+from .main import build_parser, main
+
+__all__ = ["build_parser", "main"]
