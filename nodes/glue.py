@@ -78,6 +78,11 @@ class LoadedVQ:
         return self.vq
 
 
+def compute_device() -> torch.device:
+    """The device ComfyUI runs models on (what attention backends and samplers must exist on)."""
+    return torch.device(mm.get_torch_device())
+
+
 def load_ursa(name: str, dtype: str) -> tuple[LoadedURSA, LoadedVQ]:
     """Load on the offload device; ComfyUI's model management moves weights to the GPU when a node runs."""
     folder = model_folder_path(name)

@@ -7,6 +7,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from . import memory, rules
 from .errors import InputError
 from .metric_path import MetricPath, beta, beta_dot
 from .model import URSAModel
@@ -55,6 +56,11 @@ class GenerationPlan:
     active: torch.Tensor           # visual token indices the sampler updates
     token_frame: torch.Tensor      # latent frame of each active token
     grid: torch.Tensor             # global time grid [steps] float64
+
+    @property
+    def token_count(self) -> int:
+        """Visual tokens the transformer reads per sample (held frames included)."""
+        return self.latent_shape[0] * self.latent_shape[1] * self.latent_shape[2]
 
 
 def plan(model: URSAModel, frames: int, height: int, width: int, steps: int, shift: float,
@@ -182,7 +188,7 @@ def head_in_blocks(head: Callable[[slice], torch.Tensor], rows: int, sl: slice) 
 def auto_chunk(codebook_size: int, device: torch.device, fused: bool = False) -> int:
     """Tokens per chunk so the live [chunk, K] tensors stay within a small budget: ~6 fp32 ones on the torch
     path, only the (guided) logit chunk on the fused path."""
-    budget = (1 << 30) if device.type == "cuda" else (256 << 20)
+    budget = memory.LOGIT_BUDGET["cuda" if device.type == "cuda" else "cpu"]
     per_token = codebook_size * (4 if fused else 6 * 4)
     chunk = max(1, budget // per_token)
     return max(HEAD_BLOCK, chunk - chunk % HEAD_BLOCK) if chunk >= HEAD_BLOCK else chunk
@@ -191,20 +197,18 @@ def auto_chunk(codebook_size: int, device: torch.device, fused: bool = False) ->
 def use_fused_sampler(sampler: str, device: torch.device) -> bool:
     from . import triton_sampler
 
-    if sampler not in ("auto", "torch", "triton"):
-        raise InputError(f"sampler={sampler!r} is not one of auto, torch, triton")
-    if sampler == "triton" and not triton_sampler.available(device):
-        raise InputError(f"sampler='triton' needs a CUDA device with Triton; the model is on {device}")
+    rules.sampler(sampler, device)
     return sampler == "triton" or (sampler == "auto" and triton_sampler.available(device))
 
 
-def _resolve(value, default, name: str, low: float, high: float | None = None) -> float:
-    value = default if value is None else value
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < low or \
-            (high is not None and value > high):
-        allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise InputError(f"{name}={value!r} is not allowed: it must be a number {allowed}")
-    return float(value)
+def check_memory(model: URSAModel, plan_: GenerationPlan, batch: int, guidance: float) -> None:
+    """Refuse a run whose activations cannot fit next to the loaded weights (ursa_core.memory)."""
+    latent_tokens = batch * plan_.token_count
+    need = memory.estimate(model.config, latent_tokens, dtype=model.transformer.dtype,
+                           device_type=model.device.type, cfg_branches=2 if guidance > 1 else 1,
+                           include_weights=False)
+    frames = model.geometry.pixel_frames(plan_.latent_shape[0])
+    memory.check_fits(need, model.device, f"sampling {frames} frame(s) of {list(plan_.latent_shape)} latents")
 
 
 def _prompt_ids(model: URSAModel, prompt, negative, motion):
@@ -237,16 +241,18 @@ def generate(model: URSAModel, prompt: str | Sequence[str] = "", negative_prompt
     The result depends only on the seed (and device numerics), not on `chunk_tokens`. `sampler` picks the jump
     step's implementation: "torch" (chunked tensors), "triton" (fused CUDA kernels) or "auto" (triton on CUDA).
     """
-    steps = int(_resolve(steps, None, "steps", 1, 1000))
-    guidance = _resolve(guidance, None, "guidance", 0.0, 100.0)
-    guidance_trunc = _resolve(guidance_trunc, None, "guidance_trunc", 0.0, 1.0)
-    c = _resolve(c, model.scheduler.c, "c", 1e-6)
-    alpha = _resolve(alpha, model.scheduler.alpha, "alpha", 1e-6)
-    shift = _resolve(shift, model.scheduler.shift, "shift", 1e-6)
+    steps, seed, motion = rules.steps(steps), rules.seed(seed), rules.motion(motion)
+    guidance = rules.cfg(guidance, "guidance")
+    guidance_trunc = rules.unit("guidance_trunc", guidance_trunc)
+    c = rules.path_param("c", model.scheduler.c if c is None else c)
+    alpha = rules.path_param("alpha", model.scheduler.alpha if alpha is None else alpha)
+    shift = rules.path_param("shift", model.scheduler.shift if shift is None else shift)
+    rules.sampler(sampler, model.device)
     plan_ = plan(model, frames, height, width, steps, shift, schedule)
     cond_ids, uncond_ids = prompt_ids if prompt_ids is not None else _prompt_ids(model, prompt, negative_prompt,
                                                                                   motion)
     batch = cond_ids.shape[0]
+    check_memory(model, plan_, batch, guidance)
     path = model.path.with_params(c=c, alpha=alpha).to(model.device)
     tokens = initial_tokens(model, path, plan_, batch, seed, given_tokens)
     denoiser = _Denoiser(model, cond_ids, uncond_ids if guidance > 1 else None, plan_)

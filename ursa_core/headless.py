@@ -14,6 +14,7 @@ from .errors import InputError
 from .generate import StepInfo, generate
 from .media import OUTPUT_SUFFIXES, load_image, write_frames
 from .model import URSAModel, load_model
+from .preflight import check_generate_args
 from .schedule import FrameSchedule
 from .tiny import TINY_LABEL, is_tiny
 
@@ -82,6 +83,7 @@ def run_generate(args: argparse.Namespace) -> int:
     check_output_path(args.out)  # before any expensive work, so a typo never costs a generation
     tiny = args.model == "tiny"
     folder = _tiny_folder() if tiny else Path(args.model)
+    args = check_generate_args(args, folder)  # every rule and the memory estimate, before any weight loads
     device = pick_device(args.device)
     started = time.time()
     model = load_model(folder, device=device, dtype=args.dtype)

@@ -7,6 +7,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from . import rules
 from .errors import CheckpointError, InputError
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,13 @@ class PromptEncoder:
         self.tokenizer.truncation_side = "right"  # keep the first max_length tokens
         self.max_length = max_length
 
+    def warn_if_cut(self, texts: Sequence[str]) -> None:
+        """A prompt longer than max_length is cut by the tokenizer: say so instead of cutting silently."""
+        lengths = [len(ids) for ids in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+        message = rules.prompt_too_long(max(lengths), self.max_length)
+        if message:
+            log.warning(message)
+
     @property
     def pad_token_id(self) -> int:
         return int(self.tokenizer.pad_token_id)
@@ -56,6 +64,7 @@ class PromptEncoder:
         if bad:
             raise InputError(f"prompts must be strings, got {type(bad[0]).__name__}")
         texts = [with_motion(p, motion) for p in prompts]
+        self.warn_if_cut(texts)
         batch = self.tokenizer(texts, max_length=self.max_length, padding="max_length", truncation=True,
                                add_special_tokens=False, return_tensors="pt")
         return batch["input_ids"].long()
