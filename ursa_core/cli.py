@@ -96,7 +96,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.command == "download":
             return download(args.repo, Path(args.dir))
         from .headless import run_generate
-        return run_generate(args)
+        with preflight.warnings_on_stderr():
+            return run_generate(args)
     except URSAError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -70,10 +70,12 @@ class ProgressPrinter:
     """A tqdm bar over sampling steps."""
 
     def __init__(self, total: int, desc: str):
-        from tqdm import tqdm
-        self.bar = tqdm(total=total, desc=desc, unit="step")
+        self.total, self.desc, self.bar = total, desc, None
 
     def __call__(self, info: StepInfo) -> None:
+        if self.bar is None:  # opened at the first step, so warnings printed before sampling keep their own line
+            from tqdm import tqdm
+            self.bar = tqdm(total=self.total, desc=self.desc, unit="step")
         self.bar.update(1)
         if info.step + 1 == info.steps:
             self.bar.close()

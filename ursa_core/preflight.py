@@ -3,6 +3,9 @@ argument, the sizes against the checkpoint's strides and the memory estimate, al
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+import sys
 from pathlib import Path
 
 from . import memory, rules
@@ -43,6 +46,20 @@ def check_generate_args(args: argparse.Namespace, folder: Path) -> argparse.Name
                            math_attention=args.attention == "math")
     memory.check_fits(need, device, f"--frames {args.frames} at {width}x{height}", low_vram=args.low_vram)
     return argparse.Namespace(**{**vars(args), "height": height, "width": width, "steps": steps, "motion": motion})
+
+
+@contextlib.contextmanager
+def warnings_on_stderr():
+    """ursa_core's logged warnings (a prompt that will be cut, ...) as plain `warning: ...` lines on the CLI."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.setLevel(logging.WARNING)
+    logger = logging.getLogger("ursa_core")
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
 
 
 # argparse `type=` functions: a bad value is refused while parsing, with the rule's one-line message.
