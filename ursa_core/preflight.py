@@ -39,6 +39,9 @@ def check_generate_args(args: argparse.Namespace, folder: Path) -> argparse.Name
     if args.last_image and latent[0] < 2:
         raise InputError(f"--last-image needs a video: frames={args.frames} is an image; use --frames 5 or "
                                f"more")
+    for flag, image in (("--image", args.image), ("--last-image", args.last_image)):
+        if image and not Path(image).is_file():
+            raise InputError(f"{flag}: image not found: {image}")
     steps = rules.default_steps(args.frames, tiny) if args.steps is None else args.steps
     motion = rules.default_motion(args.frames) if args.motion is None else args.motion
     need = memory.estimate(config, latent[0] * latent[1] * latent[2], dtype=dtype, device_type=device.type,
