@@ -61,8 +61,9 @@ class LoadedURSA:
     model: URSAModel
     patcher: object
 
-    def to_compute_device(self) -> torch.device:
-        mm.load_models_gpu([self.patcher])
+    def to_compute_device(self, memory_required: int = 0) -> torch.device:
+        """Weights onto the GPU, with `memory_required` bytes made free beside them (ComfyUI unloads other models)."""
+        mm.load_models_gpu([self.patcher], memory_required=memory_required)
         return self.model.device
 
 

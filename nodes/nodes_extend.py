@@ -15,10 +15,10 @@ from .types import URSACond, URSAModel, URSATokens
 
 def run_extension(model, conditioning, tokens: TokenClip, windows, window_frames, overlap, carry_start,
                   window_prompts: str, **sampling) -> TokenClip:
+    plan = WindowPlan(windows, latent_frames(window_frames), overlap)
+    plan.check()  # before the weights move to the compute device
     model.to_compute_device()
     core = model.model
-    plan = WindowPlan(windows, latent_frames(window_frames), overlap)
-    plan.check()
     progress = glue.StepProgress(windows * sampling["steps"])
 
     def on_step(info: WindowInfo) -> None:

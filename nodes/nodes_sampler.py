@@ -5,7 +5,7 @@ from comfy_api.latest import io
 
 from ursa_core import rules
 from ursa_core.errors import InputError
-from ursa_core.generate import StepInfo, generate
+from ursa_core.generate import StepInfo, generate, sampling_memory
 from ursa_core.token_io import TokenClip
 
 from . import glue
@@ -50,11 +50,14 @@ def checkpoint_default(value: float):
 
 def run_sampler(model, conditioning, frames, width, height, schedule=None, given_tokens=None, preview=False,
                 **sampling) -> TokenClip:
-    model.to_compute_device()
     core = model.model
+    latent_shape = core.geometry.latent_shape(frames, height, width)  # the model's own stride, before weights move
     sched, given = (None, None) if schedule is None else (schedule.schedule, schedule.given)
     if given_tokens is not None:
-        given = _merge_given(given, given_tokens.tokens, core.geometry.latent_shape(frames, height, width))
+        given = _merge_given(given, given_tokens.tokens, latent_shape)
+    need = sampling_memory(core, latent_shape, conditioning.ids_for(frames)[0].shape[0], sampling["guidance"],
+                           glue.compute_device())
+    model.to_compute_device(memory_required=need.total)
     progress = glue.StepProgress(sampling["steps"], core.path.unit if preview else None)
 
     def on_step(info: StepInfo) -> None:

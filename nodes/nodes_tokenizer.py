@@ -25,6 +25,8 @@ def size_inputs(width: int = 512, height: int = 320) -> list:
 
 
 def encode_clip(vq_handle, images: torch.Tensor, width: int, height: int, resize_mode: str) -> TokenClip:
+    frames = images.shape[0] if images.ndim == 4 else 1
+    vq_handle.vq.latent_shape(frames, height, width)  # the tokenizer's rules, before its weights move
     return TokenClip(encode_images(vq_handle.to_compute_device(), images, width, height, resize_mode), vq_handle.fps)
 
 

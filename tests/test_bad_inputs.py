@@ -316,6 +316,7 @@ NODE_RUN_CASES = {
     "sampler-given-tokens-longer": ("sampler", lambda: dict(given_tokens=_clip(3)),
                                     "given_tokens have 3 latent frames but the sampler's frames make 1"),
     "encode-two-frames": ("encode", lambda: dict(image=torch.rand(2, 32, 32, 3)), "frames=2 is not allowed"),
+    "extend-overlap-whole-window": ("extend", lambda: dict(overlap=2), "overlap=2 latent frames is not allowed"),
 }
 
 
@@ -323,15 +324,27 @@ NODE_RUN_CASES = {
 def test_node_execute_refuses(env, tiny_model, key, bad, message):
     model, vq = handles(env, tiny_model)
     cond = env.run(env.node("text"), model=model, prompt="a red fox", negative_prompt="", motion_score=9.0).result[0]
-    links = {"sampler": dict(model=model, conditioning=cond), "encode": dict(vq=vq, image=torch.rand(1, 32, 32, 3))}
+    links = {"sampler": dict(model=model, conditioning=cond), "encode": dict(vq=vq, image=torch.rand(1, 32, 32, 3)),
+             "extend": dict(model=model, conditioning=cond, tokens=_clip(2))}
     values = {k: v for k, v in GOOD[key].items() if v is not LINK}
-    steps_before = len(env.progress_updates)
+    steps_before, loads_before = len(env.progress_updates), len(env.loaded_models)
     with pytest.raises(InputError) as exc:
         env.run(env.node(key), **{**values, **links[key], **bad()})
     assert message in str(exc.value) and "\n" not in str(exc.value)
     assert len(env.progress_updates) == steps_before
+    assert len(env.loaded_models) == loads_before, "refused before ComfyUI moves any weights"
     assert env.earlier.read_bytes() == SENTINEL
     assert good_run(env, key, model, vq)
+
+
+def test_node_sampler_asks_comfyui_for_its_sampling_memory(env, tiny_model):
+    """ComfyUI frees the estimate (ursa_core.memory) beside the weights, so the check in generate sees it free."""
+    from ursa_core.generate import sampling_memory
+
+    model, _ = handles(env, tiny_model)
+    good_run(env, "sampler", model, None)
+    required = env.load_calls[-1]["memory_required"]
+    assert required == sampling_memory(tiny_model, (1, 4, 4), 1, GOOD["sampler"]["cfg"]).total > 0
 
 
 def test_node_sampler_checks_the_ibq_stride(env, tiny_ibq_dir):

@@ -57,10 +57,6 @@ class GenerationPlan:
     token_frame: torch.Tensor      # latent frame of each active token
     grid: torch.Tensor             # global time grid [steps] float64
 
-    @property
-    def token_count(self) -> int:
-        """Visual tokens the transformer reads per sample (held frames included)."""
-        return self.latent_shape[0] * self.latent_shape[1] * self.latent_shape[2]
 
 
 def plan(model: URSAModel, frames: int, height: int, width: int, steps: int, shift: float,
@@ -201,12 +197,18 @@ def use_fused_sampler(sampler: str, device: torch.device) -> bool:
     return sampler == "triton" or (sampler == "auto" and triton_sampler.available(device))
 
 
+def sampling_memory(model: URSAModel, latent_shape: Sequence[int], batch: int = 1, guidance: float = 7.0,
+                    device: Optional[torch.device] = None) -> memory.MemoryEstimate:
+    """What sampling needs on `device` (default: the model's) on top of the loaded weights."""
+    device = device or model.device
+    tokens = batch * latent_shape[0] * latent_shape[1] * latent_shape[2]
+    return memory.estimate(model.config, tokens, dtype=model.transformer.dtype, device_type=device.type,
+                           cfg_branches=2 if guidance > 1 else 1, include_weights=False)
+
+
 def check_memory(model: URSAModel, plan_: GenerationPlan, batch: int, guidance: float) -> None:
     """Refuse a run whose activations cannot fit next to the loaded weights (ursa_core.memory)."""
-    latent_tokens = batch * plan_.token_count
-    need = memory.estimate(model.config, latent_tokens, dtype=model.transformer.dtype,
-                           device_type=model.device.type, cfg_branches=2 if guidance > 1 else 1,
-                           include_weights=False)
+    need = sampling_memory(model, plan_.latent_shape, batch, guidance)
     frames = model.geometry.pixel_frames(plan_.latent_shape[0])
     memory.check_fits(need, model.device, f"sampling {frames} frame(s) of {list(plan_.latent_shape)} latents")
 

@@ -71,7 +71,9 @@ def estimate(cfg: TransformerConfig, latent_tokens: int, *, dtype: torch.dtype, 
 def available_bytes(device: torch.device) -> Optional[int]:
     """Free memory of a CUDA device, or the host's MemAvailable for the CPU; None where it cannot be known."""
     if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
+        # Memory this process's caching allocator holds but does not use is free for the run too.
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return torch.cuda.mem_get_info(device)[0] + cached
     if device.type != "cpu":
         return None
     try:
