@@ -10,7 +10,7 @@ from ursa_core.token_io import TokenClip
 
 from . import glue
 from .nodes_schedule import MAX_FRAMES
-from .nodes_tokenizer import MAX_SIZE, size_inputs
+from .nodes_tokenizer import size_inputs
 from .types import URSACond, URSAModel, URSASchedule, URSATokens
 
 SEED_MAX = rules.SEED_MAX

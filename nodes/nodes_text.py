@@ -50,7 +50,8 @@ class URSATextEncode(io.ComfyNode):
                                 tooltip="Guidance pushes away from this. Empty (the default) is the model's "
                                         "unconditional prompt. The URSA demos use 'worst quality, low quality, "
                                         "inconsistent motion, static, still, blurry, jittery, distorted, ugly'."),
-                io.Float.Input("motion_score", default=rules.DEFAULT_MOTION, min=rules.MOTION_RANGE[0], max=rules.MOTION_RANGE[1], step=0.5,
+                io.Float.Input("motion_score", default=rules.DEFAULT_MOTION, min=rules.MOTION_RANGE[0],
+                               max=rules.MOTION_RANGE[1], step=0.5,
                                tooltip="Video only: how much motion (URSA demos: 9 for T2V/I2V, 5 for "
                                        "extension). 0 = no motion prefix. Ignored for single images."),
             ],

@@ -54,9 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--model", required=True, help="a model folder in the official layout, or 'tiny'")
     gen.add_argument("--prompt", required=True)
     gen.add_argument("--negative", default="", help="negative prompt (default: empty, as the reference)")
-    gen.add_argument("--frames", type=preflight.FRAMES, default=1, help="1 for an image, 1+4k for a video (49 = 4 s at 12 fps)")
-    gen.add_argument("--height", type=preflight.SIZE["height"], help="default 320 (FSQ) / 1024 (IBQ); 64 for --model tiny")
-    gen.add_argument("--width", type=preflight.SIZE["width"], help="default 512 (FSQ) / 1024 (IBQ); 64 for --model tiny")
+    gen.add_argument("--frames", type=preflight.FRAMES, default=1,
+                     help="1 for an image, 1+4k for a video (49 = 4 s at 12 fps)")
+    gen.add_argument("--height", type=preflight.SIZE["height"],
+                     help="default 320 (FSQ) / 1024 (IBQ); 64 for --model tiny")
+    gen.add_argument("--width", type=preflight.SIZE["width"],
+                     help="default 512 (FSQ) / 1024 (IBQ); 64 for --model tiny")
     gen.add_argument("--steps", type=preflight.STEPS, help="default 25 for images, 50 for videos, 8 for --model tiny")
     gen.add_argument("--cfg", type=preflight.CFG, default=7.0, help="classifier-free guidance scale")
     gen.add_argument("--guidance-trunc", type=preflight.GUIDANCE_TRUNC, default=0.9)
@@ -73,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     speed = gen.add_argument_group("speed and memory (GPU; see docs/PERFORMANCE.md)")
     speed.add_argument("--compile", action="store_true", help="torch.compile the layers (faster after ~15 s)")
     speed.add_argument("--low-vram", action="store_true", help="stream layers from host memory (49 frames in 4.3 GiB)")
-    speed.add_argument("--attention", type=preflight.ATTENTION, default="auto", help="auto, flash, cudnn, efficient, math or flex")
+    speed.add_argument("--attention", type=preflight.ATTENTION, default="auto",
+                       help=preflight.ATTENTION_HELP)
     speed.add_argument("--sampler", default="auto", type=preflight.SAMPLER,
                        help="jump-step kernels: triton (fused, CUDA), torch, or auto")
     speed.add_argument("--fp8", action="store_true", help="EXPERIMENTAL fp8 projections (changes results)")

@@ -8,6 +8,7 @@ from typing import Optional
 
 import torch
 
+from . import rules
 from .acceleration import accelerate
 from .codec import decode_images, encode_images
 from .errors import InputError
@@ -17,24 +18,6 @@ from .model import URSAModel, load_model
 from .preflight import check_generate_args
 from .schedule import FrameSchedule
 from .tiny import TINY_LABEL, is_tiny
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise InputError(f"--device {name!r} is not a torch device ({exc})") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    return device
-
-
-def default_size(model: URSAModel, tiny: bool) -> tuple[int, int]:
-    if tiny:
-        return 64, 64
-    return (1024, 1024) if model.geometry.image_only else (320, 512)
 
 
 def encode_image(model: URSAModel, path: str, width: int, height: int, mode: str) -> torch.Tensor:
@@ -86,17 +69,16 @@ def run_generate(args: argparse.Namespace) -> int:
     tiny = args.model == "tiny"
     folder = _tiny_folder() if tiny else Path(args.model)
     args = check_generate_args(args, folder)  # every rule and the memory estimate, before any weight loads
-    device = pick_device(args.device)
+    device = rules.device(args.device)
     started = time.time()
     model = load_model(folder, device=device, dtype=args.dtype)
     accelerate(model, attention=args.attention, compile=args.compile, low_vram=args.low_vram, fp8=args.fp8)
     tiny = tiny or is_tiny(folder)
     if tiny:
         print(f"NOTE: {TINY_LABEL}.")
-    height, width = args.height or default_size(model, tiny)[0], args.width or default_size(model, tiny)[1]
+    height, width = args.height, args.width  # defaults per tokenizer: filled in by check_generate_args
     latent = model.geometry.latent_shape(args.frames, height, width)
-    steps = args.steps or (8 if tiny else (25 if args.frames == 1 else 50))
-    motion = args.motion if args.motion is not None else (9.0 if args.frames > 1 else None)
+    steps, motion = args.steps, args.motion
     schedule, given = conditioning(model, args, latent[0], width, height)
     print(f"loaded {folder} on {device} in {time.time() - started:.1f} s; sampling {args.frames} frame(s) "
           f"{width}x{height} = {latent} latent tokens, {steps} steps")

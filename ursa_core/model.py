@@ -10,7 +10,7 @@ import torch
 
 from . import rules
 from .config import SchedulerConfig, TransformerConfig, check_types
-from .errors import CheckpointError, InputError
+from .errors import CheckpointError
 from .geometry import VisualGeometry
 from .metric_path import MetricPath
 from .modeling_ursa import URSATransformer, expected_state_shapes

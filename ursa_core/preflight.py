@@ -77,4 +77,4 @@ MOTION = rules.arg_type(rules.motion, float)
 DTYPE = rules.arg_type(rules.dtype, str)
 ATTENTION = rules.arg_type(rules.attention, str)
 SAMPLER = rules.arg_type(rules.sampler, str)
-ATTENTION_HELP = ", ".join(BACKENDS)
+ATTENTION_HELP = f"{', '.join(BACKENDS)} ({', '.join(rules.CUDA_ONLY_ATTENTION)} need a CUDA GPU)"
