@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from ursa_core import cli, headless, memory
-from ursa_core.errors import CheckpointError, InputError
+from ursa_core.errors import CheckpointError, InputError, URSAError
 from ursa_core.generate import generate
 from ursa_core.model import load_model
 
@@ -382,7 +382,7 @@ def test_node_ibq_tokens_do_not_decode_through_an_fsq_model(env, tiny_model, tin
     env.run(tio.URSASaveTokens, hidden={"prompt": {}}, tokens=clip, filename_prefix="ursa_tokens/ibq")
     loaded = env.run(tio.URSALoadTokens, token_file="ursa_tokens/ibq_00001_.safetensors [output]").result[0]
     decode = importlib.import_module("nodes.nodes_tokenizer").URSATokenizerDecode
-    with pytest.raises(InputError) as exc:
+    with pytest.raises(URSAError) as exc:
         env.run(decode, vq=fsq_vq, tokens=loaded)
     message = str(exc.value).lower()
     assert "ibq" in message and "fsq" in message and "\n" not in message
@@ -422,3 +422,19 @@ def test_long_prompt_is_logged_by_the_text_node(env, tiny_model, caplog):
 def test_the_table_has_at_least_40_cases():
     tables = (CLI_CASES, API_CASES, API_LOAD_CASES, NODE_VALIDATION_CASES, NODE_RUN_CASES)
     assert sum(map(len, tables)) >= 40
+
+
+def test_node_widgets_read_the_rules(env):
+    """A rule changes in one line: the widgets' limits are ursa_core.rules' values, not copies."""
+    from ursa_core import rules
+
+    sampler = env.node("sampler").GET_SCHEMA()
+    assert sampler.input_by_id("frames").max == rules.MAX_FRAMES
+    assert sampler.input_by_id("steps").max == rules.MAX_STEPS
+    assert (sampler.input_by_id("cfg").min, sampler.input_by_id("cfg").max) == rules.CFG_RANGE
+    assert sampler.input_by_id("seed").max == rules.SEED_MAX
+    assert sampler.input_by_id("width").max == rules.MAX_SIZE
+    assert sampler.input_by_id("width").step == rules.MIN_SIZE_STRIDE
+    assert env.node("extend").GET_SCHEMA().input_by_id("window_frames").max == rules.MAX_FRAMES
+    assert env.node("loader").GET_SCHEMA().input_by_id("dtype").options == list(rules.DTYPES)
+    assert env.node("text").GET_SCHEMA().input_by_id("motion_score").max == rules.MOTION_RANGE[1]
