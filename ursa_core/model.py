@@ -27,7 +27,7 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     """'auto' -> bf16 on GPUs that support it, else fp16 on GPUs, fp32 on CPU."""
     if isinstance(dtype, torch.dtype):
         if dtype not in DTYPES.values():
-            rules.choice("dtype", dtype, rules.DTYPES)
+            rules.choice("dtype", dtype, rules.DTYPES)  # raises, naming the allowed dtypes
         return dtype
     key = str(dtype).lower()
     if key == "auto":
@@ -35,7 +35,7 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
     if key not in DTYPES:
-        rules.choice("dtype", dtype, rules.DTYPES)
+        rules.choice("dtype", dtype, rules.DTYPES)  # raises, naming the allowed dtypes
     return DTYPES[key]
 
 
