@@ -62,8 +62,9 @@ class LoadedURSA:
     model: URSAModel
     patcher: object
 
-    def to_compute_device(self) -> torch.device:
-        mm.load_models_gpu([self.patcher])
+    def to_compute_device(self, memory_required: int = 0) -> torch.device:
+        """Weights onto the GPU, with `memory_required` bytes made free beside them (ComfyUI unloads other models)."""
+        mm.load_models_gpu([self.patcher], memory_required=memory_required)
         return self.model.device
 
 
@@ -79,6 +80,11 @@ class LoadedVQ:
     def to_compute_device(self) -> torch.nn.Module:
         mm.load_models_gpu([self.patcher])
         return self.vq
+
+
+def compute_device() -> torch.device:
+    """The device ComfyUI runs models on (what attention backends and samplers must exist on)."""
+    return torch.device(mm.get_torch_device())
 
 
 def load_ursa(name: str, dtype: str) -> tuple[LoadedURSA, LoadedVQ]:

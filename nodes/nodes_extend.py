@@ -3,22 +3,23 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from ursa_core import rules
 from ursa_core.extend import WindowInfo, WindowPlan, extend_clip
 from ursa_core.token_io import TokenClip, check_identity, model_identity
 
 from . import glue
 from .nodes_sampler import sampling_inputs
-from .nodes_schedule import MAX_FRAMES, check_video_frames, latent_frames
+from .nodes_schedule import MAX_FRAMES, latent_frames
 from .types import URSACond, URSAModel, URSATokens
 
 
 def run_extension(model, conditioning, tokens: TokenClip, windows, window_frames, overlap, carry_start,
                   window_prompts: str, **sampling) -> TokenClip:
+    plan = WindowPlan(windows, latent_frames(window_frames), overlap)
+    plan.check()  # before the weights move to the compute device
     model.to_compute_device()
     core = model.model
     check_identity(tokens.identity, model_identity(core), "the tokens to extend")
-    plan = WindowPlan(windows, latent_frames(window_frames), overlap)
-    plan.check()
     progress = glue.StepProgress(windows * sampling["steps"])
 
     def on_step(info: WindowInfo) -> None:
@@ -65,10 +66,9 @@ class URSAExtendVideo(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, window_frames=None):
-        if window_frames is not None and window_frames < 5:
-            return f"window_frames={window_frames} is not allowed: a window needs at least 5 frames (2 latents)"
-        return check_video_frames(window_frames) or True
+    def validate_inputs(cls, window_frames=None, cfg=None, guidance_trunc=None, carry_start=None):
+        return rules.check_node_inputs(window_frames=window_frames, cfg=cfg, guidance_trunc=guidance_trunc,
+                                       carry_start=carry_start)
 
     @classmethod
     def execute(cls, model, conditioning, tokens, windows, window_frames, overlap, seed, steps, cfg,

@@ -5,13 +5,14 @@ import os
 
 from comfy_api.latest import io
 
+from ursa_core import rules
 from ursa_core.acceleration import accelerate
 from ursa_core import attention as attention_backends
 
 from . import glue
 from .types import URSAModel, URSAVQ
 
-DTYPES = ["auto", "bf16", "fp16", "fp32"]
+DTYPES = list(rules.DTYPES)
 
 
 class URSAModelLoader(io.ComfyNode):
@@ -42,8 +43,12 @@ class URSAModelLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, model_name=None):
-        # Naming model_name here turns off core's COMBO check, so this checks membership itself.
+    def validate_inputs(cls, model_name=None, attention=None):
+        # Naming these inputs turns off core's COMBO checks, so this checks membership itself.
+        if attention is not None:
+            checked = rules.first_problem(lambda: rules.attention(attention, glue.compute_device()))
+            if checked is not True:
+                return checked
         if model_name is None:
             return True
         available = glue.list_model_folders()

@@ -3,16 +3,17 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from ursa_core import rules
 from ursa_core.errors import InputError
-from ursa_core.generate import StepInfo, generate
+from ursa_core.generate import StepInfo, generate, sampling_memory
 from ursa_core.token_io import TokenClip, check_identity, model_identity
 
 from . import glue
-from .nodes_schedule import MAX_FRAMES, check_video_frames
-from .nodes_tokenizer import MAX_SIZE, size_inputs
+from .nodes_schedule import MAX_FRAMES
+from .nodes_tokenizer import size_inputs
 from .types import URSACond, URSAModel, URSASchedule, URSATokens
 
-SEED_MAX = 0xFFFFFFFFFFFFFFFF
+SEED_MAX = rules.SEED_MAX
 
 
 def sampling_inputs(steps: int = 25) -> list:
@@ -20,9 +21,9 @@ def sampling_inputs(steps: int = 25) -> list:
     return [
         io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=True,
                      tooltip="Same seed + same settings = same tokens on the same device."),
-        io.Int.Input("steps", default=steps, min=1, max=500,
+        io.Int.Input("steps", default=steps, min=1, max=rules.MAX_STEPS,
                      tooltip="Sampling steps. URSA uses 25 for images and 50 for videos."),
-        io.Float.Input("cfg", default=7.0, min=0.0, max=30.0, step=0.1, round=0.01,
+        io.Float.Input("cfg", default=7.0, min=rules.CFG_RANGE[0], max=rules.CFG_RANGE[1], step=0.1, round=0.01,
                        tooltip="Classifier-free guidance scale in logit space (URSA default 7). <= 1 runs one "
                                "branch only (faster, no negative prompt)."),
         io.Float.Input("guidance_trunc", default=0.9, min=0.0, max=1.0, step=0.01,
@@ -33,11 +34,11 @@ def sampling_inputs(steps: int = 25) -> list:
 
 def path_inputs() -> list:
     return [
-        io.Float.Input("c", default=0.0, min=0.0, max=100.0, step=0.1,
+        io.Float.Input("c", default=0.0, min=0.0, max=rules.PATH_MAX["c"], step=0.1,
                        tooltip="Metric path scale c in beta_t = c (t/(1-t))^alpha. 0 = the checkpoint's value."),
-        io.Float.Input("alpha", default=0.0, min=0.0, max=10.0, step=0.05,
+        io.Float.Input("alpha", default=0.0, min=0.0, max=rules.PATH_MAX["alpha"], step=0.05,
                        tooltip="Metric path exponent alpha. 0 = the checkpoint's value."),
-        io.Float.Input("shift", default=0.0, min=0.0, max=20.0, step=0.1,
+        io.Float.Input("shift", default=0.0, min=0.0, max=rules.PATH_MAX["shift"], step=0.1,
                        tooltip="Time shift lambda (> 1 spends more steps at high noise). 0 = the checkpoint's "
                                "value."),
     ]
@@ -47,22 +48,17 @@ def checkpoint_default(value: float):
     return None if value <= 0 else value
 
 
-def check_size(name: str, value) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, int) or not 8 <= value <= MAX_SIZE or value % 8:
-        return f"{name}={value!r} is not allowed: use a multiple of 8 from 8 to {MAX_SIZE} (16 for IBQ models)"
-    return None
-
-
 def run_sampler(model, conditioning, frames, width, height, schedule=None, given_tokens=None, preview=False,
                 **sampling) -> TokenClip:
-    model.to_compute_device()
     core = model.model
+    latent_shape = core.geometry.latent_shape(frames, height, width)  # the model's own stride, before weights move
     sched, given = (None, None) if schedule is None else (schedule.schedule, schedule.given)
     if given_tokens is not None:
         check_identity(given_tokens.identity, model_identity(core), "given_tokens")
-        given = _merge_given(given, given_tokens.tokens, core.geometry.latent_shape(frames, height, width))
+        given = _merge_given(given, given_tokens.tokens, latent_shape)
+    need = sampling_memory(core, latent_shape, conditioning.ids_for(frames)[0].shape[0], sampling["guidance"],
+                           glue.compute_device())
+    model.to_compute_device(memory_required=need.total)
     progress = glue.StepProgress(sampling["steps"], core.path.unit if preview else None)
 
     def on_step(info: StepInfo) -> None:
@@ -74,8 +70,15 @@ def run_sampler(model, conditioning, frames, width, height, schedule=None, given
 
 def _merge_given(given, extra, latent_shape):
     """given_tokens fill the clip from frame 0 (a full clip, or its first frames), over the schedule's tokens."""
-    if extra.ndim != 4 or extra.shape[1] > latent_shape[0] or tuple(extra.shape[2:]) != tuple(latent_shape[1:]):
-        raise InputError(f"given_tokens {list(extra.shape)} do not fit the clip's latent shape {list(latent_shape)}")
+    if extra.ndim != 4:
+        raise InputError(f"given_tokens must be [batch, latent frames, h, w], got {list(extra.shape)}")
+    if tuple(extra.shape[2:]) != tuple(latent_shape[1:]):
+        raise InputError(f"given_tokens are {extra.shape[3]}x{extra.shape[2]} latent tokens (w x h) but the sampler's "
+                         f"width x height needs {latent_shape[2]}x{latent_shape[1]}: encode them at the sampler's "
+                         f"size")
+    if extra.shape[1] > latent_shape[0]:
+        raise InputError(f"given_tokens have {extra.shape[1]} latent frames but the sampler's frames make "
+                         f"{latent_shape[0]}: use a longer clip or fewer given frames")
     merged = extra.new_zeros(extra.shape[0], *latent_shape) if given is None else given.clone()
     merged[:, :extra.shape[1]] = extra
     return merged
@@ -111,8 +114,10 @@ class URSASampler(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, frames=None, width=None, height=None):
-        return check_video_frames(frames) or check_size("width", width) or check_size("height", height) or True
+    def validate_inputs(cls, frames=None, width=None, height=None, cfg=None, guidance_trunc=None, c=None, alpha=None,
+                        shift=None):
+        return rules.check_node_inputs(frames=frames, width=width, height=height, cfg=cfg,
+                                       guidance_trunc=guidance_trunc, c=c, alpha=alpha, shift=shift)
 
     @classmethod
     def execute(cls, model, conditioning, seed, steps, cfg, guidance_trunc, frames, width, height, c, alpha,

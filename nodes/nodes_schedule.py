@@ -3,26 +3,14 @@ from __future__ import annotations
 
 from comfy_api.latest import io, ui
 
+from ursa_core import rules
 from ursa_core.preview import schedule_diagram
 from ursa_core.schedule import SCHEDULE_MODES, build_schedule
 
 from .types import URSASchedule, URSATokens
 
-MAX_FRAMES = 1 + 4 * 60
-
-
-def latent_frames(frames: int) -> int:
-    return (frames - 1) // 4 + 1
-
-
-def check_video_frames(frames) -> str | None:
-    """The 1+4k rule, checked before the graph runs (core's own min/max are off for validated inputs)."""
-    if frames is None:
-        return None
-    if not isinstance(frames, int) or not 1 <= frames <= MAX_FRAMES or (frames - 1) % 4:
-        return (f"frames={frames!r} is not allowed: use 1 (an image) or 1 + 4k up to {MAX_FRAMES} "
-                f"(5, 9, 13, ..., 49 = 4 s at 12 fps)")
-    return None
+MAX_FRAMES = rules.MAX_FRAMES
+latent_frames = rules.latent_frames
 
 
 class URSAFrameSchedule(io.ComfyNode):
@@ -66,15 +54,16 @@ class URSAFrameSchedule(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, frames=None, mode=None, start_time=None):
-        # Naming these inputs turns off core's own checks for them, so their ranges are checked here too.
+        # Naming these inputs turns off core's own checks for them, so their rules (ursa_core.rules) apply here.
+        checked = rules.check_node_inputs(frames=frames, start_time=start_time)
+        if checked is not True:
+            return checked
         if mode is not None and mode not in SCHEDULE_MODES:
-            return f"mode={mode!r} is not one of {list(SCHEDULE_MODES)}"
-        if start_time is not None and not 0.0 <= start_time <= 1.0:
-            return f"start_time={start_time} is not allowed: it must be in [0, 1]"
+            return f"mode={mode!r} is not allowed: use one of {', '.join(SCHEDULE_MODES)}"
         if mode == "interpolation" and frames is not None and frames < 9 and (start_time is None or start_time >= 1):
             return (f"frames={frames} with interpolation holds every latent frame (first and last are all there "
                     f"is): use 9 frames or more, or a start_time below 1")
-        return check_video_frames(frames) or True
+        return True
 
     @classmethod
     def execute(cls, mode, frames, start_time, given_frames, keyframes, start_tokens=None, end_tokens=None,

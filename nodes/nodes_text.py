@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from comfy_api.latest import io
 
+from ursa_core import rules
+
 from .types import URSACond, URSAModel
 
 DEFAULT_NEGATIVE = ""
@@ -48,12 +50,17 @@ class URSATextEncode(io.ComfyNode):
                                 tooltip="Guidance pushes away from this. Empty (the default) is the model's "
                                         "unconditional prompt. The URSA demos use 'worst quality, low quality, "
                                         "inconsistent motion, static, still, blurry, jittery, distorted, ugly'."),
-                io.Float.Input("motion_score", default=9.0, min=0.0, max=10.0, step=0.5,
+                io.Float.Input("motion_score", default=rules.DEFAULT_MOTION, min=rules.MOTION_RANGE[0],
+                               max=rules.MOTION_RANGE[1], step=0.5,
                                tooltip="Video only: how much motion (URSA demos: 9 for T2V/I2V, 5 for "
                                        "extension). 0 = no motion prefix. Ignored for single images."),
             ],
             outputs=[URSACond.Output(display_name="conditioning")],
         )
+
+    @classmethod
+    def validate_inputs(cls, motion_score=None):
+        return rules.check_node_inputs(motion_score=motion_score)
 
     @classmethod
     def execute(cls, model, prompt, negative_prompt, motion_score) -> io.NodeOutput:

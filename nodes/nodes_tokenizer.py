@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
+from ursa_core import rules
 from ursa_core.codec import decode_images, encode_images
 from ursa_core.media import RESIZE_MODES
 from ursa_core.token_io import TokenClip, check_identity
@@ -11,19 +12,21 @@ from ursa_core.token_io import TokenClip, check_identity
 from . import glue
 from .types import URSATokens, URSAVQ
 
-MAX_SIZE = 4096
+MAX_SIZE = rules.MAX_SIZE
 
 
 def size_inputs(width: int = 512, height: int = 320) -> list:
     return [
-        io.Int.Input("width", default=width, min=8, max=MAX_SIZE, step=8,
+        io.Int.Input("width", default=width, min=rules.MIN_SIZE_STRIDE, max=MAX_SIZE, step=rules.MIN_SIZE_STRIDE,
                      tooltip="Pixel width; a multiple of the tokenizer stride (8 for FSQ320, 16 for IBQ1024)."),
-        io.Int.Input("height", default=height, min=8, max=MAX_SIZE, step=8,
+        io.Int.Input("height", default=height, min=rules.MIN_SIZE_STRIDE, max=MAX_SIZE, step=rules.MIN_SIZE_STRIDE,
                      tooltip="Pixel height; a multiple of the tokenizer stride (8 for FSQ320, 16 for IBQ1024)."),
     ]
 
 
 def encode_clip(vq_handle, images: torch.Tensor, width: int, height: int, resize_mode: str) -> TokenClip:
+    frames = images.shape[0] if images.ndim == 4 else 1
+    vq_handle.vq.latent_shape(frames, height, width)  # the tokenizer's rules, before its weights move
     return TokenClip(encode_images(vq_handle.to_compute_device(), images, width, height, resize_mode), vq_handle.fps,
                      vq_handle.identity)
 
@@ -46,6 +49,10 @@ class URSATokenizerEncode(io.ComfyNode):
             ],
             outputs=[URSATokens.Output(display_name="tokens")],
         )
+
+    @classmethod
+    def validate_inputs(cls, width=None, height=None):
+        return rules.check_node_inputs(width=width, height=height)
 
     @classmethod
     def execute(cls, vq, image, width, height, resize_mode) -> io.NodeOutput:

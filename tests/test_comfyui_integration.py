@@ -258,6 +258,20 @@ def test_bad_frames_rejected(server):
     print(f"\n[frames=6] {body['node_errors'][sampler]['errors'][0]}")
 
 
+@pytest.mark.parametrize("setting,expected", [
+    ("URSA Sampler.cfg=NaN", "cfg=nan is not allowed"),
+    ("URSA Sampler.guidance_trunc=Infinity", "guidance_trunc=inf is not allowed"),
+    ("URSA Loader.attention=cudnn", "attention='cudnn' is not available on cpu"),
+])
+def test_bad_values_rejected_before_queueing(server, setting, expected):
+    """What only a hand-written API prompt can send (NaN), and a backend this (CPU) server cannot run: HTTP 400."""
+    status, body = post_prompt(server["url"], "ursa_t2i", TINY + [setting])
+    assert status == 400, body
+    node = node_id_by_title("ursa_t2i", setting.split(".")[0])
+    messages = json.dumps(body["node_errors"][node]["errors"])
+    assert expected in messages, messages
+
+
 def test_missing_model_rejected(server, tmp_path):
     status, body = post_prompt(server["url"], "ursa_t2i", TINY + ["URSA Loader.model_name=URSA-not-downloaded"])
     assert status == 400, body

@@ -78,15 +78,22 @@ def _pause_for_tests() -> None:
 @contextmanager
 def _sigint_deferred() -> Iterator[None]:
     """Hold Ctrl-C for the few renames that publish a set of files, so the set appears whole (the interrupt is
-    delivered right after). Only where the OS allows it (POSIX, main thread)."""
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+    delivered right after). A Python-level handler, not a signal mask: a process-directed SIGINT may land on any
+    thread (torch starts several), and Python runs its handlers in the main thread whichever thread received it."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        signal.signal(signal.SIGINT, previous)
+        if received and previous is not signal.SIG_IGN:
+            if callable(previous):
+                previous(signal.SIGINT, None)   # Python's default handler raises KeyboardInterrupt here
+            else:
+                raise KeyboardInterrupt
 
 
 def _check_written(tmp: Path, target: Path) -> None:

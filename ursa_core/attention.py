@@ -50,6 +50,11 @@ def is_available(name: str, device: str | torch.device) -> bool:
     return backend is not None and backend.available(torch.device(device))
 
 
+def summary(name: str) -> str:
+    """One line on what `name` is and where it runs (for help texts and error messages)."""
+    return _REGISTRY[name].summary if name in _REGISTRY else "unknown backend"
+
+
 def available_names(device: str | torch.device) -> tuple[str, ...]:
     return ("auto", *(name for name in _REGISTRY if is_available(name, device)))
 

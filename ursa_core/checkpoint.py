@@ -9,8 +9,9 @@ from typing import Optional
 
 import torch
 
+from . import rules
 from .attention import resolve as resolve_attention
-from .config import SchedulerConfig, TransformerConfig
+from .config import SchedulerConfig, TransformerConfig, check_types
 from .errors import CheckpointError, InputError
 from .geometry import VisualGeometry
 from .metric_path import MetricPath
@@ -23,14 +24,13 @@ log = logging.getLogger(__name__)
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
-IMAGE_TOKENIZER_CLASSES = ("AutoencoderVQ",)
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
     """'auto' -> bf16 on GPUs that support it, else fp16 on GPUs, fp32 on CPU."""
     if isinstance(dtype, torch.dtype):
         if dtype not in DTYPES.values():
-            raise InputError(f"unknown dtype {dtype}; allowed: auto, fp32, fp16, bf16")
+            rules.choice("dtype", dtype, rules.DTYPES)  # raises, naming the allowed dtypes
         return dtype
     key = str(dtype).lower()
     if key == "auto":
@@ -38,7 +38,7 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
     if key not in DTYPES:
-        raise InputError(f"unknown dtype {dtype!r}; allowed: auto, fp32, fp16, bf16")
+        rules.choice("dtype", dtype, rules.DTYPES)  # raises, naming the allowed dtypes
     return DTYPES[key]
 
 
@@ -132,15 +132,23 @@ def load_path_embedding(folder: Path) -> torch.Tensor:
     return emb
 
 
+VAE_CONFIG_TYPES = {"temporal_stride": int, "spatial_stride": int, "patch_size": int, "num_vq_embeddings": int,
+                    "vq_embed_dim": int, "latent_channels": int, "layers_per_block": int, "block_out_channels": list}
+
+
 def read_geometry(vae_dir: Path) -> VisualGeometry:
+    """The frame and size rules of `vae/config.json`, exactly as the loaded tokenizer will have them, without
+    reading any weight (the tokenizer is built on the meta device)."""
+    from .visual_tokenizer.loading import tokenizer_class
+
     cfg_path = vae_dir / "config.json"
     if not cfg_path.is_file():
         return VisualGeometry()
     raw = read_json(cfg_path)
-    image_only = raw.get("_class_name") in IMAGE_TOKENIZER_CLASSES
-    return VisualGeometry(temporal_stride=int(raw.get("temporal_stride", 1 if image_only else 4)),
-                          spatial_stride=int(raw.get("spatial_stride", 16 if image_only else 8)),
-                          image_only=image_only)
+    check_types(raw, VAE_CONFIG_TYPES, cfg_path)
+    cls = tokenizer_class(raw, cfg_path)
+    with torch.device("meta"):
+        return cls(raw).geometry
 
 
 def load_model(folder: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype = "auto",

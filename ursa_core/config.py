@@ -13,6 +13,19 @@ from .errors import CheckpointError
 from .safetensors_io import read_json
 
 DEFAULT_PROMPT_LENGTH = 320
+TYPE_NAMES = {int: "an integer", float: "a number"}
+
+
+def check_types(raw: dict, expected: dict, path: Path | str) -> None:
+    """One line naming the file, key, value and expected type for the first key of the wrong type."""
+    for key, kind in expected.items():
+        value = raw.get(key)
+        if value is None:
+            continue
+        ok = isinstance(value, (int, float) if kind is float else kind) and not isinstance(value, bool)
+        if not ok:
+            raise CheckpointError(f"{path}: '{key}' must be {TYPE_NAMES.get(kind, kind.__name__)}, "
+                                  f"found {value!r}")
 
 
 @dataclass(frozen=True)
@@ -40,6 +53,7 @@ class TransformerConfig:
     @classmethod
     def from_json(cls, path: Path) -> "TransformerConfig":
         raw = read_json(path)
+        check_types(raw, {f.name: type(f.default) for f in fields(cls) if f.name in cls.READ_KEYS}, path)
         values = {}
         for key in cls.READ_KEYS:
             if key in raw and raw[key] is not None:
@@ -47,7 +61,7 @@ class TransformerConfig:
         for key in ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
                     "num_hidden_layers", "vocab_size", "lm_vocab_size", "lm_head_size", "bov_token_id",
                     "max_prompt_length"):
-            if key in values and (not isinstance(values[key], int) or values[key] <= 0):
+            if key in values and values[key] <= 0:
                 raise CheckpointError(f"{path}: '{key}' must be a positive integer, found {values[key]!r}")
         cfg = cls(**values)
         cfg.check(path)

@@ -7,6 +7,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from . import memory, rules
 from .checkpoint import URSAModel
 from .errors import InputError
 from .metric_path import MetricPath
@@ -55,6 +56,7 @@ class GenerationPlan:
     active: torch.Tensor           # visual token indices the sampler updates
     token_frame: torch.Tensor      # latent frame of each active token
     grid: torch.Tensor             # global time grid [steps] float64
+
 
 
 def plan(model: URSAModel, frames: int, height: int, width: int, steps: int, shift: float,
@@ -171,7 +173,7 @@ def head_in_blocks(head: Callable[[slice], torch.Tensor], rows: int, sl: slice) 
 def auto_chunk(codebook_size: int, device: torch.device, fused: bool = False) -> int:
     """Tokens per chunk so the live [chunk, K] tensors stay within a small budget: ~6 fp32 ones on the torch
     path, only the (guided) logit chunk on the fused path."""
-    budget = (1 << 30) if device.type == "cuda" else (256 << 20)
+    budget = memory.LOGIT_BUDGET["cuda" if device.type == "cuda" else "cpu"]
     per_token = codebook_size * (4 if fused else 6 * 4)
     chunk = max(1, budget // per_token)
     return max(HEAD_BLOCK, chunk - chunk % HEAD_BLOCK) if chunk >= HEAD_BLOCK else chunk
@@ -180,20 +182,24 @@ def auto_chunk(codebook_size: int, device: torch.device, fused: bool = False) ->
 def use_fused_sampler(sampler: str, device: torch.device) -> bool:
     from . import triton_sampler
 
-    if sampler not in ("auto", "torch", "triton"):
-        raise InputError(f"sampler={sampler!r} is not one of auto, torch, triton")
-    if sampler == "triton" and not triton_sampler.available(device):
-        raise InputError(f"sampler='triton' needs a CUDA device with Triton; the model is on {device}")
+    rules.sampler(sampler, device)
     return sampler == "triton" or (sampler == "auto" and triton_sampler.available(device))
 
 
-def _resolve(value, default, name: str, low: float, high: float | None = None) -> float:
-    value = default if value is None else value
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < low or \
-            (high is not None and value > high):
-        allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise InputError(f"{name}={value!r} is not allowed: it must be a number {allowed}")
-    return float(value)
+def sampling_memory(model: URSAModel, latent_shape: Sequence[int], batch: int = 1, guidance: float = 7.0,
+                    device: Optional[torch.device] = None) -> memory.MemoryEstimate:
+    """What sampling needs on `device` (default: the model's) on top of the loaded weights."""
+    device = device or model.device
+    tokens = batch * latent_shape[0] * latent_shape[1] * latent_shape[2]
+    return memory.estimate(model.config, tokens, dtype=model.transformer.dtype, device_type=device.type,
+                           cfg_branches=2 if guidance > 1 else 1, include_weights=False)
+
+
+def check_memory(model: URSAModel, plan_: GenerationPlan, batch: int, guidance: float) -> None:
+    """Refuse a run whose activations cannot fit next to the loaded weights (ursa_core.memory)."""
+    need = sampling_memory(model, plan_.latent_shape, batch, guidance)
+    frames = model.geometry.pixel_frames(plan_.latent_shape[0])
+    memory.check_fits(need, model.device, f"sampling {frames} frame(s) of {list(plan_.latent_shape)} latents")
 
 
 def _prompt_ids(model: URSAModel, prompt, negative, motion):
@@ -236,15 +242,18 @@ def generate(model: URSAModel, prompt: str | Sequence[str] = "", negative_prompt
     step's implementation: "torch" (chunked tensors), "triton" (fused CUDA kernels) or "auto" (triton on CUDA).
     """
     scheduler = model.scheduler
+    steps, seed, motion = rules.steps(steps), rules.seed(seed), rules.motion(motion)
     settings = dict(height=height, width=width, frames=frames, motion=motion, skip_noop_steps=skip_noop_steps,
-                    steps=int(_resolve(steps, None, "steps", 1, 1000)),
-                    guidance=_resolve(guidance, None, "guidance", 0.0, 100.0),
-                    guidance_trunc=_resolve(guidance_trunc, None, "guidance_trunc", 0.0, 1.0),
-                    c=_resolve(c, scheduler.c, "c", 1e-6), alpha=_resolve(alpha, scheduler.alpha, "alpha", 1e-6),
-                    shift=_resolve(shift, scheduler.shift, "shift", 1e-6))
-    plan_ = plan(model, frames, height, width, settings["steps"], settings["shift"], schedule)
+                    steps=steps, guidance=rules.cfg(guidance, "guidance"),
+                    guidance_trunc=rules.unit("guidance_trunc", guidance_trunc),
+                    c=rules.path_param("c", scheduler.c if c is None else c),
+                    alpha=rules.path_param("alpha", scheduler.alpha if alpha is None else alpha),
+                    shift=rules.path_param("shift", scheduler.shift if shift is None else shift))
+    rules.sampler(sampler, model.device)
+    plan_ = plan(model, frames, height, width, steps, settings["shift"], schedule)
     cond_ids, uncond_ids = prompt_ids if prompt_ids is not None else _prompt_ids(model, prompt, negative_prompt,
                                                                                   motion)
+    check_memory(model, plan_, cond_ids.shape[0], settings["guidance"])
     fused = use_fused_sampler(sampler, model.device)
     settings.update(sampler="triton" if fused else "torch", schedule_start=plan_.schedule.start,
                     hold=plan_.schedule.hold, prompt=None if prompt_ids is not None else prompt,

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import InputError
+from . import rules
 
 
 @dataclass(frozen=True)
@@ -15,17 +15,12 @@ class VisualGeometry:
     fps: float = 12.0
 
     def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
-        if self.image_only and frames != 1:
-            raise InputError(f"frames={frames}: this checkpoint's image tokenizer only makes single images (frames=1)")
-        if frames < 1 or (frames - 1) % self.temporal_stride:
-            raise InputError(f"frames={frames} is not allowed: the video tokenizer needs 1 + "
-                             f"{self.temporal_stride}k frames (1, {1 + self.temporal_stride}, "
-                             f"{1 + 2 * self.temporal_stride}, ..., 49)")
-        for name, value in (("height", height), ("width", width)):
-            if value < self.spatial_stride or value % self.spatial_stride:
-                raise InputError(f"{name}={value} is not allowed: it must be a positive multiple of "
-                                 f"{self.spatial_stride} (the tokenizer stride)")
-        return (frames - 1) // self.temporal_stride + 1, height // self.spatial_stride, width // self.spatial_stride
+        """(T, h, w) latent tokens of a clip, or an InputError naming the bad value and the rule (ursa_core.rules)."""
+        rules.frames(frames, self.temporal_stride, self.image_only)
+        rules.size("height", height, self.spatial_stride)
+        rules.size("width", width, self.spatial_stride)
+        return (rules.latent_frames(frames, self.temporal_stride), height // self.spatial_stride,
+                width // self.spatial_stride)
 
     def pixel_frames(self, latent_frames: int) -> int:
         return (latent_frames - 1) * self.temporal_stride + 1

@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from . import rules
 from .config import TransformerConfig
 from .errors import CheckpointError, InputError
 
@@ -53,6 +54,13 @@ class PromptEncoder:
         """The prompt length limit: the checkpoint's max_prompt_length (its one home is TransformerConfig)."""
         return self.config.max_prompt_length
 
+    def warn_if_cut(self, texts: Sequence[str]) -> None:
+        """A prompt longer than max_length is cut by the tokenizer: say so instead of cutting silently."""
+        lengths = [len(ids) for ids in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+        message = rules.prompt_too_long(max(lengths), self.max_length)
+        if message:
+            log.warning(message)
+
     @property
     def pad_token_id(self) -> int:
         return int(self.tokenizer.pad_token_id)
@@ -64,6 +72,7 @@ class PromptEncoder:
         if bad:
             raise InputError(f"prompts must be strings, got {type(bad[0]).__name__}")
         texts = [with_motion(p, motion) for p in prompts]
+        self.warn_if_cut(texts)
         batch = self.tokenizer(texts, max_length=self.max_length, padding="max_length", truncation=True,
                                add_special_tokens=False, return_tensors="pt")
         return batch["input_ids"].long()

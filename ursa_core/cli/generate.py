@@ -8,38 +8,22 @@ from typing import Optional
 
 import torch
 
+from .. import rules
 from ..acceleration import accelerate
 from ..atomic import check_writable
 from ..codec import decode_tokens, encode_images
 from ..errors import InputError
 from ..generate import StepInfo, generate
 from ..media import OUTPUT_SUFFIXES, frame_paths, load_image, write_frames
+from ..preflight import check_generate_args
 from ..checkpoint import URSAModel, load_model
 from ..schedule import FrameSchedule
 from ..tiny import TINY_LABEL, is_tiny, tiny_model_dir
 from ..token_io import model_identity, save_tokens, token_file_path
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise InputError(f"--device {name!r} is not a torch device ({exc})") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    return device
-
-
 def model_folder(name: str) -> Path:
     return tiny_model_dir() if name == "tiny" else Path(name)
-
-
-def default_size(model: URSAModel, tiny: bool) -> tuple[int, int]:
-    if tiny:
-        return 64, 64
-    return (1024, 1024) if model.geometry.image_only else (320, 512)
 
 
 def check_output_path(out: str, frames: int = 1) -> Path:
@@ -81,10 +65,12 @@ class ProgressPrinter:
     """A tqdm bar over sampling steps."""
 
     def __init__(self, total: int, desc: str):
-        from tqdm import tqdm
-        self.bar = tqdm(total=total, desc=desc, unit="step")
+        self.total, self.desc, self.bar = total, desc, None
 
     def __call__(self, info: StepInfo) -> None:
+        if self.bar is None:  # opened at the first step, so warnings printed before sampling keep their own line
+            from tqdm import tqdm
+            self.bar = tqdm(total=self.total, desc=self.desc, unit="step")
         self.bar.update(1)
         if info.step + 1 == info.steps:
             self.bar.close()
@@ -100,19 +86,19 @@ def run_generate(args: argparse.Namespace) -> int:
     tokens_path: Optional[Path] = None
     if args.save_tokens:
         tokens_path = check_writable(token_file_path(args.save_tokens), "--save-tokens")
-    images = read_images(args)
     folder = model_folder(args.model)
-    device = pick_device(args.device)
+    args = check_generate_args(args, folder)  # every rule and the memory estimate, before any weight loads
+    images = read_images(args)
+    device = rules.device(args.device)
     started = time.time()
     model = load_model(folder, device=device, dtype=args.dtype)
     accelerate(model, attention=args.attention, compile=args.compile, low_vram=args.low_vram, fp8=args.fp8)
     tiny = args.model == "tiny" or is_tiny(folder)
     if tiny:
         print(f"NOTE: {TINY_LABEL}.")
-    height, width = args.height or default_size(model, tiny)[0], args.width or default_size(model, tiny)[1]
+    height, width = args.height, args.width  # defaults per tokenizer: filled in by check_generate_args
     latent = model.geometry.latent_shape(args.frames, height, width)
-    steps = args.steps or (8 if tiny else (25 if args.frames == 1 else 50))
-    motion = args.motion if args.motion is not None else (9.0 if args.frames > 1 else None)
+    steps, motion = args.steps, args.motion
     schedule, given = conditioning(model, images, latent[0], width, height, args.resize)
     print(f"loaded {folder} on {device} in {time.time() - started:.1f} s; sampling {args.frames} frame(s) "
           f"{width}x{height} = {latent} latent tokens, {steps} steps")

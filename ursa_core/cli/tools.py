@@ -11,7 +11,8 @@ from ..codec import decode_images
 from ..errors import InputError
 from ..media import write_frames
 from ..token_io import check_identity, load_tokens, tokenizer_identity
-from .generate import check_output_path, model_folder, pick_device, report_written
+from .. import rules
+from .generate import check_output_path, model_folder, report_written
 
 
 def run_decode(args: argparse.Namespace) -> int:
@@ -28,7 +29,7 @@ def run_decode(args: argparse.Namespace) -> int:
     folder = model_folder(args.model or meta["model"])
     if not (folder / "vae" / "config.json").is_file():
         raise InputError(f"model folder {folder}: has no vae/config.json, so tokens cannot be decoded")
-    vq = load_visual_tokenizer(folder / "vae", device=pick_device(args.device))
+    vq = load_visual_tokenizer(folder / "vae", device=rules.device(args.device))
     check_identity(identity, tokenizer_identity(vq, folder.name), f"the tokens in {args.tokens}")
     images = decode_images(vq, tokens)
     report_written(images, write_frames(images, args.out, fps=float(meta.get("fps", 12.0))), started)

@@ -1,0 +1,254 @@
+"""Every input rule in one place: what values are allowed, the defaults per tokenizer, and the one-line messages.
+
+The CLI (argparse `type=` functions), the Python API (`generate`) and every node's `validate_inputs` read these, so a
+rule changes in one line. Each check raises `InputError` whose message names the value and the rule; `first_problem`
+turns the same checks into the string a ComfyUI validator returns.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from . import attention as attention_registry
+from .errors import InputError
+
+# --- limits ---------------------------------------------------------------------------------------------------------
+VIDEO_STRIDE = 4                   # pixel frames per latent frame of the video tokenizer (1 + 4k frames)
+MAX_FRAMES = 1 + VIDEO_STRIDE * 60  # 241 frames = 20 s at 12 fps; beyond this no device has the memory
+MIN_SIZE_STRIDE = 8                # the smallest tokenizer stride (FSQ); IBQ checkpoints need 16
+MAX_SIZE = 4096
+MAX_STEPS = 1000
+SEED_MAX = 0xFFFFFFFFFFFFFFFF
+CFG_RANGE = (0.0, 100.0)
+MOTION_RANGE = (0.0, 10.0)
+UNIT_RANGE = (0.0, 1.0)            # guidance_trunc, start times, carry_start
+PATH_MAX = {"c": 100.0, "alpha": 10.0, "shift": 20.0}  # metric-path scale, exponent and time shift (all > 0)
+
+# --- choices --------------------------------------------------------------------------------------------------------
+DTYPES = ("auto", "bf16", "fp16", "fp32")
+SAMPLERS = ("auto", "torch", "triton")
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+# --- defaults per tokenizer -----------------------------------------------------------------------------------------
+DEFAULT_SIZE = {"video": (320, 512), "image": (1024, 1024), "tiny": (64, 64)}  # (height, width)
+DEFAULT_STEPS = {"image": 25, "video": 50, "tiny": 8}
+DEFAULT_MOTION = 9.0  # the reference demos' motion score for videos
+
+
+def _fail(message: str) -> None:
+    raise InputError(message)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# --- numbers --------------------------------------------------------------------------------------------------------
+def integer(name: str, value, low: int, high: int) -> int:
+    if not _is_int(value) or not low <= value <= high:
+        _fail(f"{name}={value!r} is not allowed: use an integer from {low} to {high}")
+    return value
+
+
+def number(name: str, value, low: float, high: float, *, above_low: bool = False) -> float:
+    """A finite number in [low, high] (or (low, high] with above_low); NaN and inf never pass."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        ok = (value > low if above_low else value >= low) and value <= high
+    if not ok:
+        lower = f"above {low:g}" if above_low else f"from {low:g}"
+        _fail(f"{name}={value!r} is not allowed: use a finite number {lower} to {high:g}")
+    return float(value)
+
+
+def steps(value) -> int:
+    return integer("steps", value, 1, MAX_STEPS)
+
+
+def seed(value) -> int:
+    return integer("seed", value, 0, SEED_MAX)
+
+
+def cfg(value, name: str = "cfg") -> float:
+    return number(name, value, *CFG_RANGE)
+
+
+def unit(name: str, value) -> float:
+    return number(name, value, *UNIT_RANGE)
+
+
+def motion(value) -> Optional[float]:
+    return None if value is None else number("motion", value, *MOTION_RANGE)
+
+
+def path_param(name: str, value) -> float:
+    """c, alpha and shift (lambda) of the metric path: finite and > 0."""
+    return number(name, value, 0.0, PATH_MAX[name], above_low=True)
+
+
+# --- frames and sizes -----------------------------------------------------------------------------------------------
+def frames(value, temporal_stride: int = VIDEO_STRIDE, image_only: bool = False, name: str = "frames",
+           min_latents: int = 1) -> int:
+    """1 (an image) or 1 + stride*k pixel frames; `min_latents=2` for inputs that must be videos."""
+    if image_only:
+        if value != 1:
+            _fail(f"{name}={value!r} is not allowed: this checkpoint's image tokenizer makes single images "
+                  f"({name}=1)")
+        return value
+    s = temporal_stride
+    if not _is_int(value) or not 1 + s * (min_latents - 1) <= value <= MAX_FRAMES or (value - 1) % s:
+        first = "use 1 (an image) or 1 + " if min_latents <= 1 else "use a video of 1 + "
+        _fail(f"{name}={value!r} is not allowed: {first}{s}k frames ({1 + s}, {1 + 2 * s}, ..., {MAX_FRAMES})")
+    return value
+
+
+def latent_frames(pixel_frames: int, temporal_stride: int = VIDEO_STRIDE) -> int:
+    return (pixel_frames - 1) // temporal_stride + 1
+
+
+def size(name: str, value, stride: int = MIN_SIZE_STRIDE) -> int:
+    if not _is_int(value) or not stride <= value <= MAX_SIZE or value % stride:
+        _fail(f"{name}={value!r} is not allowed: use a multiple of {stride} from {stride} to {MAX_SIZE} "
+              f"(the tokenizer's stride)")
+    return value
+
+
+# --- choices --------------------------------------------------------------------------------------------------------
+def choice(name: str, value, options: Sequence[str]) -> str:
+    if value not in options:
+        _fail(f"{name}={value!r} is not allowed: use one of {', '.join(options)}")
+    return value
+
+
+def dtype(value) -> str:
+    return choice("dtype", str(value).lower(), DTYPES)
+
+
+def device(value: str) -> torch.device:
+    """'auto' or a device that exists on this machine (cuda:N within the visible GPUs)."""
+    if value == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(value)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in DEVICE_TYPES:
+        _fail(f"device={value!r} is not allowed: use auto, cpu, cuda or cuda:N")
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            _fail(f"device={value!r} is not available: this machine has no CUDA GPU; use cpu")
+        if dev.index is not None and dev.index >= count:
+            _fail(f"device={value!r} is not available: this machine has {count} CUDA GPU(s), cuda:0 to "
+                  f"cuda:{count - 1}")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        _fail(f"device={value!r} is not available on this machine; use cpu")
+    return dev
+
+
+def attention(value, on: Optional[torch.device] = None) -> str:
+    """A backend of ursa_core.attention's registry that runs on the device the model computes on."""
+    choice("attention", value, attention_registry.names())
+    if on is not None and value != "auto" and not attention_registry.is_available(value, on):
+        _fail(f"attention={value!r} is not available on {on.type} ({attention_registry.summary(value)}): use one "
+              f"of {', '.join(attention_registry.available_names(on))}")
+    return value
+
+
+def sampler(value, on: Optional[torch.device] = None) -> str:
+    choice("sampler", value, SAMPLERS)
+    if value == "triton" and on is not None:
+        from . import triton_sampler
+        if not triton_sampler.available(on):
+            _fail(f"sampler='triton' is not available on {on}: it needs a CUDA GPU with Triton; use auto or torch")
+    return value
+
+
+# --- defaults -------------------------------------------------------------------------------------------------------
+def default_size(image_only: bool, tiny: bool = False) -> tuple[int, int]:
+    """(height, width) the reference uses: 320x512 videos (FSQ), 1024x1024 images (IBQ)."""
+    return DEFAULT_SIZE["tiny" if tiny else ("image" if image_only else "video")]
+
+
+def default_steps(pixel_frames: int, tiny: bool = False) -> int:
+    return DEFAULT_STEPS["tiny" if tiny else ("image" if pixel_frames == 1 else "video")]
+
+
+def default_motion(pixel_frames: int) -> Optional[float]:
+    """Videos get the `motion=<score>, ` prompt prefix; single images never do (the reference's usage)."""
+    return DEFAULT_MOTION if pixel_frames > 1 else None
+
+
+def prompt_too_long(tokens: int, limit: int) -> Optional[str]:
+    """The warning for a prompt that the model's max_prompt_length will cut (never cut silently)."""
+    if tokens <= limit:
+        return None
+    return (f"warning: the prompt is {tokens} tokens but the model reads at most {limit} "
+            f"(max_prompt_length); the last {tokens - limit} tokens are ignored")
+
+
+# --- adapters -------------------------------------------------------------------------------------------------------
+def first_problem(*checks: Callable[[], object]) -> str | bool:
+    """A ComfyUI `validate_inputs` answer: the first failing check's message, or True."""
+    for check in checks:
+        try:
+            check()
+        except InputError as exc:
+            return str(exc)
+    return True
+
+
+def path_param_or_default(name: str, value) -> float:
+    """Node widgets for c, alpha and shift: 0 means the checkpoint's value, else a path parameter."""
+    return number(name, value, 0.0, PATH_MAX[name])
+
+
+# Node input name -> its rule, so every node's validate_inputs reads the same rules as the CLI and the API.
+NODE_INPUT_RULES: dict[str, Callable[[object], object]] = {
+    "frames": frames,
+    "window_frames": lambda v: frames(v, name="window_frames", min_latents=2),
+    "width": lambda v: size("width", v),
+    "height": lambda v: size("height", v),
+    "steps": steps,
+    "seed": seed,
+    "cfg": cfg,
+    "guidance_trunc": lambda v: unit("guidance_trunc", v),
+    "start_time": lambda v: unit("start_time", v),
+    "carry_start": lambda v: unit("carry_start", v),
+    "motion_score": lambda v: number("motion_score", v, *MOTION_RANGE),
+    "c": lambda v: path_param_or_default("c", v),
+    "alpha": lambda v: path_param_or_default("alpha", v),
+    "shift": lambda v: path_param_or_default("shift", v),
+}
+
+
+def check_node_inputs(**values) -> str | bool:
+    """`validate_inputs` for node widgets: the first broken rule's message, or True. Linked inputs arrive as None
+    and are checked when the node runs."""
+    return first_problem(*(lambda n=name, v=value: NODE_INPUT_RULES[n](v)
+                           for name, value in values.items() if value is not None))
+
+
+def arg_type(check: Callable[[object], object], convert: Callable[[str], object]) -> Callable[[str], object]:
+    """An argparse `type=` function: converts the text, then applies the rule (argparse prints the message)."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            kind = {int: "an integer", float: "a number"}.get(convert, convert.__name__)
+            raise argparse.ArgumentTypeError(f"{text!r} is not {kind}") from None
+        try:
+            return check(value)
+        except InputError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return parse
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with bad input reported as ONE line `error: <rule>` and exit code 2 (no usage dump)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message}\n")
