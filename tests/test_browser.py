@@ -271,6 +271,21 @@ def test_workflow_opens_clean_and_runs(page, server, template):
     assert not page.errors, page.errors
 
 
+def test_dialog_detector_sees_the_old_false_missing_model_dialog(page, tmp_path):
+    """Control for the "no dialog" assertion: the old loader entry (properties.models naming a folder) still makes the
+    frontend report a missing model, and visible_dialogs() sees it."""
+    wf = json.loads((make_workflows.OUT_DIR / f"{make_workflows.TEMPLATES[0].title}.json").read_text("utf-8"))
+    loader = next(n for n in wf["nodes"] if n["type"] == "URSAModelLoader")
+    loader["properties"]["models"] = [{"name": make_workflows.MODEL_NAME, "directory": "ursa",
+                                       "url": f"https://huggingface.co/BAAI/{make_workflows.MODEL_NAME}"}]
+    path = tmp_path / "old_loader_entry.json"
+    path.write_text(json.dumps(wf), encoding="utf-8")
+    drop_workflow(page, path)
+    page.wait_for_selector(".p-dialog", timeout=15_000)
+    dialogs = visible_dialogs(page)
+    assert any(make_workflows.MODEL_NAME in d for d in dialogs), dialogs
+
+
 def test_template_browser_lists_titles_and_thumbnails(page, server):
     with urllib.request.urlopen(server["url"] + "/api/workflow_templates", timeout=30) as r:
         listed = json.load(r).get(comfy.PLUGIN_DIR_NAME, [])
