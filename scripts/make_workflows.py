@@ -373,7 +373,7 @@ def wf_upscale_chain(g: Graph) -> None:
     sampler = _sampler(g, loader, cond, (2, 0), frames=49, steps=50)
     g.group("Generate", sampler)
     _video_out(g, loader, sampler["tokens"], "URSA_upscaled", (0, 1), upscale=True)
-    g.note_cell = (4, 0)
+    g.note_cell = (3, 0)
 
 
 @dataclass(frozen=True)

@@ -68,10 +68,11 @@ VIEWPORT = {"width": 1280, "height": 800}
 OUT = Path(os.environ.get("URSA_BROWSER_OUT", ROOT / "out" / "browser"))
 RUN_TIMEOUT_S = 180
 # Shrink each run the way a user edits widgets: node title -> {widget: value}.
-TINY = {"URSA Sampler": {"width": 64, "height": 64, "steps": 2, "frames": 5}}
-ENCODE = {"width": 64, "height": 64}
+# 64x40 keeps the workflows' 8:5 aspect, so the media previews take the room they would take for 512x320.
+TINY = {"URSA Sampler": {"width": 64, "height": 40, "steps": 2, "frames": 5}}
+ENCODE = {"width": 64, "height": 40}
 SHRINK = {
-    "ursa_t2i": {"URSA Sampler": {"width": 64, "height": 64, "steps": 2, "frames": 1}},
+    "ursa_t2i": {"URSA Sampler": {"width": 64, "height": 40, "steps": 2, "frames": 1}},
     "ursa_t2v": TINY,
     "ursa_i2v": {**TINY, "URSA Encode Start": ENCODE, "URSA Frame Schedule": {"frames": 5}},
     "ursa_interpolation": {"URSA Sampler": {**TINY["URSA Sampler"], "frames": 9}, "URSA Encode Start": ENCODE,
