@@ -1,39 +1,71 @@
 #!/usr/bin/env python3
 """Write the example workflows, each described ONCE below, in both ComfyUI formats:
 
-* ``workflows/<name>.json``: UI format (workflow_json 0.4) for the template browser and drag & drop;
-* ``workflows/api/<name>.json``: API format for ``POST /prompt`` / ``scripts/comfy_queue.py``.
+* ``example_workflows/<Title>.json``: UI format (workflow_json 0.4) for the template browser and drag & drop. The
+  frontend (1.35.9) titles a custom-node template by its file name, so the file name IS the human title; the
+  same-name ``.jpg`` beside it is the thumbnail (``scripts/make_thumbnails.py``);
+* ``example_workflows/api/<id>.json``: API format for ``POST /prompt`` / ``scripts/comfy_queue.py``.
 
-Widget lists come from the node schemas themselves, so the files cannot drift from the nodes: the URSA nodes are
-imported with the test stand-ins for ComfyUI (``tests/comfy_stubs.py``), the core nodes are read from
-``tests/data/core_nodes_0.8.0.json`` (taken from a real ComfyUI 0.8.0 ``/object_info`` with ``--dump-core``).
+Widget lists come from ``scripts/node_schemas.json``, a trimmed ``/object_info`` of the URSA nodes and the core nodes
+used (refresh: ``--dump-schemas URL`` from a running ComfyUI, or ``tests/refresh_node_schemas.py``; the test suite
+fails when the snapshot differs from the node classes). Nodes are laid out from their frontend sizes on a
+(column, row) grid, in groups, with a saved view that shows the whole graph (``workflow_layout.py``).
 
-    python scripts/make_workflows.py            # (re)write workflows/
-    python scripts/make_workflows.py --check    # exit 1 if the committed files differ from a fresh build
-    python scripts/make_workflows.py --dump-core http://127.0.0.1:8188   # refresh the core node list
+    python scripts/make_workflows.py            # (re)write example_workflows/
+    python scripts/make_workflows.py --check    # exit 1 on drift from a fresh build, overlap or off-view nodes
+    python scripts/make_workflows.py --dump-schemas http://127.0.0.1:8188   # refresh node_schemas.json
 """
 from __future__ import annotations
 
 import argparse
 import difflib
 import json
+import os
 import sys
 import tempfile
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import workflow_layout as layout  # noqa: E402  (stdlib-only sibling)
 
 ROOT = Path(__file__).resolve().parent.parent
-CORE_NODES_FILE = ROOT / "tests" / "data" / "core_nodes_0.8.0.json"
+OUT_DIR = ROOT / "example_workflows"
+SCHEMAS_FILE = ROOT / "scripts" / "node_schemas.json"
 CORE_NODES_USED = ["LoadImage", "SaveImage", "CreateVideo", "SaveVideo", "ImageScaleBy"]
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+KEPT_OPTIONS = ("default", "control_after_generate", "image_upload", "forceInput", "multiline")
+# Nodes that show media under their widgets once run (the sampler: its live token preview, sent with progress;
+# the frame schedule: its diagram).
+PREVIEW_NODES = {"LoadImage": layout.IMAGE_PREVIEW, "SaveImage": layout.IMAGE_PREVIEW,
+                 "SaveVideo": layout.VIDEO_PREVIEW, "URSASampler": layout.IMAGE_PREVIEW,
+                 "URSAFrameSchedule": layout.IMAGE_PREVIEW}
+NOTE_TYPE, NOTE_SIZE = "MarkdownNote", (400, 250)
 
 MODEL_NAME = "URSA-1.7B-FSQ320"
-MODEL_LINKS = [{"name": MODEL_NAME, "url": "https://huggingface.co/BAAI/URSA-1.7B-FSQ320", "directory": "ursa"}]
 NEGATIVE = "worst quality, low quality, inconsistent motion, static, still, blurry, jittery, distorted, ugly"
+MODEL_NOTE = (f"**Model** (once, about 7 GB): put the whole folder of "
+              f"[BAAI/{MODEL_NAME}](https://huggingface.co/BAAI/{MODEL_NAME}) in `ComfyUI/models/ursa/`:\n\n"
+              f"`python -m ursa_core download BAAI/{MODEL_NAME} --dir ComfyUI/models/ursa`\n\n"
+              f"(run in `custom_nodes/ursa-video`), or `hf download BAAI/{MODEL_NAME} --local-dir "
+              f"ComfyUI/models/ursa/{MODEL_NAME}`; then press **R** so the loader lists it.")
 
 
 # ----------------------------------------------------------------------------------------------- node specs
+def trim_info(info: dict) -> dict:
+    """The part of an ``/object_info`` entry that the workflows need (the snapshot format)."""
+    sections = {}
+    for section in ("required", "optional"):
+        for name, spec in (info.get("input", {}).get(section) or {}).items():
+            io_type = "COMBO" if isinstance(spec[0], list) else spec[0]
+            opts = (spec[1] if len(spec) > 1 else {}) or {}
+            sections.setdefault(section, {})[name] = [io_type, {k: opts[k] for k in KEPT_OPTIONS if k in opts}]
+    return {"input": sections, "output": list(info.get("output", [])),
+            "output_name": list(info.get("output_name") or info.get("output", []))}
+
+
 def normalize_info(info: dict) -> dict:
     """V1 node info (``/object_info`` entry shape) -> {"inputs": [...], "outputs": [...]} in frontend order."""
     inputs = []
@@ -46,66 +78,44 @@ def normalize_info(info: dict) -> dict:
             if widget:
                 extra = ("fixed" if opts.get("control_after_generate") else
                          "image" if opts.get("image_upload") else None)
-                entry.update(default=opts.get("default"), frontend_extra=extra)
+                entry.update(default=opts.get("default"), frontend_extra=extra, multiline=bool(opts.get("multiline")))
             inputs.append(entry)
     names = info.get("output_name") or info.get("output", [])
     outputs = [{"name": n, "type": t} for n, t in zip(names, info.get("output", []))]
     return {"inputs": inputs, "outputs": outputs}
 
 
-def ursa_node_infos() -> dict[str, dict]:
-    """V1 node infos of the plugin's nodes, imported under the ComfyUI stand-ins (no ComfyUI needed)."""
-    sys.path[:0] = [p for p in (str(ROOT), str(ROOT / "tests")) if p not in sys.path]
-    import comfy_stubs
-
-    saved = {k: sys.modules.get(k) for k in list(sys.modules) if k == "nodes" or k.startswith("nodes.")}
-    with tempfile.TemporaryDirectory() as tmp:
-        modules = comfy_stubs.build_modules(comfy_stubs.ComfyStubState(tmp))
-        previous = {k: sys.modules.get(k) for k in modules}
-        sys.modules.update(modules)
-        try:
-            for k in saved:
-                sys.modules.pop(k, None)
-            import nodes
-            return {cls.GET_SCHEMA().node_id: {"input": cls.INPUT_TYPES(), "output": list(cls.RETURN_TYPES),
-                                               "output_name": list(cls.RETURN_NAMES)} for cls in nodes.NODES}
-        finally:
-            for k, v in previous.items():
-                if v is None:
-                    sys.modules.pop(k, None)
-                else:
-                    sys.modules[k] = v
-            for k in [k for k in sys.modules if k == "nodes" or k.startswith("nodes.")]:
-                sys.modules.pop(k, None)
-            sys.modules.update({k: v for k, v in saved.items() if v is not None})
+def load_specs(path: Path = SCHEMAS_FILE) -> dict[str, dict]:
+    return {name: normalize_info(info) for name, info in json.loads(path.read_text(encoding="utf-8")).items()}
 
 
-def load_specs() -> dict[str, dict]:
-    core = json.loads(CORE_NODES_FILE.read_text(encoding="utf-8"))
-    specs = {name: normalize_info(info) for name, info in ursa_node_infos().items()}
-    specs.update({name: normalize_info(info) for name, info in core.items()})
-    return specs
+def write_text_atomic(path: Path, text: str) -> None:
+    """Temp file in the target folder, renamed into place: an interrupted run leaves the old file intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
 
 
-def dump_core(server: str) -> None:
-    """Keep only what the workflows and tests need from a real server's /object_info."""
+def write_schemas(infos: dict[str, dict], path: Path = SCHEMAS_FILE) -> None:
+    write_text_atomic(path, json.dumps({k: trim_info(infos[k]) for k in sorted(infos)}, indent=1) + "\n")
+
+
+def dump_schemas(server: str) -> None:
+    """Refresh the snapshot from a real server's /object_info: every URSA node and the core nodes used."""
     with urllib.request.urlopen(server.rstrip("/") + "/object_info", timeout=60) as r:
         info = json.load(r)
-    keep_opts = ("default", "control_after_generate", "image_upload", "forceInput")
-    out = {}
-    for name in CORE_NODES_USED:
-        node = info[name]
-        sections = {}
-        for section in ("required", "optional"):
-            for inp, spec in (node["input"].get(section) or {}).items():
-                io_type = "COMBO" if isinstance(spec[0], list) else spec[0]
-                opts = spec[1] if len(spec) > 1 else {}
-                sections.setdefault(section, {})[inp] = [io_type, {k: opts[k] for k in keep_opts if k in opts}]
-        out[name] = {"input": sections, "output": node["output"], "output_name": node["output_name"],
-                     "python_module": node.get("python_module")}
-    CORE_NODES_FILE.parent.mkdir(parents=True, exist_ok=True)
-    CORE_NODES_FILE.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
-    print(f"wrote {CORE_NODES_FILE}")
+    wanted = {k: v for k, v in info.items() if k.startswith("URSA") or k in CORE_NODES_USED}
+    missing = [k for k in CORE_NODES_USED if k not in wanted]
+    if missing:
+        raise SystemExit(f"{server} has no {missing}")
+    write_schemas(wanted)
+    print(f"wrote {SCHEMAS_FILE} ({len(wanted)} nodes)")
 
 
 # ----------------------------------------------------------------------------------------------- graph DSL
@@ -120,10 +130,9 @@ class Node:
     id: int
     type: str
     title: str
-    grid: tuple
+    cell: tuple
     values: dict
     spec: dict
-    properties: dict = field(default_factory=dict)
 
     def __getitem__(self, name: str) -> Out:
         names = [o["name"] for o in self.spec["outputs"]]
@@ -132,11 +141,17 @@ class Node:
         return Out(self, names.index(name))
 
 
+@dataclass
 class Graph:
-    def __init__(self, name: str, specs: dict):
-        self.name, self.specs, self.nodes = name, specs, []
+    name: str
+    specs: dict
+    nodes: list = field(default_factory=list)
+    groups: list = field(default_factory=list)  # (title, [nodes])
+    note: str = ""
+    note_cell: tuple = (0, 1)  # an empty grid cell for the read-me note
 
-    def node(self, type_: str, title: str, grid: tuple, properties: dict | None = None, **values) -> Node:
+    def node(self, type_: str, title: str, cell: tuple, **values) -> Node:
+        """A node at grid ``cell`` = (column, row); data flows left to right, columns and rows size to fit."""
         spec = self.specs[type_]
         known = {i["name"]: i for i in spec["inputs"]}
         for key, value in values.items():
@@ -149,16 +164,19 @@ class Graph:
                 raise ValueError(f"{self.name}: {type_}.{i['name']} (required socket) is not connected")
             if i["widget"] and i["name"] not in values and i["default"] is None:
                 raise ValueError(f"{self.name}: {type_}.{i['name']} has no default; give a value")
-        node = Node(len(self.nodes) + 1, type_, title, grid, values, spec, properties or {})
+        node = Node(len(self.nodes) + 1, type_, title, cell, values, spec)
         self.nodes.append(node)
         return node
+
+    def group(self, title: str, *nodes: Node) -> None:
+        self.groups.append((title, list(nodes)))
 
 
 # ----------------------------------------------------------------------------------------------- writers
 def _links(graph: Graph) -> list[list]:
     links = []
     for node in graph.nodes:
-        for slot, inp in enumerate(node.spec["inputs"]):
+        for inp in node.spec["inputs"]:
             value = node.values.get(inp["name"])
             if isinstance(value, Out):
                 links.append([len(links) + 1, value.node.id, value.slot, node.id, inp["name"],
@@ -188,39 +206,58 @@ def _widget_values(node: Node) -> list:
     return values
 
 
+def _ui_node(node: Node, links: list, order: int, pos, size) -> dict:
+    in_links = {lk[4]: lk for lk in links if lk[3] == node.id}
+    sockets = [i for i in node.spec["inputs"] if not i["widget"]]
+    linked_widgets = [i for i in node.spec["inputs"] if i["widget"] and i["name"] in in_links]
+    inputs = []
+    for inp in sockets + linked_widgets:
+        entry = {"name": inp["name"], "type": inp["type"]}
+        if inp["widget"]:
+            entry["widget"] = {"name": inp["name"]}
+        elif inp["optional"]:
+            entry["shape"] = 7
+        entry["link"] = in_links[inp["name"]][0] if inp["name"] in in_links else None
+        inputs.append(entry)
+    outputs = [{"name": o["name"], "type": o["type"], "slot_index": s,
+                "links": [lk[0] for lk in links if lk[1] == node.id and lk[2] == s]}
+               for s, o in enumerate(node.spec["outputs"])]
+    return {"id": node.id, "type": node.type, "title": node.title, "pos": list(pos), "size": list(size),
+            "flags": {}, "order": order, "mode": 0, "inputs": inputs, "outputs": outputs,
+            "properties": {"Node name for S&R": node.type}, "widgets_values": _widget_values(node)}
+
+
+def _note_node(graph: Graph, node_id: int, pos) -> dict:
+    return {"id": node_id, "type": NOTE_TYPE, "title": "Read me", "pos": list(pos), "size": list(NOTE_SIZE),
+            "flags": {}, "order": node_id - 1, "mode": 0, "inputs": [], "outputs": [], "properties": {},
+            "widgets_values": [graph.note], "color": "#432", "bgcolor": "#653"}
+
+
 def to_ui(graph: Graph) -> dict:
+    """UI format: nodes on their grid cells, the read-me note in ``graph.note_cell``, groups, a fitted view."""
     links, order = _links(graph), _order(graph)
-    ui_nodes = []
-    for node in graph.nodes:
-        in_links = {lk[4]: lk for lk in links if lk[3] == node.id}
-        sockets = [i for i in node.spec["inputs"] if not i["widget"]]
-        linked_widgets = [i for i in node.spec["inputs"] if i["widget"] and i["name"] in in_links]
-        inputs = []
-        for inp in sockets + linked_widgets:
-            entry = {"name": inp["name"], "type": inp["type"]}
-            if inp["widget"]:
-                entry["widget"] = {"name": inp["name"]}
-            elif inp["optional"]:
-                entry["shape"] = 7
-            entry["link"] = in_links[inp["name"]][0] if inp["name"] in in_links else None
-            inputs.append(entry)
-        outputs = [{"name": o["name"], "type": o["type"], "slot_index": s,
-                    "links": [lk[0] for lk in links if lk[1] == node.id and lk[2] == s]}
-                   for s, o in enumerate(node.spec["outputs"])]
-        widgets = _widget_values(node)
-        height = 46 + 24 * (max(len(inputs), len(outputs)) + len(widgets))
-        ui_nodes.append({
-            "id": node.id, "type": node.type, "title": node.title,
-            "pos": [40 + 380 * node.grid[0], 40 + 300 * node.grid[1]], "size": [340, max(height, 100)],
-            "flags": {}, "order": order[node.id], "mode": 0, "inputs": inputs, "outputs": outputs,
-            "properties": {"Node name for S&R": node.type, **node.properties}, "widgets_values": widgets})
+    note_id = len(graph.nodes) + 1
+    sizes = {n.id: layout.node_size(n.title, n.spec["inputs"], n.spec["outputs"], PREVIEW_NODES.get(n.type, 0))
+             for n in graph.nodes}
+    sizes[note_id] = NOTE_SIZE
+    cells = {n.id: n.cell for n in graph.nodes}
+    cells[note_id] = graph.note_cell
+    positions = layout.grid_positions(cells, sizes)
+    ui_nodes = [_ui_node(n, links, order[n.id], positions[n.id], sizes[n.id]) for n in graph.nodes]
+    ui_nodes.append(_note_node(graph, note_id, positions[note_id]))
+    groups = []
+    for i, (title, members) in enumerate(graph.groups):
+        rects = [layout.node_rect(positions[m.id], sizes[m.id]) for m in members]
+        groups.append({"id": i + 1, "title": title, "bounding": layout.group_bounding(rects), "color": "#3f789e",
+                       "font_size": 24, "flags": {}})
     ui_links = []
     for lk in links:
         dst = next(n for n in ui_nodes if n["id"] == lk[3])
         to_slot = [i["name"] for i in dst["inputs"]].index(lk[4])
         ui_links.append([lk[0], lk[1], lk[2], lk[3], to_slot, lk[5]])
-    return {"last_node_id": len(graph.nodes), "last_link_id": len(links), "nodes": ui_nodes, "links": ui_links,
-            "groups": [], "config": {}, "extra": {"ds": {"scale": 1.0, "offset": [0, 0]}}, "version": 0.4}
+    everything = [layout.node_rect(n["pos"], n["size"]) for n in ui_nodes] + [g["bounding"] for g in groups]
+    return {"last_node_id": note_id, "last_link_id": len(links), "nodes": ui_nodes, "links": ui_links,
+            "groups": groups, "config": {}, "extra": {"ds": layout.fit_view(everything)}, "version": 0.4}
 
 
 def to_api(graph: Graph) -> dict:
@@ -238,87 +275,136 @@ def to_api(graph: Graph) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- workflows
-def _base(g: Graph, prompt: str, negative: str = NEGATIVE):
-    loader = g.node("URSAModelLoader", "URSA Loader", (0, 0), {"models": MODEL_LINKS}, model_name=MODEL_NAME,
-                    dtype="auto")
+def _base(g: Graph, prompt: str, negative: str = NEGATIVE) -> tuple[Node, Node]:
+    loader = g.node("URSAModelLoader", "URSA Loader", (0, 0), model_name=MODEL_NAME, dtype="auto")
     cond = g.node("URSATextEncode", "URSA Prompt", (1, 0), model=loader["model"], prompt=prompt,
                   negative_prompt=negative, motion_score=9.0)
+    g.group("Model and prompt", loader, cond)
     return loader, cond
 
 
-def _video_out(g: Graph, loader: Node, tokens: Out, prefix: str, col: int, upscale: bool = False) -> None:
-    decode = g.node("URSATokenizerDecode", "URSA Decode", (col, 0), vq=loader["vq"], tokens=tokens)
-    images = decode["images"]
-    if upscale:
-        images = g.node("ImageScaleBy", "Upscale 2x", (col, 1), image=images, upscale_method="bicubic",
-                        scale_by=2.0)["IMAGE"]
-    video = g.node("CreateVideo", "Create Video", (col + 1, 0), images=images, fps=decode["fps"])
-    g.node("SaveVideo", "Save Video", (col + 2, 0), video=video["VIDEO"], filename_prefix=f"video/{prefix}",
-           format="auto", codec="auto")
-
-
-def _sampler(g: Graph, loader, cond, grid, frames, steps, **extra) -> Node:
-    return g.node("URSASampler", "URSA Sampler", grid, model=loader["model"], conditioning=cond["conditioning"],
+def _sampler(g: Graph, loader, cond, cell, frames, steps, **extra) -> Node:
+    return g.node("URSASampler", "URSA Sampler", cell, model=loader["model"], conditioning=cond["conditioning"],
                   seed=42, steps=steps, frames=frames, width=512, height=320, **extra)
+
+
+def _video_out(g: Graph, loader: Node, tokens: Out, prefix: str, cell: tuple, upscale: bool = False) -> None:
+    """Decode -> (2x upscale) -> video -> save, left to right from ``cell``."""
+    col, row = cell
+    decode = g.node("URSATokenizerDecode", "URSA Decode", (col, row), vq=loader["vq"], tokens=tokens)
+    members, images = [decode], decode["images"]
+    if upscale:
+        col += 1
+        scaled = g.node("ImageScaleBy", "Upscale 2x", (col, row), image=images, upscale_method="bicubic",
+                        scale_by=2.0)
+        members.append(scaled)
+        images = scaled["IMAGE"]
+    video = g.node("CreateVideo", "Create Video", (col + 1, row), images=images, fps=decode["fps"])
+    save = g.node("SaveVideo", "Save Video", (col + 2, row), video=video["VIDEO"],
+                  filename_prefix=f"video/{prefix}", format="auto", codec="auto")
+    g.group("Decode and save", *members, video, save)
+
+
+def _encode(g: Graph, loader, which: str, row: int) -> tuple[Node, Node]:
+    image = g.node("LoadImage", f"{which} Image", (0, row), image="example.png")
+    encode = g.node("URSATokenizerEncode", f"URSA Encode {which}", (1, row), vq=loader["vq"], image=image["IMAGE"],
+                    width=512, height=320, resize_mode="crop")
+    return image, encode
 
 
 def wf_t2i(g: Graph) -> None:
     loader, cond = _base(g, "a red fox sitting in fresh snow at sunrise, soft golden light, highly detailed",
                          negative="")
-    tokens = _sampler(g, loader, cond, (2, 0), frames=1, steps=25)["tokens"]
-    images = g.node("URSATokenizerDecode", "URSA Decode", (3, 0), vq=loader["vq"], tokens=tokens)["images"]
-    g.node("SaveImage", "Save Image", (4, 0), images=images, filename_prefix="URSA/t2i")
+    sampler = _sampler(g, loader, cond, (2, 0), frames=1, steps=25)
+    g.group("Generate", sampler)
+    decode = g.node("URSATokenizerDecode", "URSA Decode", (0, 1), vq=loader["vq"], tokens=sampler["tokens"])
+    save = g.node("SaveImage", "Save Image", (1, 1), images=decode["images"], filename_prefix="URSA/t2i")
+    g.note_cell = (2, 1)
+    g.group("Decode and save", decode, save)
 
 
 def wf_t2v(g: Graph) -> None:
     loader, cond = _base(g, "a red fox trotting through fresh snow in a pine forest, camera tracking, cinematic")
-    tokens = _sampler(g, loader, cond, (2, 0), frames=49, steps=50)["tokens"]
-    _video_out(g, loader, tokens, "URSA_t2v", 3)
-
-
-def _encode(g: Graph, loader, title_suffix: str, row: int) -> Node:
-    image = g.node("LoadImage", f"{title_suffix} Image", (0, row), image="example.png")
-    return g.node("URSATokenizerEncode", f"URSA Encode {title_suffix}", (1, row), vq=loader["vq"],
-                  image=image["IMAGE"], width=512, height=320, resize_mode="crop")
+    sampler = _sampler(g, loader, cond, (2, 0), frames=49, steps=50)
+    g.group("Generate", sampler)
+    _video_out(g, loader, sampler["tokens"], "URSA_t2v", (0, 1))
+    g.note_cell = (3, 0)
 
 
 def wf_i2v(g: Graph) -> None:
     loader, cond = _base(g, "the scene comes alive: gentle wind, drifting clouds, the camera slowly pushes in")
-    start = _encode(g, loader, "Start", 1)
+    image, start = _encode(g, loader, "Start", 1)
+    g.group("Start frame", image, start)
     sched = g.node("URSAFrameSchedule", "URSA Frame Schedule", (2, 1), mode="image-to-video", frames=49,
                    start_time=1.0, start_tokens=start["tokens"])
-    tokens = _sampler(g, loader, cond, (2, 0), frames=49, steps=50, schedule=sched["schedule"])["tokens"]
-    _video_out(g, loader, tokens, "URSA_i2v", 3)
+    sampler = _sampler(g, loader, cond, (3, 1), frames=49, steps=50, schedule=sched["schedule"])
+    g.group("Generate", sampler, sched)
+    _video_out(g, loader, sampler["tokens"], "URSA_i2v", (0, 2))
+    g.note_cell = (2, 0)
 
 
 def wf_interpolation(g: Graph) -> None:
     loader, cond = _base(g, "a smooth, natural transition between the two frames, steady camera")
-    start, end = _encode(g, loader, "Start", 1), _encode(g, loader, "End", 2)
+    (start_image, start), (end_image, end) = _encode(g, loader, "Start", 1), _encode(g, loader, "End", 2)
+    g.group("First and last frames", start_image, start, end_image, end)
     sched = g.node("URSAFrameSchedule", "URSA Frame Schedule", (2, 1), mode="interpolation", frames=49,
                    start_time=1.0, start_tokens=start["tokens"], end_tokens=end["tokens"])
-    tokens = _sampler(g, loader, cond, (2, 0), frames=49, steps=50, schedule=sched["schedule"])["tokens"]
-    _video_out(g, loader, tokens, "URSA_interpolation", 3)
+    sampler = _sampler(g, loader, cond, (3, 1), frames=49, steps=50, schedule=sched["schedule"])
+    g.group("Generate", sampler, sched)
+    _video_out(g, loader, sampler["tokens"], "URSA_interpolation", (2, 2))
+    g.note_cell = (2, 0)
 
 
 def wf_long_video(g: Graph) -> None:
     loader, cond = _base(g, "a drone flight along a rocky coastline at golden hour, waves crashing, smooth motion")
-    tokens = _sampler(g, loader, cond, (2, 0), frames=49, steps=50)["tokens"]
+    sampler = _sampler(g, loader, cond, (2, 0), frames=49, steps=50)
     longer = g.node("URSAExtendVideo", "URSA Extend Video", (3, 0), model=loader["model"],
-                    conditioning=cond["conditioning"], tokens=tokens, windows=2, window_frames=49, overlap=4,
-                    seed=43, steps=50, carry_start=0.9)
-    saved = g.node("URSASaveTokens", "URSA Save Tokens", (3, 1), tokens=longer["tokens"],
+                    conditioning=cond["conditioning"], tokens=sampler["tokens"], windows=2, window_frames=49,
+                    overlap=4, seed=43, steps=50, carry_start=0.9)
+    saved = g.node("URSASaveTokens", "URSA Save Tokens", (4, 0), tokens=longer["tokens"],
                    filename_prefix="ursa_tokens/URSA_long")
-    _video_out(g, loader, saved["tokens"], "URSA_long", 4)
+    g.group("Generate and extend", sampler, longer, saved)
+    _video_out(g, loader, saved["tokens"], "URSA_long", (0, 1))
+    g.note_cell = (3, 1)
 
 
 def wf_upscale_chain(g: Graph) -> None:
     loader, cond = _base(g, "a hummingbird hovering at a red flower, macro shot, shallow depth of field")
-    tokens = _sampler(g, loader, cond, (2, 0), frames=49, steps=50)["tokens"]
-    _video_out(g, loader, tokens, "URSA_upscaled", 3, upscale=True)
+    sampler = _sampler(g, loader, cond, (2, 0), frames=49, steps=50)
+    g.group("Generate", sampler)
+    _video_out(g, loader, sampler["tokens"], "URSA_upscaled", (0, 1), upscale=True)
+    g.note_cell = (3, 0)
 
 
-WORKFLOWS = {"ursa_t2i": wf_t2i, "ursa_t2v": wf_t2v, "ursa_i2v": wf_i2v, "ursa_interpolation": wf_interpolation,
-             "ursa_long_video": wf_long_video, "ursa_upscale_chain": wf_upscale_chain}
+@dataclass(frozen=True)
+class Template:
+    id: str            # API file name and CLI handle
+    title: str         # UI file name = the title the template browser shows
+    description: str   # first lines of the read-me note
+    build: Callable[[Graph], None]
+
+
+TEMPLATES = [
+    Template("ursa_t2i", "URSA Text to Image", "One 512x320 image from a prompt (25 steps).", wf_t2i),
+    Template("ursa_t2v", "URSA Text to Video", "A 49-frame (4 s at 12 fps) 512x320 clip from a prompt.", wf_t2v),
+    Template("ursa_i2v", "URSA Image to Video",
+             "Animate a still: the loaded image is frame 0, the prompt describes the motion.", wf_i2v),
+    Template("ursa_interpolation", "URSA Interpolation between two frames",
+             "A clip that starts on the first image and ends on the second.", wf_interpolation),
+    Template("ursa_long_video", "URSA Long Video (extend in windows)",
+             "A clip extended window by window, each continuing the last frames of the one before; the tokens "
+             "are saved so the video can be decoded again without sampling.", wf_long_video),
+    Template("ursa_upscale_chain", "URSA Video then 2x Upscale",
+             "A text-to-video clip, decoded and upscaled 2x with a core node before it is saved.", wf_upscale_chain),
+]
+
+
+def describe(template: Template, specs: dict) -> Graph:
+    graph = Graph(template.id, specs)
+    template.build(graph)
+    graph.note = (f"## {template.title}\n\n{template.description}\n\n{MODEL_NOTE}\n\n"
+                  f"Node help: select a node and press the **?** on it.")
+    return graph
 
 
 # ----------------------------------------------------------------------------------------------- main
@@ -326,55 +412,67 @@ def _dump(obj) -> str:
     return json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
 
 
-def build(out_dir: Path) -> list[Path]:
-    specs = load_specs()
-    written = []
-    (out_dir / "api").mkdir(parents=True, exist_ok=True)
-    for name, describe in WORKFLOWS.items():
-        graph = Graph(name, specs)
-        describe(graph)
-        for path, obj in ((out_dir / f"{name}.json", to_ui(graph)), (out_dir / "api" / f"{name}.json",
-                                                                     to_api(graph))):
-            path.write_text(_dump(obj), encoding="utf-8")
-            written.append(path)
-    return written
+def render(specs: dict | None = None) -> dict[str, str]:
+    """Relative path -> file text of every generated file."""
+    specs = specs or load_specs()
+    files = {}
+    for template in TEMPLATES:
+        graph = describe(template, specs)
+        files[f"{template.title}.json"] = _dump(to_ui(graph))
+        files[f"api/{template.id}.json"] = _dump(to_api(graph))
+    return files
+
+
+def layout_report(files: dict[str, str]) -> list[str]:
+    problems = []
+    for rel, text in files.items():
+        if not rel.startswith("api/"):
+            wf = json.loads(text)
+            problems += [f"{rel}: {p}" for p in layout.layout_problems(wf["nodes"], wf["groups"], wf["extra"]["ds"])]
+    return problems
 
 
 def check(committed: Path) -> int:
-    with tempfile.TemporaryDirectory() as tmp:
-        fresh = Path(tmp)
-        build(fresh)
-        expected = sorted(p.relative_to(fresh) for p in fresh.rglob("*.json"))
-        present = sorted(p.relative_to(committed) for p in committed.rglob("*.json")) if committed.is_dir() else []
-        problems = [f"missing: {p}" for p in expected if p not in present]
-        problems += [f"not generated by this script: {p}" for p in present if p not in expected]
-        for rel in expected:
-            if rel in present:
-                a = (committed / rel).read_text(encoding="utf-8")
-                b = (fresh / rel).read_text(encoding="utf-8")
-                if a != b:
-                    diff = difflib.unified_diff(a.splitlines(), b.splitlines(), f"committed/{rel}", f"fresh/{rel}",
-                                                lineterm="", n=1)
-                    problems.append(f"differs: {rel}\n" + "\n".join(list(diff)[:40]))
+    fresh = render()
+    present = {p.relative_to(committed).as_posix() for p in committed.rglob("*.json")} if committed.is_dir() else set()
+    problems = [f"missing: {rel}" for rel in sorted(set(fresh) - present)]
+    problems += [f"not generated by this script: {rel}" for rel in sorted(present - set(fresh))]
+    for rel in sorted(set(fresh) & present):
+        old = (committed / rel).read_text(encoding="utf-8")
+        if old != fresh[rel]:
+            diff = difflib.unified_diff(old.splitlines(), fresh[rel].splitlines(), f"committed/{rel}",
+                                        f"fresh/{rel}", lineterm="", n=1)
+            problems.append(f"differs: {rel}\n" + "\n".join(list(diff)[:40]))
+    stale = bool(problems)
+    problems += layout_report({rel: (committed / rel).read_text(encoding="utf-8") if rel in present else text
+                               for rel, text in fresh.items()})
     for p in problems:
         print(p, file=sys.stderr)
-    if problems:
+    if stale:
         print("workflows are stale: run python scripts/make_workflows.py", file=sys.stderr)
     return 1 if problems else 0
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, default=ROOT / "workflows")
-    p.add_argument("--check", action="store_true", help="compare a fresh build with --out; exit 1 on difference")
-    p.add_argument("--dump-core", metavar="SERVER", help="refresh tests/data/core_nodes_0.8.0.json from a server")
+    p.add_argument("--out", type=Path, default=OUT_DIR)
+    p.add_argument("--check", action="store_true",
+                   help="exit 1 if --out differs from a fresh build, or any node overlaps or lies outside the view")
+    p.add_argument("--dump-schemas", metavar="SERVER", help="refresh scripts/node_schemas.json from a server")
     args = p.parse_args(argv)
-    if args.dump_core:
-        dump_core(args.dump_core)
+    if args.dump_schemas:
+        dump_schemas(args.dump_schemas)
         return 0
     if args.check:
         return check(args.out)
-    for path in build(args.out):
+    files = render()
+    problems = layout_report(files)
+    if problems:
+        print("\n".join(problems), file=sys.stderr)
+        return 1
+    for rel, text in files.items():
+        path = args.out / rel
+        write_text_atomic(path, text)
         print(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
     return 0
 

@@ -13,9 +13,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 import make_workflows  # noqa: E402
 
-CORE_NODES = json.loads((ROOT / "tests" / "data" / "core_nodes_0.8.0.json").read_text(encoding="utf-8"))
-UI_WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
-API_WORKFLOWS = sorted((ROOT / "workflows" / "api").glob("*.json"))
+import workflow_layout  # noqa: E402
+from refresh_node_schemas import ursa_node_infos  # noqa: E402
+
+SNAPSHOT = json.loads(make_workflows.SCHEMAS_FILE.read_text(encoding="utf-8"))
+CORE_NODES = {k: v for k, v in SNAPSHOT.items() if not k.startswith("URSA")}
+UI_WORKFLOWS = sorted(make_workflows.OUT_DIR.glob("*.json"))
+API_WORKFLOWS = sorted((make_workflows.OUT_DIR / "api").glob("*.json"))
+TEMPLATE_BY_TITLE = {t.title: t for t in make_workflows.TEMPLATES}
 NODE_IDS = ["URSAModelLoader", "URSATextEncode", "URSATokenizerEncode", "URSATokenizerDecode", "URSAFrameSchedule",
             "URSASampler", "URSAExtendVideo", "URSASaveTokens", "URSALoadTokens"]
 
@@ -101,8 +106,13 @@ def test_every_node_in_readme(ursa_nodes):
 
 
 # ----------------------------------------------------------------------------------------------- workflows
-def test_workflows_exist_in_pairs():
-    assert UI_WORKFLOWS and [p.name for p in UI_WORKFLOWS] == [p.name for p in API_WORKFLOWS]
+def test_workflows_exist_in_pairs_with_thumbnails():
+    assert UI_WORKFLOWS and sorted(p.stem for p in UI_WORKFLOWS) == sorted(TEMPLATE_BY_TITLE)
+    assert sorted(p.stem for p in API_WORKFLOWS) == sorted(t.id for t in make_workflows.TEMPLATES)
+    for path in UI_WORKFLOWS:  # the template browser asks for <name>.jpg (mediaSubtype 'jpg' for custom nodes)
+        thumb = path.with_suffix(".jpg")
+        assert thumb.is_file(), f"no thumbnail {thumb.name}"
+        assert thumb.read_bytes()[:3] == b"\xff\xd8\xff" and thumb.stat().st_size < 20_000, thumb.name
     for path in UI_WORKFLOWS + API_WORKFLOWS:
         assert path.stat().st_size < 2_000_000, path
 
@@ -130,6 +140,9 @@ def test_ui_workflow_widgets_and_links(path, specs):
     assert wf["version"] == 0.4 and {"last_node_id", "last_link_id", "groups", "config", "extra"} <= set(wf)
     nodes = {n["id"]: n for n in wf["nodes"]}
     for node in wf["nodes"]:
+        if node["type"] == make_workflows.NOTE_TYPE:  # frontend-only node
+            assert make_workflows.MODEL_NAME in node["widgets_values"][0], f"{path.name}: note lacks the model"
+            continue
         spec = specs.get(node["type"])
         assert spec is not None, f"{path.name}: unknown node type {node['type']}"
         widgets = [i for i in spec["inputs"] if i["widget"]]
@@ -151,12 +164,43 @@ def test_ui_workflow_widgets_and_links(path, specs):
 @pytest.mark.parametrize("path", UI_WORKFLOWS, ids=lambda p: p.stem)
 def test_ui_and_api_twins_match(path):
     ui = json.loads(path.read_text(encoding="utf-8"))
-    api = json.loads((ROOT / "workflows" / "api" / path.name).read_text(encoding="utf-8"))
-    assert sorted((str(n["id"]), n["type"], n["title"]) for n in ui["nodes"]) == \
+    template = TEMPLATE_BY_TITLE[path.stem]
+    api = json.loads((make_workflows.OUT_DIR / "api" / f"{template.id}.json").read_text(encoding="utf-8"))
+    graph_nodes = [n for n in ui["nodes"] if n["type"] != make_workflows.NOTE_TYPE]
+    assert sorted((str(n["id"]), n["type"], n["title"]) for n in graph_nodes) == \
         sorted((nid, n["class_type"], n["_meta"]["title"]) for nid, n in api.items())
-    loaders = [n for n in ui["nodes"] if n["type"] == "URSAModelLoader"]
-    for n in loaders:
-        assert n["properties"]["models"][0]["name"] == n["widgets_values"][0]
+    # The frontend matches properties.models against model FILES; the loader takes a folder: never list one.
+    assert not [n for n in ui["nodes"] if "models" in n["properties"]], f"{path.name}: properties.models"
+
+
+@pytest.mark.parametrize("path", UI_WORKFLOWS, ids=lambda p: p.stem)
+def test_ui_layout_open_clean(path):
+    wf = json.loads(path.read_text(encoding="utf-8"))
+    assert workflow_layout.layout_problems(wf["nodes"], wf["groups"], wf["extra"]["ds"]) == []
+    assert wf["groups"], f"{path.name}: no groups"
+    pos = {n["id"]: n["pos"] for n in wf["nodes"]}
+    titles = {n["id"]: n["title"] for n in wf["nodes"]}
+    for _, src, _, dst, _, _ in wf["links"]:  # left to right within a band; a wrap only goes to a lower band
+        assert pos[dst][0] > pos[src][0] or pos[dst][1] > pos[src][1], (titles[src], titles[dst])
+    assert wf["extra"]["ds"]["scale"] >= 0.4, "the saved view is too small to read anything"
+
+
+def test_layout_check_catches_overlap_and_off_view():
+    a = {"id": 1, "title": "a", "pos": [0, 30], "size": [300, 200]}
+    b = {"id": 2, "title": "b", "pos": [100, 150], "size": [300, 200]}  # its title bar overlaps a's body
+    ds = workflow_layout.fit_view([workflow_layout.node_rect(n["pos"], n["size"]) for n in (a, b)])
+    assert any("overlap" in p for p in workflow_layout.layout_problems([a, b], [], ds))
+    b["pos"] = [0, 30 + 200 + workflow_layout.TITLE_HEIGHT]
+    assert workflow_layout.layout_problems([a, b], [], ds) == []  # stacked, touching: fine
+    far = {"id": 3, "title": "far", "pos": [5000, 30], "size": [300, 200]}
+    assert any("outside" in p for p in workflow_layout.layout_problems([a, far], [], ds))
+
+
+def test_node_schema_snapshot_matches_nodes():
+    """make_workflows reads node_schemas.json (no ComfyUI, no tests/ import); it must equal the node classes."""
+    fresh = {k: make_workflows.trim_info(v) for k, v in ursa_node_infos().items()}
+    stored = {k: v for k, v in SNAPSHOT.items() if k.startswith("URSA")}
+    assert stored == fresh, "node schemas changed: run .venv/bin/python tests/refresh_node_schemas.py"
 
 
 def test_workflows_are_generated():
