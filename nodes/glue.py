@@ -1,6 +1,7 @@
 """The ComfyUI side of the plugin in one place: model folders, memory management, progress and previews."""
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,47 +13,59 @@ import comfy.utils
 import folder_paths
 import torch
 
+from ursa_core.acceleration import accelerate
 from ursa_core.errors import InputError
-from ursa_core.model import URSAModel, load_model, resolve_dtype
+from ursa_core.loader_options import LoaderOptions, blocks_to_keep
+from ursa_core.model import URSAModel, is_ursa_folder, load_model, resolve_dtype
 from ursa_core.preview import token_colors
+from ursa_core.weight_dtype import weight_bytes
 
+log = logging.getLogger(__name__)
 MODEL_FOLDER_KEY = "ursa"
 SEARCH_DEPTH = 2  # models/ursa/<name> or models/ursa/<org>/<name>
-
-
-def register_model_folder() -> None:
-    """`models/ursa/` as its own key (plus anything users add in extra_model_paths.yaml)."""
-    if MODEL_FOLDER_KEY not in folder_paths.folder_names_and_paths:
-        folder_paths.add_model_folder_path(MODEL_FOLDER_KEY, os.path.join(folder_paths.models_dir, "ursa"))
+DOWNLOAD_HINT = ("download one: hf download BAAI/URSA-1.7B-FSQ320 --local-dir ComfyUI/models/ursa/URSA-1.7B-FSQ320 "
+                 "(or: python -m ursa_core download BAAI/URSA-1.7B-FSQ320 --dir ComfyUI/models/ursa)")
 
 
 def model_search_dirs() -> list[str]:
-    register_model_folder()
-    dirs = list(folder_paths.get_folder_paths(MODEL_FOLDER_KEY))
-    if "diffusers" in folder_paths.folder_names_and_paths:
-        dirs += folder_paths.get_folder_paths("diffusers")
+    """models/ursa/, the `ursa` paths of extra_model_paths.yaml, then core's models/diffusers/.
+
+    `ursa` is deliberately not registered as a folder_paths key: ComfyUI's model library lists every weight file of
+    a registered folder (each shard of each checkpoint), while URSA checkpoints are folders. A user who adds `ursa:`
+    to extra_model_paths.yaml registers it (and gets those entries); its paths are searched too."""
+    dirs = [os.path.join(folder_paths.models_dir, MODEL_FOLDER_KEY)]
+    for key in (MODEL_FOLDER_KEY, "diffusers"):
+        if key in folder_paths.folder_names_and_paths:
+            dirs += [d for d in folder_paths.get_folder_paths(key) if d not in dirs]
     return dirs
 
 
 def list_model_folders() -> list[str]:
-    """Folders holding a model_index.json, as paths relative to their search dir (always with '/')."""
+    """URSA checkpoint folders (other diffusers folders are left out), relative to their search dir, with '/'."""
     found: set[str] = set()
     for base in map(Path, model_search_dirs()):
         if not base.is_dir():
             continue
         for depth in range(1, SEARCH_DEPTH + 1):
             for index in base.glob("/".join(["*"] * depth) + "/model_index.json"):
-                found.add(index.parent.relative_to(base).as_posix())
+                if is_ursa_folder(index.parent):
+                    found.add(index.parent.relative_to(base).as_posix())
     return sorted(found)
+
+
+def missing_model_message(name: str) -> str:
+    available = list_model_folders()
+    if not available:
+        return f"model folder {name!r}: no URSA checkpoint folder in {model_search_dirs()}; {DOWNLOAD_HINT}"
+    return f"model folder {name!r} not found in {model_search_dirs()}; available: {available}"
 
 
 def model_folder_path(name: str) -> Path:
     for base in map(Path, model_search_dirs()):
         candidate = base / name
-        if (candidate / "model_index.json").is_file():
+        if is_ursa_folder(candidate):
             return candidate
-    raise InputError(f"URSA model folder {name!r} not found in {model_search_dirs()}; put a checkpoint folder "
-                     f"(with model_index.json) there, e.g. models/ursa/URSA-1.7B-FSQ320")
+    raise InputError(missing_model_message(name))
 
 
 @dataclass
@@ -78,18 +91,42 @@ class LoadedVQ:
         return self.vq
 
 
-def load_ursa(name: str, dtype: str) -> tuple[LoadedURSA, LoadedVQ]:
-    """Load on the offload device; ComfyUI's model management moves weights to the GPU when a node runs."""
+def load_ursa(name: str, dtype: str, options: LoaderOptions = LoaderOptions(), attention: str = "auto",
+              compile: bool = False) -> tuple[LoadedURSA, LoadedVQ]:
+    """Load on the offload device; ComfyUI's model management moves weights to the GPU when a node runs (with
+    block swap, only the resident part: streamed layers stay in host memory)."""
     folder = model_folder_path(name)
     load_device, offload_device = mm.get_torch_device(), mm.unet_offload_device()
     model = load_model(folder, device=offload_device, dtype=resolve_dtype(dtype, torch.device(load_device)))
     if model.vae is None:
         raise InputError(f"{folder}: no vae/ folder; URSA needs its visual tokenizer to encode and decode")
+    accelerate(model, attention=attention, weight_dtype=options.weight_dtype)
+    keep = resident_blocks(model.transformer, options, load_device)
+    if keep is not None:
+        from ursa_core.lowvram import enable_low_vram
+        if compile:
+            log.warning("URSA: not compiling the layers: free VRAM is short, so %d layers stay on the GPU and the "
+                        "rest stream (both replace the layer loop)", keep)
+        enable_low_vram(model.transformer, offload_device, keep)
+    elif compile:
+        accelerate(model, attention=attention, compile=True)
     patcher = comfy.model_patcher.ModelPatcher(model.transformer, load_device=load_device,
                                                offload_device=offload_device)
-    vq_patcher = comfy.model_patcher.ModelPatcher(model.vae, load_device=mm.vae_device(),
+    vq_device = mm.vae_device() if options.vq_device == "default" else torch.device(options.vq_device)
+    vq_patcher = comfy.model_patcher.ModelPatcher(model.vae, load_device=vq_device,
                                                   offload_device=mm.vae_offload_device())
     return LoadedURSA(model, patcher), LoadedVQ(model.vae, vq_patcher, model.geometry.fps)
+
+
+def resident_blocks(transformer: torch.nn.Module, options: LoaderOptions, load_device) -> int | None:
+    """Block swap decision from ComfyUI's VRAM state (--lowvram/--novram) and free memory, as core models do."""
+    if options.low_vram == "auto" and mm.is_device_cpu(load_device):
+        return None  # streaming to the CPU saves nothing
+    layers = [weight_bytes(layer) for layer in transformer.model.layers]
+    other = weight_bytes(transformer) - sum(layers) + 2 * max(layers, default=0)
+    state = mm.vram_state
+    return blocks_to_keep(options.low_vram, options.blocks_on_gpu, layers, other, mm.get_free_memory(load_device),
+                          state == mm.VRAMState.LOW_VRAM, state == mm.VRAMState.NO_VRAM)
 
 
 class StepProgress:

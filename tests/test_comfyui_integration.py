@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
@@ -71,10 +72,10 @@ def prepare_base(base: Path) -> None:
                    cwd=ROOT, check=True, capture_output=True, text=True, timeout=120)
 
 
-def start_server(base: Path, port: int, log_path: Path) -> subprocess.Popen:
+def start_server(base: Path, port: int, log_path: Path, extra_args: tuple[str, ...] = ()) -> subprocess.Popen:
     cmd = [COMFYUI_PYTHON, str(Path(COMFYUI_DIR) / "main.py"), "--cpu", "--listen", "127.0.0.1", "--port", str(port),
            "--disable-auto-launch", "--disable-api-nodes", "--base-directory", str(base),
-           "--database-url", "sqlite:///:memory:"]
+           "--database-url", "sqlite:///:memory:", *extra_args]
     log = open(log_path, "w")
     return subprocess.Popen(cmd, cwd=COMFYUI_DIR, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -160,15 +161,25 @@ def node_id_by_title(workflow: str, title: str) -> str:
 # ----------------------------------------------------------------------------------------------- fixture
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    base = tmp_path_factory.mktemp("comfy_base")
+    yield from running_server(tmp_path_factory, "comfy_base")
+
+
+@pytest.fixture(scope="module")
+def lowvram_server(tmp_path_factory):
+    """A second server started as a user short of VRAM starts it."""
+    yield from running_server(tmp_path_factory, "comfy_lowvram", ("--lowvram",))
+
+
+def running_server(tmp_path_factory, name: str, extra_args: tuple[str, ...] = ()):
+    base = tmp_path_factory.mktemp(name)
     prepare_base(base)
     port, log_path = free_port(), base / "server.log"
     t0 = time.monotonic()
-    proc = start_server(base, port, log_path)
+    proc = start_server(base, port, log_path, extra_args)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, proc, log_path)
-        TIMINGS["server start"] = time.monotonic() - t0
+        TIMINGS[f"{name} start"] = time.monotonic() - t0
         for i, name in enumerate(("ursa_start.png", "ursa_end.png")):
             assert upload_image(url, name, png_bytes(i))["name"] == name
         yield {"url": url, "base": base, "log": log_path}
@@ -268,3 +279,51 @@ def test_missing_model_rejected(server, tmp_path):
     # The client reports the same rejection with exit code 2 and names the node by title.
     res = queue_cli(server["url"], "ursa_t2i", ["URSA Loader.model_name=URSA-not-downloaded"], tmp_path)
     assert res.returncode == 2 and "URSA Loader" in res.stderr, res.stderr
+
+
+def http_get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, b""
+
+
+def test_help_pages_locales_and_model_library(server):
+    url = server["url"]
+    for locale in ("en", "zh"):  # the frontend's first request for a custom node's help page
+        status, body = http_get(f"{url}/extensions/{PLUGIN_DIR_NAME}/docs/URSAModelLoader/{locale}.md")
+        assert status == 200 and b"`blocks_on_gpu`" in body, (locale, status)
+    _, i18n = comfy_queue.http_json(url, "/i18n")
+    assert i18n["zh"]["nodeDefs"]["URSAModelLoader"]["inputs"]["low_vram"]["tooltip"]
+    # The model library lists registered folders' weight files; URSA checkpoints are folders, so no `ursa` entry.
+    _, folders = comfy_queue.http_json(url, "/experiment/models")
+    assert "ursa" not in [f["name"] for f in folders]
+
+
+LOADER_OPTIONS = {
+    "streaming + fp8 + tokenizer on cpu": ["URSA Loader.low_vram=stream", "URSA Loader.blocks_on_gpu=1",
+                                           "URSA Loader.weight_dtype=fp8_e4m3fn", "URSA Loader.vq_device=cpu"],
+    "auto": ["URSA Loader.low_vram=auto", "URSA Loader.weight_dtype=fp8_e5m2"],
+}
+
+
+@pytest.mark.parametrize("workflow", ["ursa_t2i", "ursa_t2v"])
+@pytest.mark.parametrize("options", list(LOADER_OPTIONS))
+def test_lowvram_server_runs_with_loader_options(lowvram_server, workflow, options, tmp_path):
+    sets, frames, size = CASES[workflow]
+    t0 = time.monotonic()
+    res = queue_cli(lowvram_server["url"], workflow, sets + LOADER_OPTIONS[options], tmp_path)
+    TIMINGS[f"--lowvram {workflow} {options}"] = time.monotonic() - t0
+    log = lowvram_server["log"].read_text()
+    assert res.returncode == 0, f"{workflow}:\n{res.stdout}\n{res.stderr}\n{log[-3000:]}"
+    files = [line for line in res.stdout.splitlines() if line.startswith(str(tmp_path))]
+    assert files and all(os.path.getsize(f) > 0 for f in files), res.stdout
+
+
+def test_lowvram_server_rejects_bad_loader_options(lowvram_server):
+    status, body = post_prompt(lowvram_server["url"], "ursa_t2i", TINY + ["URSA Loader.low_vram=stream",
+                                                                          "URSA Loader.compile=true"])
+    assert status == 400, body
+    loader = node_id_by_title("ursa_t2i", "URSA Loader")
+    assert "compile=True with low_vram='stream'" in json.dumps(body["node_errors"][loader]["errors"])

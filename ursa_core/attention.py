@@ -4,6 +4,9 @@ All take q [B, Hq, S, D], k/v [B, Hkv, S, D] and return [B, Hq, S, D]; none uses
 """
 from __future__ import annotations
 
+import functools
+import importlib.util
+import warnings
 from typing import Callable
 
 import torch
@@ -51,3 +54,23 @@ def make_attention(backend: str = "auto") -> Callable | None:
     kinds = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
              "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
     return _sdpa_with(kinds[backend])
+
+
+@functools.lru_cache(maxsize=None)
+def usable_backends(device: str) -> tuple[str, ...]:
+    """The backends that run on `device` with this torch build: each SDPA kernel is tried once on a tiny input
+    (a kernel the GPU or build lacks raises), flex needs a GPU with Triton. 'auto' and 'math' always work."""
+    dev = torch.device(device)
+    q = torch.zeros(1, 2, 16, 64, device=dev, dtype=torch.float32 if dev.type == "cpu" else torch.float16)
+    usable = ["auto"]
+    for backend in ("flash", "cudnn", "efficient", "math"):
+        try:
+            with warnings.catch_warnings():  # SDPA warns why a kernel was not usable before raising
+                warnings.simplefilter("ignore")
+                make_attention(backend)(q, q[:, :1], q[:, :1])
+        except RuntimeError:
+            continue
+        usable.append(backend)
+    if dev.type == "cuda" and importlib.util.find_spec("triton") is not None:
+        usable.append("flex")
+    return tuple(usable)
