@@ -107,7 +107,10 @@ def load_ursa(name: str, dtype: str, options: LoaderOptions = LoaderOptions(), a
         if compile:
             log.warning("URSA: not compiling the layers: free VRAM is short, so %d layers stay on the GPU and the "
                         "rest stream (both replace the layer loop)", keep)
-        enable_low_vram(model.transformer, offload_device, keep)
+        streamer = enable_low_vram(model.transformer, offload_device, keep)
+        if streamer is not None:  # as core logs a partial load: users see why a step is slower
+            log.info("URSA: %d decoder layers stay on %s, %d stream from RAM (low_vram=%s)", keep, load_device,
+                     len(streamer.host), options.low_vram)
     elif compile:
         accelerate(model, attention=attention, compile=True)
     patcher = comfy.model_patcher.ModelPatcher(model.transformer, load_device=load_device,
@@ -120,11 +123,11 @@ def load_ursa(name: str, dtype: str, options: LoaderOptions = LoaderOptions(), a
 
 def resident_blocks(transformer: torch.nn.Module, options: LoaderOptions, load_device) -> int | None:
     """Block swap decision from ComfyUI's VRAM state (--lowvram/--novram) and free memory, as core models do."""
-    if options.low_vram == "auto" and mm.is_device_cpu(load_device):
-        return None  # streaming to the CPU saves nothing
-    layers = [weight_bytes(layer) for layer in transformer.model.layers]
-    other = weight_bytes(transformer) - sum(layers) + 2 * max(layers, default=0)
     state = mm.vram_state
+    if options.low_vram == "auto" and state == mm.VRAMState.DISABLED:
+        return None  # no VRAM (ComfyUI runs on the CPU): streaming saves nothing
+    layers = [weight_bytes(layer) for layer in transformer.model.layers]
+    other = weight_bytes(transformer) - sum(layers)
     return blocks_to_keep(options.low_vram, options.blocks_on_gpu, layers, other, mm.get_free_memory(load_device),
                           state == mm.VRAMState.LOW_VRAM, state == mm.VRAMState.NO_VRAM)
 

@@ -72,10 +72,28 @@ def prepare_base(base: Path) -> None:
                    cwd=ROOT, check=True, capture_output=True, text=True, timeout=120)
 
 
-def start_server(base: Path, port: int, log_path: Path, extra_args: tuple[str, ...] = ()) -> subprocess.Popen:
-    cmd = [COMFYUI_PYTHON, str(Path(COMFYUI_DIR) / "main.py"), "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+# ComfyUI 0.8.0 refuses `--lowvram` next to `--cpu` (argparse) and, without `--cpu`, stops at start-up on a torch
+# without CUDA. So the low-VRAM server is the CPU server with the state `--lowvram` sets on a GPU machine
+# (comfy.model_management.vram_state = LOW_VRAM), applied before main.py runs; everything else is stock ComfyUI.
+LOWVRAM_LAUNCHER = """
+import runpy, sys
+sys.path.insert(0, ".")
+state = sys.argv.pop(1)
+sys.argv[0] = "main.py"
+import comfy.options
+comfy.options.enable_args_parsing()
+import comfy.model_management as mm
+mm.vram_state = mm.VRAMState[state]
+print("URSA test launcher: vram state", mm.vram_state.name, flush=True)
+runpy.run_path("main.py", run_name="__main__")
+"""
+
+
+def start_server(base: Path, port: int, log_path: Path, vram_state: str | None = None) -> subprocess.Popen:
+    entry = ["-c", LOWVRAM_LAUNCHER, vram_state] if vram_state else [str(Path(COMFYUI_DIR) / "main.py")]
+    cmd = [COMFYUI_PYTHON, *entry, "--cpu", "--listen", "127.0.0.1", "--port", str(port),
            "--disable-auto-launch", "--disable-api-nodes", "--base-directory", str(base),
-           "--database-url", "sqlite:///:memory:", *extra_args]
+           "--database-url", "sqlite:///:memory:"]
     log = open(log_path, "w")
     return subprocess.Popen(cmd, cwd=COMFYUI_DIR, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -164,18 +182,19 @@ def server(tmp_path_factory):
     yield from running_server(tmp_path_factory, "comfy_base")
 
 
-@pytest.fixture(scope="module")
-def lowvram_server(tmp_path_factory):
-    """A second server started as a user short of VRAM starts it."""
-    yield from running_server(tmp_path_factory, "comfy_lowvram", ("--lowvram",))
+@pytest.fixture(scope="module", params=["LOW_VRAM", "NO_VRAM"])
+def lowvram_server(tmp_path_factory, request):
+    """A server in the VRAM state of `--lowvram` / `--novram` (see LOWVRAM_LAUNCHER)."""
+    for server_info in running_server(tmp_path_factory, f"comfy_{request.param.lower()}", request.param):
+        yield {**server_info, "state": request.param}
 
 
-def running_server(tmp_path_factory, name: str, extra_args: tuple[str, ...] = ()):
+def running_server(tmp_path_factory, name: str, vram_state: str | None = None):
     base = tmp_path_factory.mktemp(name)
     prepare_base(base)
     port, log_path = free_port(), base / "server.log"
     t0 = time.monotonic()
-    proc = start_server(base, port, log_path, extra_args)
+    proc = start_server(base, port, log_path, vram_state)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, proc, log_path)
@@ -301,10 +320,15 @@ def test_help_pages_locales_and_model_library(server):
     assert "ursa" not in [f["name"] for f in folders]
 
 
+# options -> the block-swap line the loader logs under (LOW_VRAM, NO_VRAM); None = no streaming
 LOADER_OPTIONS = {
-    "streaming + fp8 + tokenizer on cpu": ["URSA Loader.low_vram=stream", "URSA Loader.blocks_on_gpu=1",
-                                           "URSA Loader.weight_dtype=fp8_e4m3fn", "URSA Loader.vq_device=cpu"],
-    "auto": ["URSA Loader.low_vram=auto", "URSA Loader.weight_dtype=fp8_e5m2"],
+    "stream 1 block + fp8 + tokenizer on cpu": (
+        ["URSA Loader.low_vram=stream", "URSA Loader.blocks_on_gpu=1", "URSA Loader.weight_dtype=fp8_e4m3fn",
+         "URSA Loader.vq_device=cpu"],
+        ("1 decoder layers stay on cpu, 1 stream from RAM (low_vram=stream)",) * 2),
+    # like core under --lowvram: the tiny model fits in the free memory, so all of it stays; --novram streams all
+    "auto + fp8_e5m2": (["URSA Loader.low_vram=auto", "URSA Loader.weight_dtype=fp8_e5m2"],
+                        (None, "0 decoder layers stay on cpu, 2 stream from RAM (low_vram=auto)")),
 }
 
 
@@ -312,13 +336,21 @@ LOADER_OPTIONS = {
 @pytest.mark.parametrize("options", list(LOADER_OPTIONS))
 def test_lowvram_server_runs_with_loader_options(lowvram_server, workflow, options, tmp_path):
     sets, frames, size = CASES[workflow]
+    overrides, expected_lines = LOADER_OPTIONS[options]
+    seen = len(lowvram_server["log"].read_text())
     t0 = time.monotonic()
-    res = queue_cli(lowvram_server["url"], workflow, sets + LOADER_OPTIONS[options], tmp_path)
-    TIMINGS[f"--lowvram {workflow} {options}"] = time.monotonic() - t0
+    res = queue_cli(lowvram_server["url"], workflow, sets + overrides + [f"URSA Sampler.seed={len(options)}"],
+                    tmp_path)
+    TIMINGS[f"{lowvram_server['state']} {workflow} {options}"] = time.monotonic() - t0
     log = lowvram_server["log"].read_text()
     assert res.returncode == 0, f"{workflow}:\n{res.stdout}\n{res.stderr}\n{log[-3000:]}"
     files = [line for line in res.stdout.splitlines() if line.startswith(str(tmp_path))]
     assert files and all(os.path.getsize(f) > 0 for f in files), res.stdout
+    assert f"URSA test launcher: vram state {lowvram_server['state']}" in log
+    new_lines = log[seen:]
+    expected = expected_lines[lowvram_server["state"] == "NO_VRAM"]
+    if workflow == "ursa_t2i":  # the loader runs once per server and options (t2v reuses the cached model)
+        assert (expected in new_lines) if expected else ("stream from RAM" not in new_lines), new_lines[-2000:]
 
 
 def test_lowvram_server_rejects_bad_loader_options(lowvram_server):

@@ -222,13 +222,22 @@ def test_node_stream_fp8_and_vq_device_run_the_graph(env):
 
 def test_node_auto_streams_under_lowvram_like_core(env, monkeypatch):
     mm = env.modules["comfy.model_management"]
-    model, *_ = run_t2i(env)  # CPU: auto never streams
+    model, *_ = run_t2i(env)  # ComfyUI on the CPU (vram state DISABLED): auto never streams
     assert model.model.transformer.layer_runner is None
-    monkeypatch.setattr(mm, "is_device_cpu", lambda device: False)  # as if the load device were a GPU
-    monkeypatch.setattr(mm, "vram_state", mm.VRAMState.NO_VRAM)
-    model, _, tokens, _ = run_t2i(env)
-    assert len(model.model.transformer.model.layers) == 0 and model.model.transformer.layer_runner is not None
-    monkeypatch.setattr(mm, "vram_state", mm.VRAMState.NORMAL_VRAM)
-    monkeypatch.setattr(mm, "get_free_memory", lambda dev=None, torch_free_too=False: 100 * GIB)
+    layer = weight_bytes(model.model.transformer.model.layers[0])
+    other = weight_bytes(model.model.transformer) - 2 * layer  # the tiny model has 2 layers
+    monkeypatch.setattr(mm, "vram_state", mm.VRAMState.NO_VRAM)  # as ComfyUI sets it for --novram on a GPU
     model, *_ = run_t2i(env)
-    assert model.model.transformer.layer_runner is None  # everything fits: no streaming
+    assert len(model.model.transformer.model.layers) == 0 and model.model.transformer.layer_runner is not None
+    free = {"bytes": ACTIVATION_RESERVE + other + 3 * layer}  # everything + one layer, or two slots + one layer
+    monkeypatch.setattr(mm, "get_free_memory", lambda dev=None, torch_free_too=False: free["bytes"])
+    monkeypatch.setattr(mm, "vram_state", mm.VRAMState.LOW_VRAM)  # --lowvram: as many layers as fit stay
+    model, *_ = run_t2i(env)
+    assert len(model.model.transformer.model.layers) == 1 and model.model.transformer.layer_runner is not None
+    monkeypatch.setattr(mm, "vram_state", mm.VRAMState.NORMAL_VRAM)
+    model, *_ = run_t2i(env)
+    assert model.model.transformer.layer_runner is None  # normal state and everything fits: no streaming
+    free["bytes"] = ACTIVATION_RESERVE + other + layer
+    model, *_ = run_t2i(env)
+    assert len(model.model.transformer.model.layers) == 0  # VRAM short: streams although the state is normal
+

@@ -46,8 +46,8 @@ def blocks_to_keep(mode: str, blocks_on_gpu: int, layer_bytes: list[int], other_
 
     off: never stream. stream: keep `blocks_on_gpu`. auto (like core models under --lowvram/--novram or when VRAM
     is short): no streaming while everything plus the activation reserve fits in `free_bytes`; otherwise keep as
-    many layers as fit next to the always-resident part (`other_bytes`: embeddings, head, the two stream slots),
-    none under --novram."""
+    many layers as fit next to the always-resident part (`other_bytes`: embeddings, norm, head) and the two stream
+    slots, none under --novram."""
     if mode == "off":
         return None
     if mode == "stream":
