@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 from .errors import URSAError
+from .weight_dtype import STORAGE_DTYPES
 
 REAL_MODELS = ("BAAI/URSA-1.7B-FSQ320", "BAAI/URSA-1.7B-IBQ1024")
 
@@ -39,6 +40,12 @@ def tiny_model_dir() -> Path:
         if not (folder / "model_index.json").is_file():
             raise URSAError(f"could not create the tiny checkpoint in {folder}")
     return folder
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     speed = gen.add_argument_group("speed and memory (GPU; see docs/PERFORMANCE.md)")
     speed.add_argument("--compile", action="store_true", help="torch.compile the layers (faster after ~15 s)")
     speed.add_argument("--low-vram", action="store_true", help="stream layers from host memory (49 frames in 4.3 GiB)")
+    speed.add_argument("--blocks-on-gpu", type=_count, default=0,
+                       help="with --low-vram: how many layers stay on the GPU (the rest stream; default 0)")
+    speed.add_argument("--weight-dtype", default="default", choices=list(STORAGE_DTYPES),
+                       help="weight storage as ComfyUI's UNETLoader: fp8 layer weights, upcast per layer")
     speed.add_argument("--attention", default="auto", help="auto, flash, cudnn, efficient, math or flex")
     speed.add_argument("--sampler", default="auto", choices=("auto", "torch", "triton"),
                        help="jump-step kernels: triton (fused, CUDA), torch, or auto")
