@@ -68,6 +68,14 @@ def model_folder_path(name: str) -> Path:
     raise InputError(missing_model_message(name))
 
 
+def load_fully(patcher) -> None:
+    """Move a patcher's module onto its load device, whole (other models are unloaded to make room, as for core's
+    text encoders). A partial load by ComfyUI would leave our plain torch layers (they lack comfy.ops' weight casting)
+    on the offload device and fail in the forward pass; URSA's partial loading is its own block swap, already sized
+    to the free memory when the loader ran."""
+    mm.load_models_gpu([patcher], force_full_load=True)
+
+
 @dataclass
 class LoadedURSA:
     """What URSA_MODEL carries: the model and the ModelPatcher ComfyUI moves between devices."""
@@ -75,7 +83,7 @@ class LoadedURSA:
     patcher: object
 
     def to_compute_device(self) -> torch.device:
-        mm.load_models_gpu([self.patcher])
+        load_fully(self.patcher)
         return self.model.device
 
 
@@ -87,7 +95,7 @@ class LoadedVQ:
     fps: float
 
     def to_compute_device(self) -> torch.nn.Module:
-        mm.load_models_gpu([self.patcher])
+        load_fully(self.patcher)
         return self.vq
 
 

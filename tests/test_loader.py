@@ -215,6 +215,8 @@ def test_node_stream_fp8_and_vq_device_run_the_graph(env):
     assert len(model.model.transformer.model.layers) == 1 and model.model.transformer.layer_runner is not None
     assert torch.equal(tokens.tokens, ref_tokens.tokens) and torch.equal(images, ref_images)  # streaming is exact
     assert env.patchers[-1].load_device == torch.device("cpu") and env.patchers[-1].model is vq.vq
+    # ComfyUI never half-loads our plain torch modules: the block swap above is the partial load
+    assert env.load_calls and all(call["force_full_load"] for call in env.load_calls)
     model, _, tokens, images = run_t2i(env, weight_dtype="fp8_e4m3fn")
     assert model.model.transformer.model.layers[0].mlp.up_proj.weight.dtype == torch.float8_e4m3fn
     assert tokens.tokens.shape == ref_tokens.tokens.shape and images.shape == ref_images.shape
