@@ -109,6 +109,10 @@ def load_ursa(name: str, dtype: str, options: LoaderOptions = LoaderOptions(), a
     if model.vae is None:
         raise InputError(f"{folder}: no vae/ folder; URSA needs its visual tokenizer to encode and decode")
     accelerate(model, attention=attention, weight_dtype=options.weight_dtype)
+    text_device = mm.text_encoder_device() if options.text_device == "default" else torch.device(options.text_device)
+    if torch.device(text_device) != torch.device(load_device):
+        from ursa_core.lowvram import place_embeddings
+        place_embeddings(model.transformer, text_device)
     keep = resident_blocks(model.transformer, options, load_device)
     if keep is not None:
         from ursa_core.lowvram import enable_low_vram

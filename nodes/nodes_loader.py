@@ -59,8 +59,12 @@ class URSAModelLoader(io.ComfyNode):
                                      "keeps them all. Ignored by auto and off."),
                 io.Combo.Input("vq_device", options=device_choices(), default="default", optional=True,
                                tooltip="Where the visual tokenizer (encode/decode) runs: default = ComfyUI's VAE "
-                                       "device, cpu, or another GPU. Tokens move between devices by themselves. "
-                                       "(URSA has no text encoder: the prompt tokenizer always runs on the CPU.)"),
+                                       "device, cpu, or another GPU. Tokens move between devices by themselves."),
+                io.Combo.Input("text_device", options=device_choices(), default="default", optional=True,
+                               tooltip="Where the text side lives: the token embedding table (text vocabulary + "
+                                       "visual codes, 0.9 GB in bf16 for URSA-1.7B). default = ComfyUI's text "
+                                       "encoder device (the CPU under --lowvram); cpu keeps it in RAM and sends only "
+                                       "the embedded tokens to the GPU each step; or another GPU."),
             ],
             outputs=[URSAModel.Output(display_name="model",
                                       tooltip="The URSA transformer, its metric path and prompt tokenizer: connect "
@@ -72,12 +76,12 @@ class URSAModelLoader(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, model_name=None, weight_dtype=None, low_vram=None, blocks_on_gpu=None, vq_device=None,
-                        compile=None):
+                        compile=None, text_device=None):
         # Naming model_name here turns off core's COMBO check, so this checks membership itself (same for the others).
         if model_name is not None and model_name not in glue.list_model_folders():
             return glue.missing_model_message(model_name)
         return ((weight_dtype is not None and check_weight_dtype(weight_dtype))
-                or check_loader_options(low_vram, blocks_on_gpu, vq_device, compile) or True)
+                or check_loader_options(low_vram, blocks_on_gpu, vq_device, compile, text_device) or True)
 
     @classmethod
     def fingerprint_inputs(cls, model_name=None, **options):
@@ -86,8 +90,8 @@ class URSAModelLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, model_name, dtype, attention="auto", compile=False, weight_dtype="default", low_vram="auto",
-                blocks_on_gpu=0, vq_device="default") -> io.NodeOutput:
+                blocks_on_gpu=0, vq_device="default", text_device="default") -> io.NodeOutput:
         options = LoaderOptions(weight_dtype=weight_dtype, low_vram=low_vram, blocks_on_gpu=blocks_on_gpu,
-                                vq_device=vq_device)
+                                vq_device=vq_device, text_device=text_device)
         model, vq = glue.load_ursa(model_name, dtype, options, attention=attention, compile=compile)
         return io.NodeOutput(model, vq)

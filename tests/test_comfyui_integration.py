@@ -324,7 +324,7 @@ def test_help_pages_locales_and_model_library(server):
 LOADER_OPTIONS = {
     "stream 1 block + fp8 + tokenizer on cpu": (
         ["URSA Loader.low_vram=stream", "URSA Loader.blocks_on_gpu=1", "URSA Loader.weight_dtype=fp8_e4m3fn",
-         "URSA Loader.vq_device=cpu"],
+         "URSA Loader.vq_device=cpu", "URSA Loader.text_device=cpu"],
         ("1 decoder layers stay on cpu, 1 stream from RAM (low_vram=stream)",) * 2),
     # like core under --lowvram: the tiny model fits in the free memory, so all of it stays; --novram streams all
     "auto + fp8_e5m2": (["URSA Loader.low_vram=auto", "URSA Loader.weight_dtype=fp8_e5m2"],

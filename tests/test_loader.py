@@ -10,7 +10,7 @@ import torch
 
 from ursa_core.config import TransformerConfig
 from ursa_core.loader_options import ACTIVATION_RESERVE, blocks_to_keep, check_loader_options
-from ursa_core.lowvram import enable_low_vram
+from ursa_core.lowvram import DetachedEmbedding, enable_low_vram, place_embeddings
 from ursa_core.model import is_ursa_folder
 from ursa_core.modeling_ursa import URSATransformer
 from ursa_core.rope import rotary_cos_sin, sequence_positions
@@ -113,6 +113,18 @@ def test_block_swap_with_every_block_kept_streams_nothing_and_fp8_streams_fp8():
     assert torch.equal(forward(fp8), ref)
 
 
+def test_embeddings_on_their_own_device_leave_the_module_tree():
+    model = transformer()
+    ref = forward(model)
+    placed = copy.deepcopy(model)
+    detached = place_embeddings(placed, "cpu")
+    assert not any("embed_tokens" in key for key in placed.state_dict())  # a model manager neither moves nor counts it
+    assert weight_bytes(model) - weight_bytes(placed) == detached.weight.numel() * 4
+    assert torch.equal(forward(placed), ref)
+    enable_low_vram(placed, "cpu", blocks_on_gpu=1)  # combines with block swap
+    assert placed.model.embed_tokens is detached and torch.equal(forward(placed), ref)
+
+
 def test_automatic_block_count_like_core():
     layers, other = [GIB] * 28, 2 * GIB
     fits = other + 28 * GIB + ACTIVATION_RESERVE
@@ -133,6 +145,7 @@ def test_loader_option_rules_name_value_and_rule():
     assert "vq_device='cuda:7'" in check_loader_options(vq_device="cuda:7") and "'cpu'" in \
         check_loader_options(vq_device="cuda:7")
     assert "compile=True with low_vram='stream'" in check_loader_options(low_vram="stream", compile=True)
+    assert "text_device='cuda:9'" in check_loader_options(text_device="cuda:9")
 
 
 # --------------------------------------------------------------------------------------------- URSA folders
@@ -205,6 +218,7 @@ def test_node_validates_new_options(env):
                                  "vq_device": "cpu"}) == []
     assert "weight_dtype='int4'" in str(env.validate(loader, {**base, "weight_dtype": "int4"}))
     assert "vq_device='cuda:3'" in str(env.validate(loader, {**base, "vq_device": "cuda:3"}))
+    assert "text_device='gpu'" in str(env.validate(loader, {**base, "text_device": "gpu"}))
     assert "compile=True with low_vram='stream'" in str(env.validate(loader, {**base, "low_vram": "stream",
                                                                               "compile": True}))
 
@@ -220,6 +234,18 @@ def test_node_stream_fp8_and_vq_device_run_the_graph(env):
     model, _, tokens, images = run_t2i(env, weight_dtype="fp8_e4m3fn")
     assert model.model.transformer.model.layers[0].mlp.up_proj.weight.dtype == torch.float8_e4m3fn
     assert tokens.tokens.shape == ref_tokens.tokens.shape and images.shape == ref_images.shape
+
+
+def test_node_text_side_on_another_device(env, monkeypatch):
+    _, _, ref_tokens, _ = run_t2i(env)
+    mm = env.modules["comfy.model_management"]
+    # a load device other than the CPU (cpu:0 compares unequal to cpu, yet runs here)
+    monkeypatch.setattr(mm, "get_torch_device", lambda: torch.device("cpu", 0))
+    model, _, tokens, _ = run_t2i(env, text_device="cpu")
+    assert isinstance(model.model.transformer.model.embed_tokens, DetachedEmbedding)
+    assert torch.equal(tokens.tokens, ref_tokens.tokens)
+    model, *_ = run_t2i(env, text_device="default")  # ComfyUI's text encoder device: the CPU in the stand-ins
+    assert isinstance(model.model.transformer.model.embed_tokens, DetachedEmbedding)
 
 
 def test_node_auto_streams_under_lowvram_like_core(env, monkeypatch):

@@ -19,15 +19,16 @@ class LoaderOptions:
     low_vram: str = "auto"
     blocks_on_gpu: int = 0
     vq_device: str = "default"
+    text_device: str = "default"
 
 
 def device_choices() -> list[str]:
-    """Where the visual tokenizer may run: ComfyUI's choice, the CPU, or any visible GPU by index."""
+    """Where the visual tokenizer or the text side may run: ComfyUI's choice, the CPU, or any visible GPU."""
     return ["default", "cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
 
 
 def check_loader_options(low_vram: str | None = None, blocks_on_gpu: int | None = None, vq_device: str | None = None,
-                         compile: bool | None = None) -> str | None:
+                         compile: bool | None = None, text_device: str | None = None) -> str | None:
     """None when the options are allowed, else one line naming the value and the rule."""
     if low_vram is not None and low_vram not in LOW_VRAM_MODES:
         return f"low_vram={low_vram!r} is not allowed: use one of {list(LOW_VRAM_MODES)}"
@@ -35,6 +36,8 @@ def check_loader_options(low_vram: str | None = None, blocks_on_gpu: int | None 
         return f"blocks_on_gpu={blocks_on_gpu!r} is not allowed: use a whole number from 0 to {MAX_BLOCKS}"
     if vq_device is not None and vq_device not in device_choices():
         return f"vq_device={vq_device!r} is not allowed on this machine: use one of {device_choices()}"
+    if text_device is not None and text_device not in device_choices():
+        return f"text_device={text_device!r} is not allowed on this machine: use one of {device_choices()}"
     if compile and low_vram == "stream":
         return "compile=True with low_vram='stream' is not allowed: both replace the layer loop; turn one off"
     return None
