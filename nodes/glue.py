@@ -16,6 +16,7 @@ import torch
 from ursa_core.acceleration import accelerate
 from ursa_core.errors import InputError
 from ursa_core.loader_options import LoaderOptions, blocks_to_keep
+from ursa_core.lowvram import enable_low_vram, place_embeddings
 from ursa_core.model import URSAModel, is_ursa_folder, load_model, resolve_dtype
 from ursa_core.preview import token_colors
 from ursa_core.weight_dtype import weight_bytes
@@ -109,28 +110,31 @@ def load_ursa(name: str, dtype: str, options: LoaderOptions = LoaderOptions(), a
     if model.vae is None:
         raise InputError(f"{folder}: no vae/ folder; URSA needs its visual tokenizer to encode and decode")
     accelerate(model, attention=attention, weight_dtype=options.weight_dtype)
-    text_device = mm.text_encoder_device() if options.text_device == "default" else torch.device(options.text_device)
-    if torch.device(text_device) != torch.device(load_device):
-        from ursa_core.lowvram import place_embeddings
-        place_embeddings(model.transformer, text_device)
-    keep = resident_blocks(model.transformer, options, load_device)
-    if keep is not None:
-        from ursa_core.lowvram import enable_low_vram
-        if compile:
-            log.warning("URSA: not compiling the layers: free VRAM is short, so %d layers stay on the GPU and the "
-                        "rest stream (both replace the layer loop)", keep)
-        streamer = enable_low_vram(model.transformer, offload_device, keep)
-        if streamer is not None:  # as core logs a partial load: users see why a step is slower
-            log.info("URSA: %d decoder layers stay on %s, %d stream from RAM (low_vram=%s)", keep, load_device,
-                     len(streamer.host), options.low_vram)
-    elif compile:
-        accelerate(model, attention=attention, compile=True)
+    place_transformer(model, options, compile, load_device, offload_device)
     patcher = comfy.model_patcher.ModelPatcher(model.transformer, load_device=load_device,
                                                offload_device=offload_device)
     vq_device = mm.vae_device() if options.vq_device == "default" else torch.device(options.vq_device)
     vq_patcher = comfy.model_patcher.ModelPatcher(model.vae, load_device=vq_device,
                                                   offload_device=mm.vae_offload_device())
     return LoadedURSA(model, patcher), LoadedVQ(model.vae, vq_patcher, model.geometry.fps)
+
+
+def place_transformer(model: URSAModel, options: LoaderOptions, compile: bool, load_device, offload_device) -> None:
+    """Text side on its device, then block swap (or compile, which replaces the same layer loop)."""
+    text_device = mm.text_encoder_device() if options.text_device == "default" else torch.device(options.text_device)
+    if torch.device(text_device) != torch.device(load_device):
+        place_embeddings(model.transformer, text_device)
+    keep = resident_blocks(model.transformer, options, load_device)
+    streamer = None if keep is None else enable_low_vram(model.transformer, offload_device, keep)
+    if streamer is not None:  # as core logs a partial load: users see why a step is slower
+        log.info("URSA: %d decoder layers stay on %s, %d stream from RAM (low_vram=%s)", keep, load_device,
+                 len(streamer.host), options.low_vram)
+        if compile:
+            log.warning("URSA: not compiling the layers: VRAM is short, so layers stream (both replace the layer "
+                        "loop)")
+    elif compile:
+        from ursa_core.compiled import compile_layers  # imports torch._dynamo: only when asked for
+        compile_layers(model.transformer)
 
 
 def resident_blocks(transformer: torch.nn.Module, options: LoaderOptions, load_device) -> int | None:

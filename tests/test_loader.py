@@ -269,3 +269,17 @@ def test_node_auto_streams_under_lowvram_like_core(env, monkeypatch):
     model, *_ = run_t2i(env)
     assert len(model.model.transformer.model.layers) == 0  # VRAM short: streams although the state is normal
 
+
+
+def test_node_compile_unless_auto_has_to_stream(env, monkeypatch):
+    """compile and block swap replace the same layer loop: auto keeps compile when nothing streams."""
+    from ursa_core.lowvram import LayerStreamer
+    mm = env.modules["comfy.model_management"]
+    loader = env.mods["loader"].URSAModelLoader
+    monkeypatch.setattr(mm, "vram_state", mm.VRAMState.LOW_VRAM)  # everything fits in the stand-ins' 8 GiB
+    model, _ = env.run(loader, model_name="URSA-tiny", dtype="fp32", compile=True).result
+    runner = model.model.transformer.layer_runner
+    assert runner is not None and not isinstance(runner, LayerStreamer)  # the compiled loop (not run here)
+    monkeypatch.setattr(mm, "vram_state", mm.VRAMState.NO_VRAM)
+    model, _ = env.run(loader, model_name="URSA-tiny", dtype="fp32", compile=True).result
+    assert isinstance(model.model.transformer.layer_runner, LayerStreamer)
