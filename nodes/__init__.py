@@ -1,7 +1,6 @@
 """ComfyUI V3 nodes over ursa_core. Node ids and input order are a promise to saved workflows: new inputs go last."""
 from comfy_api.latest import ComfyExtension, io
 
-from .glue import register_model_folder
 from .nodes_extend import URSAExtendVideo
 from .nodes_loader import URSAModelLoader
 from .nodes_sampler import URSASampler
@@ -20,5 +19,4 @@ class URSAExtension(ComfyExtension):
 
 
 async def comfy_entrypoint() -> URSAExtension:
-    register_model_folder()
     return URSAExtension()

@@ -1,6 +1,7 @@
 """The ComfyUI side of the plugin in one place: model folders, memory management, progress and previews."""
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,48 +13,69 @@ import comfy.utils
 import folder_paths
 import torch
 
+from ursa_core.acceleration import accelerate
 from ursa_core.errors import InputError
-from ursa_core.checkpoint import URSAModel, load_model, resolve_dtype
+from ursa_core.checkpoint import URSAModel, is_ursa_folder, load_model, resolve_dtype
+from ursa_core.loader_options import LoaderOptions, blocks_to_keep
+from ursa_core.lowvram import enable_low_vram, place_embeddings
 from ursa_core.preview import token_colors
 from ursa_core.token_io import model_identity
+from ursa_core.weight_dtype import weight_bytes
 
+log = logging.getLogger(__name__)
 MODEL_FOLDER_KEY = "ursa"
 SEARCH_DEPTH = 2  # models/ursa/<name> or models/ursa/<org>/<name>
-
-
-def register_model_folder() -> None:
-    """`models/ursa/` as its own key (plus anything users add in extra_model_paths.yaml)."""
-    if MODEL_FOLDER_KEY not in folder_paths.folder_names_and_paths:
-        folder_paths.add_model_folder_path(MODEL_FOLDER_KEY, os.path.join(folder_paths.models_dir, "ursa"))
+DOWNLOAD_HINT = ("download one: hf download BAAI/URSA-1.7B-FSQ320 --local-dir ComfyUI/models/ursa/URSA-1.7B-FSQ320 "
+                 "(or: python -m ursa_core download BAAI/URSA-1.7B-FSQ320 --dir ComfyUI/models/ursa)")
 
 
 def model_search_dirs() -> list[str]:
-    register_model_folder()
-    dirs = list(folder_paths.get_folder_paths(MODEL_FOLDER_KEY))
-    if "diffusers" in folder_paths.folder_names_and_paths:
-        dirs += folder_paths.get_folder_paths("diffusers")
+    """models/ursa/, the `ursa` paths of extra_model_paths.yaml, then core's models/diffusers/.
+
+    `ursa` is deliberately not registered as a folder_paths key: ComfyUI's model library lists every weight file of
+    a registered folder (each shard of each checkpoint), while URSA checkpoints are folders. A user who adds `ursa:`
+    to extra_model_paths.yaml registers it (and gets those entries); its paths are searched too."""
+    dirs = [os.path.join(folder_paths.models_dir, MODEL_FOLDER_KEY)]
+    for key in (MODEL_FOLDER_KEY, "diffusers"):
+        if key in folder_paths.folder_names_and_paths:
+            dirs += [d for d in folder_paths.get_folder_paths(key) if d not in dirs]
     return dirs
 
 
 def list_model_folders() -> list[str]:
-    """Folders holding a model_index.json, as paths relative to their search dir (always with '/')."""
+    """URSA checkpoint folders (other diffusers folders are left out), relative to their search dir, with '/'."""
     found: set[str] = set()
     for base in map(Path, model_search_dirs()):
         if not base.is_dir():
             continue
         for depth in range(1, SEARCH_DEPTH + 1):
             for index in base.glob("/".join(["*"] * depth) + "/model_index.json"):
-                found.add(index.parent.relative_to(base).as_posix())
+                if is_ursa_folder(index.parent):
+                    found.add(index.parent.relative_to(base).as_posix())
     return sorted(found)
+
+
+def missing_model_message(name: str) -> str:
+    available = list_model_folders()
+    if not available:
+        return f"model folder {name!r}: no URSA checkpoint folder in {model_search_dirs()}; {DOWNLOAD_HINT}"
+    return f"model folder {name!r} not found in {model_search_dirs()}; available: {available}"
 
 
 def model_folder_path(name: str) -> Path:
     for base in map(Path, model_search_dirs()):
         candidate = base / name
-        if (candidate / "model_index.json").is_file():
+        if is_ursa_folder(candidate):
             return candidate
-    raise InputError(f"URSA model folder {name!r} not found in {model_search_dirs()}; put a checkpoint folder "
-                     f"(with model_index.json) there, e.g. models/ursa/URSA-1.7B-FSQ320")
+    raise InputError(missing_model_message(name))
+
+
+def load_fully(patcher, memory_required: int = 0) -> None:
+    """Move a patcher's module onto its load device, whole (other models are unloaded to make room, as for core's
+    text encoders). A partial load by ComfyUI would leave our plain torch layers (they lack comfy.ops' weight casting)
+    on the offload device and fail in the forward pass; URSA's partial loading is its own block swap, already sized
+    to the free memory when the loader ran."""
+    mm.load_models_gpu([patcher], memory_required=memory_required, force_full_load=True)
 
 
 @dataclass
@@ -64,7 +86,7 @@ class LoadedURSA:
 
     def to_compute_device(self, memory_required: int = 0) -> torch.device:
         """Weights onto the GPU, with `memory_required` bytes made free beside them (ComfyUI unloads other models)."""
-        mm.load_models_gpu([self.patcher], memory_required=memory_required)
+        load_fully(self.patcher, memory_required)
         return self.model.device
 
 
@@ -78,7 +100,7 @@ class LoadedVQ:
     identity: Optional[dict] = None
 
     def to_compute_device(self) -> torch.nn.Module:
-        mm.load_models_gpu([self.patcher])
+        load_fully(self.patcher)
         return self.vq
 
 
@@ -87,18 +109,53 @@ def compute_device() -> torch.device:
     return torch.device(mm.get_torch_device())
 
 
-def load_ursa(name: str, dtype: str) -> tuple[LoadedURSA, LoadedVQ]:
-    """Load on the offload device; ComfyUI's model management moves weights to the GPU when a node runs."""
+def load_ursa(name: str, dtype: str, options: LoaderOptions = LoaderOptions(), attention: str = "auto",
+              compile: bool = False) -> tuple[LoadedURSA, LoadedVQ]:
+    """Load on the offload device; ComfyUI's model management moves weights to the GPU when a node runs (with
+    block swap, only the resident part: streamed layers stay in host memory)."""
     folder = model_folder_path(name)
     load_device, offload_device = mm.get_torch_device(), mm.unet_offload_device()
     model = load_model(folder, device=offload_device, dtype=resolve_dtype(dtype, torch.device(load_device)))
     if model.visual_tokenizer is None:
         raise InputError(f"{folder}: no vae/ folder; URSA needs its visual tokenizer to encode and decode")
+    accelerate(model, attention=attention, weight_dtype=options.weight_dtype, compute_device=load_device)
+    place_transformer(model, options, compile, load_device, offload_device)
     patcher = comfy.model_patcher.ModelPatcher(model.transformer, load_device=load_device,
                                                offload_device=offload_device)
-    vq_patcher = comfy.model_patcher.ModelPatcher(model.visual_tokenizer, load_device=mm.vae_device(),
+    vq_device = mm.vae_device() if options.vq_device == "default" else torch.device(options.vq_device)
+    vq_patcher = comfy.model_patcher.ModelPatcher(model.visual_tokenizer, load_device=vq_device,
                                                   offload_device=mm.vae_offload_device())
-    return LoadedURSA(model, patcher), LoadedVQ(model.visual_tokenizer, vq_patcher, model.geometry.fps, model_identity(model))
+    return (LoadedURSA(model, patcher),
+            LoadedVQ(model.visual_tokenizer, vq_patcher, model.geometry.fps, model_identity(model)))
+
+
+def place_transformer(model: URSAModel, options: LoaderOptions, compile: bool, load_device, offload_device) -> None:
+    """Text side on its device, then block swap (or compile, which replaces the same layer loop)."""
+    text_device = mm.text_encoder_device() if options.text_device == "default" else torch.device(options.text_device)
+    if torch.device(text_device) != torch.device(load_device):
+        place_embeddings(model.transformer, text_device)
+    keep = resident_blocks(model.transformer, options, load_device)
+    streamer = None if keep is None else enable_low_vram(model.transformer, offload_device, keep)
+    if streamer is not None:  # as core logs a partial load: users see why a step is slower
+        log.info("URSA: %d decoder layers stay on %s, %d stream from RAM (low_vram=%s)", keep, load_device,
+                 len(streamer.host), options.low_vram)
+        if compile:
+            log.warning("URSA: not compiling the layers: VRAM is short, so layers stream (both replace the layer "
+                        "loop)")
+    elif compile:
+        from ursa_core.compiled import compile_layers  # imports torch._dynamo: only when asked for
+        compile_layers(model.transformer)
+
+
+def resident_blocks(transformer: torch.nn.Module, options: LoaderOptions, load_device) -> int | None:
+    """Block swap decision from ComfyUI's VRAM state (--lowvram/--novram) and free memory, as core models do."""
+    state = mm.vram_state
+    if options.low_vram == "auto" and state == mm.VRAMState.DISABLED:
+        return None  # no VRAM (ComfyUI runs on the CPU): streaming saves nothing
+    layers = [weight_bytes(layer) for layer in transformer.model.layers]
+    other = weight_bytes(transformer) - sum(layers)
+    return blocks_to_keep(options.low_vram, options.blocks_on_gpu, layers, other, mm.get_free_memory(load_device),
+                          state == mm.VRAMState.LOW_VRAM, state == mm.VRAMState.NO_VRAM)
 
 
 class StepProgress:

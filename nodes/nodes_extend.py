@@ -62,7 +62,10 @@ class URSAExtendVideo(io.ComfyNode):
                                 tooltip="Optional: one prompt per line, line i for window i (the last line "
                                         "repeats). Empty = the conditioning's prompt for every window."),
             ],
-            outputs=[URSATokens.Output(display_name="tokens")],
+            outputs=[URSATokens.Output(display_name="tokens", tooltip="The whole extended clip (input tokens followed "
+                                                                      "by every new window's frames): decode with "
+                                                                      "URSA Tokenizer Decode or save with URSA Save "
+                                                                      "Tokens.")],
         )
 
     @classmethod

@@ -3,16 +3,22 @@ from __future__ import annotations
 
 import os
 
+import comfy.model_management as mm
 from comfy_api.latest import io
 
-from ursa_core import rules
-from ursa_core.acceleration import accelerate
 from ursa_core import attention as attention_backends
+from ursa_core import rules
+from ursa_core.loader_options import LOW_VRAM_MODES, MAX_BLOCKS, LoaderOptions, check_loader_options, device_choices
+from ursa_core.weight_dtype import STORAGE_DTYPES, check_weight_dtype
 
 from . import glue
 from .types import URSAModel, URSAVQ
 
 DTYPES = list(rules.DTYPES)
+
+
+def attention_choices() -> list[str]:
+    return list(attention_backends.available_names(mm.get_torch_device()))
 
 
 class URSAModelLoader(io.ComfyNode):
@@ -25,45 +31,73 @@ class URSAModelLoader(io.ComfyNode):
                         "sampler or tokenizer node needs them; ComfyUI's model management moves them.",
             inputs=[
                 io.Combo.Input("model_name", options=glue.list_model_folders(),
-                               tooltip="Checkpoint folder under models/ursa/ (any folder with model_index.json), "
-                                       "e.g. URSA-1.7B-FSQ320 for video or URSA-1.7B-IBQ1024 for 1024px images."),
+                               tooltip="URSA checkpoint folder under models/ursa/ (only folders whose configs are "
+                                       "URSA's are listed), e.g. URSA-1.7B-FSQ320 for video or URSA-1.7B-IBQ1024 "
+                                       "for 1024px images. None yet? " + glue.DOWNLOAD_HINT),
                 io.Combo.Input("dtype", options=DTYPES, default="auto",
-                               tooltip="Transformer weight/compute dtype. auto = bf16 on GPUs that support it, "
-                                       "else fp16; fp32 on CPU."),
-                io.Combo.Input("attention", options=list(attention_backends.names()), default="auto",
-                               optional=True,
-                               tooltip="Attention kernel. auto = the fastest available (today sdpa: PyTorch SDPA's "
-                                       "choice, cuDNN on H100); flash/cudnn/efficient/math pin one SDPA kernel; flex = "
-                                       "FlexAttention (compiled)."),
+                               tooltip="Compute dtype (and storage dtype when weight_dtype is default). auto = bf16 "
+                                       "on GPUs that support it, else fp16; fp32 on CPU."),
+                io.Combo.Input("attention", options=attention_choices(), default="auto", optional=True,
+                               tooltip="Attention kernel; only those that run on this machine are listed. auto = "
+                                       "the fastest available (cuDNN through PyTorch SDPA on H100 unless a faster "
+                                       "one is installed); flash/cudnn/efficient/math pin one SDPA kernel; flex = "
+                                       "FlexAttention (compiled, needs Triton)."),
                 io.Boolean.Input("compile", default=False, optional=True,
                                  tooltip="torch.compile the layers (about 23% faster per step on an H100; the first "
-                                         "run of each size compiles for ~15 s; needs Triton)."),
+                                         "run of each size compiles for ~15 s; needs Triton). Not with streaming."),
+                io.Combo.Input("weight_dtype", options=list(STORAGE_DTYPES), default="default", optional=True,
+                               tooltip="Weight storage, as core's UNETLoader: default = the compute dtype; "
+                                       "fp8_e4m3fn / fp8_e5m2 store the layers' projection weights in fp8 (about "
+                                       "half the memory of bf16) and upcast each layer to the compute dtype as it "
+                                       "runs. Changes results slightly (fp8 rounding)."),
+                io.Combo.Input("low_vram", options=list(LOW_VRAM_MODES), default="auto", optional=True,
+                               tooltip="Block swap. auto = like core models: everything on the GPU when it fits, "
+                                       "else (or under --lowvram / --novram) as many layers as fit stay and the rest "
+                                       "stream from RAM each step. off = never stream. stream = keep blocks_on_gpu "
+                                       "layers, stream the rest."),
+                io.Int.Input("blocks_on_gpu", default=0, min=0, max=MAX_BLOCKS, optional=True,
+                             tooltip="With low_vram = stream: how many of the decoder layers (28 in URSA-1.7B) stay "
+                                     "on the GPU; more = faster, less = less VRAM. A count >= the layer count "
+                                     "keeps them all. Ignored by auto and off."),
+                io.Combo.Input("vq_device", options=device_choices(), default="default", optional=True,
+                               tooltip="Where the visual tokenizer (encode/decode) runs: default = ComfyUI's VAE "
+                                       "device, cpu, or another GPU. Tokens move between devices by themselves."),
+                io.Combo.Input("text_device", options=device_choices(), default="default", optional=True,
+                               tooltip="Where the text side lives: the token embedding table (text vocabulary + "
+                                       "visual codes, 0.9 GB in bf16 for URSA-1.7B). default = ComfyUI's text "
+                                       "encoder device (the CPU under --lowvram); cpu keeps it in RAM and sends only "
+                                       "the embedded tokens to the GPU each step; or another GPU."),
             ],
-            outputs=[URSAModel.Output(display_name="model"), URSAVQ.Output(display_name="vq")],
+            outputs=[URSAModel.Output(display_name="model",
+                                      tooltip="The URSA transformer, its metric path and prompt tokenizer: connect "
+                                              "to URSA Text Encode, URSA Sampler, URSA Extend Video."),
+                     URSAVQ.Output(display_name="vq",
+                                   tooltip="The visual tokenizer (FSQ or IBQ): connect to URSA Tokenizer Encode / "
+                                           "Decode.")],
         )
 
     @classmethod
-    def validate_inputs(cls, model_name=None, attention=None):
-        # Naming these inputs turns off core's COMBO checks, so this checks membership itself.
+    def validate_inputs(cls, model_name=None, attention=None, weight_dtype=None, low_vram=None, blocks_on_gpu=None,
+                        vq_device=None, compile=None, text_device=None):
+        # Naming model_name here turns off core's COMBO check, so this checks membership itself (same for the others).
         if attention is not None:
             checked = rules.first_problem(lambda: rules.attention(attention, glue.compute_device()))
             if checked is not True:
                 return checked
-        if model_name is None:
-            return True
-        available = glue.list_model_folders()
-        if model_name not in available:
-            return (f"model folder {model_name!r} not found in {glue.model_search_dirs()}; "
-                    f"available: {available or 'none - download one into models/ursa/'}")
-        return True
+        if model_name is not None and model_name not in glue.list_model_folders():
+            return glue.missing_model_message(model_name)
+        return ((weight_dtype is not None and check_weight_dtype(weight_dtype))
+                or check_loader_options(low_vram, blocks_on_gpu, vq_device, compile, text_device) or True)
 
     @classmethod
-    def fingerprint_inputs(cls, model_name=None, dtype=None, attention=None, compile=None):
+    def fingerprint_inputs(cls, model_name=None, **options):
         folder = glue.model_folder_path(model_name)
         return max(os.path.getmtime(p) for p in folder.rglob("*") if p.is_file())
 
     @classmethod
-    def execute(cls, model_name, dtype, attention="auto", compile=False) -> io.NodeOutput:
-        model, vq = glue.load_ursa(model_name, dtype)
-        accelerate(model.model, attention=attention, compile=compile)
+    def execute(cls, model_name, dtype, attention="auto", compile=False, weight_dtype="default", low_vram="auto",
+                blocks_on_gpu=0, vq_device="default", text_device="default") -> io.NodeOutput:
+        options = LoaderOptions(weight_dtype=weight_dtype, low_vram=low_vram, blocks_on_gpu=blocks_on_gpu,
+                                vq_device=vq_device, text_device=text_device)
+        model, vq = glue.load_ursa(model_name, dtype, options, attention=attention, compile=compile)
         return io.NodeOutput(model, vq)

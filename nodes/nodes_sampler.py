@@ -110,7 +110,10 @@ class URSASampler(io.ComfyNode):
                                  tooltip="Show a cheap colour preview of the predicted tokens of frame 0 at every "
                                          "step (no decoder run)."),
             ],
-            outputs=[URSATokens.Output(display_name="tokens")],
+            outputs=[URSATokens.Output(display_name="tokens", tooltip="The generated visual tokens [1, latent frames, "
+                                                                      "h, w]: decode with URSA Tokenizer Decode, "
+                                                                      "extend with URSA Extend Video or keep with "
+                                                                      "URSA Save Tokens.")],
         )
 
     @classmethod

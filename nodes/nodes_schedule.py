@@ -49,7 +49,9 @@ class URSAFrameSchedule(io.ComfyNode):
                                          "pipeline's behaviour (given frames only initialise the clip, every frame "
                                          "follows one clock and the last step re-samples them)."),
             ],
-            outputs=[URSASchedule.Output(display_name="schedule")],
+            outputs=[URSASchedule.Output(display_name="schedule", tooltip="Per-latent-frame start times and the given "
+                                                                          "frames' tokens: connect to URSA Sampler's "
+                                                                          "schedule input.")],
         )
 
     @classmethod

@@ -55,7 +55,9 @@ class URSATextEncode(io.ComfyNode):
                                tooltip="Video only: how much motion (URSA demos: 9 for T2V/I2V, 5 for "
                                        "extension). 0 = no motion prefix. Ignored for single images."),
             ],
-            outputs=[URSACond.Output(display_name="conditioning")],
+            outputs=[URSACond.Output(display_name="conditioning", tooltip="Prompt and negative prompt token ids (with "
+                                                                          "and without the motion prefix): connect to "
+                                                                          "URSA Sampler or URSA Extend Video.")],
         )
 
     @classmethod

@@ -47,7 +47,9 @@ class URSATokenizerEncode(io.ComfyNode):
                                tooltip="crop: scale to cover then centre-crop; pad: scale to fit then pad with "
                                        "black; stretch: resize ignoring aspect ratio."),
             ],
-            outputs=[URSATokens.Output(display_name="tokens")],
+            outputs=[URSATokens.Output(display_name="tokens", tooltip="The image(s) as URSA visual tokens: connect to "
+                                                                      "URSA Frame Schedule (given frames) or URSA "
+                                                                      "Sampler's given_tokens.")],
         )
 
     @classmethod
@@ -82,7 +84,9 @@ class URSATokenizerDecode(io.ComfyNode):
                 URSAVQ.Input("vq", tooltip="The visual tokenizer from URSA Model Loader."),
                 URSATokens.Input("tokens", tooltip="From URSA Sampler, URSA Extend Video or URSA Load Tokens."),
             ],
-            outputs=[io.Image.Output(display_name="images"),
+            outputs=[io.Image.Output(display_name="images", tooltip="Decoded frames, float32 [frames, H, W, 3] in "
+                                                                    "0..1 on the CPU: for CreateVideo/SaveVideo, "
+                                                                    "SaveImage, upscalers or VHS."),
                      io.Float.Output(display_name="fps", tooltip="The model's frame rate (12 for URSA).")],
         )
 

@@ -43,7 +43,8 @@ class URSASaveTokens(io.ComfyNode):
                 io.String.Input("filename_prefix", default=f"{SUBFOLDER_HINT}/URSA",
                                 tooltip="Output path prefix; a counter and .safetensors are appended."),
             ],
-            outputs=[URSATokens.Output(display_name="tokens")],
+            outputs=[URSATokens.Output(display_name="tokens", tooltip="The same tokens, passed through (so a decode "
+                                                                      "can follow the save).")],
             hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
             is_output_node=True,
         )
@@ -67,7 +68,9 @@ class URSALoadTokens(io.ComfyNode):
                         "entries marked [output]).",
             inputs=[io.Combo.Input("token_file", options=token_files(),
                                    tooltip="A .safetensors token file in input/ (or output/, marked [output]).")],
-            outputs=[URSATokens.Output(display_name="tokens")],
+            outputs=[URSATokens.Output(display_name="tokens", tooltip="The loaded tokens and their frame rate: decode "
+                                                                      "with URSA Tokenizer Decode or extend with URSA "
+                                                                      "Extend Video.")],
         )
 
     @classmethod

@@ -610,8 +610,16 @@ def _build_model_management(state: ComfyStubState):
     def module_size(module):
         return sum(t.nbytes for t in module.state_dict().values())
 
+    class VRAMState(Enum):  # as core; on a CPU-only machine core sets DISABLED
+        DISABLED = 0
+        NO_VRAM = 1
+        LOW_VRAM = 2
+        NORMAL_VRAM = 3
+        HIGH_VRAM = 4
+        SHARED = 5
+
     return _module(
-        "comfy.model_management",
+        "comfy.model_management", VRAMState=VRAMState, vram_state=VRAMState.DISABLED,
         InterruptProcessingException=InterruptProcessingException,
         OOM_EXCEPTION=getattr(torch.cuda, "OutOfMemoryError", Exception),
         get_torch_device=cpu, intermediate_device=cpu, unet_offload_device=cpu, text_encoder_device=cpu,

@@ -123,6 +123,25 @@ def test_same_seed_same_tokens_other_seed_differs(tmp_path, tiny_dir):
     assert not torch.equal(a, c)
 
 
+def test_low_vram_blocks_and_fp8_storage_flags(tmp_path, tiny_dir):
+    """Streaming with one resident layer is exact; fp8 weight storage runs and changes only rounding."""
+    def tokens(name, *flags):
+        path = tmp_path / f"{name}.safetensors"
+        assert gen(tiny_dir, tmp_path / f"{name}.png", "--seed", 5, "--save-tokens", path, *flags) == 0
+        return load_tokens(path)[0]
+
+    plain = tokens("plain")
+    assert torch.equal(tokens("streamed", "--low-vram", "--blocks-on-gpu", 1), plain)
+    assert tokens("fp8", "--weight-dtype", "fp8_e4m3fn").shape == plain.shape
+
+
+@pytest.mark.parametrize("flag, value", [("--weight-dtype", "fp4"), ("--blocks-on-gpu", "-1")])
+def test_memory_flags_reject_bad_values(tmp_path, capsys, flag, value):
+    assert gen("tiny", tmp_path / "out.png", flag, value) == 2
+    err = capsys.readouterr().err
+    assert value in err and len(err.strip().splitlines()) == 1
+
+
 # --- errors: exit code 2 and a message naming the value -------------------------------------------------------------
 
 

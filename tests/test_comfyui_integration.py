@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
@@ -74,8 +75,26 @@ def prepare_base(base: Path) -> None:
                    cwd=ROOT, check=True, capture_output=True, text=True, timeout=120)
 
 
-def start_server(base: Path, port: int, log_path: Path) -> subprocess.Popen:
-    cmd = [COMFYUI_PYTHON, str(Path(COMFYUI_DIR) / "main.py"), "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+# ComfyUI 0.8.0 refuses `--lowvram` next to `--cpu` (argparse) and, without `--cpu`, stops at start-up on a torch
+# without CUDA. So the low-VRAM server is the CPU server with the state `--lowvram` sets on a GPU machine
+# (comfy.model_management.vram_state = LOW_VRAM), applied before main.py runs; everything else is stock ComfyUI.
+LOWVRAM_LAUNCHER = """
+import runpy, sys
+sys.path.insert(0, ".")
+state = sys.argv.pop(1)
+sys.argv[0] = "main.py"
+import comfy.options
+comfy.options.enable_args_parsing()
+import comfy.model_management as mm
+mm.vram_state = mm.VRAMState[state]
+print("URSA test launcher: vram state", mm.vram_state.name, flush=True)
+runpy.run_path("main.py", run_name="__main__")
+"""
+
+
+def start_server(base: Path, port: int, log_path: Path, vram_state: str | None = None) -> subprocess.Popen:
+    entry = ["-c", LOWVRAM_LAUNCHER, vram_state] if vram_state else [str(Path(COMFYUI_DIR) / "main.py")]
+    cmd = [COMFYUI_PYTHON, *entry, "--cpu", "--listen", "127.0.0.1", "--port", str(port),
            "--disable-auto-launch", "--disable-api-nodes", "--base-directory", str(base),
            "--database-url", "sqlite:///:memory:"]
     log = open(log_path, "w")
@@ -164,15 +183,26 @@ def node_id_by_title(workflow: str, title: str) -> str:
 # ----------------------------------------------------------------------------------------------- fixture
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    base = tmp_path_factory.mktemp("comfy_base")
+    yield from running_server(tmp_path_factory, "comfy_base")
+
+
+@pytest.fixture(scope="module", params=["LOW_VRAM", "NO_VRAM"])
+def lowvram_server(tmp_path_factory, request):
+    """A server in the VRAM state of `--lowvram` / `--novram` (see LOWVRAM_LAUNCHER)."""
+    for server_info in running_server(tmp_path_factory, f"comfy_{request.param.lower()}", request.param):
+        yield {**server_info, "state": request.param}
+
+
+def running_server(tmp_path_factory, name: str, vram_state: str | None = None):
+    base = tmp_path_factory.mktemp(name)
     prepare_base(base)
     port, log_path = free_port(), base / "server.log"
     t0 = time.monotonic()
-    proc = start_server(base, port, log_path)
+    proc = start_server(base, port, log_path, vram_state)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, proc, log_path)
-        TIMINGS["server start"] = time.monotonic() - t0
+        TIMINGS[f"{name} start"] = time.monotonic() - t0
         for i, name in enumerate(("ursa_start.png", "ursa_end.png")):
             assert upload_image(url, name, png_bytes(i))["name"] == name
         yield {"url": url, "base": base, "log": log_path}
@@ -312,3 +342,64 @@ def test_token_loader_stays_inside_input_and_output(server):
         assert str(base.parent) not in text, text
         answers.add(text)
     assert len(answers) == 1, answers
+
+
+def http_get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, b""
+
+
+def test_help_pages_locales_and_model_library(server):
+    url = server["url"]
+    for locale in ("en", "zh"):  # the frontend's first request for a custom node's help page
+        status, body = http_get(f"{url}/extensions/{PLUGIN_DIR_NAME}/docs/URSAModelLoader/{locale}.md")
+        assert status == 200 and b"`blocks_on_gpu`" in body, (locale, status)
+    _, i18n = comfy_queue.http_json(url, "/i18n")
+    assert i18n["zh"]["nodeDefs"]["URSAModelLoader"]["inputs"]["low_vram"]["tooltip"]
+    # The model library lists registered folders' weight files; URSA checkpoints are folders, so no `ursa` entry.
+    _, folders = comfy_queue.http_json(url, "/experiment/models")
+    assert "ursa" not in [f["name"] for f in folders]
+
+
+# options -> the block-swap line the loader logs under (LOW_VRAM, NO_VRAM); None = no streaming
+LOADER_OPTIONS = {
+    "stream 1 block + fp8 + tokenizer on cpu": (
+        ["URSA Loader.low_vram=stream", "URSA Loader.blocks_on_gpu=1", "URSA Loader.weight_dtype=fp8_e4m3fn",
+         "URSA Loader.vq_device=cpu", "URSA Loader.text_device=cpu"],
+        ("1 decoder layers stay on cpu, 1 stream from RAM (low_vram=stream)",) * 2),
+    # like core under --lowvram: the tiny model fits in the free memory, so all of it stays; --novram streams all
+    "auto + fp8_e5m2": (["URSA Loader.low_vram=auto", "URSA Loader.weight_dtype=fp8_e5m2"],
+                        (None, "0 decoder layers stay on cpu, 2 stream from RAM (low_vram=auto)")),
+}
+
+
+@pytest.mark.parametrize("workflow", ["ursa_t2i", "ursa_t2v"])
+@pytest.mark.parametrize("options", list(LOADER_OPTIONS))
+def test_lowvram_server_runs_with_loader_options(lowvram_server, workflow, options, tmp_path):
+    sets, frames, size = CASES[workflow]
+    overrides, expected_lines = LOADER_OPTIONS[options]
+    seen = len(lowvram_server["log"].read_text())
+    t0 = time.monotonic()
+    res = queue_cli(lowvram_server["url"], workflow, sets + overrides + [f"URSA Sampler.seed={len(options)}"],
+                    tmp_path)
+    TIMINGS[f"{lowvram_server['state']} {workflow} {options}"] = time.monotonic() - t0
+    log = lowvram_server["log"].read_text()
+    assert res.returncode == 0, f"{workflow}:\n{res.stdout}\n{res.stderr}\n{log[-3000:]}"
+    files = [line for line in res.stdout.splitlines() if line.startswith(str(tmp_path))]
+    assert files and all(os.path.getsize(f) > 0 for f in files), res.stdout
+    assert f"URSA test launcher: vram state {lowvram_server['state']}" in log
+    new_lines = log[seen:]
+    expected = expected_lines[lowvram_server["state"] == "NO_VRAM"]
+    if workflow == "ursa_t2i":  # the loader runs once per server and options (t2v reuses the cached model)
+        assert (expected in new_lines) if expected else ("stream from RAM" not in new_lines), new_lines[-2000:]
+
+
+def test_lowvram_server_rejects_bad_loader_options(lowvram_server):
+    status, body = post_prompt(lowvram_server["url"], "ursa_t2i", TINY + ["URSA Loader.low_vram=stream",
+                                                                          "URSA Loader.compile=true"])
+    assert status == 400, body
+    loader = node_id_by_title("ursa_t2i", "URSA Loader")
+    assert "compile=True with low_vram='stream'" in json.dumps(body["node_errors"][loader]["errors"])

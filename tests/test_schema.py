@@ -86,14 +86,30 @@ def test_validate_inputs_signatures(ursa_nodes):
         assert set(params) <= inputs | {"input_types"}, f"{name}.validate_inputs names unknown inputs"
 
 
-def test_every_node_has_docs(ursa_nodes):
+HELP_LOCALES = ("en", "zh")
+
+
+def test_every_node_has_help_pages_where_the_frontend_looks(ursa_nodes):
+    """The frontend asks for web/docs/<Node>/<locale>.md first and falls back to web/docs/<Node>.md (other locales);
+    the fallback is the English page, byte for byte."""
     for cls in ursa_nodes:
-        node_id = cls.GET_SCHEMA().node_id
-        doc = ROOT / "web" / "docs" / f"{node_id}.md"
-        assert doc.is_file(), f"missing {doc.relative_to(ROOT)}"
-        text = doc.read_text(encoding="utf-8")
-        for inp in cls.GET_SCHEMA().inputs:
-            assert f"`{inp.id}`" in text, f"{doc.name} does not describe input `{inp.id}`"
+        schema = cls.GET_SCHEMA()
+        for locale in HELP_LOCALES:
+            doc = ROOT / "web" / "docs" / schema.node_id / f"{locale}.md"
+            assert doc.is_file(), f"missing {doc.relative_to(ROOT)}"
+            text = doc.read_text(encoding="utf-8")
+            for inp in schema.inputs:
+                assert f"`{inp.id}`" in text, f"{doc.relative_to(ROOT)} does not describe input `{inp.id}`"
+        fallback = ROOT / "web" / "docs" / f"{schema.node_id}.md"
+        assert fallback.read_bytes() == (ROOT / "web" / "docs" / schema.node_id / "en.md").read_bytes(), \
+            f"{fallback.relative_to(ROOT)} differs from its en.md (copy en.md over it)"
+
+
+def test_outputs_have_tooltips(ursa_nodes):
+    for cls in ursa_nodes:
+        schema = cls.GET_SCHEMA()
+        for out in schema.outputs:
+            assert isinstance(out.tooltip, str) and out.tooltip.strip(), f"{schema.node_id}.{out.display_name}"
 
 
 def test_every_node_in_readme(ursa_nodes):

@@ -91,6 +91,25 @@ def check_layout(folder: Path) -> None:
             raise CheckpointError(f"{folder / 'model_index.json'}: no '{component}' component")
 
 
+# transformer/config.json keys no other diffusers model has: URSA reads text and visual ids with one vocabulary.
+URSA_CONFIG_KEYS = ("lm_vocab_size", "lm_head_size", "bov_token_id")
+
+
+def is_ursa_folder(folder: Path) -> bool:
+    """Whether `folder` holds an URSA checkpoint (not just any diffusers folder): the official layout, a transformer
+    config with URSA's own keys and the metric path's embedding next to the scheduler config. Reads two small
+    files; never loads weights."""
+    folder = Path(folder)
+    try:
+        check_layout(folder)
+        config = read_json(folder / "transformer" / "config.json")
+    except (CheckpointError, ValueError, OSError):
+        return False
+    scheduler = folder / "scheduler"
+    has_path = (scheduler / "scheduler_model.pth").is_file() or (scheduler / "scheduler_model.safetensors").is_file()
+    return isinstance(config, dict) and all(key in config for key in URSA_CONFIG_KEYS) and has_path
+
+
 def load_transformer(folder: Path, device: torch.device, dtype: torch.dtype,
                      fuse_projections: bool = False) -> URSATransformer:
     folder = Path(folder)

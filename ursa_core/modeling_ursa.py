@@ -181,7 +181,8 @@ class URSATransformer(nn.Module):
         Selecting rows before the final norm is exact (the norm is per token) and keeps the head's work to the
         positions the sampler reads. `collect` (a list) receives the embeddings and every layer's output.
         """
-        x = self.model.embed_tokens(input_ids)
+        # The embedding table may live on another device (lowvram.place_embeddings); the layers' device is lm_head's.
+        x = self.model.embed_tokens(input_ids).to(self.lm_head.weight.device)
         if collect is not None:
             collect.append(x)
         if self.layer_runner is not None:

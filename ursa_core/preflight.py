@@ -77,4 +77,6 @@ MOTION = rules.arg_type(rules.motion, float)
 DTYPE = rules.arg_type(rules.dtype, str)
 ATTENTION = rules.arg_type(rules.attention, str)
 SAMPLER = rules.arg_type(rules.sampler, str)
+WEIGHT_DTYPE = rules.arg_type(rules.weight_dtype, str)
+BLOCKS = rules.arg_type(rules.blocks_on_gpu, int)
 ATTENTION_HELP = f"{', '.join(attention_registry.names())} (only those this machine can run are accepted)"

@@ -30,6 +30,9 @@ PATH_MAX = {"c": 100.0, "alpha": 10.0, "shift": 20.0}  # metric-path scale, expo
 # --- choices --------------------------------------------------------------------------------------------------------
 DTYPES = ("auto", "bf16", "fp16", "fp32")
 SAMPLERS = ("auto", "torch", "triton")
+WEIGHT_DTYPES = ("default", "fp8_e4m3fn", "fp8_e5m2")  # weight storage, as ComfyUI's UNETLoader names it
+LOW_VRAM_MODES = ("auto", "off", "stream")             # block swap: as core models, never, always
+MAX_BLOCKS = 256                                       # decoder layers kept on the GPU (more than any URSA has)
 DEVICE_TYPES = ("cpu", "cuda", "mps")
 
 # --- defaults per tokenizer -----------------------------------------------------------------------------------------
@@ -125,6 +128,18 @@ def choice(name: str, value, options: Sequence[str]) -> str:
 
 def dtype(value) -> str:
     return choice("dtype", str(value).lower(), DTYPES)
+
+
+def weight_dtype(value) -> str:
+    return choice("weight_dtype", value, WEIGHT_DTYPES)
+
+
+def low_vram_mode(value) -> str:
+    return choice("low_vram", value, LOW_VRAM_MODES)
+
+
+def blocks_on_gpu(value) -> int:
+    return integer("blocks_on_gpu", value, 0, MAX_BLOCKS)
 
 
 def device(value: str) -> torch.device:

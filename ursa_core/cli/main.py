@@ -44,6 +44,11 @@ def _add_generate(sub) -> None:
                        help=preflight.ATTENTION_HELP)
     speed.add_argument("--sampler", default="auto", type=preflight.SAMPLER,
                        help="jump-step kernels: triton (fused, CUDA), torch, or auto")
+    speed.add_argument("--blocks-on-gpu", type=preflight.BLOCKS, default=0,
+                       help="with --low-vram: how many layers stay on the GPU (the rest stream; default 0)")
+    speed.add_argument("--weight-dtype", default="default", type=preflight.WEIGHT_DTYPE,
+                       help="weight storage as ComfyUI's UNETLoader: default, fp8_e4m3fn or fp8_e5m2 (fp8 layer "
+                            "weights, upcast per layer)")
     speed.add_argument("--fp8", action="store_true", help="EXPERIMENTAL fp8 projections (changes results)")
 
 
