@@ -116,12 +116,20 @@ class _Denoiser:
     """Runs the transformer for the current tokens and hands guided logits to the solver chunk by chunk."""
 
     def __init__(self, model: URSAModel, cond_ids: torch.Tensor, uncond_ids: Optional[torch.Tensor],
-                 plan_: GenerationPlan):
+                 plan_: GenerationPlan, runner=None):
         self.model = model
         self.cond_ids = cond_ids.to(model.device)
         self.uncond_ids = None if uncond_ids is None else uncond_ids.to(model.device)
         self.cos, self.sin = rotary_angles(model.config, plan_.latent_shape, model.transformer.dtype, model.device)
         self.keep = predicting_positions(model.config, plan_.active).to(model.device)
+        # The branch runner seam: None runs every branch here on the whole sequence; a parallel.ParallelRunner
+        # runs this rank's branch on its rows and samples only `local` (indices into plan_.active).
+        self.runner = runner
+        self.local = None if runner is None else runner.local
+
+    def gather(self, values: torch.Tensor) -> torch.Tensor:
+        """[B, tokens sampled here] -> [B, active tokens] (every rank's part under a parallel runner)."""
+        return values if self.runner is None else self.runner.gather(values)
 
     def _sequence(self, text_ids: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         return sequence_ids(self.model.config, text_ids, tokens)
@@ -133,8 +141,11 @@ class _Denoiser:
         ids = [self._sequence(self.cond_ids, tokens)]
         if use_cfg:
             ids.append(self._sequence(self.uncond_ids, tokens))
-        hidden = transformer.hidden_states(torch.cat(ids, 0), self.cos, self.sin, self.keep)
-        hidden = hidden.reshape(len(ids), batch * self.keep.numel(), -1)
+        if self.runner is None:
+            hidden = transformer.hidden_states(torch.cat(ids, 0), self.cos, self.sin, self.keep)
+            hidden = hidden.reshape(len(ids), batch * self.keep.numel(), -1)
+        else:
+            hidden = self.runner.hidden_states(transformer, ids, self.cos, self.sin)
 
         def head(rows: slice) -> torch.Tensor:
             if not use_cfg:
@@ -231,7 +242,7 @@ def generate(model: URSAModel, prompt: str | Sequence[str] = "", negative_prompt
              given_tokens: Optional[torch.Tensor] = None, motion: Optional[float] = None,
              prompt_ids: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
              callback: Optional[Callable[[StepInfo], None]] = None, chunk_tokens: Optional[int] = None,
-             skip_noop_steps: bool = True, sampler: str = "auto") -> Generation:
+             skip_noop_steps: bool = True, sampler: str = "auto", parallel=None) -> Generation:
     """Sample visual tokens [B, T, H/s, W/s] for `prompt` (a string or a list: B prompts) -> `Generation`.
 
     `c`, `alpha`, `shift` default to the checkpoint's scheduler config. `schedule` gives each latent frame a start
@@ -240,6 +251,8 @@ def generate(model: URSAModel, prompt: str | Sequence[str] = "", negative_prompt
     `callback(StepInfo)` runs after every step; an exception raised there stops generation (cancel).
     The result depends only on the seed (and device numerics), not on `chunk_tokens`. `sampler` picks the jump
     step's implementation: "torch" (chunked tensors), "triton" (fused CUDA kernels) or "auto" (triton on CUDA).
+    `parallel` (a parallel.Layout from `parallel.build_layout`, the same call on every rank) shares this one
+    generation between ranks (CFG and/or sequence parallel); every rank returns the same tokens.
     """
     scheduler = model.scheduler
     steps, seed, motion = rules.steps(steps), rules.seed(seed), rules.motion(motion)
@@ -261,7 +274,12 @@ def generate(model: URSAModel, prompt: str | Sequence[str] = "", negative_prompt
                     chunk_tokens=int(chunk_tokens or auto_chunk(model.codebook_size, model.device, fused)))
     path = model.path.with_params(c=settings["c"], alpha=settings["alpha"]).to(model.device)
     start = initial_tokens(model, path, plan_, cond_ids.shape[0], seed, given_tokens)
-    denoiser = _Denoiser(model, cond_ids, uncond_ids if settings["guidance"] > 1 else None, plan_)
+    runner = None
+    if parallel is not None and parallel.world > 1:
+        from .parallel import ParallelRunner
+        runner = ParallelRunner(parallel, model.config, plan_.active, plan_.latent_shape, model.device)
+        settings.update(parallel=dict(cfg=parallel.cfg, sp=parallel.sp))
+    denoiser = _Denoiser(model, cond_ids, uncond_ids if settings["guidance"] > 1 else None, plan_, runner)
     tokens = _sample(model, path, plan_, denoiser, start, seed, settings, callback)
     return Generation(tokens, start, int(seed), settings)
 
@@ -277,16 +295,21 @@ def _sample(model, path, plan_: GenerationPlan, denoiser: "_Denoiser", tokens: t
                                      plan_.token_frame, batch, model.device)
         t = float(plan_.grid[step])
         predicted = None
+        # Decided on every token's clock, so all ranks of a parallel run skip the same steps.
         if final or not (settings["skip_noop_steps"] and bool((clocks.beta_dot == 0).all())):
             use_cfg = guidance > 1 and t < settings["guidance_trunc"]
             u = uniforms(seed, TAG_STEP, step, (3, batch, tokens[0].numel()))[:, :, plan_.active]
-            x_t = flat_active.reshape(-1).to(model.device)
-            new, x1 = euler_step(path, denoiser.logits_fn(tokens, use_cfg, guidance), x_t, clocks,
-                                 u.reshape(3, -1).to(model.device), final, settings["chunk_tokens"],
-                                 fused=settings["sampler"] == "triton")
-            flat_active = new.view(batch, -1).cpu()
+            x_t = flat_active
+            if denoiser.local is not None:  # this rank samples only its shard's tokens
+                u, x_t = u[:, :, denoiser.local], x_t[:, denoiser.local]
+                clocks = FrameClocks.at_step(plan_.schedule, plan_.grid, step, settings["c"], settings["alpha"],
+                                             plan_.token_frame[denoiser.local], batch, model.device)
+            new, x1 = euler_step(path, denoiser.logits_fn(tokens, use_cfg, guidance),
+                                 x_t.reshape(-1).to(model.device), clocks, u.reshape(3, -1).to(model.device),
+                                 final, settings["chunk_tokens"], fused=settings["sampler"] == "triton")
+            flat_active = denoiser.gather(new.view(batch, -1)).cpu()
             tokens = _scatter(tokens, plan_.active, flat_active)
-            predicted = _scatter(tokens, plan_.active, x1.view(batch, -1).cpu())
+            predicted = _scatter(tokens, plan_.active, denoiser.gather(x1.view(batch, -1)).cpu())
         if callback is not None:
             callback(StepInfo(step, steps, t, tokens, predicted))
     return tokens

@@ -34,6 +34,7 @@ WEIGHT_DTYPES = ("default", "fp8_e4m3fn", "fp8_e5m2")  # weight storage, as Comf
 LOW_VRAM_MODES = ("auto", "off", "stream")             # block swap: as core models, never, always
 MAX_BLOCKS = 256                                       # decoder layers kept on the GPU (more than any URSA has)
 DEVICE_TYPES = ("cpu", "cuda", "mps")
+PARALLEL_MODES = ("none", "cfg", "sp", "cfg+sp")       # how the ranks of one generation share it (parallel.py)
 
 # --- defaults per tokenizer -----------------------------------------------------------------------------------------
 DEFAULT_SIZE = {"video": (320, 512), "image": (1024, 1024), "tiny": (64, 64)}  # (height, width)
@@ -180,6 +181,28 @@ def sampler(value, on: Optional[torch.device] = None) -> str:
         if not triton_sampler.available(on):
             _fail(f"sampler='triton' is not available on {on}: it needs a CUDA GPU with Triton; use auto or torch")
     return value
+
+
+def parallel_layout(mode: str, world: int, kv_heads: int) -> tuple[int, int]:
+    """(cfg ranks, sequence ranks) for `mode` on `world` ranks: cfg needs exactly 2, sp any number that divides
+    the KV heads (each rank attends with whole KV groups), cfg+sp an even world whose half divides them."""
+    choice("parallel", mode, PARALLEL_MODES)
+    if mode == "none":
+        if world != 1:
+            _fail(f"parallel='none' with {world} ranks is not allowed: one generation runs on one rank; use "
+                  f"--parallel cfg, sp or cfg+sp, or `ursa batch` to share a prompt set")
+        return 1, 1
+    cfg = 2 if mode.startswith("cfg") else 1
+    if mode == "cfg" and world != 2:
+        _fail(f"parallel='cfg' with {world} rank(s) is not allowed: CFG parallel runs on exactly 2 ranks")
+    if mode != "cfg" and (world < 2 * cfg or world % cfg):
+        _fail(f"parallel={mode!r} with {world} rank(s) is not allowed: use "
+              f"{'an even number of ranks, at least 4' if cfg == 2 else 'at least 2 ranks'}")
+    sp = world // cfg
+    if kv_heads % sp:
+        _fail(f"parallel={mode!r} splits heads over {sp} ranks, but the model's {kv_heads} KV heads do not divide "
+              f"by {sp}: use a sequence-parallel size that divides {kv_heads}")
+    return cfg, sp
 
 
 # --- defaults -------------------------------------------------------------------------------------------------------

@@ -1,0 +1,40 @@
+"""One rank of a parallel generation for tests/test_parallel.py (gloo, env:// as torchrun sets it): loads the tiny
+checkpoint with a 4-query / 2-KV-head transformer (so 2 sequence ranks get whole KV heads), samples with
+`--parallel MODE`, and rank 0 saves the tokens. Bad layouts print the one-line error and exit 2."""
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from ursa_core.errors import InputError  # noqa: E402
+from ursa_core.generate import generate  # noqa: E402
+from ursa_core.parallel import build_layout  # noqa: E402
+
+from parallel_fixtures import SAMPLING, two_kv_head_model  # noqa: E402
+
+
+def main(tiny_dir: str, mode: str, out: str) -> int:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    try:
+        model = two_kv_head_model(tiny_dir)
+        try:
+            layout = build_layout(mode, model.config.num_key_value_heads)
+        except InputError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        tokens = generate(model, "a red fox", parallel=layout, **SAMPLING).tokens
+        print(f"collectives {layout.timer.calls}")
+        gathered = [torch.empty_like(tokens) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, tokens)
+        if dist.get_rank() == 0:
+            torch.save(torch.stack(gathered), out)
+        return 0
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(main(*sys.argv[1:4]))

@@ -1,0 +1,85 @@
+"""CFG parallel and sequence parallel on CPU ranks (gloo, spawned as torchrun would): the same tokens as one
+process in fp32, and a layout the world size or the heads cannot take is one clear error."""
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from parallel_fixtures import SAMPLING, two_kv_head_model
+from ursa_core import rules
+from ursa_core.errors import InputError
+from ursa_core.generate import generate
+
+WORKER = Path(__file__).with_name("parallel_worker.py")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(args: list, world: int, timeout: float = 120) -> list[subprocess.CompletedProcess]:
+    """`world` ranks of `args` with torchrun's env:// variables on loopback; returns each rank's result."""
+    port, procs = _free_port(), []
+    for rank in range(world):
+        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                   WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world), OMP_NUM_THREADS="1")
+        procs.append(subprocess.Popen([sys.executable, *map(str, args)], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    results = []
+    for proc in procs:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        finally:
+            proc.kill()
+        results.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    return results
+
+
+@pytest.fixture(scope="module")
+def single_tokens(tiny_dir):
+    return generate(two_kv_head_model(tiny_dir), "a red fox", **SAMPLING).tokens
+
+
+@pytest.mark.parametrize("mode, world", [("cfg", 2), ("sp", 2), ("cfg+sp", 4)])
+def test_parallel_tokens_equal_one_process(tiny_dir, tmp_path, single_tokens, mode, world):
+    out = tmp_path / "tokens.pt"
+    results = launch([WORKER, tiny_dir, mode, out], world)
+    assert [r.returncode for r in results] == [0] * world, [r.stderr[-2000:] for r in results]
+    per_rank = torch.load(out)
+    assert per_rank.shape == (world, *single_tokens.shape)
+    for tokens in per_rank:                      # every rank ends with the same tokens, equal to one process
+        assert torch.equal(tokens, single_tokens)
+    # the ranks really exchanged data: per guided step an all_gather of hidden states (cfg), per layer and step
+    # four all-to-alls and per step two token gathers (sp)
+    calls = [int(r.stdout.split("collectives ")[1].split()[0]) for r in results]
+    layers, steps = 2, SAMPLING["steps"] - 1     # the tiny stack; step 0 (t = 0) jumps nowhere and is skipped
+    expected = (mode != "sp") * 3 + ("sp" in mode) * steps * (4 * layers + 2)  # 3 of the steps are guided
+    assert calls == [expected] * world
+
+
+def test_wrong_world_size_is_one_line_on_every_rank(tiny_dir, tmp_path):
+    results = launch([WORKER, tiny_dir, "cfg+sp", tmp_path / "t.pt"], 2)
+    assert [r.returncode for r in results] == [2, 2]
+    for r in results:
+        line = r.stderr.strip()
+        assert line.startswith("error: parallel='cfg+sp' with 2 rank(s)") and "\n" not in line
+
+
+@pytest.mark.parametrize("mode, world, kv, message", [
+    ("cfg", 3, 2, "CFG parallel runs on exactly 2 ranks"),
+    ("sp", 4, 2, "KV heads do not divide by 4"),
+    ("cfg+sp", 6, 8, "KV heads do not divide by 3"),
+    ("none", 2, 8, "one generation runs on one rank"),
+    ("ring", 2, 8, "use one of none, cfg, sp, cfg+sp"),
+])
+def test_layout_rules(mode, world, kv, message):
+    with pytest.raises(InputError) as err:
+        rules.parallel_layout(mode, world, kv)
+    assert message in str(err.value)
+    assert rules.parallel_layout("cfg+sp", 8, 8) == (2, 4) and rules.parallel_layout("sp", 2, 8) == (1, 2)

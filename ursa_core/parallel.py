@@ -1,0 +1,205 @@
+"""One generation on several ranks of torch.distributed: CFG parallel and Ulysses sequence parallel.
+
+Ranks form a (cfg x sp) grid: rank r is guidance branch r // sp (0 conditional, 1 unconditional) and sequence
+shard r % sp. Each rank embeds and runs only its shard of the rows `[prompt, BOV, visual]` (the whole sequence is
+split evenly, prompt rows included: the prompt is a few hundred of ~33 600 rows, so splitting it costs nothing and
+keeps shards equal). Around attention, the "ulysses" backend swaps sequence for heads with one
+`torch.distributed.all_to_all_single` per tensor (every rank then attends the whole sequence with 1/sp of the
+heads), then swaps back. Rotary angles are sliced from the global positions, so a row turns as it would in one
+process. After the stack, each rank holds the final hidden states of the tokens its rows predict; the two branch
+ranks of a shard exchange them (all_gather) and both apply guidance, draw the same CPU uniforms and take the same
+jump on that shard; the shards then all_gather the new tokens. Unguided steps (t >= guidance_trunc) run the
+conditional branch on both branch ranks: splitting them would need another layout for a few steps, and the spare
+rank has nothing else to do while the shard waits anyway.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+from . import attention, rules
+from .sequence import predicting_positions
+
+
+class CommTimer:
+    """Time spent in collectives: CUDA events on GPUs (read once, at the end), wall time on the CPU."""
+
+    def __init__(self):
+        self.events: list = []
+        self.cpu_seconds = 0.0
+        self.calls = 0
+
+    def run(self, collective, *args, **kwargs):
+        self.calls += 1
+        tensor = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        if tensor is not None and tensor.is_cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            out = collective(*args, **kwargs)
+            end.record()
+            self.events.append((start, end))
+            return out
+        began = time.perf_counter()
+        out = collective(*args, **kwargs)
+        self.cpu_seconds += time.perf_counter() - began
+        return out
+
+    def seconds(self) -> float:
+        if self.events:
+            torch.cuda.synchronize()
+        return self.cpu_seconds + sum(s.elapsed_time(e) for s, e in self.events) / 1000.0
+
+    def reset(self) -> None:
+        self.events, self.cpu_seconds, self.calls = [], 0.0, 0
+
+
+@dataclass
+class Layout:
+    """This rank's place in the (cfg x sp) grid and the process groups of its row and column."""
+    cfg: int = 1
+    sp: int = 1
+    cfg_rank: int = 0
+    sp_rank: int = 0
+    cfg_group: Optional[object] = None
+    sp_group: Optional[object] = None
+    timer: CommTimer = field(default_factory=CommTimer)
+
+    @property
+    def world(self) -> int:
+        return self.cfg * self.sp
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def build_layout(mode: str, kv_heads: int) -> Layout:
+    """The grid for `mode` (rules.PARALLEL_MODES) over the initialised process group; every rank must call this
+    in the same order (new_group is collective). A world size or head split the mode cannot use is an InputError."""
+    cfg, sp = rules.parallel_layout(mode, world_size(), kv_heads)
+    rank = dist.get_rank() if cfg * sp > 1 else 0
+    layout = Layout(cfg, sp, rank // sp, rank % sp)
+    for c in range(cfg if sp > 1 else 0):
+        group = dist.new_group([c * sp + s for s in range(sp)])
+        if c == layout.cfg_rank:
+            layout.sp_group = group
+    for s in range(sp if cfg > 1 else 0):
+        group = dist.new_group([c * sp + s for c in range(cfg)])
+        if s == layout.sp_rank:
+            layout.cfg_group = group
+    return layout
+
+
+def shard_sizes(rows: int, parts: int) -> list[int]:
+    return [rows // parts + (r < rows % parts) for r in range(parts)]
+
+
+@dataclass(frozen=True)
+class _Shards:
+    """What the ulysses backend needs while a sharded forward runs."""
+    group: object
+    sizes: list
+    inner: str            # the backend that attends the whole sequence with this rank's heads
+    timer: CommTimer
+
+
+_ACTIVE: contextvars.ContextVar[Optional[_Shards]] = contextvars.ContextVar("ursa_sequence_shards", default=None)
+
+
+def _heads_to_sequence(x: torch.Tensor, shards: _Shards) -> torch.Tensor:
+    """[B, H, S_local, D] (all heads, my rows) -> [B, H/n, S, D] (my heads, all rows)."""
+    batch, heads, rows, dim = x.shape
+    n = len(shards.sizes)
+    send = x.reshape(batch, n, heads // n, rows, dim).permute(1, 3, 0, 2, 4).contiguous()
+    recv = x.new_empty(sum(shards.sizes), batch, heads // n, dim)
+    shards.timer.run(dist.all_to_all_single, recv, send.view(n * rows, batch, heads // n, dim),
+                     output_split_sizes=shards.sizes, input_split_sizes=[rows] * n, group=shards.group)
+    return recv.permute(1, 2, 0, 3)
+
+
+def _sequence_to_heads(x: torch.Tensor, shards: _Shards, rows: int) -> torch.Tensor:
+    """[B, H/n, S, D] (my heads, all rows) -> [B, H, S_local, D] (all heads, my rows)."""
+    batch, part, _, dim = x.shape
+    n = len(shards.sizes)
+    send = x.permute(2, 0, 1, 3).contiguous()
+    recv = x.new_empty(n * rows, batch, part, dim)
+    shards.timer.run(dist.all_to_all_single, recv, send, output_split_sizes=[rows] * n,
+                     input_split_sizes=shards.sizes, group=shards.group)
+    return recv.view(n, rows, batch, part, dim).permute(2, 0, 3, 1, 4).reshape(batch, n * part, rows, dim)
+
+
+def ulysses(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Attention over the whole sequence for a rank holding only its rows: all-to-all to heads, attend, back."""
+    shards = _ACTIVE.get()
+    rows = q.shape[2]
+    q, k, v = (_heads_to_sequence(x, shards) for x in (q, k, v))
+    return _sequence_to_heads(attention.attention_function(shards.inner)(q, k, v), shards, rows)
+
+
+attention.register("ulysses", lambda: ulysses, lambda device: _ACTIVE.get() is not None,
+                   "sequence parallel (Ulysses all-to-all); set up by the parallel modes, not chosen by hand")
+
+
+@contextlib.contextmanager
+def sharded_attention(transformer, shards: _Shards):
+    """Every layer attends through "ulysses" (around its own backend) for the duration of one forward."""
+    token = _ACTIVE.set(shards)
+    transformer.set_attention("ulysses")
+    try:
+        yield
+    finally:
+        transformer.set_attention(shards.inner)
+        _ACTIVE.reset(token)
+
+
+class ParallelRunner:
+    """The branch runner of generate._Denoiser on a (cfg x sp) grid: runs this rank's branch on its rows, exchanges
+    hidden states with the other branch, and gathers the tokens every shard sampled."""
+
+    def __init__(self, layout: Layout, config, active: torch.Tensor, latent_shape, device: torch.device):
+        self.layout, self.device = layout, device
+        rows = config.max_prompt_length + 1 + latent_shape[0] * latent_shape[1] * latent_shape[2]
+        sizes = shard_sizes(rows, layout.sp)
+        self.sizes, self.start = sizes, sum(sizes[:layout.sp_rank])
+        self.stop = self.start + sizes[layout.sp_rank]
+        positions = predicting_positions(config, active)
+        mine = (positions >= self.start) & (positions < self.stop)
+        self.local = torch.nonzero(mine).squeeze(1)            # indices into `active` this rank samples
+        self.keep = (positions[mine] - self.start).to(device)  # their rows within my shard
+        self.counts = [int(((positions >= a) & (positions < a + n)).sum())
+                       for a, n in zip([sum(sizes[:r]) for r in range(layout.sp)], sizes)]
+
+    def _forward(self, transformer, ids: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        rows = slice(self.start, self.stop)
+        if self.layout.sp == 1:
+            return transformer.hidden_states(ids, cos, sin, self.keep)
+        shards = _Shards(self.layout.sp_group, self.sizes, transformer.attn_implementation, self.layout.timer)
+        with sharded_attention(transformer, shards):
+            return transformer.hidden_states(ids[:, rows], cos[rows], sin[rows], self.keep)
+
+    def hidden_states(self, transformer, ids: list, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """[branches, B * local tokens, hidden] for the branches `ids` (cond, uncond) of this rank's shard."""
+        if len(ids) == 2 and self.layout.cfg == 2:
+            mine = self._forward(transformer, ids[self.layout.cfg_rank], cos, sin).flatten(0, 1).contiguous()
+            both = [torch.empty_like(mine) for _ in range(2)]
+            self.layout.timer.run(dist.all_gather, both, mine, group=self.layout.cfg_group)
+            return torch.stack(both)
+        hidden = self._forward(transformer, torch.cat(ids, 0), cos, sin)
+        return hidden.reshape(len(ids), -1, hidden.shape[-1])
+
+    def gather(self, values: torch.Tensor) -> torch.Tensor:
+        """[B, local tokens] sampled here -> [B, active tokens] of every shard (in token order)."""
+        if self.layout.sp == 1:
+            return values
+        width = max(self.counts)
+        padded = values.new_zeros(values.shape[0], width)
+        padded[:, :values.shape[1]] = values
+        parts = [torch.empty_like(padded) for _ in self.counts]
+        self.layout.timer.run(dist.all_gather, parts, padded.to(self.device), group=self.layout.sp_group)
+        return torch.cat([p[:, :n].cpu() for p, n in zip(parts, self.counts)], dim=1)
