@@ -83,3 +83,16 @@ def test_layout_rules(mode, world, kv, message):
         rules.parallel_layout(mode, world, kv)
     assert message in str(err.value)
     assert rules.parallel_layout("cfg+sp", 8, 8) == (2, 4) and rules.parallel_layout("sp", 2, 8) == (1, 2)
+
+
+def test_parallel_benchmark_runs_on_two_cpu_ranks(tmp_path):
+    bench = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_parallel.py"
+    out = tmp_path / "bench.json"
+    results = launch([bench, "--quick", "--modes", "single,sp", "--steps", "3", "--batch-prompts", "3",
+                      "--batch-steps", "2", "--out", out], 2)
+    assert [r.returncode for r in results] == [0, 0], [r.stderr[-2000:] for r in results]
+    report = __import__("json").loads(out.read_text())
+    sp = report["modes"]["sp"]
+    assert report["world"] == 2 and sp["ranks"] == 2 and sp["tokens_equal_to_single"] == 1.0
+    assert sp["comm_calls"] > 0 and sp["comm_s_per_step"] > 0 and sp["executed_steps"] == 2  # step 0 is a no-op
+    assert report["batch"]["clips"] == 3 and sum(report["batch"]["clips_per_rank"]) == 3
