@@ -16,7 +16,7 @@ import torch
 from ursa_core.acceleration import accelerate
 from ursa_core.errors import InputError
 from ursa_core.checkpoint import URSAModel, is_ursa_folder, load_model, resolve_dtype
-from ursa_core.loader_options import LoaderOptions, blocks_to_keep
+from ursa_core.loader_options import LoaderOptions, blocks_to_keep, placement_device
 from ursa_core.lowvram import enable_low_vram, place_embeddings
 from ursa_core.preview import token_colors
 from ursa_core.token_io import model_identity
@@ -122,7 +122,7 @@ def load_ursa(name: str, dtype: str, options: LoaderOptions = LoaderOptions(), a
     place_transformer(model, options, compile, load_device, offload_device)
     patcher = comfy.model_patcher.ModelPatcher(model.transformer, load_device=load_device,
                                                offload_device=offload_device)
-    vq_device = mm.vae_device() if options.vq_device == "default" else torch.device(options.vq_device)
+    vq_device = placement_device(options.vq_device, mm.vae_device())
     vq_patcher = comfy.model_patcher.ModelPatcher(model.visual_tokenizer, load_device=vq_device,
                                                   offload_device=mm.vae_offload_device())
     return (LoadedURSA(model, patcher),
@@ -131,7 +131,7 @@ def load_ursa(name: str, dtype: str, options: LoaderOptions = LoaderOptions(), a
 
 def place_transformer(model: URSAModel, options: LoaderOptions, compile: bool, load_device, offload_device) -> None:
     """Text side on its device, then block swap (or compile, which replaces the same layer loop)."""
-    text_device = mm.text_encoder_device() if options.text_device == "default" else torch.device(options.text_device)
+    text_device = placement_device(options.text_device, mm.text_encoder_device())
     if torch.device(text_device) != torch.device(load_device):
         place_embeddings(model.transformer, text_device)
     keep = resident_blocks(model.transformer, options, load_device)

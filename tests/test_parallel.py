@@ -23,14 +23,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(args: list, world: int, timeout: float = 120) -> list[subprocess.CompletedProcess]:
+def launch(args: list, world: int, timeout: float = 120, cwd=None) -> list[subprocess.CompletedProcess]:
     """`world` ranks of `args` with torchrun's env:// variables on loopback; returns each rank's result."""
     port, procs = _free_port(), []
     for rank in range(world):
         env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                    WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world), OMP_NUM_THREADS="1")
         procs.append(subprocess.Popen([sys.executable, *map(str, args)], env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))
+                                      stderr=subprocess.PIPE, text=True, cwd=cwd))
     results = []
     for proc in procs:
         try:

@@ -269,7 +269,8 @@ def run_jobs(jobs: Sequence[Job], folder: str | Path, render: Callable[[Job, Pat
              rank: int = 0, progress: Optional[Callable[[int, int], None]] = None) -> BatchReport:
     """Run every job this rank claims: skip finished ones, render the rest, log each to the manifest.
 
-    `render(job, target)` must write the job's output to `target` atomically (renamed into place when complete).
+    `render(job, target)` must write the job's output to `target` atomically (renamed into place when complete);
+    a dict it returns (the settings used, ...) is added to the job's manifest line.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -281,10 +282,11 @@ def run_jobs(jobs: Sequence[Job], folder: str | Path, render: Callable[[Job, Pat
             report.skipped.append(job.key)
         else:
             job_started = time.time()
-            render(job, target)
+            extra = render(job, target)
             append_manifest(folder, {"job": job.key, "out": job.out, "rank": rank,
                                      "samples": [asdict(s) for s in job.samples],
-                                     "seconds": round(time.time() - job_started, 3), "finished": time.time()})
+                                     "seconds": round(time.time() - job_started, 3), "finished": time.time(),
+                                     **(extra or {})})
             report.done.append(job.key)
         claims.mark_done()
         if progress is not None:

@@ -24,7 +24,24 @@ class LoaderOptions:
 
 def device_choices() -> list[str]:
     """Where the visual tokenizer or the text side may run: ComfyUI's choice, the CPU, or any visible GPU."""
-    return ["default", "cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    return rules.placement_choices()
+
+
+def placement_device(option: str, default) -> torch.device:
+    """The device a vq_device / text_device option names; "default" is the front end's choice `default`."""
+    return torch.device(default) if option == "default" else torch.device(option)
+
+
+def place_parts(model, vq_device: str = "default", text_device: str = "default") -> None:
+    """Outside ComfyUI (the CLI): the visual tokenizer and the token embedding table (the text side) on their
+    devices, "default" being the transformer's. The loader node does the same through ComfyUI's patchers."""
+    from .lowvram import place_embeddings
+
+    if model.visual_tokenizer is not None:
+        model.visual_tokenizer.to(placement_device(vq_device, model.device))
+    text = placement_device(text_device, model.device)
+    if text != model.device:
+        place_embeddings(model.transformer, text)
 
 
 def check_loader_options(low_vram: str | None = None, blocks_on_gpu: int | None = None, vq_device: str | None = None,
@@ -35,10 +52,10 @@ def check_loader_options(low_vram: str | None = None, blocks_on_gpu: int | None 
                                     if v is not None))
     if checked is not True:
         return checked
-    if vq_device is not None and vq_device not in device_choices():
-        return f"vq_device={vq_device!r} is not allowed on this machine: use one of {device_choices()}"
-    if text_device is not None and text_device not in device_choices():
-        return f"text_device={text_device!r} is not allowed on this machine: use one of {device_choices()}"
+    placed = rules.first_problem(*(lambda n=name, v=value: rules.placement(n, v) for name, value in
+                                   (("vq_device", vq_device), ("text_device", text_device)) if value is not None))
+    if placed is not True:
+        return placed
     if compile and low_vram == "stream":
         return "compile=True with low_vram='stream' is not allowed: both replace the layer loop; turn one off"
     return None

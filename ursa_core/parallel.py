@@ -203,3 +203,40 @@ class ParallelRunner:
         parts = [torch.empty_like(padded) for _ in self.counts]
         self.layout.timer.run(dist.all_gather, parts, padded.to(self.device), group=self.layout.sp_group)
         return torch.cat([p[:, :n].cpu() for p, n in zip(parts, self.counts)], dim=1)
+
+
+def launched_world() -> int:
+    """The number of ranks torchrun started (1 without torchrun), known before any process group exists."""
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def init_from_env(device_option: str = "auto") -> tuple[int, int, torch.device]:
+    """(rank, world, device) of this process. Under torchrun (WORLD_SIZE > 1) joins the process group through its
+    env:// variables (so one machine or many, by torchrun's rendezvous): NCCL with cuda:LOCAL_RANK, gloo on the
+    CPU. A single process gets rules.device(device_option) and no process group."""
+    import os
+
+    world = launched_world()
+    if world == 1:
+        return 0, 1, rules.device(device_option)
+    device = rules.rank_device(device_option, int(os.environ.get("LOCAL_RANK", "0")), world)
+    if not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+            dist.init_process_group("nccl", device_id=device)
+        else:
+            dist.init_process_group("gloo")
+    return dist.get_rank(), world, device
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def finish() -> None:
+    """Leave the process group (after the last collective of the run)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

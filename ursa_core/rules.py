@@ -21,6 +21,7 @@ MAX_FRAMES = 1 + VIDEO_STRIDE * 60  # 241 frames = 20 s at 12 fps; beyond this n
 MIN_SIZE_STRIDE = 8                # the smallest tokenizer stride (FSQ); IBQ checkpoints need 16
 MAX_SIZE = 4096
 MAX_STEPS = 1000
+MAX_SAMPLES = 1000                 # samples per prompt of a batch
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
 CFG_RANGE = (0.0, 100.0)
 MOTION_RANGE = (0.0, 10.0)
@@ -165,6 +166,18 @@ def device(value: str) -> torch.device:
     return dev
 
 
+def rank_device(value: str, local_rank: int, world: int) -> torch.device:
+    """The device of one of `world` ranks on a machine: auto is cuda:LOCAL_RANK (the CPU without GPUs); a named
+    GPU is refused, since every rank would take the same one."""
+    if value == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    dev = device(value)
+    if dev.type != "cpu":
+        _fail(f"device={value!r} with {world} ranks is not allowed: every rank would use it; use auto "
+              f"(cuda:LOCAL_RANK) or cpu")
+    return dev
+
+
 def attention(value, on: Optional[torch.device] = None) -> str:
     """A backend of ursa_core.attention's registry that runs on the device the model computes on."""
     choice("attention", value, attention_registry.names())
@@ -180,6 +193,20 @@ def sampler(value, on: Optional[torch.device] = None) -> str:
         from . import triton_sampler
         if not triton_sampler.available(on):
             _fail(f"sampler='triton' is not available on {on}: it needs a CUDA GPU with Triton; use auto or torch")
+    return value
+
+
+def placement_choices() -> list[str]:
+    """Where the visual tokenizer or the text side may run: the front end's default, the CPU, or a visible GPU."""
+    return ["default", "cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+
+
+def placement(name: str, value: str) -> str:
+    """vq_device / text_device: "default" (the front end's choice), "cpu" or a visible GPU (the loader node and
+    the CLI read this one rule)."""
+    choices = placement_choices()
+    if value not in choices:
+        _fail(f"{name}={value!r} is not allowed on this machine: use one of {choices}")
     return value
 
 

@@ -15,7 +15,9 @@ from ..codec import decode_tokens, encode_images
 from ..errors import InputError
 from ..generate import StepInfo, generate
 from ..media import OUTPUT_SUFFIXES, frame_paths, load_image, write_frames
-from ..preflight import check_generate_args
+from ..loader_options import place_parts
+from ..parallel import build_layout, init_from_env, launched_world
+from ..preflight import check_generate_args, checkpoint_rules
 from ..checkpoint import URSAModel, load_model
 from ..schedule import FrameSchedule
 from ..tiny import TINY_LABEL, is_tiny, tiny_model_dir
@@ -81,6 +83,26 @@ def report_written(images: torch.Tensor, paths, started: float) -> None:
     print(f"wrote {len(images)} frame(s) to {shown} ({time.time() - started:.1f} s total)")
 
 
+def load_for_cli(folder: Path, device: torch.device, args: argparse.Namespace) -> URSAModel:
+    """One model load with the speed options and the placement of the tokenizer and the text side."""
+    model = load_model(folder, device=device, dtype=args.dtype)
+    accelerate(model, attention=args.attention, compile=args.compile, low_vram=args.low_vram, fp8=args.fp8,
+               weight_dtype=args.weight_dtype, blocks_on_gpu=args.blocks_on_gpu)
+    place_parts(model, args.vq_device, args.text_device)
+    return model
+
+
+def sample_tokens(model: URSAModel, args: argparse.Namespace, images: dict, prompt: str, seed: int,
+                  callback=None, parallel=None) -> torch.Tensor:
+    """Tokens of one generation with `args`' settings (defaults already filled in by check_generate_args)."""
+    latent = model.geometry.latent_shape(args.frames, args.height, args.width)
+    schedule, given = conditioning(model, images, latent[0], args.width, args.height, args.resize)
+    return generate(model, prompt, args.negative, height=args.height, width=args.width, frames=args.frames,
+                    steps=args.steps, guidance=args.cfg, guidance_trunc=args.guidance_trunc, shift=args.shift,
+                    seed=seed, schedule=schedule, given_tokens=given, motion=args.motion, callback=callback,
+                    sampler=args.sampler, parallel=parallel).tokens
+
+
 def run_generate(args: argparse.Namespace) -> int:
     check_output_path(args.out, args.frames)
     tokens_path: Optional[Path] = None
@@ -88,25 +110,25 @@ def run_generate(args: argparse.Namespace) -> int:
         tokens_path = check_writable(token_file_path(args.save_tokens), "--save-tokens")
     folder = model_folder(args.model)
     args = check_generate_args(args, folder)  # every rule and the memory estimate, before any weight loads
+    kv_heads = checkpoint_rules(folder)[0].num_key_value_heads
+    rules.parallel_layout(args.parallel, launched_world(), kv_heads)
     images = read_images(args)
-    device = rules.device(args.device)
+    rank, world, device = init_from_env(args.device)
+    layout = build_layout(args.parallel, kv_heads) if world > 1 else None
     started = time.time()
-    model = load_model(folder, device=device, dtype=args.dtype)
-    accelerate(model, attention=args.attention, compile=args.compile, low_vram=args.low_vram, fp8=args.fp8,
-               weight_dtype=args.weight_dtype, blocks_on_gpu=args.blocks_on_gpu)
+    model = load_for_cli(folder, device, args)
     tiny = args.model == "tiny" or is_tiny(folder)
-    if tiny:
+    if tiny and rank == 0:
         print(f"NOTE: {TINY_LABEL}.")
-    height, width = args.height, args.width  # defaults per tokenizer: filled in by check_generate_args
-    latent = model.geometry.latent_shape(args.frames, height, width)
-    steps, motion = args.steps, args.motion
-    schedule, given = conditioning(model, images, latent[0], width, height, args.resize)
-    print(f"loaded {folder} on {device} in {time.time() - started:.1f} s; sampling {args.frames} frame(s) "
-          f"{width}x{height} = {latent} latent tokens, {steps} steps")
-    tokens = generate(model, args.prompt, args.negative, height=height, width=width, frames=args.frames,
-                      steps=steps, guidance=args.cfg, guidance_trunc=args.guidance_trunc, shift=args.shift,
-                      seed=args.seed, schedule=schedule, given_tokens=given, motion=motion,
-                      callback=ProgressPrinter(steps, "sampling"), sampler=args.sampler).tokens
+    latent = model.geometry.latent_shape(args.frames, args.height, args.width)
+    if rank == 0:
+        print(f"loaded {folder} on {device} in {time.time() - started:.1f} s; sampling {args.frames} frame(s) "
+              f"{args.width}x{args.height} = {latent} latent tokens, {args.steps} steps"
+              + (f", {args.parallel} parallel over {layout.world} ranks" if layout is not None else ""))
+    tokens = sample_tokens(model, args, images, args.prompt, args.seed,
+                           ProgressPrinter(args.steps, "sampling") if rank == 0 else None, layout)
+    if rank != 0:  # the other ranks of a parallel run hold the same tokens; rank 0 writes them
+        return 0
     if tokens_path is not None:
         save_tokens(tokens, tokens_path, identity=model_identity(model), fps=model.geometry.fps, model=str(folder))
         print(f"saved tokens to {tokens_path}")

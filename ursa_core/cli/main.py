@@ -13,31 +13,33 @@ REAL_MODELS = ("BAAI/URSA-1.7B-FSQ320", "BAAI/URSA-1.7B-IBQ1024")
 EXIT_OUTPUT, EXIT_INPUT, EXIT_DOWNLOAD, EXIT_INTERRUPTED = 1, 2, 3, 130
 
 
-def _add_generate(sub) -> None:
-    gen = sub.add_parser("generate", help="headless text/image-to-image/video generation")
-    gen.add_argument("--model", required=True, help="a model folder in the official layout, or 'tiny'")
-    gen.add_argument("--prompt", required=True)
-    gen.add_argument("--negative", default="", help="negative prompt (default: empty, as the reference)")
-    gen.add_argument("--frames", type=preflight.FRAMES, default=1,
-                     help="1 for an image, 1+4k for a video (49 = 4 s at 12 fps)")
-    gen.add_argument("--height", type=preflight.SIZE["height"],
-                     help="default 320 (FSQ) / 1024 (IBQ); 64 for --model tiny")
-    gen.add_argument("--width", type=preflight.SIZE["width"],
-                     help="default 512 (FSQ) / 1024 (IBQ); 64 for --model tiny")
-    gen.add_argument("--steps", type=preflight.STEPS, help="default 25 for images, 50 for videos, 8 for --model tiny")
-    gen.add_argument("--cfg", type=preflight.CFG, default=7.0, help="classifier-free guidance scale")
-    gen.add_argument("--guidance-trunc", type=preflight.GUIDANCE_TRUNC, default=0.9)
-    gen.add_argument("--shift", type=preflight.SHIFT, help="time shift lambda (default: the checkpoint's)")
-    gen.add_argument("--motion", type=preflight.MOTION, help="video motion score prefix (default 9.0 for videos)")
-    gen.add_argument("--seed", type=preflight.SEED, default=0)
-    gen.add_argument("--image", help="condition the first frame on this image (I2V)")
-    gen.add_argument("--last-image", help="condition the last frame on this image (interpolation)")
-    gen.add_argument("--resize", choices=("crop", "pad", "stretch"), default="crop")
-    gen.add_argument("--dtype", type=preflight.DTYPE, default="auto", help="auto, fp32, fp16 or bf16")
-    gen.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    gen.add_argument("--out", required=True, help="out.png for images, out.mp4 for videos")
-    gen.add_argument("--save-tokens", help="also write the sampled tokens to this .safetensors file")
-    speed = gen.add_argument_group("speed and memory (GPU; see docs/PERFORMANCE.md)")
+def add_sampling_options(parser) -> None:
+    """The generation options `ursa generate` and `ursa batch` share (a batch item may override some of them)."""
+    parser.add_argument("--model", required=True, help="a model folder in the official layout, or 'tiny'")
+    parser.add_argument("--negative", default="", help="negative prompt (default: empty, as the reference)")
+    parser.add_argument("--frames", type=preflight.FRAMES, default=1,
+                        help="1 for an image, 1+4k for a video (49 = 4 s at 12 fps)")
+    parser.add_argument("--height", type=preflight.SIZE["height"],
+                        help="default 320 (FSQ) / 1024 (IBQ); 64 for --model tiny")
+    parser.add_argument("--width", type=preflight.SIZE["width"],
+                        help="default 512 (FSQ) / 1024 (IBQ); 64 for --model tiny")
+    parser.add_argument("--steps", type=preflight.STEPS,
+                        help="default 25 for images, 50 for videos, 8 for --model tiny")
+    parser.add_argument("--cfg", type=preflight.CFG, default=7.0, help="classifier-free guidance scale")
+    parser.add_argument("--guidance-trunc", type=preflight.GUIDANCE_TRUNC, default=0.9)
+    parser.add_argument("--shift", type=preflight.SHIFT, help="time shift lambda (default: the checkpoint's)")
+    parser.add_argument("--motion", type=preflight.MOTION, help="video motion score prefix (default 9.0 for videos)")
+    parser.add_argument("--seed", type=preflight.SEED, default=0)
+    parser.add_argument("--resize", choices=("crop", "pad", "stretch"), default="crop")
+    parser.add_argument("--dtype", type=preflight.DTYPE, default="auto", help="auto, fp32, fp16 or bf16")
+    parser.add_argument("--device", default="auto",
+                        help="auto, cpu, cuda, cuda:1, ...; under torchrun auto is cuda:LOCAL_RANK")
+    place = parser.add_argument_group("placement (as the ComfyUI loader's vq_device / text_device)")
+    place.add_argument("--vq-device", type=preflight.PLACEMENT["vq_device"], default="default",
+                       help="where the visual tokenizer runs: default (the transformer's device), cpu, cuda:N")
+    place.add_argument("--text-device", type=preflight.PLACEMENT["text_device"], default="default",
+                       help="where the token embedding table lives: default (the transformer's device), cpu, cuda:N")
+    speed = parser.add_argument_group("speed and memory (GPU; see docs/PERFORMANCE.md)")
     speed.add_argument("--compile", action="store_true", help="torch.compile the layers (faster after ~15 s)")
     speed.add_argument("--low-vram", action="store_true", help="stream layers from host memory (49 frames in 4.3 GiB)")
     speed.add_argument("--attention", type=preflight.ATTENTION, default="auto",
@@ -52,11 +54,38 @@ def _add_generate(sub) -> None:
     speed.add_argument("--fp8", action="store_true", help="EXPERIMENTAL fp8 projections (changes results)")
 
 
+def _add_generate(sub) -> None:
+    gen = sub.add_parser("generate", help="headless text/image-to-image/video generation")
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--image", help="condition the first frame on this image (I2V)")
+    gen.add_argument("--last-image", help="condition the last frame on this image (interpolation)")
+    gen.add_argument("--out", required=True, help="out.png for images, out.mp4 for videos")
+    gen.add_argument("--save-tokens", help="also write the sampled tokens to this .safetensors file")
+    gen.add_argument("--parallel", type=preflight.PARALLEL, default="none",
+                     help="under torchrun: share ONE generation between the ranks: cfg (2 ranks: one guidance "
+                          "branch each), sp (N ranks: sequence parallel, N divides the KV heads), cfg+sp (2N)")
+    add_sampling_options(gen)
+
+
+def _add_batch(sub) -> None:
+    from ..batch import FORMATS
+    bat = sub.add_parser("batch", help="a prompt set (txt, JSONL, GenEval, DPG-Bench, VBench): one model load, "
+                                       "resumable; under torchrun the ranks share the set")
+    bat.add_argument("--prompts", required=True, help="a .txt (one prompt a line), .jsonl, GenEval prompts.json, "
+                                                      "DPG-Bench prompts.json or a VBench folder of <track>.txt")
+    bat.add_argument("--format", choices=FORMATS, default="auto", help="default: from the name")
+    bat.add_argument("--outdir", required=True, help="output folder (finished outputs there are skipped)")
+    bat.add_argument("--samples", type=preflight.SAMPLES, default=1,
+                     help="samples per prompt, seeds seed, seed+1, ... (DPG-Bench: 4, one 2x2 grid)")
+    add_sampling_options(bat)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = rules.OneLineParser(prog="ursa", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
+    _add_batch(sub)
     dec = sub.add_parser("decode", help="decode a token file (from --save-tokens) to PNG or MP4 without sampling")
     dec.add_argument("--tokens", required=True, help="a .safetensors token file")
     dec.add_argument("--out", required=True, help="out.png for images, out.mp4 for videos")
@@ -79,10 +108,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     except SystemExit as exc:  # a bad argument (one line already printed), --help or --version: return its code
         return int(exc.code or 0)
     try:
-        if args.command == "generate":
+        if args.command in ("generate", "batch"):
+            from .batch import run_batch
             from .generate import run_generate
-            with preflight.warnings_on_stderr():
-                return run_generate(args)
+            from ..parallel import finish
+            try:
+                with preflight.warnings_on_stderr():
+                    return (run_generate if args.command == "generate" else run_batch)(args)
+            finally:
+                finish()  # leave torchrun's process group, if this run joined one
         from . import tools
         return {"decode": tools.run_decode, "make-tiny": tools.run_make_tiny,
                 "download": tools.run_download}[args.command](args)
