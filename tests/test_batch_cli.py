@@ -93,3 +93,27 @@ def test_two_gloo_ranks_share_the_set(tiny_dir, tmp_path):
     assert sorted(line["out"] for line in lines) == sorted(p.name for p in out.glob("*.png"))
     assert len(lines) == 5 and {line["rank"] for line in lines} == {0, 1}
     assert sum(line.count("[batch]") for r in results for line in r.stdout.splitlines()) >= 1
+
+
+def test_placement_options_follow_the_loader_rule(tiny_dir, tmp_path):
+    bad = "cuda:99"
+    done = ursa("generate", "--model", tiny_dir, "--prompt", "x", "--out", tmp_path / "x.png", "--text-device", bad)
+    assert done.returncode == 2 and done.stderr.strip().startswith(f"error: argument --text-device: "
+                                                                 f"text_device='{bad}' is not allowed on this machine")
+    done = ursa("generate", "--model", tiny_dir, "--prompt", "x", "--out", tmp_path / "x.png", "--steps", "2",
+                "--vq-device", "cpu", "--text-device", "cpu")
+    assert done.returncode == 0, done.stderr
+    assert Image.open(tmp_path / "x.png").size == (64, 64)
+
+
+def test_place_parts_moves_the_text_side_and_the_tokenizer(tiny_dir):
+    from ursa_core.checkpoint import load_model
+    from ursa_core.loader_options import place_parts
+    from ursa_core.lowvram import DetachedEmbedding
+
+    model = load_model(tiny_dir, device="cpu", dtype="fp32")
+    place_parts(model, "default", "default")            # default: the transformer's device, nothing detached
+    assert not isinstance(model.transformer.model.embed_tokens, DetachedEmbedding)
+    place_parts(model, "meta", "meta")                   # another device than the transformer's
+    assert model.transformer.model.embed_tokens.weight.device.type == "meta"
+    assert model.visual_tokenizer.device.type == "meta" and model.device.type == "cpu"
