@@ -130,3 +130,17 @@ register("flash", _sdpa_pinned("FLASH_ATTENTION"), _cuda, "SDPA pinned to FlashA
 register("efficient", _sdpa_pinned("EFFICIENT_ATTENTION"), _cuda, "SDPA pinned to memory-efficient; CUDA only")
 register("math", _sdpa_pinned("MATH"), lambda device: True, "SDPA's reference math kernel")
 register("flex", _flex, _has_flex, "FlexAttention (torch.compile); CUDA only")
+
+
+def _ulysses() -> AttentionFunction:
+    from .ulysses import attend
+    return attend
+
+
+def _ulysses_active(device: torch.device) -> bool:
+    from .ulysses import is_active
+    return is_active()
+
+
+register("ulysses", _ulysses, _ulysses_active,
+         "sequence parallel (Ulysses all-to-all) around the chosen kernel; set up by --parallel sp, not by hand")

@@ -15,7 +15,6 @@ rank has nothing else to do while the shard waits anyway.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import time
 from dataclasses import dataclass, field
 from typing import Optional
@@ -23,7 +22,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from . import attention, rules
+from . import attention, rules, ulysses
 from .sequence import predicting_positions
 
 
@@ -100,62 +99,17 @@ def shard_sizes(rows: int, parts: int) -> list[int]:
     return [rows // parts + (r < rows % parts) for r in range(parts)]
 
 
-@dataclass(frozen=True)
-class _Shards:
-    """What the ulysses backend needs while a sharded forward runs."""
-    group: object
-    sizes: list
-    inner: str            # the backend that attends the whole sequence with this rank's heads
-    timer: CommTimer
-
-
-_ACTIVE: contextvars.ContextVar[Optional[_Shards]] = contextvars.ContextVar("ursa_sequence_shards", default=None)
-
-
-def _heads_to_sequence(x: torch.Tensor, shards: _Shards) -> torch.Tensor:
-    """[B, H, S_local, D] (all heads, my rows) -> [B, H/n, S, D] (my heads, all rows)."""
-    batch, heads, rows, dim = x.shape
-    n = len(shards.sizes)
-    send = x.reshape(batch, n, heads // n, rows, dim).permute(1, 3, 0, 2, 4).contiguous()
-    recv = x.new_empty(sum(shards.sizes), batch, heads // n, dim)
-    shards.timer.run(dist.all_to_all_single, recv, send.view(n * rows, batch, heads // n, dim),
-                     output_split_sizes=shards.sizes, input_split_sizes=[rows] * n, group=shards.group)
-    return recv.permute(1, 2, 0, 3)
-
-
-def _sequence_to_heads(x: torch.Tensor, shards: _Shards, rows: int) -> torch.Tensor:
-    """[B, H/n, S, D] (my heads, all rows) -> [B, H, S_local, D] (all heads, my rows)."""
-    batch, part, _, dim = x.shape
-    n = len(shards.sizes)
-    send = x.permute(2, 0, 1, 3).contiguous()
-    recv = x.new_empty(n * rows, batch, part, dim)
-    shards.timer.run(dist.all_to_all_single, recv, send, output_split_sizes=[rows] * n,
-                     input_split_sizes=shards.sizes, group=shards.group)
-    return recv.view(n, rows, batch, part, dim).permute(2, 0, 3, 1, 4).reshape(batch, n * part, rows, dim)
-
-
-def ulysses(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Attention over the whole sequence for a rank holding only its rows: all-to-all to heads, attend, back."""
-    shards = _ACTIVE.get()
-    rows = q.shape[2]
-    q, k, v = (_heads_to_sequence(x, shards) for x in (q, k, v))
-    return _sequence_to_heads(attention.attention_function(shards.inner)(q, k, v), shards, rows)
-
-
-attention.register("ulysses", lambda: ulysses, lambda device: _ACTIVE.get() is not None,
-                   "sequence parallel (Ulysses all-to-all); set up by the parallel modes, not chosen by hand")
-
-
 @contextlib.contextmanager
-def sharded_attention(transformer, shards: _Shards):
+def sharded_attention(transformer, group, sizes: list, timer: CommTimer):
     """Every layer attends through "ulysses" (around its own backend) for the duration of one forward."""
-    token = _ACTIVE.set(shards)
+    inner = transformer.attn_implementation
+    token = ulysses.activate(ulysses.Shards(group, sizes, attention.attention_function(inner), timer.run))
     transformer.set_attention("ulysses")
     try:
         yield
     finally:
-        transformer.set_attention(shards.inner)
-        _ACTIVE.reset(token)
+        transformer.set_attention(inner)
+        ulysses.deactivate(token)
 
 
 class ParallelRunner:
@@ -179,8 +133,7 @@ class ParallelRunner:
         rows = slice(self.start, self.stop)
         if self.layout.sp == 1:
             return transformer.hidden_states(ids, cos, sin, self.keep)
-        shards = _Shards(self.layout.sp_group, self.sizes, transformer.attn_implementation, self.layout.timer)
-        with sharded_attention(transformer, shards):
+        with sharded_attention(transformer, self.layout.sp_group, self.sizes, self.layout.timer):
             return transformer.hidden_states(ids[:, rows], cos[rows], sin[rows], self.keep)
 
     def hidden_states(self, transformer, ids: list, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
