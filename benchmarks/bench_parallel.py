@@ -12,6 +12,8 @@ Claims) over --batch-prompts prompts at --batch-steps steps, in clips per hour.
     torchrun --nproc-per-node 2 benchmarks/bench_parallel.py --quick --out q.json      # CPU smoke test (gloo)
 
 A mode the world size cannot run (cfg needs 2 ranks, cfg+sp 4 or more) is reported as skipped with the reason.
+Communication time is measured between CUDA events recorded around each collective on the compute stream, so it
+includes waiting for the slowest rank of the group (load imbalance shows up there, not in compute).
 """
 from __future__ import annotations
 

@@ -12,19 +12,19 @@ from ursa_core.errors import InputError  # noqa: E402
 from ursa_core.generate import generate  # noqa: E402
 from ursa_core.parallel import build_layout  # noqa: E402
 
-from parallel_fixtures import SAMPLING, two_kv_head_model  # noqa: E402
+from parallel_fixtures import KV_HEADS, SAMPLING, two_kv_head_model  # noqa: E402
 
 
 def main(tiny_dir: str, mode: str, out: str) -> int:
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     try:
-        model = two_kv_head_model(tiny_dir)
-        try:
-            layout = build_layout(mode, model.config.num_key_value_heads)
+        try:  # the layout rule first: a bad one costs no model load
+            layout = build_layout(mode, KV_HEADS)
         except InputError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        model = two_kv_head_model(tiny_dir)
         tokens = generate(model, "a red fox", parallel=layout, **SAMPLING).tokens
         print(f"collectives {layout.timer.calls}")
         gathered = [torch.empty_like(tokens) for _ in range(dist.get_world_size())]

@@ -36,8 +36,8 @@ class CommTimer:
 
     def run(self, collective, *args, **kwargs):
         self.calls += 1
-        tensor = args[0] if args and isinstance(args[0], torch.Tensor) else None
-        if tensor is not None and tensor.is_cuda:
+        tensors = [t for a in args for t in (a if isinstance(a, list) else [a]) if isinstance(t, torch.Tensor)]
+        if tensors and tensors[0].is_cuda:  # NCCL runs asynchronously: only events on the stream see its end
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             out = collective(*args, **kwargs)
