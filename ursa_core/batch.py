@@ -220,7 +220,7 @@ class Claims:
     torch.distributed (its own store, so no extra server or port is needed)."""
 
     def __init__(self, total: int, store=None, prefix: str = "ursa_batch"):
-        self.total, self.store, self.prefix, self.local = total, store, prefix, 0
+        self.total, self.store, self.prefix, self.local, self.done = total, store, prefix, 0, 0
 
     def next(self) -> Optional[int]:
         if self.store is None:
@@ -231,10 +231,12 @@ class Claims:
 
     def finished(self) -> int:
         """Jobs finished by all ranks so far (for the set's progress bar)."""
-        return self.local if self.store is None else int(self.store.add(f"{self.prefix}/done", 0))
+        return self.done if self.store is None else int(self.store.add(f"{self.prefix}/done", 0))
 
     def mark_done(self) -> None:
-        if self.store is not None:
+        if self.store is None:
+            self.done += 1     # not `local`: that also counts the last claim, which found no job
+        else:
             self.store.add(f"{self.prefix}/done", 1)
 
 

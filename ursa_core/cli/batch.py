@@ -93,9 +93,10 @@ class SetProgress:
     """Rank 0's line per finished job: jobs finished by all ranks of the set and the rate since the start."""
 
     def __init__(self):
-        self.started = time.time()
+        self.started, self.last = time.time(), None
 
     def __call__(self, done: int, total: int) -> None:
+        self.last = done
         hours = max(time.time() - self.started, 1e-6) / 3600
         print(f"[batch] {done}/{total} done, {done / hours:.1f} clips/hour", flush=True)
 
@@ -134,9 +135,11 @@ def run_batch(args: argparse.Namespace) -> int:
 
     if rank == 0:
         print(f"{len(jobs)} outputs in {outdir} from {args.prompts}, {world} rank(s)", flush=True)
-    report = run_jobs(jobs, outdir, render, Claims(len(jobs), distributed_store()), rank=rank,
-                      progress=SetProgress() if rank == 0 else None)
+    claims, progress = Claims(len(jobs), distributed_store()), SetProgress() if rank == 0 else None
+    report = run_jobs(jobs, outdir, render, claims, rank=rank, progress=progress)
     barrier()
+    if progress is not None and claims.finished() != progress.last:  # the other ranks finished the last jobs
+        progress(claims.finished(), len(jobs))
     print(f"rank {rank}: wrote {len(report.done)}, skipped {len(report.skipped)} finished, "
           f"{report.seconds:.1f} s", flush=True)
     return 0
