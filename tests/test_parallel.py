@@ -55,11 +55,12 @@ def test_parallel_tokens_equal_one_process(tiny_dir, tmp_path, single_tokens, mo
     assert per_rank.shape == (world, *single_tokens.shape)
     for tokens in per_rank:                      # every rank ends with the same tokens, equal to one process
         assert torch.equal(tokens, single_tokens)
-    # the ranks really exchanged data: per guided step an all_gather of hidden states (cfg), per layer and step
-    # four all-to-alls and per step two token gathers (sp)
+    # the ranks really exchanged data: per guided step an all_gather of hidden states (cfg); per sharded step four
+    # all-to-alls a layer and two token gathers. Of the 4 steps run (step 0, t = 0, jumps nowhere and is skipped)
+    # 3 are guided; the unguided one is sharded over every rank in all three modes.
     calls = [int(r.stdout.split("collectives ")[1].split()[0]) for r in results]
-    layers, steps = 2, SAMPLING["steps"] - 1     # the tiny stack; step 0 (t = 0) jumps nowhere and is skipped
-    expected = (mode != "sp") * 3 + ("sp" in mode) * steps * (4 * layers + 2)  # 3 of the steps are guided
+    sharded_step = 4 * 2 + 2                     # the tiny stack has 2 layers
+    expected = 3 * ((mode != "sp") + ("sp" in mode) * sharded_step) + 1 * sharded_step
     assert calls == [expected] * world
 
 

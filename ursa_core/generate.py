@@ -123,13 +123,16 @@ class _Denoiser:
         self.cos, self.sin = rotary_angles(model.config, plan_.latent_shape, model.transformer.dtype, model.device)
         self.keep = predicting_positions(model.config, plan_.active).to(model.device)
         # The branch runner seam: None runs every branch here on the whole sequence; a parallel.ParallelRunner
-        # runs this rank's branch on its rows and samples only `local` (indices into plan_.active).
+        # runs this rank's branch on its rows and samples only the tokens they predict.
         self.runner = runner
-        self.local = None if runner is None else runner.local
 
-    def gather(self, values: torch.Tensor) -> torch.Tensor:
+    def sampled_here(self, use_cfg: bool) -> Optional[torch.Tensor]:
+        """Indices into plan.active of the tokens this rank samples in a (un)guided step; None: all of them."""
+        return None if self.runner is None else self.runner.split(use_cfg).local
+
+    def gather(self, values: torch.Tensor, use_cfg: bool) -> torch.Tensor:
         """[B, tokens sampled here] -> [B, active tokens] (every rank's part under a parallel runner)."""
-        return values if self.runner is None else self.runner.gather(values)
+        return values if self.runner is None else self.runner.gather(values, use_cfg)
 
     def _sequence(self, text_ids: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         return sequence_ids(self.model.config, text_ids, tokens)
@@ -299,17 +302,17 @@ def _sample(model, path, plan_: GenerationPlan, denoiser: "_Denoiser", tokens: t
         if final or not (settings["skip_noop_steps"] and bool((clocks.beta_dot == 0).all())):
             use_cfg = guidance > 1 and t < settings["guidance_trunc"]
             u = uniforms(seed, TAG_STEP, step, (3, batch, tokens[0].numel()))[:, :, plan_.active]
-            x_t = flat_active
-            if denoiser.local is not None:  # this rank samples only its shard's tokens
-                u, x_t = u[:, :, denoiser.local], x_t[:, denoiser.local]
+            x_t, local = flat_active, denoiser.sampled_here(use_cfg)
+            if local is not None:  # this rank samples only its shard's tokens
+                u, x_t = u[:, :, local], x_t[:, local]
                 clocks = FrameClocks.at_step(plan_.schedule, plan_.grid, step, settings["c"], settings["alpha"],
-                                             plan_.token_frame[denoiser.local], batch, model.device)
+                                             plan_.token_frame[local], batch, model.device)
             new, x1 = euler_step(path, denoiser.logits_fn(tokens, use_cfg, guidance),
                                  x_t.reshape(-1).to(model.device), clocks, u.reshape(3, -1).to(model.device),
                                  final, settings["chunk_tokens"], fused=settings["sampler"] == "triton")
-            flat_active = denoiser.gather(new.view(batch, -1)).cpu()
+            flat_active = denoiser.gather(new.view(batch, -1), use_cfg).cpu()
             tokens = _scatter(tokens, plan_.active, flat_active)
-            predicted = _scatter(tokens, plan_.active, denoiser.gather(x1.view(batch, -1)).cpu())
+            predicted = _scatter(tokens, plan_.active, denoiser.gather(x1.view(batch, -1), use_cfg).cpu())
         if callback is not None:
             callback(StepInfo(step, steps, t, tokens, predicted))
     return tokens

@@ -8,9 +8,9 @@ keeps shards equal). Around attention, the "ulysses" backend swaps sequence for 
 heads), then swaps back. Rotary angles are sliced from the global positions, so a row turns as it would in one
 process. After the stack, each rank holds the final hidden states of the tokens its rows predict; the two branch
 ranks of a shard exchange them (all_gather) and both apply guidance, draw the same CPU uniforms and take the same
-jump on that shard; the shards then all_gather the new tokens. Unguided steps (t >= guidance_trunc) run the
-conditional branch on both branch ranks: splitting them would need another layout for a few steps, and the spare
-rank has nothing else to do while the shard waits anyway.
+jump on that shard; the shards then all_gather the new tokens. Unguided steps (t >= guidance_trunc: about a tenth
+of a video's steps) have one branch: instead of running it twice, every rank of the grid takes a shard of it
+(cfg x sp ranks, when the KV heads divide by that many; else the branch ranks repeat their sp shard).
 """
 from __future__ import annotations
 
@@ -112,50 +112,79 @@ def sharded_attention(transformer, group, sizes: list, timer: CommTimer):
         ulysses.deactivate(token)
 
 
+@dataclass(frozen=True)
+class RowSplit:
+    """The sequence rows split over the `len(sizes)` ranks of `group` (None: every rank); this rank holds
+    rows [start, stop) and samples the active tokens `local` they predict (rows `keep` of its shard)."""
+    group: object
+    sizes: list
+    start: int
+    stop: int
+    local: torch.Tensor     # indices into plan.active
+    keep: torch.Tensor      # their rows within this rank's shard
+    counts: list            # tokens sampled by each rank of the group
+
+
+def row_split(group, parts: int, index: int, rows: int, positions: torch.Tensor, device) -> RowSplit:
+    sizes = shard_sizes(rows, parts)
+    starts = [sum(sizes[:r]) for r in range(parts)]
+    mine = (positions >= starts[index]) & (positions < starts[index] + sizes[index])
+    counts = [int(((positions >= a) & (positions < a + n)).sum()) for a, n in zip(starts, sizes)]
+    return RowSplit(group, sizes, starts[index], starts[index] + sizes[index], torch.nonzero(mine).squeeze(1),
+                    (positions[mine] - starts[index]).to(device), counts)
+
+
 class ParallelRunner:
     """The branch runner of generate._Denoiser on a (cfg x sp) grid: runs this rank's branch on its rows, exchanges
-    hidden states with the other branch, and gathers the tokens every shard sampled."""
+    hidden states with the other branch, and gathers the tokens every shard sampled.
+
+    Guided steps split the rows over the sp ranks of each branch. Unguided steps (t >= guidance_trunc, or no
+    guidance at all) have one branch, so the whole grid splits the rows instead (cfg x sp ranks) when the KV heads
+    divide by that many; otherwise both branch ranks run the same shard.
+    """
 
     def __init__(self, layout: Layout, config, active: torch.Tensor, latent_shape, device: torch.device):
         self.layout, self.device = layout, device
         rows = config.max_prompt_length + 1 + latent_shape[0] * latent_shape[1] * latent_shape[2]
-        sizes = shard_sizes(rows, layout.sp)
-        self.sizes, self.start = sizes, sum(sizes[:layout.sp_rank])
-        self.stop = self.start + sizes[layout.sp_rank]
         positions = predicting_positions(config, active)
-        mine = (positions >= self.start) & (positions < self.stop)
-        self.local = torch.nonzero(mine).squeeze(1)            # indices into `active` this rank samples
-        self.keep = (positions[mine] - self.start).to(device)  # their rows within my shard
-        self.counts = [int(((positions >= a) & (positions < a + n)).sum())
-                       for a, n in zip([sum(sizes[:r]) for r in range(layout.sp)], sizes)]
+        self.guided = row_split(layout.sp_group, layout.sp, layout.sp_rank, rows, positions, device)
+        self.unguided = self.guided
+        if layout.cfg > 1 and config.num_key_value_heads % layout.world == 0:
+            self.unguided = row_split(None, layout.world, layout.cfg_rank * layout.sp + layout.sp_rank, rows,
+                                      positions, device)
 
-    def _forward(self, transformer, ids: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        rows = slice(self.start, self.stop)
-        if self.layout.sp == 1:
-            return transformer.hidden_states(ids, cos, sin, self.keep)
-        with sharded_attention(transformer, self.layout.sp_group, self.sizes, self.layout.timer):
-            return transformer.hidden_states(ids[:, rows], cos[rows], sin[rows], self.keep)
+    def split(self, guided: bool) -> RowSplit:
+        return self.guided if guided else self.unguided
+
+    def _forward(self, transformer, ids: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                 split: RowSplit) -> torch.Tensor:
+        if len(split.sizes) == 1:
+            return transformer.hidden_states(ids, cos, sin, split.keep)
+        rows = slice(split.start, split.stop)
+        with sharded_attention(transformer, split.group, split.sizes, self.layout.timer):
+            return transformer.hidden_states(ids[:, rows], cos[rows], sin[rows], split.keep)
 
     def hidden_states(self, transformer, ids: list, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """[branches, B * local tokens, hidden] for the branches `ids` (cond, uncond) of this rank's shard."""
+        split = self.split(guided=len(ids) == 2)
         if len(ids) == 2 and self.layout.cfg == 2:
-            mine = self._forward(transformer, ids[self.layout.cfg_rank], cos, sin).flatten(0, 1).contiguous()
+            mine = self._forward(transformer, ids[self.layout.cfg_rank], cos, sin, split).flatten(0, 1).contiguous()
             both = [torch.empty_like(mine) for _ in range(2)]
             self.layout.timer.run(dist.all_gather, both, mine, group=self.layout.cfg_group)
             return torch.stack(both)
-        hidden = self._forward(transformer, torch.cat(ids, 0), cos, sin)
+        hidden = self._forward(transformer, torch.cat(ids, 0), cos, sin, split)
         return hidden.reshape(len(ids), -1, hidden.shape[-1])
 
-    def gather(self, values: torch.Tensor) -> torch.Tensor:
+    def gather(self, values: torch.Tensor, guided: bool) -> torch.Tensor:
         """[B, local tokens] sampled here -> [B, active tokens] of every shard (in token order)."""
-        if self.layout.sp == 1:
+        split = self.split(guided)
+        if len(split.sizes) == 1:
             return values
-        width = max(self.counts)
-        padded = values.new_zeros(values.shape[0], width)
+        padded = values.new_zeros(values.shape[0], max(split.counts))
         padded[:, :values.shape[1]] = values
-        parts = [torch.empty_like(padded) for _ in self.counts]
-        self.layout.timer.run(dist.all_gather, parts, padded.to(self.device), group=self.layout.sp_group)
-        return torch.cat([p[:, :n].cpu() for p, n in zip(parts, self.counts)], dim=1)
+        parts = [torch.empty_like(padded) for _ in split.counts]
+        self.layout.timer.run(dist.all_gather, parts, padded, group=split.group)
+        return torch.cat([p[:, :n].cpu() for p, n in zip(parts, split.counts)], dim=1)
 
 
 def launched_world() -> int:
