@@ -26,7 +26,9 @@ def manifest(out: Path) -> list[dict]:
 
 
 def test_jsonl_set_names_manifest_and_resume(tiny_dir, tmp_path):
-    items = [{"prompt": "a fox", "id": "fox", "seed": 40}, {"prompt": "a dog", "frames": 5, "cfg": 3.0}]
+    Image.new("RGB", (48, 40), (200, 30, 30)).save(tmp_path / "first.png")     # relative to the prompt file
+    items = [{"prompt": "a fox", "id": "fox", "seed": 40},
+             {"prompt": "a dog", "frames": 5, "cfg": 3.0, "image": "first.png"}]
     prompts = tmp_path / "set.jsonl"
     prompts.write_text("\n".join(map(json.dumps, items)))
     out = tmp_path / "out"
@@ -39,6 +41,7 @@ def test_jsonl_set_names_manifest_and_resume(tiny_dir, tmp_path):
     assert [lines[n]["samples"][0]["seed"] for n in names[:2]] == [40, 41]
     dog = lines["00001-a_dog-0.mp4"]["settings"][0]
     assert (dog["frames"], dog["cfg"], dog["steps"], dog["motion"]) == (5, 3.0, 2, 9.0)
+    assert dog["image"] == str(tmp_path / "first.png") and lines["fox-0.png"]["settings"][0]["image"] is None
     progress = [line.split(",")[0] for line in done.stdout.splitlines() if line.startswith("[batch]")]
     assert progress == ["[batch] 1/4 done", "[batch] 2/4 done", "[batch] 3/4 done", "[batch] 4/4 done"]
 
@@ -81,6 +84,11 @@ def test_bad_item_is_one_line_before_any_weight_loads(tiny_dir, tmp_path):
     assert done.stderr.strip() == ("error: item 00001-a_fox#0: frames=3 is not allowed: use 1 (an image) or "
                                    "1 + 4k frames (5, 9, ..., 241)")
     assert not (tmp_path / "out").exists()
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    prompts.write_text('{"prompt": "ok"}\n{"prompt": "a fox", "frames": 5, "image": "broken.png"}\n')
+    done = ursa("batch", "--model", folder, "--prompts", prompts, "--outdir", tmp_path / "out")
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+    assert done.stderr.startswith("error: item 00001-a_fox#0: ") and "broken.png" in done.stderr
 
 
 def test_two_gloo_ranks_share_the_set(tiny_dir, tmp_path):

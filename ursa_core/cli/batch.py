@@ -45,6 +45,9 @@ def _sample_args(base: argparse.Namespace, settings: dict, prompts_dir: Path, fo
             if settings.get(name) is not None:
                 over[name] = str(prompts_dir / str(settings[name]))
         cache[key] = check_generate_args(argparse.Namespace(**{**vars(base), **over}), folder)
+        for name in ("image", "last_image"):   # an unreadable image is refused now, not hours into the set
+            if over.get(name):
+                load_image(over[name])
     return cache[key]
 
 
