@@ -97,3 +97,9 @@ def test_parallel_benchmark_runs_on_two_cpu_ranks(tmp_path):
     assert report["world"] == 2 and sp["ranks"] == 2 and sp["tokens_equal_to_single"] == 1.0
     assert sp["comm_calls"] > 0 and sp["comm_s_per_step"] > 0 and sp["executed_steps"] == 2  # step 0 is a no-op
     assert report["batch"]["clips"] == 3 and sum(report["batch"]["clips_per_rank"]) == 3
+    sys.path.insert(0, str(bench.parent))
+    from parallel_table import table
+    rows = table([report]).splitlines()
+    sp_row = next(row for row in rows if row.startswith("| 2 | sp |"))
+    ratio = float(sp_row.split("|")[4])          # against rank 0's single run of the same report
+    assert abs(ratio - sp["total_s"] / report["modes"]["single"]["total_s"]) < 0.01
