@@ -140,12 +140,14 @@ def run_baseline(model, case, steps) -> dict:
 
 
 def attention_backends(device, seq: int, dtype=torch.bfloat16, reps: int = 5) -> dict:
-    """Milliseconds per bidirectional attention call [2 branches, 16 q / 8 kv heads, seq, 128] per backend."""
-    q = torch.randn(2, 16, seq, 128, device=device, dtype=dtype)
-    k = torch.randn(2, 8, seq, 128, device=device, dtype=dtype)
-    v = torch.randn(2, 8, seq, 128, device=device, dtype=dtype)
+    """Milliseconds per bidirectional attention call [2 branches, 16 q / 8 kv heads, seq, 128] for every registered
+    backend this machine can run (FlashAttention-4 and SageAttention when installed), on q/k/v in the layout the
+    model hands them ([B, S, H, D] tensors viewed as [B, H, S, D])."""
+    def make(heads):
+        return torch.randn(2, seq, heads, 128, device=device, dtype=dtype).transpose(1, 2)
+    q, k, v = make(16), make(8), make(8)
     out = {}
-    for backend in ("auto", "flash", "cudnn", "efficient", "flex"):
+    for backend in [n for n in attention.available_names(device) if n != "math"]:
         try:
             fn = attention.attention_function(attention.resolve(backend, device))
             fn(q, k, v)
@@ -299,7 +301,8 @@ def main(argv=None) -> int:
     parser.add_argument("--sections", default="probe,cases,baseline,ablate,lowvram,fp8,compile,decode,agree")
     parser.add_argument("--steps", type=int, help="override every case's step count")
     parser.add_argument("--baseline-steps", type=int, help="measure the baseline on this many steps")
-    parser.add_argument("--attention", default="fastest", help="auto/flash/cudnn/efficient/flex or 'fastest'")
+    parser.add_argument("--attention", default="fastest",
+                        help="a backend of ursa_core.attention (auto, sdpa, cudnn, flash4, ...) or 'fastest'")
     parser.add_argument("--eager", action="store_true", help="optimized path without torch.compile")
     parser.add_argument("--fuse", action="store_true", help="fused QKV/gate-up GEMMs (measured: no gain, off)")
     parser.add_argument("--compile-mode", default=None, help="torch.compile mode (e.g. reduce-overhead)")

@@ -101,7 +101,8 @@ def run_generate(args: argparse.Namespace) -> int:
     latent = model.geometry.latent_shape(args.frames, height, width)
     steps, motion = args.steps, args.motion
     schedule, given = conditioning(model, images, latent[0], width, height, args.resize)
-    print(f"loaded {folder} on {device} in {time.time() - started:.1f} s; sampling {args.frames} frame(s) "
+    print(f"loaded {folder} on {device} in {time.time() - started:.1f} s (attention: "
+          f"{model.transformer.attn_implementation}); sampling {args.frames} frame(s) "
           f"{width}x{height} = {latent} latent tokens, {steps} steps")
     tokens = generate(model, args.prompt, args.negative, height=height, width=width, frames=args.frames,
                       steps=steps, guidance=args.cfg, guidance_trunc=args.guidance_trunc, shift=args.shift,
