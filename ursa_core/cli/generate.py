@@ -92,7 +92,7 @@ def run_generate(args: argparse.Namespace) -> int:
     device = rules.device(args.device)
     started = time.time()
     model = load_model(folder, device=device, dtype=args.dtype)
-    accelerate(model, attention=args.attention, compile=args.compile, low_vram=args.low_vram, fp8=args.fp8,
+    accelerate(model, attention=args.attention, compile=args.compile, low_vram=args.low_vram,
                weight_dtype=args.weight_dtype, blocks_on_gpu=args.blocks_on_gpu)
     tiny = args.model == "tiny" or is_tiny(folder)
     if tiny:

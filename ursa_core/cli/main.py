@@ -49,7 +49,6 @@ def _add_generate(sub) -> None:
     speed.add_argument("--weight-dtype", default="default", type=preflight.WEIGHT_DTYPE,
                        help="weight storage as ComfyUI's UNETLoader: default, fp8_e4m3fn or fp8_e5m2 (fp8 layer "
                             "weights, upcast per layer)")
-    speed.add_argument("--fp8", action="store_true", help="EXPERIMENTAL fp8 projections (changes results)")
 
 
 def build_parser() -> argparse.ArgumentParser:
