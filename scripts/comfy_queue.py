@@ -140,8 +140,24 @@ def report_rejection(workflow: dict, body: dict) -> None:
         label = node_label(workflow, nid)
         if not workflow.get(str(nid)) and info.get("class_type"):
             label = f"node {nid} ({info['class_type']})"
-        for e in info.get("errors", []):
-            print(f"  {label}: {e.get('message', '')}: {e.get('details', '')}", file=sys.stderr)
+        for line in error_lines(info.get("errors", [])):
+            print(f"  {label}: {line}", file=sys.stderr)
+
+
+def error_lines(errors: list) -> list:
+    """One line per distinct message. ComfyUI repeats a node's failing `validate_inputs` message once for every input
+    the validator reads ("cfg - frames=6 ...", "frames - frames=6 ..."): those become one line."""
+    lines, seen = [], {}
+    for e in errors:
+        details = str(e.get("details", ""))
+        name, _, text = details.partition(" - ")
+        if e.get("type") == "custom_validation_failed" and text:
+            if text not in seen:
+                seen[text] = len(lines)
+                lines.append(f"{e.get('message', '')}: {text}")
+            continue
+        lines.append(f"{e.get('message', '')}: {details}")
+    return lines
 
 
 def report_failure(workflow: dict, entry: dict) -> None:

@@ -83,3 +83,13 @@ def comfy(mocker, tmp_path):
     # so no later test sees a plugin module bound to this test's fakes.
     mocker.patch.dict(sys.modules, modules)
     return ComfyFixture(state, modules)
+
+
+@pytest.fixture(scope="module")
+def ursa_cache(tmp_path_factory):
+    """One $URSA_CACHE for a whole test module, so `--model tiny` builds its checkpoint once per module."""
+    cache = tmp_path_factory.mktemp("ursa_cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("URSA_CACHE", str(cache))
+        mp.delenv("XDG_CACHE_HOME", raising=False)
+        yield cache

@@ -70,7 +70,7 @@ CLI_CASES = {
     "attention-efficient-on-cpu": CliCase(["--device", "cpu", "--attention", "efficient"],
                                           ("attention='efficient'", "CUDA")),
     "attention-flash-on-cpu": CliCase(["--device", "cpu", "--attention", "flash"], ("attention='flash'", "CUDA")),
-    "attention-unknown": CliCase(["--attention", "sage"], ("attention='sage'", "auto, sdpa")),
+    "attention-unknown": CliCase(["--attention", "xformers"], ("attention='xformers'", "auto, sdpa")),
     "sampler-triton-on-cpu": CliCase(["--device", "cpu", "--sampler", "triton"], ("sampler='triton'", "torch")),
     "sampler-unknown": CliCase(["--sampler", "fast"], ("sampler='fast'", "auto, torch, triton")),
     "resize-unknown": CliCase(["--resize", "zoom"], ("'zoom'", "crop")),
@@ -256,7 +256,7 @@ NODE_VALIDATION_CASES = {
     "loader-attention-cudnn-on-cpu": ("loader", dict(attention="cudnn"), "attention='cudnn' is not available on cpu"),
     "loader-attention-efficient-on-cpu": ("loader", dict(attention="efficient"),
                                           "attention='efficient' is not available on cpu"),
-    "loader-attention-unknown": ("loader", dict(attention="sage"), "attention='sage' is not allowed"),
+    "loader-attention-unknown": ("loader", dict(attention="xformers"), "attention='xformers' is not allowed"),
     "loader-model-missing": ("loader", dict(model_name="nope"), "'nope' not found"),
 }
 

@@ -15,14 +15,7 @@ from ursa_core.token_io import load_tokens
 STEPS = "2"  # sampling steps for every generate here: enough to exercise the loop, cheap on 2 CPU cores
 
 
-@pytest.fixture(scope="module", autouse=True)
-def ursa_cache(tmp_path_factory):
-    """One $URSA_CACHE for the whole module, so `--model tiny` builds its checkpoint once."""
-    cache = tmp_path_factory.mktemp("ursa_cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("URSA_CACHE", str(cache))
-        mp.delenv("XDG_CACHE_HOME", raising=False)
-        yield cache
+pytestmark = pytest.mark.usefixtures("ursa_cache")  # one $URSA_CACHE per module (conftest)
 
 
 def write_random_png(path, width, height, seed):

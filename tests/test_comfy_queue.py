@@ -193,3 +193,13 @@ def test_set_parsing():
         cq.apply_set(wf, "no-dot=1")
     with pytest.raises(cq.UsageError):
         cq.apply_shortcut(wf, "nonexistent_input", 1)
+
+
+def test_a_validation_message_repeated_per_input_is_printed_once():
+    """ComfyUI lists a failing validate_inputs message once for every input the validator reads."""
+    message = "frames=6 is not allowed: use 1 (an image) or 1 + 4k"
+    errors = [{"type": "custom_validation_failed", "message": "Custom validation failed for node",
+               "details": f"{name} - {message}"} for name in ("frames", "width", "cfg")]
+    errors.append({"type": "value_bigger_than_max", "message": "Value bigger than max", "details": "steps"})
+    lines = cq.error_lines(errors)
+    assert lines == [f"Custom validation failed for node: {message}", "Value bigger than max: steps"]

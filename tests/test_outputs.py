@@ -131,12 +131,7 @@ def test_png_frames_are_written_together(tmp_path):
 # --- CLI: file errors are one line, before the model loads -----------------------------------------------------------
 
 
-@pytest.fixture(scope="module", autouse=True)
-def ursa_cache(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("ursa_cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("URSA_CACHE", str(cache))
-        yield cache
+pytestmark = pytest.mark.usefixtures("ursa_cache")  # one $URSA_CACHE per module (conftest)
 
 
 def gen(model, out, *extra):

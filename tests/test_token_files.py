@@ -110,12 +110,7 @@ def test_list_contained_skips_escaping_links(roots):
 # --- ursa decode ----------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module", autouse=True)
-def ursa_cache(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("ursa_cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("URSA_CACHE", str(cache))
-        yield cache
+pytestmark = pytest.mark.usefixtures("ursa_cache")  # one $URSA_CACHE per module (conftest)
 
 
 def test_decode_gives_back_what_generate_wrote(tmp_path, tiny_dir, capsys):

@@ -13,13 +13,13 @@ log = logging.getLogger(__name__)
 
 
 def accelerate(model: URSAModel, *, attention: str = "auto", compile: bool = False, low_vram: bool = False,
-               fp8: bool = False, compile_mode: str | None = None, weight_dtype: str = "default",
-               blocks_on_gpu: int = 0, compute_device: torch.device | str | None = None) -> URSAModel:
+               compile_mode: str | None = None, weight_dtype: str = "default", blocks_on_gpu: int = 0,
+               compute_device: torch.device | str | None = None) -> URSAModel:
     """Apply the options in place. attention: a name of the attention registry (attention.py). compile:
     torch.compile around attention (measured: 1.29 vs 1.66 s/step at 49 frames). low_vram: stream layers from
     pinned host memory; blocks_on_gpu of them stay resident. weight_dtype: fp8 storage of the layer projections,
-    upcast per call (weight_dtype.py). fp8: e4m3 projections (changes logits; opt-in only). Numbers:
-    docs/PERFORMANCE.md. Fused projections are a load option (checkpoint.load_model(fuse_projections=True))."""
+    upcast per call (weight_dtype.py). Numbers: docs/PERFORMANCE.md. Fused projections are a load option
+    (checkpoint.load_model(fuse_projections=True)). fp8 *matmuls* were removed: measured slower than bf16."""
     if compile and low_vram:
         raise InputError("compile and low_vram cannot be combined: both replace the layer loop")
     transformer = model.transformer
@@ -28,9 +28,6 @@ def accelerate(model: URSAModel, *, attention: str = "auto", compile: bool = Fal
     if weight_dtype != "default":
         from .weight_dtype import store_weights
         store_weights(transformer, weight_dtype)
-    if fp8:
-        from .fp8 import enable_fp8
-        enable_fp8(transformer)
     if low_vram:
         from .lowvram import enable_low_vram
         if model.device.type != "cuda":

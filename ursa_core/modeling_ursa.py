@@ -157,6 +157,7 @@ class URSATransformer(nn.Module):
         # Hook for low-VRAM streaming / compiled layers: runner(transformer, x, cos, sin, collect) -> x, appending
         # each layer's output to `collect` when it is a list. None = the plain loop over resident layers.
         self.layer_runner: Optional[Callable] = None
+        self._attention = "sdpa"
 
     @property
     def dtype(self) -> torch.dtype:
@@ -164,11 +165,13 @@ class URSATransformer(nn.Module):
 
     @property
     def attn_implementation(self) -> str:
-        return self.model.layers[0].self_attn.attn_implementation
+        """The attention backend every layer runs (kept here: with block swap no layer may be resident)."""
+        return self._attention
 
     def set_attention(self, name: str) -> None:
         """Run every layer's attention through the registered backend `name` (see attention.py)."""
         attention_function(name)  # an unknown name fails here, not in the middle of a step
+        self._attention = name
         slots = getattr(self.layer_runner, "slots", ())  # low-VRAM slots are copies outside self.modules()
         for module in [*self.modules(), *(m for slot in slots for m in slot.modules())]:
             if isinstance(module, Attention):

@@ -86,7 +86,7 @@ def report_written(images: torch.Tensor, paths, started: float) -> None:
 def load_for_cli(folder: Path, device: torch.device, args: argparse.Namespace) -> URSAModel:
     """One model load with the speed options and the placement of the tokenizer and the text side."""
     model = load_model(folder, device=device, dtype=args.dtype)
-    accelerate(model, attention=args.attention, compile=args.compile, low_vram=args.low_vram, fp8=args.fp8,
+    accelerate(model, attention=args.attention, compile=args.compile, low_vram=args.low_vram,
                weight_dtype=args.weight_dtype, blocks_on_gpu=args.blocks_on_gpu)
     place_parts(model, args.vq_device, args.text_device)
     return model
@@ -122,7 +122,8 @@ def run_generate(args: argparse.Namespace) -> int:
         print(f"NOTE: {TINY_LABEL}.")
     latent = model.geometry.latent_shape(args.frames, args.height, args.width)
     if rank == 0:
-        print(f"loaded {folder} on {device} in {time.time() - started:.1f} s; sampling {args.frames} frame(s) "
+        print(f"loaded {folder} on {device} in {time.time() - started:.1f} s (attention: "
+              f"{model.transformer.attn_implementation}); sampling {args.frames} frame(s) "
               f"{args.width}x{args.height} = {latent} latent tokens, {args.steps} steps"
               + (f", {args.parallel} parallel over {layout.world} ranks" if layout is not None else ""))
     tokens = sample_tokens(model, args, images, args.prompt, args.seed,

@@ -51,7 +51,6 @@ def add_sampling_options(parser) -> None:
     speed.add_argument("--weight-dtype", default="default", type=preflight.WEIGHT_DTYPE,
                        help="weight storage as ComfyUI's UNETLoader: default, fp8_e4m3fn or fp8_e5m2 (fp8 layer "
                             "weights, upcast per layer)")
-    speed.add_argument("--fp8", action="store_true", help="EXPERIMENTAL fp8 projections (changes results)")
 
 
 def _add_generate(sub) -> None:
