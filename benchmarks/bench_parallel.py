@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from random_model import random_model, random_prompt_ids, random_transformer  # noqa: E402
 
+from ursa_core import attention  # noqa: E402
 from ursa_core.atomic import atomic_file  # noqa: E402
 from ursa_core.batch import Claims, distributed_store  # noqa: E402
 from ursa_core.errors import InputError  # noqa: E402
@@ -167,6 +168,8 @@ def parse_args(argv=None):
     parser.add_argument("--frames", type=int, help="default 49 (--quick 9)")
     parser.add_argument("--batch-prompts", type=int, default=8, help="clips in the throughput run (>= 8)")
     parser.add_argument("--batch-steps", type=int, default=10, help="steps per clip in the throughput run")
+    parser.add_argument("--attention", default="auto",
+                        help="attention backend of every rank (sequence parallel wraps it); default: auto")
     parser.add_argument("--quick", action="store_true", help="tiny fp32 model on the CPU (gloo): a smoke test")
     args = parser.parse_args(argv)
     unknown = set(args.modes.split(",")) - set(MODES)
@@ -179,10 +182,12 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     rank, world, device = setup()
     model = build_model(args.quick, device)
+    model.transformer.set_attention(attention.resolve(args.attention, device))
     clip = dict(QUICK_CLIP if args.quick else CLIP)
     clip.update({k: v for k, v in (("steps", args.steps), ("frames", args.frames)) if v is not None})
     ids = random_prompt_ids(model.config)
     report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "world": world,
+              "attention": model.transformer.attn_implementation,
               "clip": clip, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "command": " ".join(sys.argv), "nccl_nvls_enable": os.environ.get("NCCL_NVLS_ENABLE"), "modes": {}}
     single = None

@@ -26,8 +26,8 @@ def _baseline(reports: list[dict]) -> tuple[float, float]:
 def table(reports: list[dict]) -> str:
     clip_s, per_hour = _baseline(reports)
     first = reports[0]
-    lines = [f"Device: {first['device']}; clip {first['clip']}; date {first['date']}; "
-             f"NCCL_NVLS_ENABLE={first.get('nccl_nvls_enable')}",
+    lines = [f"Device: {first['device']}; attention {first.get('attention')}; clip {first['clip']}; "
+             f"date {first['date']}; NCCL_NVLS_ENABLE={first.get('nccl_nvls_enable')}",
              "",
              "| GPUs | mode | s / clip | x 1 GPU | target | median step s | comm s / step | peak GiB / rank "
              "| tokens = 1 GPU |",
