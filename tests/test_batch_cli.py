@@ -53,6 +53,9 @@ def test_jsonl_set_names_manifest_and_resume(tiny_dir, tmp_path):
     assert again.returncode == 0, again.stderr
     assert "removed 1 unfinished temporary" in again.stdout and not stale.exists()
     assert "wrote 1, skipped 3 finished" in again.stdout
+    # the set's rate counts rendered clips only: a skipped output is not a clip made in no time
+    rates = [line for line in again.stdout.splitlines() if line.startswith("[batch]")]
+    assert rates[0].endswith("(already there)") and all("clips/hour" in line for line in rates[1:])
     assert Counter(line["out"] for line in manifest(out)) == Counter(names + ["fox-1.png"])
 
 

@@ -220,7 +220,8 @@ class Claims:
     torch.distributed (its own store, so no extra server or port is needed)."""
 
     def __init__(self, total: int, store=None, prefix: str = "ursa_batch"):
-        self.total, self.store, self.prefix, self.local, self.done = total, store, prefix, 0, 0
+        self.total, self.store, self.prefix, self.local = total, store, prefix, 0
+        self.counts = {"done": 0, "rendered": 0}   # single-process tallies (the store keeps them under torchrun)
 
     def next(self) -> Optional[int]:
         if self.store is None:
@@ -229,15 +230,24 @@ class Claims:
             index = int(self.store.add(f"{self.prefix}/next", 1)) - 1
         return index if index < self.total else None
 
-    def finished(self) -> int:
-        """Jobs finished by all ranks so far (for the set's progress bar)."""
-        return self.done if self.store is None else int(self.store.add(f"{self.prefix}/done", 0))
-
-    def mark_done(self) -> None:
+    def _add(self, name: str, amount: int) -> int:
         if self.store is None:
-            self.done += 1     # not `local`: that also counts the last claim, which found no job
-        else:
-            self.store.add(f"{self.prefix}/done", 1)
+            self.counts[name] += amount
+            return self.counts[name]
+        return int(self.store.add(f"{self.prefix}/{name}", amount))
+
+    def finished(self) -> int:
+        """Jobs finished by all ranks so far, skipped ones included (for the set's progress bar)."""
+        return self._add("done", 0)
+
+    def rendered(self) -> int:
+        """Jobs rendered by all ranks so far (skipped ones excluded: the set's rate counts only real work)."""
+        return self._add("rendered", 0)
+
+    def mark_done(self, rendered: bool = True) -> None:
+        self._add("done", 1)
+        if rendered:
+            self._add("rendered", 1)
 
 
 def distributed_store():
@@ -268,11 +278,12 @@ class BatchReport:
 
 
 def run_jobs(jobs: Sequence[Job], folder: str | Path, render: Callable[[Job, Path], None], claims: Claims,
-             rank: int = 0, progress: Optional[Callable[[int, int], None]] = None) -> BatchReport:
+             rank: int = 0, progress: Optional[Callable[[int, int, int], None]] = None) -> BatchReport:
     """Run every job this rank claims: skip finished ones, render the rest, log each to the manifest.
 
     `render(job, target)` must write the job's output to `target` atomically (renamed into place when complete);
-    a dict it returns (the settings used, ...) is added to the job's manifest line.
+    a dict it returns (the settings used, ...) is added to the job's manifest line. `progress(finished, total,
+    rendered)` follows the whole set (all ranks).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -280,7 +291,8 @@ def run_jobs(jobs: Sequence[Job], folder: str | Path, render: Callable[[Job, Pat
     while (index := claims.next()) is not None:
         job = jobs[index]
         target = folder / job.out
-        if target.is_file():
+        skip = target.is_file()
+        if skip:
             report.skipped.append(job.key)
         else:
             job_started = time.time()
@@ -290,8 +302,8 @@ def run_jobs(jobs: Sequence[Job], folder: str | Path, render: Callable[[Job, Pat
                                      "seconds": round(time.time() - job_started, 3), "finished": time.time(),
                                      **(extra or {})})
             report.done.append(job.key)
-        claims.mark_done()
+        claims.mark_done(rendered=not skip)
         if progress is not None:
-            progress(claims.finished(), len(jobs))
+            progress(claims.finished(), len(jobs), claims.rendered())
     report.seconds = time.time() - started
     return report

@@ -98,10 +98,11 @@ class SetProgress:
     def __init__(self):
         self.started, self.last = time.time(), None
 
-    def __call__(self, done: int, total: int) -> None:
+    def __call__(self, done: int, total: int, rendered: int) -> None:
         self.last = done
         hours = max(time.time() - self.started, 1e-6) / 3600
-        print(f"[batch] {done}/{total} done, {done / hours:.1f} clips/hour", flush=True)
+        rate = f", {rendered / hours:.1f} clips/hour" if rendered else " (already there)"
+        print(f"[batch] {done}/{total} done{rate}", flush=True)
 
 
 def run_batch(args: argparse.Namespace) -> int:
@@ -142,7 +143,7 @@ def run_batch(args: argparse.Namespace) -> int:
     report = run_jobs(jobs, outdir, render, claims, rank=rank, progress=progress)
     barrier()
     if progress is not None and claims.finished() != progress.last:  # the other ranks finished the last jobs
-        progress(claims.finished(), len(jobs))
+        progress(claims.finished(), len(jobs), claims.rendered())
     print(f"rank {rank}: wrote {len(report.done)}, skipped {len(report.skipped)} finished, "
           f"{report.seconds:.1f} s", flush=True)
     return 0
