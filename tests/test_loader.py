@@ -283,3 +283,17 @@ def test_node_compile_unless_auto_has_to_stream(env, monkeypatch):
     monkeypatch.setattr(mm, "vram_state", mm.VRAMState.NO_VRAM)
     model, _ = env.run(loader, model_name="URSA-tiny", dtype="fp32", compile=True).result
     assert isinstance(model.model.transformer.layer_runner, LayerStreamer)
+
+
+def test_fp8_storage_reaches_fused_projections_too():
+    from ursa_core.modeling_ursa import build_transformer
+    fused = build_transformer(CFG, random_transformer_state(CFG, seed=3), torch.float32, fuse_projections=True)
+    store_weights(fused, "fp8_e4m3fn")
+    plain = [m for layer in fused.model.layers for m in layer.modules() if type(m) is torch.nn.Linear]
+    assert plain == []                                # every projection of every layer is stored in fp8
+    assert torch.allclose(forward(fused), forward(store_and_return(transformer(), "fp8_e4m3fn")), atol=1e-4)
+
+
+def store_and_return(model, weight_dtype):
+    store_weights(model, weight_dtype)
+    return model

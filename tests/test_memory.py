@@ -66,3 +66,15 @@ def test_a_run_that_fits_passes_and_cpu_advice_names_ram():
 def test_available_ram_is_read_from_meminfo():
     have = memory.available_bytes(torch.device("cpu"))
     assert have is not None and 0 < have <= os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def test_the_loader_options_change_the_weights_on_the_device():
+    full, streamed = bf16_cuda(TOKENS_49), bf16_cuda(TOKENS_49, low_vram=True)
+    kept = bf16_cuda(TOKENS_49, low_vram=True, blocks_on_gpu=20)
+    per_layer = memory.layer_params(URSA_1_7B) * 2
+    assert kept.weights - streamed.weights == 20 * per_layer          # resident blocks are counted
+    assert bf16_cuda(TOKENS_49, low_vram=True, blocks_on_gpu=99).weights == full.weights
+    fp8 = bf16_cuda(TOKENS_49, fp8_weights=True)
+    assert full.weights - fp8.weights == URSA_1_7B.num_hidden_layers * per_layer // 2
+    table = URSA_1_7B.vocab_size * URSA_1_7B.hidden_size * 2
+    assert full.weights - bf16_cuda(TOKENS_49, embeddings_on_device=False).weights == table

@@ -170,8 +170,7 @@ def _sage() -> AttentionFunction:
 
 
 def _has_flex(device: torch.device) -> bool:
-    import importlib.util
-    return _cuda(device) and importlib.util.find_spec("torch.nn.attention.flex_attention") is not None
+    return _cuda(device) and _installed("torch.nn.attention.flex_attention")
 
 
 register("sdpa", lambda: sdpa, lambda device: True, "PyTorch SDPA, kernel chosen by PyTorch")

@@ -206,7 +206,8 @@ def sampling_memory(model: URSAModel, latent_shape: Sequence[int], batch: int = 
     device = device or model.device
     tokens = batch * latent_shape[0] * latent_shape[1] * latent_shape[2]
     return memory.estimate(model.config, tokens, dtype=model.transformer.dtype, device_type=device.type,
-                           cfg_branches=2 if guidance > 1 else 1, include_weights=False)
+                           cfg_branches=2 if guidance > 1 else 1, include_weights=False,
+                           math_attention=model.transformer.attn_implementation == "math")
 
 
 def check_memory(model: URSAModel, plan_: GenerationPlan, batch: int, guidance: float) -> None:
@@ -265,7 +266,6 @@ def generate(model: URSAModel, prompt: str | Sequence[str] = "", negative_prompt
                     c=rules.path_param("c", scheduler.c if c is None else c),
                     alpha=rules.path_param("alpha", scheduler.alpha if alpha is None else alpha),
                     shift=rules.path_param("shift", scheduler.shift if shift is None else shift))
-    rules.sampler(sampler, model.device)
     plan_ = plan(model, frames, height, width, steps, settings["shift"], schedule)
     cond_ids, uncond_ids = prompt_ids if prompt_ids is not None else _prompt_ids(model, prompt, negative_prompt,
                                                                                   motion)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from . import rules
+from .lowvram import SLOTS
 from .rules import LOW_VRAM_MODES, MAX_BLOCKS  # noqa: F401 - the loader node's widgets read them from here too
 # Room left for activations when choosing how many layers fit: a 49-frame 320x512 step peaks about 2.2 GiB above
 # the bf16 weights on an H100 (docs/PERFORMANCE.md), rounded up.
@@ -78,7 +79,7 @@ def blocks_to_keep(mode: str, blocks_on_gpu: int, layer_bytes: list[int], other_
         return None
     if no_vram_state:
         return 0
-    slots = 2 * max(layer_bytes, default=0)
+    slots = SLOTS * max(layer_bytes, default=0)
     room = free_bytes - other_bytes - slots - ACTIVATION_RESERVE
     keep = 0
     for size in layer_bytes:

@@ -15,6 +15,7 @@ import torch
 
 from .config import TransformerConfig
 from .errors import InputError
+from .lowvram import SLOTS
 
 GiB = 1 << 30
 # Live [chunk, K] sampler tensors stay within this budget (generate.auto_chunk reads it too).
@@ -22,7 +23,6 @@ LOGIT_BUDGET = {"cuda": 1 << 30, "cpu": 256 << 20}
 ACTIVATION_COPIES = 5      # residual, normed input, q/k/v and attention output of one layer, per token x hidden
 MLP_CHUNK_TOKENS = 8192    # modeling_ursa's SwiGLU chunk: its fp32 [tokens, intermediate] product
 RUNTIME_OVERHEAD = GiB // 4  # kernels' workspaces, allocator slack
-LOW_VRAM_RESIDENT_LAYERS = 2
 BYTES = {torch.float32: 4, torch.float16: 2, torch.bfloat16: 2}
 
 
@@ -51,12 +51,17 @@ def layer_params(cfg: TransformerConfig) -> int:
 
 def estimate(cfg: TransformerConfig, latent_tokens: int, *, dtype: torch.dtype, device_type: str,
              cfg_branches: int = 2, low_vram: bool = False, math_attention: bool = False,
-             include_weights: bool = True) -> MemoryEstimate:
-    """Peak bytes of one sampling step: `latent_tokens` visual tokens, `cfg_branches` (2 with guidance > 1)."""
+             include_weights: bool = True, blocks_on_gpu: int = 0, fp8_weights: bool = False,
+             embeddings_on_device: bool = True) -> MemoryEstimate:
+    """Peak bytes of one sampling step: `latent_tokens` visual tokens, `cfg_branches` (2 with guidance > 1).
+    The loader's options change the weights on the device: with low_vram only `blocks_on_gpu` layers plus the
+    streaming slots stay; fp8 storage halves the layers' bf16 bytes; the embedding table may live elsewhere."""
     size = BYTES[dtype]
-    outer = (cfg.vocab_size + cfg.lm_head_size + 1) * cfg.hidden_size
-    layers = LOW_VRAM_RESIDENT_LAYERS if low_vram else cfg.num_hidden_layers
-    weights = (outer + layers * layer_params(cfg)) * size if include_weights else 0
+    table = cfg.vocab_size if embeddings_on_device else 0
+    outer = (table + cfg.lm_head_size + 1) * cfg.hidden_size   # embedding table, lm_head, final norm
+    layers = min(cfg.num_hidden_layers, blocks_on_gpu + SLOTS) if low_vram else cfg.num_hidden_layers
+    layer_size = 1 if fp8_weights else size
+    weights = outer * size + layers * layer_params(cfg) * layer_size if include_weights else 0
     seq = cfg.max_prompt_length + 1 + latent_tokens
     rows = cfg_branches * seq
     activations = rows * cfg.hidden_size * size * ACTIVATION_COPIES

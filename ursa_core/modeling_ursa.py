@@ -172,8 +172,7 @@ class URSATransformer(nn.Module):
         """Run every layer's attention through the registered backend `name` (see attention.py)."""
         attention_function(name)  # an unknown name fails here, not in the middle of a step
         self._attention = name
-        slots = getattr(self.layer_runner, "slots", ())  # low-VRAM slots are copies outside self.modules()
-        for module in [*self.modules(), *(m for slot in slots for m in slot.modules())]:
+        for module in self.modules():  # low-VRAM slots are submodules too (transformer.stream_slots)
             if isinstance(module, Attention):
                 module.attn_implementation = name
 

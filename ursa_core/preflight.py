@@ -46,7 +46,9 @@ def check_generate_args(args: argparse.Namespace, folder: Path) -> argparse.Name
     motion = rules.default_motion(args.frames) if args.motion is None else args.motion
     need = memory.estimate(config, latent[0] * latent[1] * latent[2], dtype=dtype, device_type=device.type,
                            cfg_branches=2 if args.cfg > 1 else 1, low_vram=args.low_vram,
-                           math_attention=args.attention == "math")
+                           math_attention=args.attention == "math", blocks_on_gpu=args.blocks_on_gpu,
+                           fp8_weights=args.weight_dtype != "default",
+                           embeddings_on_device=args.text_device in ("default", str(device)))
     memory.check_fits(need, device, f"--frames {args.frames} at {width}x{height}", low_vram=args.low_vram)
     return argparse.Namespace(**{**vars(args), "height": height, "width": width, "steps": steps, "motion": motion})
 

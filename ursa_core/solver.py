@@ -20,7 +20,7 @@ def euler_step(path: MetricPath, logits_fn: Callable[[slice], torch.Tensor], x_t
     """One jump step for the flat token vector x_t [n]; returns (new tokens, sampled x1).
 
     logits_fn(slice) gives the logits [len, K] of those tokens, already guided (guidance happens in hidden-state
-    space before the head, see generate.guided_head); uniforms is [3, n] (x1 draw, jump test, destination draw).
+    space before the head, see generate.guided_logits); uniforms is [3, n] (x1 draw, jump test, destination draw).
     At most `chunk` rows of any [n, K] tensor exist at a time; with `fused` (CUDA + Triton) only the logits chunk
     itself does.
     """
