@@ -17,9 +17,9 @@ def run_extension(model, conditioning, tokens: TokenClip, windows, window_frames
                   window_prompts: str, **sampling) -> TokenClip:
     plan = WindowPlan(windows, latent_frames(window_frames), overlap)
     plan.check()  # before the weights move to the compute device
-    model.to_compute_device()
     core = model.model
-    check_identity(tokens.identity, model_identity(core), "the tokens to extend")
+    check_identity(tokens.identity, model_identity(core), "the tokens to extend")  # before the weights move
+    model.to_compute_device()
     progress = glue.StepProgress(windows * sampling["steps"])
 
     def on_step(info: WindowInfo) -> None:

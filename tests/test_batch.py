@@ -43,7 +43,7 @@ def test_jsonl_items_keep_their_seed_id_and_overrides(tmp_path):
 
 @pytest.mark.parametrize("text, message", [
     ('{"prompt": "a", "sed": 1}', "unknown key(s) ['sed']"),
-    ('{"prompt": ""}', "has no prompt"),
+    ('{"prompt": ""}', "has no 'prompt'"),
     ('{"prompt": "a"', "not a JSON line"),
     ('{"prompt": "a", "seed": -1}', "seed=-1 is not allowed"),
     ('{"prompt": "a", "id": "x"}\n{"prompt": "b", "id": "x"}', "write the same output"),
@@ -146,3 +146,32 @@ def test_a_killed_rank_loses_and_duplicates_nothing_after_a_rerun(tmp_path):
     assert set(done) == {j.key for j in jobs} and set(done.values()) == {1}
     for job in jobs:
         assert (out / job.out).read_text() == f"{job.samples[0].prompt}|{job.samples[0].seed}"
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"prompt": "a", "id": "../escaped"}', "outside --outdir"),
+    ('{"prompt": "a", "id": "/tmp/abs"}', "outside --outdir"),
+    ('{"prompt": "a", "seed": 18446744073709551615}', "seed="),   # seed + 1 of the second sample would overflow
+])
+def test_ids_name_files_inside_the_output_folder(tmp_path, line, message):
+    with pytest.raises(InputError) as err:
+        read_jobs(write(tmp_path / "p.jsonl", line), samples=2)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_evaluation_sets_share_the_prompt_rule(tmp_path):
+    write(tmp_path / "ge" / "metadata.jsonl", '{"tag": "a"}\n')
+    with pytest.raises(InputError, match="has no 'prompt'"):
+        read_jobs(write(tmp_path / "ge" / "prompts.json", '[{"id": 0, "dense_prompt": "x"}]'), samples=1)
+    with pytest.raises(InputError, match="has no 'prompt'"):
+        read_jobs(write(tmp_path / "dpg" / "prompts.json", '[{"id": "p", "prompt": ""}]'), samples=4)
+
+
+def test_unreadable_prompt_files_are_one_line(tmp_path):
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(InputError, match="reads a file, not a folder"):
+        read_jobs(tmp_path / "folder", fmt="txt")
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("caf\xe9\n".encode("latin-1"))
+    with pytest.raises(InputError, match="not UTF-8"):
+        read_jobs(bad)

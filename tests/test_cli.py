@@ -288,3 +288,10 @@ def test_module_entry_point_exit_code(tmp_path):
                             timeout=120, cwd=Path(__file__).resolve().parents[1])
     assert result.returncode == 2
     assert "model folder not found" in result.stderr
+
+
+def test_download_refuses_a_malformed_repo_id_as_bad_input(tmp_path, capsys):
+    assert cli.main(["download", "../..", "--dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "not a Hugging Face repo id" in err and len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []

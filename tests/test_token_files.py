@@ -149,3 +149,18 @@ def test_decode_bad_token_file_exit_2(tmp_path, capsys, case):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(path) in err
     assert {"missing": "not found", "not-tokens": "not an URSA token file", "no-model": "--model"}[case] in err
+
+
+def test_foreign_metadata_is_one_line(tmp_path):
+    from safetensors.torch import save_file
+
+    from ursa_core.errors import InputError
+    from ursa_core.token_io import FORMAT, load_tokens
+    path = tmp_path / "odd.safetensors"
+    save_file({"tokens": torch.zeros(1, 1, 2, 2, dtype=torch.int32)}, str(path), metadata={"format": FORMAT,
+                                                                                          "fps": "twelve"})
+    with pytest.raises(InputError, match="metadata is not the JSON"):
+        load_tokens(path)
+    save_file({"tokens": torch.zeros(2, 2, dtype=torch.int32)}, str(path), metadata={"format": FORMAT})
+    with pytest.raises(InputError, match=r"not \[B, T, h, w\]"):
+        load_tokens(path)

@@ -144,13 +144,13 @@ def replace_dir(source: Path, target: Path) -> Path:
     """Move a finished folder onto `target`; an existing target is swapped out and removed only afterwards."""
     source, target = Path(source), Path(target)
     old = None
-    if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old", dir=target.parent))
-        os.replace(target, old / target.name)
     try:
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old", dir=target.parent))
+            os.replace(target, old / target.name)
         os.replace(source, target)
     except BaseException as exc:
-        if old is not None:  # put the old folder back
+        if old is not None and (old / target.name).exists():  # put the old folder back
             os.replace(old / target.name, target)
         if isinstance(exc, OSError):
             raise OutputError(f"{target}: cannot move the finished folder into place ({exc.strerror or exc})") \

@@ -13,10 +13,11 @@ import os
 import re
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterable, Optional, Sequence
 
-from .errors import InputError
+from . import rules
+from .errors import InputError, OutputError
 
 FORMATS = ("auto", "txt", "jsonl", "geneval", "dpgbench", "vbench")
 # Per-item keys a JSONL line may carry besides the prompt; anything else is refused, so a typo is never ignored.
@@ -52,14 +53,23 @@ def _sample_seeds(base: int, count: int) -> list[int]:
     return [int(base) + n for n in range(count)]
 
 
-def _item_seed(item: dict, index: int, base_seed: int) -> int:
+def _item_seed(item: dict, index: int, base_seed: int, samples: int = 1) -> int:
     seed = item.get("seed")
     if seed is None:
         from .generate import derive_seed
         return derive_seed(base_seed, 7, index) % (1 << 31)   # stable per position, independent across items
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 1 << 63:
-        raise InputError(f"item {index}: seed={seed!r} is not allowed: use an integer in [0, 2^63)")
-    return seed
+    try:  # the seed rule of every other input, leaving room for seed + n of the last sample
+        return rules.integer("seed", seed, 0, rules.SEED_MAX - (samples - 1))
+    except InputError as exc:
+        raise InputError(f"item {index}: {exc}") from None
+
+
+def _prompt(entry: Any, index: int, where: str, key: str = "prompt") -> str:
+    """The one rule for a prompt set's prompt: a non-empty string."""
+    text = entry.get(key) if isinstance(entry, dict) else None
+    if not isinstance(text, str) or not text.strip():
+        raise InputError(f"{where}: item {index} has no {key!r} (a non-empty string is needed)")
+    return text
 
 
 def _check_item(item: Any, index: int, where: str) -> dict:
@@ -68,9 +78,18 @@ def _check_item(item: Any, index: int, where: str) -> dict:
     unknown = sorted(set(item) - set(ITEM_KEYS))
     if unknown:
         raise InputError(f"{where}: item {index} has unknown key(s) {unknown}; allowed: {list(ITEM_KEYS)}")
-    if not isinstance(item.get("prompt"), str) or not item["prompt"].strip():
-        raise InputError(f"{where}: item {index} has no prompt (a non-empty string is needed)")
+    _prompt(item, index, where)
     return item
+
+
+def _read_text(path: Path) -> str:
+    """A prompt file's text, or one line saying why it cannot be read (a folder, permissions, not UTF-8)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"--prompts {path}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise InputError(f"--prompts {path}: cannot be read ({exc.strerror or exc})") from None
 
 
 def _plain_jobs(items: Sequence[dict], samples: int, base_seed: int, ext: str) -> list[Job]:
@@ -79,19 +98,19 @@ def _plain_jobs(items: Sequence[dict], samples: int, base_seed: int, ext: str) -
         name = str(item["id"]) if "id" in item else f"{index:05d}-{_slug(item['prompt'], 40)}"
         settings = {k: v for k, v in item.items() if k not in ("prompt", "id", "seed")}
         item_ext = ext if "frames" not in settings else (".png" if settings["frames"] == 1 else ".mp4")
-        for n, seed in enumerate(_sample_seeds(_item_seed(item, index, base_seed), samples)):
+        for n, seed in enumerate(_sample_seeds(_item_seed(item, index, base_seed, samples), samples)):
             jobs.append(Job(f"{name}#{n}", f"{name}-{n}{item_ext}", (Sample(item["prompt"], seed, settings),)))
     return jobs
 
 
 def read_txt(path: Path) -> list[dict]:
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = _read_text(path).splitlines()
     return [{"prompt": line.strip()} for line in lines if line.strip()]
 
 
 def read_jsonl(path: Path) -> list[dict]:
     items = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(_read_text(path).splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -103,7 +122,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def _read_json_list(path: Path) -> list:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(_read_text(path))
     except json.JSONDecodeError as exc:
         raise InputError(f"{path}: not JSON ({exc.msg} at line {exc.lineno})") from exc
     if not isinstance(data, list):
@@ -111,24 +130,23 @@ def _read_json_list(path: Path) -> list:
     return data
 
 
-def geneval_jobs(path: Path, samples: int, base_seed: int, prompt_key: str = "prompt") -> list[Job]:
+def geneval_jobs(path: Path, samples: int, base_seed: int) -> list[Job]:
     """GenEval: prompts.json ({id, prompt, dense_prompt}) + metadata.jsonl beside it; outputs
     `<id:05d>/samples/<n:05d>.png` and `<id:05d>/metadata.jsonl`, the layout its evaluator reads."""
     prompts = _read_json_list(path)
     meta_path = path.with_name("metadata.jsonl")
     if not meta_path.is_file():
         raise InputError(f"{path}: GenEval needs metadata.jsonl beside prompts.json ({meta_path} is missing)")
-    metadata = [line for line in meta_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    metadata = [line for line in _read_text(meta_path).splitlines() if line.strip()]
     jobs = []
     for index, entry in enumerate(prompts):
         ident = entry.get("id", index) if isinstance(entry, dict) else index
         if not isinstance(entry, dict) or not isinstance(ident, int) or not 0 <= ident < len(metadata):
             raise InputError(f"{path}: item {index} needs an integer id in [0, {len(metadata)}) of metadata.jsonl")
-        text = entry.get(prompt_key) or entry.get("prompt")
+        text = _prompt(entry, index, str(path))
         folder = f"{ident:05d}"
         side = ((f"{folder}/metadata.jsonl", metadata[ident] + "\n"),)
-        for n, seed in enumerate(_sample_seeds(_item_seed(entry if "seed" in entry else {}, index, base_seed),
-                                               samples)):
+        for n, seed in enumerate(_sample_seeds(_item_seed(entry, index, base_seed, samples), samples)):
             jobs.append(Job(f"{folder}#{n}", f"{folder}/samples/{n:05d}.png", (Sample(text, seed),), side_files=side))
     return jobs
 
@@ -139,10 +157,11 @@ def dpgbench_jobs(path: Path, samples: int, base_seed: int) -> list[Job]:
         raise InputError(f"--samples {samples}: DPG-Bench scores a 2x2 grid of exactly 4 samples per prompt")
     jobs = []
     for index, entry in enumerate(_read_json_list(path)):
-        if not isinstance(entry, dict) or "id" not in entry or not isinstance(entry.get("prompt"), str):
+        if not isinstance(entry, dict) or "id" not in entry:
             raise InputError(f"{path}: item {index} needs an 'id' and a 'prompt'")
-        seeds = _sample_seeds(_item_seed(entry, index, base_seed), 4)
-        jobs.append(Job(str(entry["id"]), f"{entry['id']}.png", tuple(Sample(entry["prompt"], s) for s in seeds),
+        text = _prompt(entry, index, str(path))
+        seeds = _sample_seeds(_item_seed(entry, index, base_seed, 4), 4)
+        jobs.append(Job(str(entry["id"]), f"{entry['id']}.png", tuple(Sample(text, s) for s in seeds),
                         layout="grid2x2"))
     return jobs
 
@@ -187,9 +206,11 @@ def read_jobs(path: str | Path, fmt: str = "auto", samples: int = 1, seed: int =
         raise InputError(f"--format {fmt!r} is not one of {FORMATS}")
     if not path.exists():
         raise InputError(f"--prompts {path}: no such file or folder")
-    if isinstance(samples, bool) or not isinstance(samples, int) or not 1 <= samples <= 1000:
-        raise InputError(f"--samples {samples!r} is not allowed: use an integer in [1, 1000]")
+    rules.integer("samples", samples, 1, rules.MAX_SAMPLES)
     fmt = detect_format(path) if fmt == "auto" else fmt
+    if path.is_dir() != (fmt == "vbench"):
+        raise InputError(f"--prompts {path}: format {fmt!r} reads " + ("a folder of <track>.txt files"
+                         if fmt == "vbench" else "a file, not a folder"))
     if fmt == "txt":
         jobs = _plain_jobs(read_txt(path), samples, seed, ext)
     elif fmt == "jsonl":
@@ -206,9 +227,20 @@ def read_jobs(path: str | Path, fmt: str = "auto", samples: int = 1, seed: int =
     return jobs
 
 
+def _inside(relative: str) -> bool:
+    """An output name from a prompt set (an item's id becomes a path) stays inside the output folder."""
+    parts = PurePosixPath(relative.replace("\\", "/")).parts
+    return bool(parts) and not PurePosixPath(relative).is_absolute() and ".." not in parts
+
+
 def _check_unique(jobs: Iterable[Job]) -> None:
+    """Every output (and side file) inside the output folder, and no two items writing the same one."""
     seen: dict[str, str] = {}
     for job in jobs:
+        for relative in (job.out, *(side for side, _ in job.side_files)):
+            if not _inside(relative):
+                raise InputError(f"item {job.key.split('#')[0]!r} would write {relative!r} outside --outdir: ids "
+                                 f"name files inside it (no '..', no absolute path)")
         if job.out in seen:
             raise InputError(f"two items write the same output {job.out!r} ({seen[job.out]} and {job.key}): "
                              f"give them distinct ids")
@@ -263,11 +295,14 @@ def distributed_store():
 def append_manifest(folder: Path, record: dict) -> None:
     """One JSON line per finished job, written with one O_APPEND write so lines of several ranks never mix."""
     data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
-    fd = os.open(folder / MANIFEST, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
+        fd = os.open(folder / MANIFEST, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise OutputError(f"{folder / MANIFEST}: cannot append ({exc.strerror or exc})") from None
 
 
 @dataclass

@@ -100,10 +100,15 @@ def load_tokens(path: str | Path, shown: Optional[str] = None) -> tuple[torch.Te
         raise
     except Exception as exc:
         raise InputError(f"{shown}: cannot read tokens ({type(exc).__name__})") from None
+    if tokens.ndim != 4:
+        raise InputError(f"{shown}: tokens are {list(tokens.shape)}, not [B, T, h, w]")
     if meta["format"] in OLD_FORMATS:
         log.warning("%s was saved before token files carried the tokenizer's identity (format %s); it cannot be "
                     "checked against the model that decodes it", shown, meta["format"])
-    return tokens, {k: json.loads(v) for k, v in meta.items() if k != "format"}
+    try:
+        return tokens, {k: json.loads(v) for k, v in meta.items() if k != "format"}
+    except ValueError as exc:  # hand-edited or foreign metadata: one line, not a JSON traceback
+        raise InputError(f"{shown}: its metadata is not the JSON this pack writes ({exc})") from None
 
 
 @dataclass

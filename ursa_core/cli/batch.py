@@ -6,14 +6,15 @@ memory estimate included, before any weight loads; a bad item is one line naming
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
 import torch
 
 from .. import rules
-from ..atomic import TEMP_MARK, atomic_file
-from ..batch import Claims, Job, distributed_store, read_jobs, run_jobs
+from ..atomic import TEMP_MARK, atomic_file, check_writable
+from ..batch import MANIFEST, Claims, Job, distributed_store, read_jobs, run_jobs
 from ..codec import decode_tokens
 from ..errors import InputError
 from ..media import load_image, write_frames
@@ -38,7 +39,7 @@ RECORDED = ("frames", "height", "width", "steps", "cfg", "guidance_trunc", "shif
 def _sample_args(base: argparse.Namespace, settings: dict, prompts_dir: Path, folder: Path,
                  cache: dict) -> argparse.Namespace:
     """The generate arguments of one sample, checked (cached per distinct set of overrides)."""
-    key = tuple(sorted((k, str(v)) for k, v in settings.items()))
+    key = json.dumps(settings, sort_keys=True)   # typed: "7" and 7 are different settings (only 7 is a cfg)
     if key not in cache:
         over = {name: ITEM_RULES[name](value) for name, value in settings.items() if name in ITEM_RULES}
         for name in ("image", "last_image"):  # paths relative to the prompt file's folder
@@ -119,6 +120,7 @@ def run_batch(args: argparse.Namespace) -> int:
     jobs = read_jobs(args.prompts, args.format, args.samples, args.seed, ".png" if args.frames == 1 else ".mp4")
     base = argparse.Namespace(**{**vars(args), "image": None, "last_image": None})
     plans = plan_samples(jobs, base, folder, Path(args.prompts))
+    check_writable(outdir / MANIFEST, "--outdir")   # a folder that cannot be written is refused before any load
     rank, world, device = init_from_env(args.device)
     outdir.mkdir(parents=True, exist_ok=True)
     if rank == 0 and (stale := remove_stale_temporaries(outdir)):

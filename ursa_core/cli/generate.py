@@ -33,16 +33,14 @@ def check_output_path(out: str, frames: int = 1) -> Path:
     suffix = Path(out).suffix.lower()
     if suffix not in OUTPUT_SUFFIXES:
         raise InputError(f"--out {out}: unsupported extension {suffix!r}; use .png or .mp4")
-    check_writable(out, "--out")
-    for path in frame_paths(out, frames if suffix != ".mp4" else 1):
+    for path in frame_paths(out, frames if suffix != ".mp4" else 1):  # `out` itself for one frame or an MP4
         check_writable(path, "--out")
     return Path(out)
 
 
 def read_images(args) -> dict[int, torch.Tensor]:
-    """--image / --last-image pixels, read before the model loads (a bad file costs nothing)."""
-    if args.last_image and args.frames < 5:
-        raise InputError(f"--last-image needs a video: frames={args.frames}, use --frames 5 or more")
+    """--image / --last-image pixels, read before the model loads (a bad file costs nothing); the frame rules
+    were checked by preflight.check_generate_args."""
     return {which: load_image(path) for which, path in ((0, args.image), (-1, args.last_image)) if path}
 
 

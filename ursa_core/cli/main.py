@@ -8,6 +8,7 @@ from typing import Optional
 
 from .. import __version__, preflight, rules
 from ..errors import OutputError, URSAError
+from ..media import RESIZE_MODES
 
 REAL_MODELS = ("BAAI/URSA-1.7B-FSQ320", "BAAI/URSA-1.7B-IBQ1024")
 EXIT_OUTPUT, EXIT_INPUT, EXIT_DOWNLOAD, EXIT_INTERRUPTED = 1, 2, 3, 130
@@ -30,7 +31,7 @@ def add_sampling_options(parser) -> None:
     parser.add_argument("--shift", type=preflight.SHIFT, help="time shift lambda (default: the checkpoint's)")
     parser.add_argument("--motion", type=preflight.MOTION, help="video motion score prefix (default 9.0 for videos)")
     parser.add_argument("--seed", type=preflight.SEED, default=0)
-    parser.add_argument("--resize", choices=("crop", "pad", "stretch"), default="crop")
+    parser.add_argument("--resize", choices=RESIZE_MODES, default="crop")
     parser.add_argument("--dtype", type=preflight.DTYPE, default="auto", help="auto, fp32, fp16 or bf16")
     parser.add_argument("--device", default="auto",
                         help="auto, cpu, cuda, cuda:1, ...; under torchrun auto is cuda:LOCAL_RANK")

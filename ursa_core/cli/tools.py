@@ -51,6 +51,13 @@ def run_download(args: argparse.Namespace) -> int:
     the complete folder into place."""
     from huggingface_hub import snapshot_download
 
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:  # a malformed id is bad input (exit 2), not a failed download
+        validate_repo_id(args.repo)
+    except HFValidationError as exc:
+        raise InputError(f"download {args.repo!r}: not a Hugging Face repo id such as BAAI/URSA-1.7B-FSQ320 "
+                         f"({str(exc).splitlines()[0]})") from None
     target = Path(args.dir) / args.repo.split("/")[-1]
     work = partial_dir(target)
     started = time.time()
