@@ -67,6 +67,12 @@ def warnings_on_stderr():
         logger.removeHandler(handler)
 
 
+# The command line's defaults of the generation options that have no per-checkpoint default (size, steps and motion
+# are filled in by check_generate_args); `ursa batch` takes an evaluation preset's values instead where it has one.
+DEFAULTS = {"negative": "", "frames": 1, "cfg": 7.0, "dtype": "auto", "samples": 1}
+# The options an evaluation preset of `ursa batch` sets (ursa_core.batch_presets); given on the command line, they win.
+PRESET_OPTIONS = ("samples", "height", "width", "steps", "cfg", "frames", "negative", "motion", "dtype")
+
 # argparse `type=` functions: a bad value is refused while parsing, with the rule's one-line message.
 FRAMES = rules.arg_type(rules.frames, int)
 SIZE = {name: rules.arg_type(lambda v, n=name: rules.size(n, v), int) for name in ("height", "width")}

@@ -101,7 +101,8 @@ def sample_tokens(model: URSAModel, args: argparse.Namespace, images: dict, prom
                     sampler=args.sampler, parallel=parallel).tokens
 
 
-def run_generate(args: argparse.Namespace) -> int:
+def run_generate(args: argparse.Namespace, session=None) -> int:
+    """`ursa generate`; `session`: this rank's ursa_core.ranks.RankSession under torchrun (None: one process)."""
     check_output_path(args.out, args.frames)
     tokens_path: Optional[Path] = None
     if args.save_tokens:
@@ -111,7 +112,7 @@ def run_generate(args: argparse.Namespace) -> int:
     kv_heads = checkpoint_rules(folder)[0].num_key_value_heads
     rules.parallel_layout(args.parallel, launched_world(), kv_heads)
     images = read_images(args)
-    rank, world, device = init_from_env(args.device)
+    rank, world, device = init_from_env(args.device, session)
     layout = build_layout(args.parallel, kv_heads) if world > 1 else None
     started = time.time()
     model = load_for_cli(folder, device, args)
