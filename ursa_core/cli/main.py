@@ -6,9 +6,10 @@ import argparse
 import sys
 from typing import Optional
 
-from .. import __version__, preflight, rules
+from .. import __version__, rules
 from ..errors import OutputError, URSAError
-from ..media import RESIZE_MODES
+from ..files.media import RESIZE_MODES
+from ..sampling import preflight
 
 REAL_MODELS = ("BAAI/URSA-1.7B-FSQ320", "BAAI/URSA-1.7B-IBQ1024")
 EXIT_OUTPUT, EXIT_INPUT, EXIT_DOWNLOAD, EXIT_INTERRUPTED = 1, 2, 3, 130
@@ -68,7 +69,7 @@ def _add_generate(sub) -> None:
 
 
 def _add_batch(sub) -> None:
-    from ..batch import FORMATS
+    from ..batch.prompt_sets import FORMATS
     bat = sub.add_parser("batch", help="a prompt set (txt, JSONL, GenEval, DPG-Bench, VBench): one model load, "
                                        "resumable; under torchrun the ranks share the set")
     bat.add_argument("--prompts", required=True, help="a .txt (one prompt a line), .jsonl, GenEval prompts.json, "
@@ -109,9 +110,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         return int(exc.code or 0)
     try:
         if args.command in ("generate", "batch"):
-            from .batch import run_batch
-            from .generate import run_generate
-            from ..parallel import finish
+            from .batch_command import run_batch
+            from .generate_command import run_generate
+            from ..parallel.distributed import finish
             try:
                 with preflight.warnings_on_stderr():
                     return (run_generate if args.command == "generate" else run_batch)(args)
