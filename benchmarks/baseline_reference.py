@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import torch
 
-from ursa_core.generate import plan
-from ursa_core.metric_path import beta, beta_dot
-from ursa_core.modeling_ursa import MLP
-from ursa_core.sequence import rotary_angles, sequence_ids
+from ursa_core.model.modeling_ursa import MLP
+from ursa_core.model.sequence import rotary_angles, sequence_ids
+from ursa_core.path.metric_path import beta, beta_dot
+from ursa_core.sampling.generate import plan
 
 
 @torch.no_grad()

@@ -34,12 +34,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from random_model import random_model, random_prompt_ids, random_transformer  # noqa: E402
 
-from ursa_core import attention  # noqa: E402
-from ursa_core.atomic import atomic_file  # noqa: E402
-from ursa_core.batch import Claims  # noqa: E402
+from ursa_core.batch.prompt_sets import Claims  # noqa: E402
 from ursa_core.errors import InputError  # noqa: E402
-from ursa_core.generate import generate  # noqa: E402
-from ursa_core.parallel import build_layout, finish, init_from_env, join_launch  # noqa: E402
+from ursa_core.files.atomic import atomic_file  # noqa: E402
+from ursa_core.model import attention  # noqa: E402
+from ursa_core.parallel.distributed import build_layout, finish, init_from_env, join_launch  # noqa: E402
+from ursa_core.sampling.generate import generate  # noqa: E402
 
 MODES = ("single", "cfg", "sp", "cfg+sp")
 CLIP = dict(frames=49, height=320, width=512, steps=50)

@@ -13,14 +13,14 @@ import comfy.utils
 import folder_paths
 import torch
 
-from ursa_core.acceleration import accelerate
+from ursa_core.checkpoint.loader import URSAModel, is_ursa_folder, load_model, resolve_dtype
 from ursa_core.errors import InputError
-from ursa_core.checkpoint import URSAModel, is_ursa_folder, load_model, resolve_dtype
-from ursa_core.loader_options import LoaderOptions, blocks_to_keep, placement_device
-from ursa_core.lowvram import enable_low_vram, place_embeddings
-from ursa_core.preview import token_colors
-from ursa_core.token_io import model_identity
-from ursa_core.weight_dtype import weight_bytes
+from ursa_core.files.preview import token_colors
+from ursa_core.files.token_io import model_identity
+from ursa_core.runtime.acceleration import accelerate
+from ursa_core.runtime.loader_options import LoaderOptions, blocks_to_keep, placement_device
+from ursa_core.runtime.lowvram import enable_low_vram, place_embeddings
+from ursa_core.runtime.weight_dtype import weight_bytes
 
 log = logging.getLogger(__name__)
 MODEL_FOLDER_KEY = "ursa"
@@ -143,7 +143,7 @@ def place_transformer(model: URSAModel, options: LoaderOptions, compile: bool, l
             log.warning("URSA: not compiling the layers: VRAM is short, so layers stream (both replace the layer "
                         "loop)")
     elif compile:
-        from ursa_core.compiled import compile_layers  # imports torch._dynamo: only when asked for
+        from ursa_core.runtime.compiled import compile_layers  # imports torch._dynamo: only when asked for
         compile_layers(model.transformer)
 
 

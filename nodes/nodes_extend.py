@@ -4,8 +4,8 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ursa_core import rules
-from ursa_core.extend import WindowInfo, WindowPlan, extend_clip
-from ursa_core.token_io import TokenClip, check_identity, model_identity
+from ursa_core.files.token_io import TokenClip, check_identity, model_identity
+from ursa_core.sampling.extend import WindowInfo, WindowPlan, extend_clip
 
 from . import glue
 from .nodes_sampler import sampling_inputs

@@ -6,10 +6,11 @@ import os
 import comfy.model_management as mm
 from comfy_api.latest import io
 
-from ursa_core import attention as attention_backends
 from ursa_core import rules
-from ursa_core.loader_options import LOW_VRAM_MODES, MAX_BLOCKS, LoaderOptions, check_loader_options, device_choices
-from ursa_core.weight_dtype import STORAGE_DTYPES, check_weight_dtype
+from ursa_core.model import attention as attention_backends
+from ursa_core.runtime.loader_options import (LOW_VRAM_MODES, MAX_BLOCKS, LoaderOptions, check_loader_options,
+                                              device_choices)
+from ursa_core.runtime.weight_dtype import STORAGE_DTYPES, check_weight_dtype
 
 from . import glue
 from .types import URSAModel, URSAVQ

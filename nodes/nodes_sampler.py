@@ -5,8 +5,8 @@ from comfy_api.latest import io
 
 from ursa_core import rules
 from ursa_core.errors import InputError
-from ursa_core.generate import StepInfo, generate, sampling_memory
-from ursa_core.token_io import TokenClip, check_identity, model_identity
+from ursa_core.files.token_io import TokenClip, check_identity, model_identity
+from ursa_core.sampling.generate import StepInfo, generate, sampling_memory
 
 from . import glue
 from .nodes_schedule import MAX_FRAMES

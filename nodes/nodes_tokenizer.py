@@ -5,9 +5,9 @@ import torch
 from comfy_api.latest import io
 
 from ursa_core import rules
-from ursa_core.codec import decode_images, encode_images
-from ursa_core.media import RESIZE_MODES
-from ursa_core.token_io import TokenClip, check_identity
+from ursa_core.files.media import RESIZE_MODES
+from ursa_core.files.token_io import TokenClip, check_identity
+from ursa_core.visual_tokenizer.codec import decode_images, encode_images
 
 from . import glue
 from .types import URSATokens, URSAVQ

@@ -6,8 +6,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from ursa_core.batch import Claims, read_jobs, run_jobs  # noqa: E402
-from ursa_core.parallel import barrier, finish, init_from_env, join_launch  # noqa: E402
+from ursa_core.batch.prompt_sets import Claims, read_jobs, run_jobs  # noqa: E402
+from ursa_core.parallel.distributed import barrier, finish, init_from_env, join_launch  # noqa: E402
 
 
 def main(prompts: str, out: str) -> None:

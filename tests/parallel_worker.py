@@ -9,8 +9,8 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ursa_core.errors import InputError  # noqa: E402
-from ursa_core.generate import generate  # noqa: E402
-from ursa_core.parallel import build_layout  # noqa: E402
+from ursa_core.parallel.distributed import build_layout  # noqa: E402
+from ursa_core.sampling.generate import generate  # noqa: E402
 
 from parallel_fixtures import KV_HEADS, SAMPLING, two_kv_head_model  # noqa: E402
 

@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ursa_core.atomic import NAME_MAX, name_budget
-from ursa_core.batch import MANIFEST, SEED_RULE, Claims, read_jobs, read_prompt_set, run_jobs, stale_outputs
+from ursa_core.batch.prompt_sets import (MANIFEST, SEED_RULE, Claims, read_jobs, read_prompt_set, run_jobs,
+                                        stale_outputs)
+from ursa_core.files.atomic import NAME_MAX, name_budget
 from ursa_core.errors import InputError
 
 WORKER = Path(__file__).with_name("batch_worker.py")

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from ursa_core.batch import read_prompt_set
-from ursa_core.batch_presets import DPGBENCH, GENEVAL, VBENCH
-from ursa_core.cli.batch import apply_protocol, describe_protocol
+from ursa_core.batch.presets import DPGBENCH, GENEVAL, VBENCH
+from ursa_core.batch.prompt_sets import read_prompt_set
+from ursa_core.cli.batch_command import apply_protocol, describe_protocol
 from ursa_core.cli.main import build_parser
 from ursa_core.errors import InputError
 

@@ -1,4 +1,4 @@
-"""Atomic output (ursa_core/atomic.py) and the writers that use it: PNG, MP4, token files, tiny checkpoint; the CLI's
+"""Atomic output (ursa_core/files/atomic.py) and the writers that use it: PNG, MP4, token files, tiny checkpoint; the CLI's
 file errors (one line, exit 2 for bad input, 1 for a failed write) and a real Ctrl-C during a write."""
 import os
 import signal
@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from ursa_core import cli
-from ursa_core.atomic import SLOW_WRITE_ENV, atomic_dir, atomic_file, atomic_files, check_writable
 from ursa_core.errors import InputError, OutputError
-from ursa_core.media import count_video_frames, write_mp4, write_png
+from ursa_core.files.atomic import SLOW_WRITE_ENV, atomic_dir, atomic_file, atomic_files, check_writable
+from ursa_core.files.media import count_video_frames, write_mp4, write_png
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,7 +70,7 @@ def test_all_frames_or_none(tmp_path):
 
 
 def test_ctrl_c_during_the_renames_still_publishes_the_whole_set(tmp_path, monkeypatch):
-    import ursa_core.atomic as atomic
+    import ursa_core.files.atomic as atomic
 
     real_replace, calls = os.replace, []
 
@@ -142,7 +142,7 @@ def gen(model, out, *extra):
 @pytest.fixture
 def no_model_load(monkeypatch):
     """These errors must come before any model loads."""
-    from ursa_core.cli import generate as job
+    from ursa_core.cli import generate_command as job
 
     def refuse(*a, **k):
         raise AssertionError("model loaded before the input was checked")
@@ -183,7 +183,7 @@ def test_cli_creates_missing_parent_and_prints_wrote_after_the_file_exists(tmp_p
 
 
 def test_cli_write_failure_after_sampling_is_exit_1(tmp_path, capsys, tiny_dir, monkeypatch):
-    from ursa_core import media
+    from ursa_core.files import media
 
     def failing_encoder(images, path, fps=12.0):
         with atomic_file(path) as tmp:

@@ -12,8 +12,8 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from . import attention as attention_registry
 from .errors import InputError
+from .model import attention as attention_registry
 
 # --- limits ---------------------------------------------------------------------------------------------------------
 VIDEO_STRIDE = 4                   # pixel frames per latent frame of the video tokenizer (1 + 4k frames)
@@ -35,7 +35,7 @@ WEIGHT_DTYPES = ("default", "fp8_e4m3fn", "fp8_e5m2")  # weight storage, as Comf
 LOW_VRAM_MODES = ("auto", "off", "stream")             # block swap: as core models, never, always
 MAX_BLOCKS = 256                                       # decoder layers kept on the GPU (more than any URSA has)
 DEVICE_TYPES = ("cpu", "cuda", "mps")
-PARALLEL_MODES = ("none", "cfg", "sp", "cfg+sp")       # how the ranks of one generation share it (parallel.py)
+PARALLEL_MODES = ("none", "cfg", "sp", "cfg+sp")       # how the ranks of one generation share it (parallel/)
 
 # --- defaults per tokenizer -----------------------------------------------------------------------------------------
 DEFAULT_SIZE = {"video": (320, 512), "image": (1024, 1024), "tiny": (64, 64)}  # (height, width)
@@ -179,7 +179,7 @@ def rank_device(value: str, local_rank: int, world: int) -> torch.device:
 
 
 def attention(value, on: Optional[torch.device] = None) -> str:
-    """A backend of ursa_core.attention's registry that runs on the device the model computes on."""
+    """A backend of ursa_core.model.attention's registry that runs on the device the model computes on."""
     choice("attention", value, attention_registry.names())
     if on is not None and value != "auto" and not attention_registry.is_available(value, on):
         _fail(f"attention={value!r} is not available on {on.type} ({attention_registry.summary(value)}): use one "
@@ -190,7 +190,7 @@ def attention(value, on: Optional[torch.device] = None) -> str:
 def sampler(value, on: Optional[torch.device] = None) -> str:
     choice("sampler", value, SAMPLERS)
     if value == "triton" and on is not None:
-        from . import triton_sampler
+        from .solver import triton_sampler
         if not triton_sampler.available(on):
             _fail(f"sampler='triton' is not available on {on}: it needs a CUDA GPU with Triton; use auto or torch")
     return value

@@ -1,16 +1,17 @@
 """Argument parsing and the exit-code contract: 0 done, 1 an output could not be written (or a rank of a torchrun
 launch failed), 2 bad input (one line, before any model loads), 3 download failed, 130 interrupted (Ctrl-C;
 existing files untouched). Under torchrun every rank stops within seconds when one fails, and the launch prints one
-line for it (ursa_core.ranks), never a traceback."""
+line for it (ursa_core.parallel.ranks), never a traceback."""
 from __future__ import annotations
 
 import argparse
 import sys
 from typing import Optional
 
-from .. import __version__, preflight, rules
+from .. import __version__, rules
 from ..errors import LaunchError, OutputError, URSAError
-from ..media import RESIZE_MODES
+from ..files.media import RESIZE_MODES
+from ..sampling import preflight
 
 REAL_MODELS = ("BAAI/URSA-1.7B-FSQ320", "BAAI/URSA-1.7B-IBQ1024")
 EXIT_OUTPUT, EXIT_INPUT, EXIT_DOWNLOAD, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 3, 130, 143
@@ -73,7 +74,7 @@ def _add_generate(sub) -> None:
 
 
 def _add_batch(sub) -> None:
-    from ..batch import FORMATS
+    from ..batch.prompt_sets import FORMATS
     bat = sub.add_parser("batch", help="a prompt set (txt, JSONL, GenEval, DPG-Bench, VBench): one model load, "
                                        "resumable; under torchrun the ranks share the set")
     bat.add_argument("--prompts", required=True, help="a .txt (one prompt a line), .jsonl, GenEval's "
@@ -128,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _exit_of(exc: BaseException, rank: int) -> tuple[int, str]:
     """The exit code and one line of a rank's own failure."""
-    from ..ranks import Terminated
+    from ..parallel.ranks import Terminated
 
     if isinstance(exc, Terminated):
         return EXIT_TERMINATED, "terminated (SIGTERM)"
@@ -144,7 +145,7 @@ def _exit_of(exc: BaseException, rank: int) -> tuple[int, str]:
 
 def _stop_ranks(session, exc: BaseException) -> int:
     """A rank of a torchrun launch fails or is interrupted: one line for the whole launch and an exit code, never a
-    traceback (ursa_core.ranks decides which rank prints)."""
+    traceback (ursa_core.parallel.ranks decides which rank prints)."""
     if session.stopped_by_peer or (session.abort is not None and session.abort.origin != session.rank):
         abort = session.fail(session.abort.code, session.abort.message)   # stopped for another rank's failure
         if session.prints(abort):
@@ -160,9 +161,9 @@ def _stop_ranks(session, exc: BaseException) -> int:
 
 def _run_sampling(args) -> int:
     """`generate` / `batch`, in a torchrun launch's session when there is one."""
-    from .batch import run_batch
-    from .generate import run_generate
-    from ..parallel import finish, join_launch
+    from .batch_command import run_batch
+    from .generate_command import run_generate
+    from ..parallel.distributed import finish, join_launch
 
     session = None
     try:
@@ -186,7 +187,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.command in ("generate", "batch"):
             return _run_sampling(args)
         if args.command == "launch":
-            from .launch import run_launch
+            from .launch_command import run_launch
             return run_launch(args.torchrun_and_command, build_parser())
         from . import tools
         return {"decode": tools.run_decode, "make-tiny": tools.run_make_tiny,

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from ..geometry import VisualGeometry
+from .geometry import VisualGeometry
 
 ProgressCallback = Optional[Callable[[int, int], None]]
 _OOM_ERRORS = (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError),)
