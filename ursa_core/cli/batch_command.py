@@ -83,8 +83,8 @@ def plan_samples(jobs: list[Job], base: argparse.Namespace, folder: Path, prompt
 
 
 def _shown(job: Job) -> str:
-    """A job as a message names it: its output (an identity may be a whole prompt)."""
-    return job.out
+    """A job as a message names it: its id, or the start of its prompt."""
+    return repr(job.samples[0].identity.split("\n")[0][:60])
 
 
 def apply_protocol(args: argparse.Namespace, fmt: str) -> tuple[argparse.Namespace, Optional[Protocol], dict]:

@@ -73,6 +73,11 @@ class ProgressPrinter:
             self.bar = tqdm(total=self.total, desc=self.desc, unit="step")
         self.bar.update(1)
         if info.step + 1 == info.steps:
+            self.close()
+
+    def close(self) -> None:
+        """End the bar's line (also when sampling stops early, so an error message gets a line of its own)."""
+        if self.bar is not None:
             self.bar.close()
 
 
@@ -125,8 +130,12 @@ def run_generate(args: argparse.Namespace, session=None) -> int:
               f"{model.transformer.attn_implementation}); sampling {args.frames} frame(s) "
               f"{args.width}x{args.height} = {latent} latent tokens, {args.steps} steps"
               + (f", {args.parallel} parallel over {layout.world} ranks" if layout is not None else ""))
-    tokens = sample_tokens(model, args, images, args.prompt, args.seed,
-                           ProgressPrinter(args.steps, "sampling") if rank == 0 else None, layout)
+    progress = ProgressPrinter(args.steps, "sampling") if rank == 0 else None
+    try:
+        tokens = sample_tokens(model, args, images, args.prompt, args.seed, progress, layout)
+    finally:
+        if progress is not None:
+            progress.close()
     if rank != 0:  # the other ranks of a parallel run hold the same tokens; rank 0 writes them
         return 0
     if tokens_path is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 
@@ -48,6 +49,9 @@ def run_launch(argv: list[str], ursa_parser: argparse.ArgumentParser) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     logging.disable(logging.CRITICAL)   # torchrun's own reports: the ranks have said it in one line
+    # torch's C++ store client prints a warning with its C++ stack when a store call fails (the ranks report that in
+    # one line); it reads this variable once, when a rank imports torch, so it is set for the ranks here
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     try:
         torchrun.run(args)
         return 0

@@ -146,6 +146,8 @@ def _exit_of(exc: BaseException, rank: int) -> tuple[int, str]:
 def _stop_ranks(session, exc: BaseException) -> int:
     """A rank of a torchrun launch fails or is interrupted: one line for the whole launch and an exit code, never a
     traceback (ursa_core.parallel.ranks decides which rank prints)."""
+    if not isinstance(exc, (URSAError, KeyboardInterrupt)):
+        session.settle()   # a collective that failed may mean a peer vanished: the watch names it
     if session.stopped_by_peer or (session.abort is not None and session.abort.origin != session.rank):
         abort = session.fail(session.abort.code, session.abort.message)   # stopped for another rank's failure
         if session.prints(abort):
@@ -179,6 +181,14 @@ def _run_sampling(args) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["launch"]:   # torchrun's options are its own: they pass through unparsed (argparse would not)
+        from .launch_command import run_launch
+        try:
+            return run_launch(argv[1:], build_parser())
+        except URSAError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_INPUT
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # a bad argument (one line already printed), --help or --version: return its code
@@ -186,9 +196,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         if args.command in ("generate", "batch"):
             return _run_sampling(args)
-        if args.command == "launch":
-            from .launch_command import run_launch
-            return run_launch(args.torchrun_and_command, build_parser())
         from . import tools
         return {"decode": tools.run_decode, "make-tiny": tools.run_make_tiny,
                 "download": tools.run_download}[args.command](args)

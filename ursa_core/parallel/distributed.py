@@ -205,7 +205,8 @@ def join_launch() -> Optional[RankSession]:
     try:
         return RankSession.from_env()
     except (RuntimeError, ValueError, KeyError) as exc:   # DistStoreError, DistNetworkError, a missing variable
-        raise LaunchError(f"cannot join the torchrun launch (MASTER_ADDR/MASTER_PORT): {exc}") from None
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]   # torch appends its C++ stack
+        raise LaunchError(f"cannot join the torchrun launch (MASTER_ADDR/MASTER_PORT): {reason}") from None
 
 
 def init_from_env(device_option: str = "auto", session: Optional[RankSession] = None

@@ -31,7 +31,7 @@ import torch.distributed as dist
 
 from .processes import process_alive, this_host
 
-TICK = 0.5          # seconds between beats
+TICK = 0.25         # seconds between beats
 SILENCE = 10.0      # a peer whose beat has not moved this long has vanished (the only test across hosts)
 GRACE = 5.0         # an aborted process still running this long is ended hard
 STORE_MISSES = 3    # ticks without an answer from the store before its host (the launcher or rank 0) counts as gone
@@ -80,8 +80,8 @@ class RankSession:
     def __init__(self, rank: int, world: int, local_rank: int):
         self.rank, self.world, self.local_rank, self.host = rank, world, local_rank, this_host()
         prefix = f"ursa/attempt{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
-        hosting = rank == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
-        self._server = _connect(hosting, CONNECT)     # rank 0 serves the store when no agent does
+        self.hosting = rank == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
+        self._server = _connect(self.hosting, CONNECT)     # rank 0 serves the store when no agent does
         self.store = dist.PrefixStore(prefix, self._server)
         self._watch_store = dist.PrefixStore(prefix, _connect(False, timedelta(seconds=60)))
         self.abort: Optional[Abort] = None       # set once this run stops (the origin's record)
@@ -89,12 +89,23 @@ class RankSession:
         self._handling = threading.Event()       # the main thread handles a failure or closes: no more interrupts
         self._stop = threading.Event()
         self._said = False                       # this rank has printed its line
+        self._peers = {r: _Peer() for r in range(world) if r != rank}
         self.store.set(f"who/{rank}", f"{self.host} {os.getpid()}")
+        self._wait_for("joined", world, CONNECT.total_seconds())   # every rank is in before any can fail
         self._previous_sigterm = None
         if threading.current_thread() is threading.main_thread():
             self._previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
         self._thread = threading.Thread(target=self._watch, name="ursa-rank-watch", daemon=True)
         self._thread.start()
+
+    def _wait_for(self, counter: str, count: int, seconds: float) -> bool:
+        """Count this rank into `counter` and wait until `count` ranks are (False when `seconds` pass first)."""
+        deadline = time.monotonic() + seconds
+        reached = self.store.add(counter, 1) >= count
+        while not reached and time.monotonic() < deadline:
+            time.sleep(0.02)
+            reached = self.store.add(counter, 0) >= count
+        return reached
 
     @staticmethod
     def from_env() -> "RankSession":
@@ -117,15 +128,41 @@ class RankSession:
         self._handling.set()
         if self.abort is None:
             self.abort = self._claim(Abort(self.rank, self.rank, self.host, code, message), self.store)
+        if self.hosting:   # the store ends with this process: let the others read the record first
+            self._linger()
         timer = threading.Timer(GRACE, self._exit_hard)
         timer.daemon = True   # a process that ends in time is not held back by it
         timer.start()
+        return self.abort
+
+    def settle(self, seconds: float = 4 * TICK) -> Optional[Abort]:
+        """A collective failed in the main thread: give the watch a moment to say which rank vanished (a peer's
+        death reaches gloo before its pid check). Returns the abort the watch found, if any."""
+        self._handling.set()   # no interrupt while the main thread waits here
+        deadline = time.monotonic() + seconds
+        while self.abort is None and self._thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.02)
         return self.abort
 
     def say(self, line: str) -> None:
         """Print this rank's one line (stderr)."""
         self._said = True
         print(line, file=sys.stderr, flush=True)
+
+    def _linger(self) -> None:
+        """As the store's host, wait (SILENCE seconds at most) until every peer still running has read the abort."""
+        deadline = time.monotonic() + SILENCE
+        waiting = set(self._peers)
+        try:
+            while waiting and time.monotonic() < deadline:
+                for rank in list(waiting):
+                    where = self._peers[rank].where
+                    gone = where is not None and where[0] == self.host and not process_alive(where[1])
+                    if gone or self.store.check([f"abort_seen/{rank}"]) or self.store.check([f"done/{rank}"]):
+                        waiting.discard(rank)
+                time.sleep(0.02)
+        except (RuntimeError, ValueError):
+            pass
 
     def prints(self, abort: Abort) -> bool:
         """Whether this rank prints `abort`'s line: the rank that wrote it, and one rank on each other host."""
@@ -150,26 +187,46 @@ class RankSession:
 
     # --- the watch -------------------------------------------------------------------------------------------------
     def _watch(self) -> None:
-        peers = {r: _Peer() for r in range(self.world) if r != self.rank}
+        peers = self._peers
         misses = 0
+        try:
+            for rank, peer in peers.items():   # every rank wrote it before the joined count was full
+                host, pid = self._watch_store.get(f"who/{rank}").decode("utf-8").rsplit(" ", 1)
+                peer.where = (host, int(pid))
+        except (RuntimeError, ValueError):
+            misses = STORE_MISSES
         while not self._stop.wait(TICK):
-            try:
-                found = self._look(peers)
-                misses = 0
-            except (RuntimeError, ValueError):
-                misses += 1
-                found = None if misses < STORE_MISSES else Abort(
-                    -1, self.rank, self.host, EXIT_FAILED,
-                    "lost contact with the other ranks: their store (torchrun's agent, or rank 0) is gone")
+            found = self._gone_host(peers)   # before any store call: a dead store cannot answer
+            if found is None:
+                try:
+                    found = self._look(peers)
+                    misses = 0
+                except (RuntimeError, ValueError):
+                    misses += 1
+                    found = None if misses < STORE_MISSES else Abort(
+                        -1, self.rank, self.host, EXIT_FAILED,
+                        "lost contact with the other ranks: their store (torchrun's agent, or rank 0) is gone")
             if found is not None and not self._stop.is_set():
                 self._stop_main(found)
                 return
+
+    def _gone_host(self, peers: dict[int, _Peer]) -> Optional[Abort]:
+        """Rank 0 ended on this host while it serves the store (ranks started without torchrun's agent)."""
+        host_rank = peers.get(0)
+        if (os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" or host_rank is None or host_rank.done
+                or host_rank.where is None or host_rank.where[0] != self.host or process_alive(host_rank.where[1])):
+            return None
+        return Abort(0, self.rank, self.host, EXIT_FAILED,
+                     f"rank 0 (pid {host_rank.where[1]}) ended without a word (killed?); every rank stops")
 
     def _look(self, peers: dict[int, _Peer]) -> Optional[Abort]:
         store, now = self._watch_store, time.monotonic()
         store.add(f"beat/{self.rank}", 1)
         if store.check(["abort"]):
-            return Abort.decode(store.get("abort"))
+            abort = Abort.decode(store.get("abort"))
+            if abort.reporter != self.rank:
+                store.set(f"abort_seen/{self.rank}", "1")   # the store's host may end once every rank has read it
+            return abort
         for rank, peer in peers.items():
             if peer.done or store.check([f"done/{rank}"]):
                 peer.done = True
@@ -177,9 +234,6 @@ class RankSession:
             beat = store.add(f"beat/{rank}", 0)
             if beat != peer.beat:
                 peer.beat, peer.moved = beat, now
-            if peer.where is None and store.check([f"who/{rank}"]):
-                host, pid = store.get(f"who/{rank}").decode("utf-8").rsplit(" ", 1)
-                peer.where = (host, int(pid))
             why = self._vanished(rank, peer, now)
             if why is not None:
                 host = peer.where[0] if peer.where else "?"
