@@ -103,29 +103,29 @@ def assert_one_line(ranks: Ranks, starts: str) -> None:
     assert not any("Traceback" in line for line in lines)
 
 
-def test_a_killed_rank_stops_the_others_within_seconds_and_a_resume_completes(tiny_dir, tmp_path):
+def kill_mid_set(tiny_dir, tmp_path: Path, victim: int) -> tuple[Ranks, list, float, Path, Path]:
+    """Two ranks on an 8-prompt set; `victim` is killed (SIGKILL) once the first output is done."""
     prompts, out = tmp_path / "set.txt", tmp_path / "out"
     prompts.write_text(PROMPTS)
     ranks = start_ranks(batch_args(tiny_dir, prompts, out))
     ranks.wait_for("/8 done")
-    ranks.procs[1].kill()
+    ranks.procs[victim].kill()
     codes, seconds = ranks.finish()
+    return ranks, codes, seconds, prompts, out
+
+
+def test_a_killed_rank_stops_the_others_within_seconds_and_a_resume_completes(tiny_dir, tmp_path):
+    ranks, codes, seconds, prompts, out = kill_mid_set(tiny_dir, tmp_path, victim=1)
     assert codes == [1, -signal.SIGKILL] and seconds < STOPPED_WITHIN
     assert_one_line(ranks, f"error: rank 1 (pid {ranks.procs[1].pid}) ended without a word (killed?)")
     resume_completes(tiny_dir, prompts, out)
 
 
 def test_when_rank_0_and_the_store_it_serves_are_killed_the_others_stop(tiny_dir, tmp_path):
-    prompts, out = tmp_path / "set.txt", tmp_path / "out"
-    prompts.write_text(PROMPTS)
-    ranks = start_ranks(batch_args(tiny_dir, prompts, out))
-    ranks.wait_for("/8 done")
-    ranks.procs[0].kill()
-    codes, seconds = ranks.finish()
+    ranks, codes, seconds, _, _ = kill_mid_set(tiny_dir, tmp_path, victim=0)
     assert codes == [-signal.SIGKILL, 1] and seconds < STOPPED_WITHIN
-    line = ranks.stderr_lines()
     assert_one_line(ranks, "error: ")
-    assert "rank 0" in line[0] or "lost contact" in line[0]
+    assert "rank 0" in ranks.stderr_lines()[0] or "lost contact" in ranks.stderr_lines()[0]
 
 
 def test_a_failing_rank_stops_every_rank_with_one_line(tiny_dir, tmp_path):
@@ -139,6 +139,19 @@ def test_a_failing_rank_stops_every_rank_with_one_line(tiny_dir, tmp_path):
     codes, _ = ranks.finish()
     assert codes == [1, 1]
     assert_one_line(ranks, f"error: {blocked}: cannot write")
+
+
+def test_a_refusal_found_by_rank_0_alone_is_one_line_and_exit_2_on_every_rank(tiny_dir, tmp_path):
+    from ursa_core.cli import main as cli_main
+
+    prompts, out = tmp_path / "set.txt", tmp_path / "out"
+    prompts.write_text("a fox\n")
+    assert cli_main(["batch", "--model", str(tiny_dir), "--prompts", str(prompts), "--outdir", str(out), *FAST,
+                     "--steps", "2"]) == 0
+    ranks = start_ranks(batch_args(tiny_dir, prompts, out, steps=3))   # other settings: rank 0 refuses the folder
+    codes, seconds = ranks.finish()
+    assert codes == [2, 2] and seconds < STOPPED_WITHIN
+    assert_one_line(ranks, f"error: --outdir {out}: 1 finished output(s) there were made under another seed rule")
 
 
 def test_ctrl_c_stops_every_rank_with_one_line(tiny_dir, tmp_path):

@@ -2,8 +2,8 @@
 
 A *job* is one output file (a clip, an image, or DPG-Bench's 2x2 grid of four samples). Jobs are numbered in a
 fixed order; every rank of a `torchrun` launch takes the next unclaimed number from one atomic counter in the
-launch's key-value store (ursa_core.parallel.ranks), so fast ranks take more jobs and no job is taken twice. Seeds follow the
-item, never its position (ursa_core.batch.jobs); the evaluation formats follow the reference protocols
+launch's key-value store (ursa_core.parallel.ranks), so fast ranks take more jobs and no job is taken twice. Seeds
+follow the item, never its position (ursa_core.batch.jobs); the evaluation formats follow the reference protocols
 (ursa_core.batch.presets); every output name is checked before anything loads (ursa_core.batch.names).
 
 Resuming: an output is finished when it exists and its manifest line (written just before the output is renamed

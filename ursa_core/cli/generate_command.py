@@ -107,7 +107,8 @@ def sample_tokens(model: URSAModel, args: argparse.Namespace, images: dict, prom
 
 
 def run_generate(args: argparse.Namespace, session=None) -> int:
-    """`ursa generate`; `session`: this rank's ursa_core.parallel.ranks.RankSession under torchrun (None: one process)."""
+    """`ursa generate`; `session`: this rank's ursa_core.parallel.ranks.RankSession under torchrun (None: one
+    process)."""
     check_output_path(args.out, args.frames)
     tokens_path: Optional[Path] = None
     if args.save_tokens:

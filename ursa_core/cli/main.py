@@ -93,7 +93,8 @@ def _add_batch(sub) -> None:
     bat.add_argument("--samples", type=preflight.SAMPLES,
                      help="samples per prompt (default 1; GenEval 4, DPG-Bench 4 in one 2x2 grid, VBench 5)")
     add_sampling_options(bat)
-    bat.set_defaults(**{name: None for name in preflight.PRESET_OPTIONS})   # None: not given, the preset's value applies
+    # None: not given, so the preset's value applies (ursa_core.cli.batch_command.apply_protocol)
+    bat.set_defaults(**{name: None for name in preflight.PRESET_OPTIONS})
 
 
 def _add_launch(sub) -> None:
