@@ -15,7 +15,7 @@ import torch
 
 from ursa_core.checkpoint.loader import URSAModel, is_ursa_folder, load_model, resolve_dtype
 from ursa_core.errors import InputError
-from ursa_core.files.preview import token_colors
+from ursa_core.sampling.preview import token_colors
 from ursa_core.files.token_io import model_identity
 from ursa_core.runtime.acceleration import accelerate
 from ursa_core.runtime.loader_options import LoaderOptions, blocks_to_keep, placement_device

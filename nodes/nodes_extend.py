@@ -8,14 +8,13 @@ from ursa_core.files.token_io import TokenClip, check_identity, model_identity
 from ursa_core.sampling.extend import WindowInfo, WindowPlan, extend_clip
 
 from . import glue
-from .nodes_sampler import sampling_inputs
-from .nodes_schedule import MAX_FRAMES, latent_frames
 from .types import URSACond, URSAModel, URSATokens
+from .widgets import sampling_inputs
 
 
 def run_extension(model, conditioning, tokens: TokenClip, windows, window_frames, overlap, carry_start,
                   window_prompts: str, **sampling) -> TokenClip:
-    plan = WindowPlan(windows, latent_frames(window_frames), overlap)
+    plan = WindowPlan(windows, rules.latent_frames(window_frames), overlap)
     plan.check()  # before the weights move to the compute device
     core = model.model
     check_identity(tokens.identity, model_identity(core), "the tokens to extend")  # before the weights move
@@ -49,9 +48,9 @@ class URSAExtendVideo(io.ComfyNode):
                 io.Int.Input("windows", default=2, min=1, max=64,
                              tooltip="How many windows to add. Each adds (window_frames - 1)/4 + 1 - overlap "
                                      "latent frames = 4 pixel frames each."),
-                io.Int.Input("window_frames", default=49, min=5, max=MAX_FRAMES, step=4,
+                io.Int.Input("window_frames", default=49, min=5, max=rules.MAX_FRAMES, step=4,
                              tooltip="Pixel frames per window (1 + 4k), 49 as the URSA extension loop."),
-                io.Int.Input("overlap", default=4, min=1, max=59,
+                io.Int.Input("overlap", default=4, min=1, max=rules.MAX_CARRIED,
                              tooltip="Latent frames carried from the end of the clip into each window (4 latent "
                                      "frames = 13 pixel frames, as URSA's loop)."),
                 *sampling_inputs(steps=50),

@@ -9,40 +9,8 @@ from ursa_core.files.token_io import TokenClip, check_identity, model_identity
 from ursa_core.sampling.generate import StepInfo, generate, sampling_memory
 
 from . import glue
-from .nodes_schedule import MAX_FRAMES
-from .nodes_tokenizer import size_inputs
 from .types import URSACond, URSAModel, URSASchedule, URSATokens
-
-SEED_MAX = rules.SEED_MAX
-
-
-def sampling_inputs(steps: int = 25) -> list:
-    """The widgets shared by the sampler and the extender (same names, ranges and tooltips)."""
-    return [
-        io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=True,
-                     tooltip="Same seed + same settings = same tokens on the same device."),
-        io.Int.Input("steps", default=steps, min=1, max=rules.MAX_STEPS,
-                     tooltip="Sampling steps. URSA uses 25 for images and 50 for videos."),
-        io.Float.Input("cfg", default=7.0, min=rules.CFG_RANGE[0], max=rules.CFG_RANGE[1], step=0.1, round=0.01,
-                       tooltip="Classifier-free guidance scale in logit space (URSA default 7). <= 1 runs one "
-                               "branch only (faster, no negative prompt)."),
-        io.Float.Input("guidance_trunc", default=0.9, min=0.0, max=1.0, step=0.01,
-                       tooltip="Guidance is applied while the clock t < this; later steps run the conditional "
-                               "branch only (same result as the reference, half the work)."),
-    ]
-
-
-def path_inputs() -> list:
-    return [
-        io.Float.Input("c", default=0.0, min=0.0, max=rules.PATH_MAX["c"], step=0.1,
-                       tooltip="Metric path scale c in beta_t = c (t/(1-t))^alpha. 0 = the checkpoint's value."),
-        io.Float.Input("alpha", default=0.0, min=0.0, max=rules.PATH_MAX["alpha"], step=0.05,
-                       tooltip="Metric path exponent alpha. 0 = the checkpoint's value."),
-        io.Float.Input("shift", default=0.0, min=0.0, max=rules.PATH_MAX["shift"], step=0.1,
-                       tooltip="Time shift lambda (> 1 spends more steps at high noise). 0 = the checkpoint's "
-                               "value."),
-    ]
-
+from .widgets import path_inputs, sampling_inputs, size_inputs
 
 def checkpoint_default(value: float):
     return None if value <= 0 else value
@@ -96,7 +64,7 @@ class URSASampler(io.ComfyNode):
                 URSAModel.Input("model", tooltip="From URSA Model Loader."),
                 URSACond.Input("conditioning", tooltip="From URSA Text Encode."),
                 *sampling_inputs(),
-                io.Int.Input("frames", default=1, min=1, max=MAX_FRAMES, step=4,
+                io.Int.Input("frames", default=1, min=1, max=rules.MAX_FRAMES, step=4,
                              tooltip="Pixel frames: 1 = image, 1 + 4k for video (49 = 4 s at 12 fps)."),
                 *size_inputs(),
                 *path_inputs(),

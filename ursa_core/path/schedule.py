@@ -12,6 +12,7 @@ from typing import Iterable, Mapping, Sequence
 
 import torch
 
+from .. import rules
 from ..errors import InputError
 from .metric_path import beta, beta_dot
 
@@ -25,10 +26,7 @@ def time_shift(t: torch.Tensor, shift: float) -> torch.Tensor:
 
 def time_grid(steps: int, shift: float) -> torch.Tensor:
     """t_i = time_shift(i/N) for i = 0..N-1 (float64): the global clock at the start of each step."""
-    if steps < 1:
-        raise InputError(f"steps must be >= 1, got {steps}")
-    if shift <= 0:
-        raise InputError(f"shift (lambda) must be > 0, got {shift}")
+    steps, shift = rules.steps(steps), rules.path_param("shift", shift)
     return time_shift(torch.arange(steps, dtype=torch.float64) / steps, shift)
 
 
@@ -46,8 +44,7 @@ class FrameSchedule:
         if not self.start:
             raise InputError("a FrameSchedule needs at least one frame")
         for i, t0 in enumerate(self.start):
-            if not 0.0 <= float(t0) <= 1.0:
-                raise InputError(f"frame {i}: start time {t0} is outside [0, 1]")
+            rules.unit(f"start time of latent frame {i}", t0)
 
     # --- constructors for the usual tasks -------------------------------------------------------------------
     @classmethod
@@ -61,27 +58,18 @@ class FrameSchedule:
 
     @classmethod
     def interpolation(cls, frames: int, start: float = 1.0) -> "FrameSchedule":
-        n = _count(frames)
-        if n < 2:
-            raise InputError(f"interpolation needs at least 2 latent frames, got {n}")
-        return cls.keyframes(n, {0: start, n - 1: start})
+        return cls.keyframes(frames, interpolation_starts(_count(frames), start))
 
     @classmethod
     def extension(cls, frames: int, given: int, start: float = 1.0) -> "FrameSchedule":
-        n = _count(frames)
-        if not 1 <= given < n:
-            raise InputError(f"extension: the number of given latent frames must be in [1, {n - 1}], got {given}")
-        return cls.keyframes(n, {i: start for i in range(given)})
+        return cls.keyframes(frames, extension_starts(_count(frames), given, start))
 
     @classmethod
     def keyframes(cls, frames: int, starts: Mapping[int, float], hold: bool = True) -> "FrameSchedule":
         n = _count(frames)
         values = [0.0] * n
         for index, t0 in starts.items():
-            i = int(index) + n if int(index) < 0 else int(index)
-            if not 0 <= i < n:
-                raise InputError(f"keyframe index {index} is outside the clip's latent frames [0, {n - 1}]")
-            values[i] = float(t0)
+            values[frame_index(index, n)] = float(t0)
         return cls(tuple(values), hold)
 
     # --- queries ----------------------------------------------------------------------------------------------
@@ -146,6 +134,29 @@ def _count(frames: int | Sequence | Iterable) -> int:
     return n
 
 
+def frame_index(index: int, latent_frames: int) -> int:
+    """A latent frame index in [0, T) from one in [-T, T) (negative counts from the end), or one line."""
+    if not -latent_frames <= int(index) < latent_frames:
+        raise InputError(f"keyframe index {index} is outside the clip's latent frames [0, {latent_frames - 1}] "
+                         f"(or -{latent_frames}..-1 from the end)")
+    return int(index) % latent_frames
+
+
+def interpolation_starts(latent_frames: int, start: float) -> dict[int, float]:
+    """First and last latent frame given: a clip of at least 2 latent frames (5 pixel frames)."""
+    if latent_frames < 2:
+        raise InputError(f"interpolation needs at least 2 latent frames (5 pixel frames), got {latent_frames}")
+    return {0: start, latent_frames - 1: start}
+
+
+def extension_starts(latent_frames: int, given: int, start: float) -> dict[int, float]:
+    """The first `given` latent frames given (carried from the clip so far), at least one frame left to make."""
+    if not 1 <= given < latent_frames:
+        raise InputError(f"extension: given_frames={given} must be in [1, {latent_frames - 1}] for a clip of "
+                         f"{latent_frames} latent frames")
+    return {i: start for i in range(given)}
+
+
 SCHEDULE_MODES = ("text-to-image", "text-to-video", "image-to-video", "interpolation", "extension",
                   "custom keyframes")
 
@@ -162,12 +173,7 @@ def parse_keyframes(text: str, latent_frames: int) -> dict[int, float]:
         except ValueError:
             raise InputError(f"keyframe {item!r} is not 'index' or 'index:start_time' (e.g. '0:1.0, -1:0.9')") \
                 from None
-        if not -latent_frames <= index < latent_frames:
-            raise InputError(f"keyframe index {index} is outside the clip's latent frames "
-                             f"[0, {latent_frames - 1}] (or -{latent_frames}..-1 from the end)")
-        if not 0.0 <= t0 <= 1.0:
-            raise InputError(f"keyframe {item!r}: start time {t0} is outside [0, 1]")
-        starts[index % latent_frames] = t0
+        starts[frame_index(index, latent_frames)] = rules.unit(f"start time of keyframe {item!r}", t0)
     if not starts:
         raise InputError("custom keyframes: give at least one 'index:start_time', e.g. '0:1.0, -1:1.0'")
     return starts
@@ -217,14 +223,9 @@ def _mode_starts(mode, latent_frames, start_time, given_frames, keyframes) -> di
     if mode == "image-to-video":
         return {0: start_time}
     if mode == "interpolation":
-        if latent_frames < 2:
-            raise InputError(f"interpolation needs at least 2 latent frames (5 pixel frames), got {latent_frames}")
-        return {0: start_time, latent_frames - 1: start_time}
+        return interpolation_starts(latent_frames, start_time)
     if mode == "extension":
-        if not 1 <= given_frames < latent_frames:
-            raise InputError(f"extension: given_frames={given_frames} must be in [1, {latent_frames - 1}] "
-                             f"for a clip of {latent_frames} latent frames")
-        return {i: start_time for i in range(given_frames)}
+        return extension_starts(latent_frames, given_frames, start_time)
     return parse_keyframes(keyframes, latent_frames)
 
 

@@ -197,7 +197,7 @@ def auto_chunk(codebook_size: int, device: torch.device, fused: bool = False) ->
 def use_fused_sampler(sampler: str, device: torch.device) -> bool:
     from ..solver import triton_sampler
 
-    rules.sampler(sampler, device)
+    rules.sampler(sampler, device, triton_sampler.available(device))
     return sampler == "triton" or (sampler == "auto" and triton_sampler.available(device))
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .. import rules
 from ..checkpoint.loader import check_layout, read_geometry, resolve_dtype
-from ..checkpoint.tiny import is_tiny
+from ..checkpoint.defaults import defaults_for
 from ..errors import InputError
 from ..model import attention as attention_registry
 from ..model.config import TransformerConfig
@@ -30,12 +30,12 @@ def check_generate_args(args: argparse.Namespace, folder: Path) -> argparse.Name
     device = rules.device(args.device)
     dtype = resolve_dtype(rules.dtype(args.dtype), device)
     rules.attention(args.attention, device)
-    rules.sampler(args.sampler, device)
+    from ..solver import triton_sampler  # imports triton: only when a run is checked
+    rules.sampler(args.sampler, device, triton_sampler.available(device))
     config, geometry = checkpoint_rules(Path(folder))
-    tiny = args.model == "tiny" or is_tiny(folder)
-    default_height, default_width = rules.default_size(geometry.image_only, tiny)
-    height = default_height if args.height is None else args.height
-    width = default_width if args.width is None else args.width
+    defaults = defaults_for(Path(folder), geometry)
+    height = defaults.height if args.height is None else args.height
+    width = defaults.width if args.width is None else args.width
     latent = geometry.latent_shape(args.frames, height, width)
     if args.last_image and latent[0] < 2:
         raise InputError(f"--last-image needs a video: frames={args.frames} is an image; use --frames 5 or "
@@ -43,7 +43,7 @@ def check_generate_args(args: argparse.Namespace, folder: Path) -> argparse.Name
     for flag, image in (("--image", args.image), ("--last-image", args.last_image)):
         if image and not Path(image).is_file():
             raise InputError(f"{flag}: image not found: {image}")
-    steps = rules.default_steps(args.frames, tiny) if args.steps is None else args.steps
+    steps = defaults.steps(args.frames) if args.steps is None else args.steps
     motion = rules.default_motion(args.frames) if args.motion is None else args.motion
     need = memory.estimate(config, latent[0] * latent[1] * latent[2], dtype=dtype, device_type=device.type,
                            cfg_branches=2 if args.cfg > 1 else 1, low_vram=args.low_vram,
