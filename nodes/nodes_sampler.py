@@ -7,6 +7,7 @@ from ursa_core import rules
 from ursa_core.errors import InputError
 from ursa_core.files.token_io import TokenClip, check_identity, model_identity
 from ursa_core.sampling.generate import StepInfo, generate, sampling_memory
+from ursa_core.sampling.settings import GenerationSettings
 
 from . import glue
 from .types import URSACond, URSAModel, URSASchedule, URSATokens
@@ -16,23 +17,24 @@ def checkpoint_default(value: float):
     return None if value <= 0 else value
 
 
-def run_sampler(model, conditioning, frames, width, height, schedule=None, given_tokens=None, preview=False,
-                **sampling) -> TokenClip:
+def run_sampler(model, conditioning, settings: GenerationSettings, schedule=None, given_tokens=None,
+                preview=False) -> TokenClip:
     core = model.model
-    latent_shape = core.geometry.latent_shape(frames, height, width)  # the model's own stride, before weights move
+    # the model's own strides, before any weight moves
+    latent_shape = core.geometry.latent_shape(settings.frames, settings.height, settings.width)
     sched, given = (None, None) if schedule is None else (schedule.schedule, schedule.given)
     if given_tokens is not None:
         check_identity(given_tokens.identity, model_identity(core), "given_tokens")
         given = _merge_given(given, given_tokens.tokens, latent_shape)
-    need = sampling_memory(core, latent_shape, conditioning.ids_for(frames)[0].shape[0], sampling["guidance"],
-                           glue.compute_device())
+    prompt_ids = conditioning.ids_for(settings.frames)
+    need = sampling_memory(core, latent_shape, prompt_ids[0].shape[0], settings.guidance, glue.compute_device())
     model.to_compute_device(memory_required=need.total)
-    progress = glue.StepProgress(sampling["steps"], core.path.unit if preview else None)
+    progress = glue.StepProgress(settings.steps, core.path.unit if preview else None)
 
     def on_step(info: StepInfo) -> None:
         progress.advance(info.predicted if preview else None)
-    tokens = generate(core, prompt_ids=conditioning.ids_for(frames), frames=frames, width=width, height=height,
-                      schedule=sched, given_tokens=given, callback=on_step, **sampling).tokens
+    tokens = generate(core, settings=settings, prompt_ids=prompt_ids, schedule=sched, given_tokens=given,
+                      callback=on_step).tokens
     return TokenClip(tokens, core.geometry.fps, model_identity(core))
 
 
@@ -93,8 +95,8 @@ class URSASampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, conditioning, seed, steps, cfg, guidance_trunc, frames, width, height, c, alpha,
                 shift, schedule=None, given_tokens=None, preview=True) -> io.NodeOutput:
-        clip = run_sampler(model, conditioning, frames, width, height, schedule, given_tokens, preview,
-                           seed=seed, steps=steps, guidance=cfg, guidance_trunc=guidance_trunc,
-                           c=checkpoint_default(c), alpha=checkpoint_default(alpha),
-                           shift=checkpoint_default(shift))
+        settings = GenerationSettings(frames=frames, height=height, width=width, seed=seed, steps=steps,
+                                      guidance=cfg, guidance_trunc=guidance_trunc, c=checkpoint_default(c),
+                                      alpha=checkpoint_default(alpha), shift=checkpoint_default(shift))
+        clip = run_sampler(model, conditioning, settings, schedule, given_tokens, preview)
         return io.NodeOutput(clip)

@@ -4,8 +4,8 @@ from __future__ import annotations
 from comfy_api.latest import io, ui
 
 from ursa_core import rules
-from ursa_core.sampling.preview import schedule_diagram
 from ursa_core.path.schedule import SCHEDULE_MODES, build_schedule
+from ursa_core.sampling.preview import schedule_diagram
 
 from .types import URSASchedule, URSATokens
 

@@ -25,7 +25,8 @@ def sampling_inputs(steps: int = 25) -> list:
                      tooltip="Same seed + same settings = same tokens on the same device."),
         io.Int.Input("steps", default=steps, min=1, max=rules.MAX_STEPS,
                      tooltip="Sampling steps. URSA uses 25 for images and 50 for videos."),
-        io.Float.Input("cfg", default=7.0, min=rules.CFG_RANGE[0], max=rules.CFG_RANGE[1], step=0.1, round=0.01,
+        io.Float.Input("cfg", default=7.0, min=rules.GUIDANCE_RANGE[0], max=rules.GUIDANCE_RANGE[1], step=0.1,
+                       round=0.01,
                        tooltip="Classifier-free guidance scale in logit space (URSA default 7). <= 1 runs one "
                                "branch only (faster, no negative prompt)."),
         io.Float.Input("guidance_trunc", default=0.9, min=0.0, max=1.0, step=0.01,

@@ -24,7 +24,7 @@ MAX_SIZE = 4096
 MAX_STEPS = 1000
 MAX_SAMPLES = 1000                 # samples per prompt of a batch
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
-CFG_RANGE = (0.0, 100.0)
+GUIDANCE_RANGE = (0.0, 100.0)
 MOTION_RANGE = (0.0, 10.0)
 UNIT_RANGE = (0.0, 1.0)            # guidance_trunc, start times, carry_start
 PATH_MAX = {"c": 100.0, "alpha": 10.0, "shift": 20.0}  # metric-path scale, exponent and time shift (all > 0)
@@ -76,8 +76,9 @@ def seed(value) -> int:
     return integer("seed", value, 0, SEED_MAX)
 
 
-def cfg(value, name: str = "cfg") -> float:
-    return number(name, value, *CFG_RANGE)
+def guidance(value, name: str = "guidance") -> float:
+    """The classifier-free guidance scale (the node widget and the CLI flag call it cfg)."""
+    return number(name, value, *GUIDANCE_RANGE)
 
 
 def unit(name: str, value) -> float:
@@ -274,7 +275,7 @@ NODE_INPUT_RULES: dict[str, Callable[[object], object]] = {
     "height": lambda v: size("height", v),
     "steps": steps,
     "seed": seed,
-    "cfg": cfg,
+    "cfg": lambda v: guidance(v, "cfg"),
     "guidance_trunc": lambda v: unit("guidance_trunc", v),
     "start_time": lambda v: unit("start_time", v),
     "carry_start": lambda v: unit("carry_start", v),

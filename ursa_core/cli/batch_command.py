@@ -8,66 +8,90 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from .. import rules
 from ..batch.prompt_sets import MANIFEST, Claims, Job, distributed_store, read_jobs, run_jobs
+from ..checkpoint.defaults import ModelDefaults, defaults_for
 from ..errors import InputError
 from ..files.atomic import TEMP_MARK, atomic_file, check_writable
 from ..files.media import load_image, write_frames
 from ..parallel.distributed import barrier, init_from_env, launched_world
-from ..sampling.preflight import check_generate_args
+from ..runtime.speed import SpeedOptions
+from ..sampling.preflight import check_clip, check_options, checkpoint_rules
 from ..visual_tokenizer.codec import decode_tokens
+from .arguments import Request, check_images, request, speed_options
 from .generate_command import load_for_cli, model_folder, sample_tokens
 
-# A JSONL item's override -> its rule (the command line's rules; the names are the item keys of ursa_core.batch).
+# A JSONL item's override -> (its rule, the flag it replaces). Item keys are the command line's names (cfg for the
+# guidance scale), so a message names what the user wrote.
 ITEM_RULES = {
-    "frames": rules.frames,
-    "height": lambda v: rules.size("height", v),
-    "width": lambda v: rules.size("width", v),
-    "steps": rules.steps,
-    "cfg": rules.cfg,
-    "motion": rules.motion,
-    "negative": lambda v: v if isinstance(v, str) else rules.choice("negative", v, ["a string"]),
+    "frames": (rules.frames, "frames"),
+    "height": (lambda v: rules.size("height", v), "height"),
+    "width": (lambda v: rules.size("width", v), "width"),
+    "steps": (rules.steps, "steps"),
+    "cfg": (lambda v: rules.guidance(v, "cfg"), "guidance"),
+    "motion": (rules.motion, "motion"),
+    "negative": (lambda v: v if isinstance(v, str) else rules.choice("negative", v, ["a string"]), "negative"),
 }
-RECORDED = ("frames", "height", "width", "steps", "cfg", "guidance_trunc", "shift", "motion", "negative", "image",
-            "last_image", "sampler", "dtype", "attention")
+RECORDED = ("frames", "height", "width", "steps", "guidance", "guidance_trunc", "shift", "motion", "sampler")
 
 
-def _sample_args(base: argparse.Namespace, settings: dict, prompts_dir: Path, folder: Path,
-                 cache: dict) -> argparse.Namespace:
-    """The generate arguments of one sample, checked (cached per distinct set of overrides)."""
-    key = json.dumps(settings, sort_keys=True)   # typed: "7" and 7 are different settings (only 7 is a cfg)
+@dataclass(frozen=True)
+class BatchBase:
+    """What every sample of a set shares: the command line's flags and options, checked once."""
+    flags: dict          # the flag values (no --image / --last-image: items bring their own)
+    defaults: ModelDefaults
+    speed: SpeedOptions
+    dtype: torch.dtype
+    device: torch.device
+    folder: Path
+    prompts_dir: Path
+
+
+def _sample_request(base: BatchBase, overrides: dict, cache: dict) -> Request:
+    """The request of one sample: the command line's flags with the item's overrides (defaults follow the item's
+    frames), checked (cached per distinct set of overrides)."""
+    key = json.dumps(overrides, sort_keys=True)   # typed: "7" and 7 are different settings (only 7 is a cfg)
     if key not in cache:
-        over = {name: ITEM_RULES[name](value) for name, value in settings.items() if name in ITEM_RULES}
-        for name in ("image", "last_image"):  # paths relative to the prompt file's folder
-            if settings.get(name) is not None:
-                over[name] = str(prompts_dir / str(settings[name]))
-        cache[key] = check_generate_args(argparse.Namespace(**{**vars(base), **over}), folder)
-        for name in ("image", "last_image"):   # an unreadable image is refused now, not hours into the set
-            if over.get(name):
-                load_image(over[name])
+        changes = {flag: rule(overrides[name]) for name, (rule, flag) in ITEM_RULES.items() if name in overrides}
+        paths = {name: str(base.prompts_dir / str(overrides[name])) for name in ("image", "last_image")
+                 if overrides.get(name) is not None}   # relative to the prompt file's folder
+        run = request({**base.flags, **changes, **paths}, base.defaults)
+        check_images(run, checkpoint_rules(base.folder)[1])
+        check_clip(base.folder, run.settings, base.speed, base.dtype, base.device)
+        for path in paths.values():   # an unreadable image is refused now, not hours into the set
+            load_image(path)
+        cache[key] = run
     return cache[key]
 
 
-def plan_samples(jobs: list[Job], base: argparse.Namespace, folder: Path, prompts: Path) -> dict:
-    """job key -> the checked arguments of each of its samples; every rule runs here, before the model loads."""
-    prompts_dir = prompts if prompts.is_dir() else prompts.parent
+def plan_samples(jobs: list[Job], base: BatchBase) -> dict:
+    """job key -> the checked request of each of its samples; every rule runs here, before the model loads."""
     cache: dict = {}
     plans = {}
     for job in jobs:
         try:
-            plans[job.key] = [_sample_args(base, s.settings, prompts_dir, folder, cache) for s in job.samples]
+            plans[job.key] = [_sample_request(base, s.settings, cache) for s in job.samples]
         except InputError as exc:
             raise InputError(f"item {job.key}: {exc}") from None
-        frames = {a.frames for a in plans[job.key]}
+        frames = {r.settings.frames for r in plans[job.key]}
         image_out = job.out.endswith(".png")
         if image_out != (frames == {1}):
             raise InputError(f"item {job.key}: frames={sorted(frames)[0]} does not fit its output {job.out} "
                              f"({'images need --frames 1' if image_out else 'videos need --frames 5 or more'})")
     return plans
+
+
+def manifest_settings(run: Request, speed: SpeedOptions, dtype: str) -> dict:
+    """One sample's settings as the manifest records them, under the command line's names."""
+    settings = {name: getattr(run.settings, name) for name in RECORDED}
+    settings["cfg"] = settings.pop("guidance")
+    return {**settings, "negative": run.negative, "image": run.image, "last_image": run.last_image, "dtype": dtype,
+            "attention": speed.attention}
 
 
 def remove_stale_temporaries(outdir: Path) -> int:
@@ -106,38 +130,49 @@ class SetProgress:
         print(f"[batch] {done}/{total} done{rate}", flush=True)
 
 
-def run_batch(args: argparse.Namespace) -> int:
-    folder = model_folder(args.model)
+def check_set(args: argparse.Namespace, folder: Path) -> tuple[list[Job], BatchBase, dict]:
+    """The jobs of the set, what their samples share and each sample's checked request, before any weight loads."""
     if not (folder / "vae" / "config.json").is_file():
         raise InputError(f"--model {folder}: has no vae/config.json; a batch decodes every output")
     outdir = Path(args.outdir)
     if outdir.exists() and not outdir.is_dir():
         raise InputError(f"--outdir {outdir}: is a file; give a folder")
     if launched_world() > 1:
-        rules.rank_device(args.device, 0, launched_world())
+        device = rules.rank_device(args.device, 0, launched_world())
     else:
-        rules.device(args.device)
+        device = rules.device(args.device)
     jobs = read_jobs(args.prompts, args.format, args.samples, args.seed, ".png" if args.frames == 1 else ".mp4")
-    base = argparse.Namespace(**{**vars(args), "image": None, "last_image": None})
-    plans = plan_samples(jobs, base, folder, Path(args.prompts))
+    speed = speed_options(args)
+    dtype = check_options(args.dtype, speed, args.sampler, device)
+    flags = {**vars(args), "image": None, "last_image": None}
+    prompts = Path(args.prompts)
+    base = BatchBase(flags, defaults_for(folder, checkpoint_rules(folder)[1]), speed, dtype, device, folder,
+                     prompts if prompts.is_dir() else prompts.parent)
+    return jobs, base, plan_samples(jobs, base)
+
+
+def run_batch(args: argparse.Namespace) -> int:
+    folder = model_folder(args.model)
+    jobs, base, plans = check_set(args, folder)
+    outdir = Path(args.outdir)
     check_writable(outdir / MANIFEST, "--outdir")   # a folder that cannot be written is refused before any load
     rank, world, device = init_from_env(args.device)
     outdir.mkdir(parents=True, exist_ok=True)
     if rank == 0 and (stale := remove_stale_temporaries(outdir)):
         print(f"removed {stale} unfinished temporary file(s) of an earlier run")
     barrier()   # no rank starts writing before the stale temporaries are gone
-    model = load_for_cli(folder, device, args)
+    model = load_for_cli(folder, device, args.dtype, base.speed)
 
     def render(job: Job, target: Path) -> dict:
         pixels = []
-        for sample, sample_args in zip(job.samples, plans[job.key]):
-            images = {which: load_image(path) for which, path in ((0, sample_args.image),
-                                                                   (-1, sample_args.last_image)) if path}
-            pixels.append(decode_tokens(model, sample_tokens(model, sample_args, images, sample.prompt,
-                                                             sample.seed)))
+        for sample, run in zip(job.samples, plans[job.key]):
+            run = replace(run, settings=replace(run.settings, seed=sample.seed))
+            images = {which: load_image(path) for which, path in ((0, run.image), (-1, run.last_image)) if path}
+            pixels.append(decode_tokens(model, sample_tokens(model, run, images, sample.prompt)))
         write_side_files(outdir, job)
         write_frames(grid2x2(pixels) if job.layout == "grid2x2" else pixels[0], target, fps=model.geometry.fps)
-        return {"settings": [{k: getattr(a, k) for k in RECORDED} for a in plans[job.key]], "device": str(device)}
+        return {"settings": [manifest_settings(r, base.speed, args.dtype) for r in plans[job.key]],
+                "device": str(device)}
 
     if rank == 0:
         print(f"{len(jobs)} outputs in {outdir} from {args.prompts}, {world} rank(s)", flush=True)

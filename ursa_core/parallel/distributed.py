@@ -24,6 +24,7 @@ import torch.distributed as dist
 from .. import rules
 from ..model import attention, ulysses
 from ..model.sequence import predicting_positions
+from ..sampling.runners import SingleDevice
 
 
 @dataclass
@@ -39,6 +40,15 @@ class Layout:
     @property
     def world(self) -> int:
         return self.cfg * self.sp
+
+    def runner(self, model, plan):
+        """This rank's branch runner for one planned clip (sampling.runners.RunnerFactory)."""
+        if self.world == 1:
+            return SingleDevice().runner(model, plan)
+        return ParallelRunner(self, model.config, plan.active, plan.latent_shape, model.device)
+
+    def describe(self) -> dict | None:
+        return dict(cfg=self.cfg, sp=self.sp) if self.world > 1 else None
 
 
 def world_size() -> int:
@@ -102,8 +112,8 @@ def row_split(group, parts: int, index: int, rows: int, positions: torch.Tensor,
 
 
 class ParallelRunner:
-    """The branch runner of generate._Denoiser on a (cfg x sp) grid: runs this rank's branch on its rows, exchanges
-    hidden states with the other branch, and gathers the tokens every shard sampled.
+    """The branch runner (sampling.runners.BranchRunner) of a (cfg x sp) grid: runs this rank's branch on its rows,
+    exchanges hidden states with the other branch, and gathers the tokens every shard sampled.
 
     Guided steps split the rows over the sp ranks of each branch. Unguided steps (t >= guidance_trunc, or no
     guidance at all) have one branch, so the whole grid splits the rows instead (cfg x sp ranks) when the KV heads
@@ -120,8 +130,11 @@ class ParallelRunner:
             self.unguided = row_split(None, layout.world, layout.cfg_rank * layout.sp + layout.sp_rank, rows,
                                       positions, device)
 
-    def split(self, guided: bool) -> RowSplit:
-        return self.guided if guided else self.unguided
+    def split(self, branches: int) -> RowSplit:
+        return self.guided if branches == 2 else self.unguided
+
+    def sampled_here(self, branches: int) -> torch.Tensor:
+        return self.split(branches).local
 
     def _forward(self, transformer, ids: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                  split: RowSplit) -> torch.Tensor:
@@ -133,7 +146,7 @@ class ParallelRunner:
 
     def hidden_states(self, transformer, ids: list, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """[branches, B * local tokens, hidden] for the branches `ids` (cond, uncond) of this rank's shard."""
-        split = self.split(guided=len(ids) == 2)
+        split = self.split(len(ids))
         if len(ids) == 2 and self.layout.cfg == 2:
             mine = self._forward(transformer, ids[self.layout.cfg_rank], cos, sin, split).flatten(0, 1).contiguous()
             both = [torch.empty_like(mine) for _ in range(2)]
@@ -142,11 +155,11 @@ class ParallelRunner:
         hidden = self._forward(transformer, torch.cat(ids, 0), cos, sin, split)
         return hidden.reshape(len(ids), -1, hidden.shape[-1])
 
-    def gather(self, values: torch.Tensor, guided: bool) -> torch.Tensor:
-        """[B, local tokens] sampled here -> [B, active tokens] of every shard (in token order)."""
-        split = self.split(guided)
+    def gather(self, values: torch.Tensor, branches: int) -> torch.Tensor:
+        """[B, local tokens] sampled here -> [B, active tokens] of every shard (in token order), on the CPU."""
+        split = self.split(branches)
         if len(split.sizes) == 1:
-            return values
+            return values.cpu()
         padded = values.new_zeros(values.shape[0], max(split.counts))
         padded[:, :values.shape[1]] = values
         parts = [torch.empty_like(padded) for _ in split.counts]

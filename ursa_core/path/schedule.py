@@ -1,9 +1,10 @@
-"""Time grids and per-frame clocks.
+"""Time grids, start times and the clocks of every token.
 
 `time_grid` is the reference's shifted grid (docs/ARCHITECTURE.md, "Time grid and shift"). `FrameSchedule` gives
 every latent frame its own start time t0 (the paper's asynchronous timesteps, used here at inference): 0 = generate
 from uniform noise, 1 = a given frame held exactly, in between = a given frame noised along the path to t0 that
-keeps refining. `FrameClocks` is where those clocks stand at one sampling step.
+keeps refining. `StartTimes` is the start time of every latent token (a frame schedule spreads its frames' values
+over their tokens; token-wise sources such as masks join there). `FrameClocks` is where the clocks stand at one step.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch
 
 from .. import rules
 from ..errors import InputError
-from .metric_path import beta, beta_dot
+from .metric_path import MetricPath
 
 
 def time_shift(t: torch.Tensor, shift: float) -> torch.Tensor:
@@ -92,33 +93,62 @@ class FrameSchedule:
 
 
 @dataclass(frozen=True)
+class StartTimes:
+    """The start time t0 of every latent token of a clip [T*h*w] (float64, flat like the tokens), and whether
+    tokens with t0 = 1 are held exactly (never resampled).
+
+    One object for every source of start times: a FrameSchedule gives each token its frame's value; a token-wise
+    source (an inpainting mask's levels) would set tokens one by one in the same tensor, so the clocks and the set of
+    tokens the sampler touches follow it without another code path.
+    """
+    per_token: torch.Tensor
+    hold: bool = True
+
+    @classmethod
+    def from_schedule(cls, schedule: FrameSchedule, latent_shape: Sequence[int]) -> "StartTimes":
+        frames, height, width = latent_shape
+        schedule.check_frames(frames)
+        frame_of_token = torch.arange(frames * height * width) // (height * width)
+        return cls(torch.tensor(schedule.start, dtype=torch.float64)[frame_of_token], schedule.hold)
+
+    def held(self) -> torch.Tensor:
+        """[T*h*w] bool: the tokens the sampler never touches."""
+        return self.per_token >= 1.0 if self.hold else torch.zeros_like(self.per_token, dtype=torch.bool)
+
+
+@dataclass(frozen=True)
 class FrameClocks:
     """Every sampled token's clock at one step: beta_t, d beta/dt and the step size h (flat like the tokens).
 
-    A frame with start time t0 runs its own clock t_f = t0 + (1 - t0) t while the global clock reads t, so its
-    step is h_f = (1 - t0) dt (docs/ARCHITECTURE.md, "Frame clocks"); with hold=False every frame runs the
-    global clock (the reference). The one home of per-frame times: the sampler reads nothing else.
+    A token with start time t0 runs its own clock t_f = t0 + (1 - t0) t while the global clock reads t, so its
+    step is h_f = (1 - t0) dt (docs/ARCHITECTURE.md, "Frame clocks"); with hold=False every token runs the
+    global clock (the reference). The one home of per-token times: the sampler reads nothing else.
     """
     beta: torch.Tensor
     beta_dot: torch.Tensor
     h: torch.Tensor
 
     @classmethod
-    def at_step(cls, schedule: FrameSchedule, grid: torch.Tensor, step: int, c: float, alpha: float,
-                frame_of_token: torch.Tensor, batch: int, device: torch.device) -> "FrameClocks":
-        """The clocks of step `step` of `grid` for the tokens whose latent frames are `frame_of_token`."""
-        t0 = torch.tensor(schedule.start, dtype=torch.float64)
+    def at_step(cls, start: torch.Tensor, hold: bool, grid: torch.Tensor, step: int,
+                path: MetricPath) -> "FrameClocks":
+        """The clocks of step `step` of `grid` for tokens starting at `start` [n] (float64, on the CPU)."""
         t_global = float(grid[step])
         dt = float(grid[step + 1] - grid[step]) if step + 1 < len(grid) else 0.0
-        if schedule.hold:
-            t, rate = t0 + (1 - t0) * t_global, 1 - t0
+        if hold:
+            t, rate = start + (1 - start) * t_global, 1 - start
         else:
-            t, rate = torch.full_like(t0, t_global), torch.ones_like(t0)
+            t, rate = torch.full_like(start, t_global), torch.ones_like(start)
+        clock = path.clock(t)
+        return cls(clock.beta, clock.beta_dot, rate * dt)
 
-        def per_token(values: torch.Tensor) -> torch.Tensor:  # flat order is (batch, token)
-            return values[frame_of_token].repeat(batch).to(device)
-        return cls(per_token(beta(t.clamp(max=1 - 1e-12), c, alpha)), per_token(beta_dot(t, c, alpha)),
-                   per_token(rate * dt))
+    def idle(self) -> bool:
+        """No token moves at this step (every beta_dot is 0: each clock stands at t = 0)."""
+        return bool((self.beta_dot == 0).all())
+
+    def for_batch(self, tokens: "torch.Tensor | slice", batch: int, device: torch.device) -> "FrameClocks":
+        """The clocks of `tokens` (an index or a slice) for `batch` clips, flat in (batch, token) order, on
+        `device`."""
+        return FrameClocks(*(values[tokens].repeat(batch).to(device) for values in (self.beta, self.beta_dot, self.h)))
 
     @classmethod
     def constant(cls, n: int, beta_t: float, beta_dot_t: float, h: float, dtype=torch.float64,
