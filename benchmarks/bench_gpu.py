@@ -97,7 +97,8 @@ def measure(run, device) -> dict:
 def executed_flops(model, frames, height, width, steps, trunc, guidance, optimized: bool) -> float:
     """FLOPs the run actually executes (optimized: no step-0 forward, one branch once t >= trunc)."""
     from ursa_core.sampling.generate import plan
-    p = plan(model, frames, height, width, steps, model.scheduler.shift, None)
+    from ursa_core.sampling.settings import GenerationSettings
+    p = plan(model, GenerationSettings(frames=frames, height=height, width=width, steps=steps), None)
     n = p.active.numel()
     seq = model.config.max_prompt_length + 1 + n
     total = 0.0
@@ -198,10 +199,11 @@ def attention_agreement_section(model, case, backends=("flash4", "sage", "cudnn"
     and of every layer's output when each layer is fed the SDPA run's input (so one layer's kernel error is seen
     alone; with random weights errors compound chaotically from layer to layer, so end-to-end tokens judge nothing).
     """
-    from ursa_core.sampling.generate import plan
     from ursa_core.model.sequence import build_sequence, predicting_positions
+    from ursa_core.sampling.generate import plan
+    from ursa_core.sampling.settings import GenerationSettings
     _, frames, height, width, _ = case
-    p = plan(model, frames, height, width, 2, 1.0, None)
+    p = plan(model, GenerationSettings(frames=frames, height=height, width=width, steps=2, shift=1.0), None)
     cfg, transformer = model.config, model.transformer
     tokens = torch.randint(0, cfg.lm_head_size, (1, *p.latent_shape), generator=torch.Generator().manual_seed(0))
     sequence = build_sequence(model, random_prompt_ids(cfg)[0], tokens)

@@ -436,7 +436,7 @@ def test_node_widgets_read_the_rules(env):
     sampler = env.node("sampler").GET_SCHEMA()
     assert sampler.input_by_id("frames").max == rules.MAX_FRAMES
     assert sampler.input_by_id("steps").max == rules.MAX_STEPS
-    assert (sampler.input_by_id("cfg").min, sampler.input_by_id("cfg").max) == rules.CFG_RANGE
+    assert (sampler.input_by_id("cfg").min, sampler.input_by_id("cfg").max) == rules.GUIDANCE_RANGE
     assert sampler.input_by_id("seed").max == rules.SEED_MAX
     assert sampler.input_by_id("width").max == rules.MAX_SIZE
     assert sampler.input_by_id("width").step == rules.MIN_SIZE_STRIDE

@@ -82,7 +82,7 @@ def test_geneval_protocol_is_the_reference_scripts(tmp_path):
     args, protocol, overridden = apply_protocol(protocol_args(), "geneval")
     # geneval/sample.py: --height 1024 --width 1024 --guidance_scale 7 --num_inference_steps 25 --sample_size 4,
     # torch.float16, no negative prompt; images, so no motion prefix
-    assert (args.height, args.width, args.cfg, args.steps, args.samples, args.dtype, args.negative, args.frames,
+    assert (args.height, args.width, args.guidance, args.steps, args.samples, args.dtype, args.negative, args.frames,
             args.motion) == (1024, 1024, 7.0, 25, 4, "fp16", "", 1, None)
     assert protocol is GENEVAL and overridden == {}
     assert "evaluations/geneval/sample.py" in describe_protocol(protocol, overridden)
@@ -95,7 +95,8 @@ def test_an_option_given_beats_the_preset_and_is_said(tmp_path):
     assert "differs from it: height=512 (reference 1024), steps=2 (reference 25)" in \
         describe_protocol(protocol, overridden)
     plain, none, _ = apply_protocol(protocol_args(), "txt")
-    assert none is None and (plain.samples, plain.cfg, plain.frames, plain.negative, plain.dtype, plain.height) == \
+    assert none is None
+    assert (plain.samples, plain.guidance, plain.frames, plain.negative, plain.dtype, plain.height) == \
         (1, 7.0, 1, "", "auto", None)
 
 
@@ -113,7 +114,7 @@ def test_dpgbench_grid_names_and_protocol(tmp_path):
     assert {job.out: [s.prompt for s in job.samples] for job in prompt_set.jobs} == reference_dpgbench(prompts)
     assert all(job.layout == "grid2x2" and [s.n for s in job.samples] == [0, 1, 2, 3] for job in prompt_set.jobs)
     args, protocol, _ = apply_protocol(protocol_args(), "dpgbench")
-    assert (args.height, args.width, args.cfg, args.steps, args.samples, args.dtype) == (1024, 1024, 7.0, 25, 4,
+    assert (args.height, args.width, args.guidance, args.steps, args.samples, args.dtype) == (1024, 1024, 7.0, 25, 4,
                                                                                           "fp16")
     assert protocol is DPGBENCH and protocol.square
     with pytest.raises(InputError, match="exactly 4 samples"):
@@ -149,7 +150,7 @@ def test_vbench_names_prompts_and_protocol(tmp_path):
     assert got == reference_vbench(folder, "out")
     # vbench/sample.py: --num_frames 49 --height 320 --width 512 --motion_score 9 --guidance_scale 7
     # --num_inference_steps 50 --sample_size 5, torch.float16, its negative prompt, fps=12
-    assert (args.frames, args.height, args.width, args.motion, args.cfg, args.steps, args.samples, args.dtype,
+    assert (args.frames, args.height, args.width, args.motion, args.guidance, args.steps, args.samples, args.dtype,
             args.negative) == (49, 320, 512, 9.0, 7.0, 50, 5, "fp16", VBENCH_NEGATIVE)
     assert protocol is VBENCH and protocol.fps == 12.0
     short = read_prompt_set(folder, samples=5, prompt_field="short")

@@ -6,7 +6,7 @@ import torch
 
 from ursa_core.path.metric_path import MetricPath
 from ursa_core.path.schedule import FrameClocks
-from ursa_core.sampling.generate import guided_logits
+from ursa_core.sampling.denoiser import guided_logits
 from ursa_core.solver.euler import euler_step
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

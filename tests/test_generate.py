@@ -151,7 +151,7 @@ def test_schedule_and_given_token_errors(tiny_model):
 
 
 def test_head_blocks_are_chunk_independent():
-    from ursa_core.sampling.generate import HEAD_BLOCK, head_in_blocks
+    from ursa_core.sampling.denoiser import HEAD_BLOCK, head_in_blocks
     calls = []
 
     def head(rows):

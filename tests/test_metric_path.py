@@ -130,7 +130,7 @@ def test_final_step_returns_x1_and_chunking_is_invariant():
 
 def test_guided_logits_in_hidden_space_equal_logit_space_guidance(tiny_model):
     """Production guides hidden states and projects once; that equals z_u + g (z_c - z_u) on the logits."""
-    from ursa_core.sampling.generate import guided_logits
+    from ursa_core.sampling.denoiser import guided_logits
     transformer = tiny_model.transformer
     gen = torch.Generator().manual_seed(0)
     cond, uncond = (torch.randn(5, tiny_model.config.hidden_size, generator=gen) for _ in range(2))

@@ -12,10 +12,11 @@ import torch
 
 from ursa_core import cli
 from ursa_core.errors import InputError, OutputError
-from ursa_core.files.atomic import SLOW_WRITE_ENV, atomic_dir, atomic_file, atomic_files, check_writable
+from ursa_core.files.atomic import atomic_dir, atomic_file, atomic_files, check_writable
 from ursa_core.files.media import count_video_frames, write_mp4, write_png
 
 ROOT = Path(__file__).resolve().parents[1]
+SLOW_WRITE_CLI = Path(__file__).with_name("slow_write_cli.py")
 
 
 def leftovers(folder):
@@ -200,12 +201,11 @@ def test_cli_write_failure_after_sampling_is_exit_1(tmp_path, capsys, tiny_dir, 
 
 def test_sigint_during_the_write_keeps_the_old_file(tmp_path, tiny_dir):
     """A real Ctrl-C (SIGINT) to a real CLI run while its MP4 is being written (the writer is held open by the
-    test hook once the temporary file is complete, so the moment is observable rather than guessed)."""
+    test's CLI wrapper once the temporary file is complete, so the moment is observable rather than guessed)."""
     out = tmp_path / "clip.mp4"
     out.write_bytes(b"the old video")
-    env = dict(os.environ, **{SLOW_WRITE_ENV: "60"})
-    proc = subprocess.Popen([sys.executable, "-m", "ursa_core", "generate", "--model", str(tiny_dir), "--prompt",
-                             "fox", "--frames", "5", "--steps", "2", "--out", str(out)], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, str(SLOW_WRITE_CLI), "generate", "--model", str(tiny_dir), "--prompt",
+                             "fox", "--frames", "5", "--steps", "2", "--out", str(out)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120

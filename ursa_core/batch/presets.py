@@ -38,13 +38,14 @@ class Protocol:
         return f"{self.name} protocol of {REFERENCE} {self.source}"
 
 
-_IMAGES_1024 = {"height": 1024, "width": 1024, "steps": 25, "cfg": 7.0, "frames": 1, "negative": "", "dtype": "fp16"}
+_IMAGES_1024 = {"height": 1024, "width": 1024, "steps": 25, "guidance": 7.0, "frames": 1, "negative": "",
+                "dtype": "fp16"}
 GENEVAL = Protocol("GenEval", "evaluations/geneval/sample.py", {**_IMAGES_1024, "samples": 4},
                    ("dense_prompt", "prompt"))
 DPGBENCH = Protocol("DPG-Bench", "evaluations/dpgbench/sample.py", {**_IMAGES_1024, "samples": 4}, ("prompt",),
                     square=True)
 VBENCH = Protocol("VBench", "evaluations/vbench/sample.py",
-                  {"height": 320, "width": 512, "steps": 50, "cfg": 7.0, "frames": 49, "motion": 9.0,
+                  {"height": 320, "width": 512, "steps": 50, "guidance": 7.0, "frames": 49, "motion": 9.0,
                    "negative": VBENCH_NEGATIVE, "dtype": "fp16", "samples": 5}, ("longer", "short"), fps=12.0)
 PROTOCOLS = {"geneval": GENEVAL, "dpgbench": DPGBENCH, "vbench": VBENCH}
 

@@ -3,9 +3,9 @@
 Before any weight loads: the evaluation preset's settings are applied (ursa_core.batch.presets; an option given on
 the command line wins, and the run says so), every output name is computed and checked, every sample's settings
 (the command line's, with the item's overrides) pass the same rules as `ursa generate`, memory estimate included,
-the output folder is locked for this run (ursa_core.batch.run_lock) and finished outputs made under another seed rule or
-other settings are refused (or, with --overwrite-stale, queued to be regenerated). A bad item is one line naming the
-item, the value and the rule.
+the output folder is locked for this run (ursa_core.batch.run_lock) and finished outputs made under another seed
+rule or other settings are refused (or, with --overwrite-stale, queued to be regenerated). A bad item is one line
+naming the item, the value and the rule.
 """
 from __future__ import annotations
 
@@ -13,68 +13,85 @@ import argparse
 import hashlib
 import json
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
 import torch
 
 from .. import rules
-from ..batch.prompt_sets import (MANIFEST, Claims, Job, PromptSet, prompt_format, read_prompt_set, run_jobs,
-                                stale_outputs)
 from ..batch.presets import PROTOCOLS, Protocol
+from ..batch.prompt_sets import (MANIFEST, Claims, Job, PromptSet, prompt_format, read_prompt_set, run_jobs,
+                                 stale_outputs)
 from ..batch.run_lock import acquire
-from ..checkpoint.loader import resolve_dtype
+from ..checkpoint.defaults import ModelDefaults, defaults_for
 from ..errors import InputError
 from ..files.atomic import TEMP_MARK, atomic_file, check_writable
 from ..files.media import load_image, write_frames
 from ..parallel.distributed import barrier, init_from_env
-from ..sampling.preflight import DEFAULTS, PRESET_OPTIONS, check_generate_args
+from ..runtime.speed import SpeedOptions
+from ..sampling.preflight import check_clip, check_options, checkpoint_rules
 from ..visual_tokenizer.codec import decode_tokens
+from .arguments import DEFAULTS, PRESET_OPTIONS, Request, check_images, request, speed_options
 from .generate_command import load_for_cli, model_folder, sample_tokens
 
-# A JSONL item's override -> its rule (the command line's rules; the names are the item keys of ursa_core.batch).
+# A JSONL item's override -> (its rule, the flag it replaces). Item keys are the command line's names (cfg for the
+# guidance scale), so a message names what the user wrote.
 ITEM_RULES = {
-    "frames": rules.frames,
-    "height": lambda v: rules.size("height", v),
-    "width": lambda v: rules.size("width", v),
-    "steps": rules.steps,
-    "cfg": rules.cfg,
-    "motion": rules.motion,
-    "negative": lambda v: v if isinstance(v, str) else rules.choice("negative", v, ["a string"]),
+    "frames": (rules.frames, "frames"),
+    "height": (lambda v: rules.size("height", v), "height"),
+    "width": (lambda v: rules.size("width", v), "width"),
+    "steps": (rules.steps, "steps"),
+    "cfg": (lambda v: rules.guidance(v, "cfg"), "guidance"),
+    "motion": (rules.motion, "motion"),
+    "negative": (lambda v: v if isinstance(v, str) else rules.choice("negative", v, ["a string"]), "negative"),
 }
-# The settings that change an output's pixels: recorded per sample and compared on resume (images by content).
-COMPARED_SETTINGS = ("frames", "height", "width", "steps", "cfg", "guidance_trunc", "shift", "motion", "negative",
-                     "resize", "weight_dtype")
-SPEED_SETTINGS = ("attention", "sampler", "compile", "low_vram", "blocks_on_gpu", "vq_device", "text_device")
+# A sample's settings that change its pixels: recorded per output and compared on resume (images by content);
+# speed options (attention, sampler, compile, placement) are recorded apart and never make an output stale.
+COMPARED = ("frames", "height", "width", "steps", "guidance", "guidance_trunc", "shift", "motion")
+SPEED_RECORDED = ("attention", "compile", "low_vram", "blocks_on_gpu", "weight_dtype", "vq_device", "text_device")
+SHOWN = {"guidance": "cfg"}   # the command line's name of a setting, where it differs
 
 
-def _sample_args(base: argparse.Namespace, settings: dict, prompts_dir: Path, folder: Path,
-                 cache: dict) -> argparse.Namespace:
-    """The generate arguments of one sample, checked (cached per distinct set of overrides)."""
-    key = json.dumps(settings, sort_keys=True)   # typed: "7" and 7 are different settings (only 7 is a cfg)
+@dataclass(frozen=True)
+class BatchBase:
+    """What every sample of a set shares: the command line's flags and options, checked once."""
+    flags: dict          # the flag values (no --image / --last-image: items bring their own)
+    defaults: ModelDefaults
+    speed: SpeedOptions
+    dtype: torch.dtype
+    device: torch.device
+    folder: Path
+    prompts_dir: Path
+
+
+def _sample_request(base: BatchBase, overrides: dict, cache: dict) -> Request:
+    """The request of one sample: the command line's flags with the item's overrides (defaults follow the item's
+    frames), checked (cached per distinct set of overrides)."""
+    key = json.dumps(overrides, sort_keys=True)   # typed: "7" and 7 are different settings (only 7 is a cfg)
     if key not in cache:
-        over = {name: ITEM_RULES[name](value) for name, value in settings.items() if name in ITEM_RULES}
-        for name in ("image", "last_image"):  # paths relative to the prompt file's folder
-            if settings.get(name) is not None:
-                over[name] = str(prompts_dir / str(settings[name]))
-        cache[key] = check_generate_args(argparse.Namespace(**{**vars(base), **over}), folder)
-        for name in ("image", "last_image"):   # an unreadable image is refused now, not hours into the set
-            if over.get(name):
-                load_image(over[name])
+        changes = {flag: rule(overrides[name]) for name, (rule, flag) in ITEM_RULES.items() if name in overrides}
+        paths = {name: str(base.prompts_dir / str(overrides[name])) for name in ("image", "last_image")
+                 if overrides.get(name) is not None}   # relative to the prompt file's folder
+        run = request({**base.flags, **changes, **paths}, base.defaults)
+        check_images(run, checkpoint_rules(base.folder)[1])
+        check_clip(base.folder, run.settings, base.speed, base.dtype, base.device)
+        for path in paths.values():   # an unreadable image is refused now, not hours into the set
+            load_image(path)
+        cache[key] = run
     return cache[key]
 
 
-def plan_samples(jobs: list[Job], base: argparse.Namespace, folder: Path, prompts: Path) -> dict:
-    """job key -> the checked arguments of each of its samples; every rule runs here, before the model loads."""
-    prompts_dir = prompts if prompts.is_dir() else prompts.parent
+def plan_samples(jobs: list[Job], base: BatchBase) -> dict:
+    """job key -> the checked request of each of its samples; every rule runs here, before the model loads."""
     cache: dict = {}
     plans = {}
     for job in jobs:
         try:
-            plans[job.key] = [_sample_args(base, s.settings, prompts_dir, folder, cache) for s in job.samples]
+            plans[job.key] = [_sample_request(base, s.settings, cache) for s in job.samples]
         except InputError as exc:
             raise InputError(f"item {_shown(job)}: {exc}") from None
-        frames = {a.frames for a in plans[job.key]}
+        frames = {r.settings.frames for r in plans[job.key]}
         image_out = job.out.endswith(".png")
         if image_out != (frames == {1}):
             raise InputError(f"item {_shown(job)}: frames={sorted(frames)[0]} does not fit its output {job.out} "
@@ -87,9 +104,39 @@ def _shown(job: Job) -> str:
     return repr(job.samples[0].identity.split("\n")[0][:60])
 
 
+def _file_sha256(path: Optional[str]) -> Optional[str]:
+    return None if not path else hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def model_fingerprint(folder: Path) -> dict:
+    """The checkpoint as its outputs record it: its name and the hashes of its two configs (read before loading)."""
+    return {"name": folder.name, **{f"{part}_config": _file_sha256(str(folder / part / "config.json"))[:16]
+                                    for part in ("transformer", "vae")}}
+
+
+def describer(plans: dict, base: "BatchBase", protocol: Optional[Protocol]):
+    """describe(job) for ursa_core.batch.prompt_sets.run_jobs: the model, the protocol and each sample's settings
+    that change its pixels, under the command line's names."""
+    model, cache = model_fingerprint(base.folder), {}
+    dtype = str(base.dtype).replace("torch.", "")
+
+    def settings(run: Request) -> dict:
+        if id(run) not in cache:
+            values = {SHOWN.get(name, name): getattr(run.settings, name) for name in COMPARED}
+            cache[id(run)] = {**values, "negative": run.negative, "resize": run.resize, "dtype": dtype,
+                              "weight_dtype": base.speed.weight_dtype, "image_sha256": _file_sha256(run.image),
+                              "last_image_sha256": _file_sha256(run.last_image)}
+        return cache[id(run)]
+
+    def describe(job: Job) -> dict:
+        return {"model": model, "protocol": protocol.describe() if protocol else None,
+                "settings": [settings(run) for run in plans[job.key]]}
+    return describe
+
+
 def apply_protocol(args: argparse.Namespace, fmt: str) -> tuple[argparse.Namespace, Optional[Protocol], dict]:
-    """The run's settings: an option given on the command line, else the format's reference protocol, else the
-    command line's default. Returns them, the protocol and {option: (given, reference)} where they differ."""
+    """The run's flags: a flag given on the command line, else the format's reference protocol, else the command
+    line's default. Returns them, the protocol and {flag: (given, reference)} where they differ."""
     protocol = PROTOCOLS.get(fmt)
     values, overridden = {}, {}
     for name in PRESET_OPTIONS:
@@ -104,41 +151,13 @@ def apply_protocol(args: argparse.Namespace, fmt: str) -> tuple[argparse.Namespa
 def describe_protocol(protocol: Optional[Protocol], overridden: dict) -> Optional[str]:
     if protocol is None:
         return None
-    settings = ", ".join(f"{k}={v}" for k, v in protocol.settings.items() if k != "negative")
+    settings = ", ".join(f"{SHOWN.get(k, k)}={v}" for k, v in protocol.settings.items() if k != "negative")
     line = f"{protocol.describe()}: {settings}" + (", its negative prompt" if protocol.settings.get("negative")
                                                     else "")
     if overridden:
-        line += "; differs from it: " + ", ".join(f"{k}={g!r} (reference {r!r})" for k, (g, r) in overridden.items())
+        line += "; differs from it: " + ", ".join(f"{SHOWN.get(k, k)}={g!r} (reference {r!r})"
+                                                   for k, (g, r) in overridden.items())
     return line
-
-
-def _file_sha256(path: Optional[str]) -> Optional[str]:
-    return None if not path else hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def model_fingerprint(folder: Path) -> dict:
-    """The checkpoint as its outputs record it: its name and the hashes of its two configs (read before loading)."""
-    return {"name": folder.name, **{f"{part}_config": _file_sha256(str(folder / part / "config.json"))[:16]
-                                    for part in ("transformer", "vae")}}
-
-
-def describer(plans: dict, folder: Path, device: torch.device, protocol: Optional[Protocol]):
-    """describe(job) for ursa_core.batch.run_jobs: the model and each sample's settings that change its pixels."""
-    model = model_fingerprint(folder)
-    cache: dict = {}
-
-    def settings(args: argparse.Namespace) -> dict:
-        if id(args) not in cache:
-            cache[id(args)] = {**{k: getattr(args, k) for k in COMPARED_SETTINGS},
-                               "dtype": str(resolve_dtype(args.dtype, device)).replace("torch.", ""),
-                               "image_sha256": _file_sha256(args.image),
-                               "last_image_sha256": _file_sha256(args.last_image)}
-        return cache[id(args)]
-
-    def describe(job: Job) -> dict:
-        return {"model": model, "protocol": protocol.describe() if protocol else None,
-                "settings": [settings(a) for a in plans[job.key]]}
-    return describe
 
 
 def remove_stale_temporaries(outdir: Path) -> int:
@@ -179,11 +198,35 @@ class SetProgress:
 
 def _check_square(protocol: Optional[Protocol], plans: dict) -> None:
     if protocol is not None and protocol.square:
-        for key, sample_args in plans.items():
-            if any(a.height != a.width for a in sample_args):
-                a = sample_args[0]
-                raise InputError(f"--height {a.height} --width {a.width}: {protocol.name}'s scorer crops square "
-                                 f"tiles of the grid; give equal sizes")
+        for runs in plans.values():
+            for run in runs:
+                if run.settings.height != run.settings.width:
+                    raise InputError(f"--height {run.settings.height} --width {run.settings.width}: {protocol.name}'s "
+                                     f"scorer crops square tiles of the grid; give equal sizes")
+
+
+def check_set(args: argparse.Namespace, folder: Path, device: torch.device
+              ) -> tuple[PromptSet, "BatchBase", dict, Optional[Protocol], dict]:
+    """Every check that needs no weights and no other rank: the preset's settings, the set and its names, what its
+    samples share and each sample's checked request."""
+    if not (folder / "vae" / "config.json").is_file():
+        raise InputError(f"--model {folder}: has no vae/config.json; a batch decodes every output")
+    outdir = Path(args.outdir)
+    if outdir.exists() and not outdir.is_dir():
+        raise InputError(f"--outdir {outdir}: is a file; give a folder")
+    fmt = prompt_format(args.prompts, args.format)
+    args, protocol, overridden = apply_protocol(args, fmt)
+    prompt_set = read_prompt_set(args.prompts, fmt, args.samples, args.seed, ".png" if args.frames == 1 else ".mp4",
+                                 args.prompt_field)
+    speed = speed_options(args)
+    dtype = check_options(args.dtype, speed, args.sampler, device)
+    flags = {**vars(args), "image": None, "last_image": None}
+    prompts = Path(args.prompts)
+    base = BatchBase(flags, defaults_for(folder, checkpoint_rules(folder)[1]), speed, dtype, device, folder,
+                     prompts if prompts.is_dir() else prompts.parent)
+    plans = plan_samples(prompt_set.jobs, base)
+    _check_square(protocol, plans)
+    return prompt_set, base, plans, protocol, overridden
 
 
 def _refuse_or_replace(stale: list, outdir: Path, overwrite: bool) -> None:
@@ -198,38 +241,22 @@ def _refuse_or_replace(stale: list, outdir: Path, overwrite: bool) -> None:
     print(f"regenerating {len(stale)} stale output(s) ({job.out}: {why})", flush=True)
 
 
-def prepare(args: argparse.Namespace, folder: Path) -> tuple[argparse.Namespace, PromptSet, dict, Optional[Protocol],
-                                                             dict]:
-    """Every check that needs no weights and no other rank: the settings, the set, its names, its samples."""
-    fmt = prompt_format(args.prompts, args.format)
-    args, protocol, overridden = apply_protocol(args, fmt)
-    prompt_set = read_prompt_set(args.prompts, fmt, args.samples, args.seed, ".png" if args.frames == 1 else ".mp4",
-                                 args.prompt_field)
-    base = argparse.Namespace(**{**vars(args), "image": None, "last_image": None})
-    plans = plan_samples(prompt_set.jobs, base, folder, Path(args.prompts))
-    _check_square(protocol, plans)
-    return args, prompt_set, plans, protocol, overridden
-
-
 def run_batch(args: argparse.Namespace, session=None) -> int:
-    """`ursa batch`; `session`: this rank's ursa_core.parallel.ranks.RankSession under torchrun (None: one process)."""
+    """`ursa batch`; `session`: this rank's ursa_core.parallel.ranks.RankSession under torchrun (None: one
+    process)."""
     folder = model_folder(args.model)
-    if not (folder / "vae" / "config.json").is_file():
-        raise InputError(f"--model {folder}: has no vae/config.json; a batch decodes every output")
-    outdir = Path(args.outdir)
-    if outdir.exists() and not outdir.is_dir():
-        raise InputError(f"--outdir {outdir}: is a file; give a folder")
     rank, world = (session.rank, session.world) if session else (0, 1)
     device = rules.rank_device(args.device, session.local_rank, world) if session else rules.device(args.device)
-    args, prompt_set, plans, protocol, overridden = prepare(args, folder)
-    describe = describer(plans, folder, device, protocol)
+    prompt_set, base, plans, protocol, overridden = check_set(args, folder, device)
+    describe = describer(plans, base, protocol)
+    outdir = Path(args.outdir)
     check_writable(outdir / MANIFEST, "--outdir")   # a folder that cannot be written is refused before any load
     lock = acquire(outdir, world) if rank == 0 else None   # the ranks of one launch are one run
     try:
         if rank == 0:
             _refuse_or_replace(stale_outputs(prompt_set.jobs, outdir, describe), outdir, args.overwrite_stale)
             _announce(args, prompt_set, protocol, overridden, outdir, world, lock)
-        return _render_set(args, prompt_set, plans, protocol, describe, folder, outdir, session)
+        return _render_set(args, prompt_set, plans, base, protocol, describe, outdir, session)
     finally:
         if lock is not None:
             lock.release()
@@ -245,26 +272,26 @@ def _announce(args, prompt_set: PromptSet, protocol, overridden: dict, outdir: P
     print(f"{len(prompt_set.jobs)} outputs in {outdir} from {args.prompts}, {world} rank(s)", flush=True)
 
 
-def _render_set(args, prompt_set: PromptSet, plans: dict, protocol, describe, folder: Path, outdir: Path,
+def _render_set(args, prompt_set: PromptSet, plans: dict, base: "BatchBase", protocol, describe, outdir: Path,
                 session) -> int:
     rank, world, device = init_from_env(args.device, session)
     barrier()   # no rank starts writing before rank 0 has the lock and the stale temporaries are gone
-    model = load_for_cli(folder, device, args)
+    model = load_for_cli(base.folder, device, base.dtype, base.speed)   # the preset's dtype, resolved
     fps = protocol.fps if protocol is not None and protocol.fps else model.geometry.fps
 
     def render(job: Job, target: Path, publish) -> None:
         pixels = []
-        for sample, sample_args in zip(job.samples, plans[job.key]):
-            images = {which: load_image(path) for which, path in ((0, sample_args.image),
-                                                                   (-1, sample_args.last_image)) if path}
-            pixels.append(decode_tokens(model, sample_tokens(model, sample_args, images, sample.prompt,
-                                                             sample.seed)))
+        for sample, run in zip(job.samples, plans[job.key]):
+            run = replace(run, settings=replace(run.settings, seed=sample.seed))
+            images = {which: load_image(path) for which, path in ((0, run.image), (-1, run.last_image)) if path}
+            pixels.append(decode_tokens(model, sample_tokens(model, run, images, sample.prompt)))
         write_side_files(outdir, job)
         write_frames(grid2x2(pixels) if job.layout == "grid2x2" else pixels[0], target, fps=fps,
                      before_rename=publish)
 
     jobs = prompt_set.jobs
-    info = {"device": str(device), "speed": {k: getattr(args, k) for k in SPEED_SETTINGS}}
+    info = {"device": str(device), "speed": {name: getattr(base.speed, name) for name in SPEED_RECORDED},
+            "sampler": args.sampler}
     claims, progress = Claims(len(jobs), session.store if session else None), SetProgress() if rank == 0 else None
     report = run_jobs(jobs, outdir, render, claims, rank=rank, progress=progress, describe=describe, info=info)
     barrier()

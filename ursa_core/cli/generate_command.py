@@ -9,6 +9,7 @@ from typing import Optional
 import torch
 
 from .. import rules
+from ..checkpoint.defaults import defaults_for
 from ..checkpoint.loader import URSAModel, load_model
 from ..checkpoint.tiny import TINY_LABEL, is_tiny, tiny_model_dir
 from ..errors import InputError
@@ -19,9 +20,11 @@ from ..parallel.distributed import build_layout, init_from_env, launched_world
 from ..path.schedule import FrameSchedule
 from ..runtime.acceleration import accelerate
 from ..runtime.loader_options import place_parts
+from ..runtime.speed import SpeedOptions
 from ..sampling.generate import StepInfo, generate
-from ..sampling.preflight import check_generate_args, checkpoint_rules
+from ..sampling.preflight import check_clip, check_options, checkpoint_rules
 from ..visual_tokenizer.codec import decode_tokens, encode_images
+from .arguments import Request, check_images, request, speed_options
 
 
 def model_folder(name: str) -> Path:
@@ -38,10 +41,10 @@ def check_output_path(out: str, frames: int = 1) -> Path:
     return Path(out)
 
 
-def read_images(args) -> dict[int, torch.Tensor]:
+def read_images(run: Request) -> dict[int, torch.Tensor]:
     """--image / --last-image pixels, read before the model loads (a bad file costs nothing); the frame rules
-    were checked by preflight.check_generate_args."""
-    return {which: load_image(path) for which, path in ((0, args.image), (-1, args.last_image)) if path}
+    were checked by arguments.check_images."""
+    return {which: load_image(path) for which, path in ((0, run.image), (-1, run.last_image)) if path}
 
 
 def conditioning(model: URSAModel, images: dict[int, torch.Tensor], latent_frames: int, width: int, height: int,
@@ -86,24 +89,35 @@ def report_written(images: torch.Tensor, paths, started: float) -> None:
     print(f"wrote {len(images)} frame(s) to {shown} ({time.time() - started:.1f} s total)")
 
 
-def load_for_cli(folder: Path, device: torch.device, args: argparse.Namespace) -> URSAModel:
+def load_for_cli(folder: Path, device: torch.device, dtype: str, speed: SpeedOptions) -> URSAModel:
     """One model load with the speed options and the placement of the tokenizer and the text side."""
-    model = load_model(folder, device=device, dtype=args.dtype)
-    accelerate(model, attention=args.attention, compile=args.compile, low_vram=args.low_vram,
-               weight_dtype=args.weight_dtype, blocks_on_gpu=args.blocks_on_gpu)
-    place_parts(model, args.vq_device, args.text_device)
+    model = load_model(folder, device=device, dtype=dtype)
+    accelerate(model, attention=speed.attention, compile=speed.compile, low_vram=speed.streams,
+               weight_dtype=speed.weight_dtype, blocks_on_gpu=speed.blocks_on_gpu)
+    place_parts(model, speed.vq_device, speed.text_device)
     return model
 
 
-def sample_tokens(model: URSAModel, args: argparse.Namespace, images: dict, prompt: str, seed: int,
-                  callback=None, parallel=None) -> torch.Tensor:
-    """Tokens of one generation with `args`' settings (defaults already filled in by check_generate_args)."""
-    latent = model.geometry.latent_shape(args.frames, args.height, args.width)
-    schedule, given = conditioning(model, images, latent[0], args.width, args.height, args.resize)
-    return generate(model, prompt, args.negative, height=args.height, width=args.width, frames=args.frames,
-                    steps=args.steps, guidance=args.cfg, guidance_trunc=args.guidance_trunc, shift=args.shift,
-                    seed=seed, schedule=schedule, given_tokens=given, motion=args.motion, callback=callback,
-                    sampler=args.sampler, parallel=parallel).tokens
+def sample_tokens(model: URSAModel, run: Request, images: dict, prompt: str, callback=None,
+                  parallel=None) -> torch.Tensor:
+    """Tokens of one generation of `run` (settings already checked against the checkpoint)."""
+    settings = run.settings
+    latent = model.geometry.latent_shape(settings.frames, settings.height, settings.width)
+    schedule, given = conditioning(model, images, latent[0], settings.width, settings.height, run.resize)
+    return generate(model, prompt, run.negative, settings, schedule=schedule, given_tokens=given,
+                    callback=callback, parallel=parallel).tokens
+
+
+def checked_request(args: argparse.Namespace, folder: Path, speed: SpeedOptions) -> Request:
+    """The flags as a Request with the checkpoint's defaults, every rule and the memory estimate checked before
+    any weight loads."""
+    device = rules.device(args.device)
+    dtype = check_options(args.dtype, speed, args.sampler, device)
+    geometry = checkpoint_rules(folder)[1]
+    run = request(vars(args), defaults_for(folder, geometry))
+    check_images(run, geometry)
+    check_clip(folder, run.settings, speed, dtype, device)
+    return run
 
 
 def run_generate(args: argparse.Namespace, session=None) -> int:
@@ -114,26 +128,27 @@ def run_generate(args: argparse.Namespace, session=None) -> int:
     if args.save_tokens:
         tokens_path = check_writable(token_file_path(args.save_tokens), "--save-tokens")
     folder = model_folder(args.model)
-    args = check_generate_args(args, folder)  # every rule and the memory estimate, before any weight loads
+    speed = speed_options(args)
+    run = checked_request(args, folder, speed)
     kv_heads = checkpoint_rules(folder)[0].num_key_value_heads
     rules.parallel_layout(args.parallel, launched_world(), kv_heads)
-    images = read_images(args)
+    images = read_images(run)
     rank, world, device = init_from_env(args.device, session)
     layout = build_layout(args.parallel, kv_heads) if world > 1 else None
     started = time.time()
-    model = load_for_cli(folder, device, args)
-    tiny = args.model == "tiny" or is_tiny(folder)
-    if tiny and rank == 0:
+    model = load_for_cli(folder, device, args.dtype, speed)
+    if is_tiny(folder) and rank == 0:
         print(f"NOTE: {TINY_LABEL}.")
-    latent = model.geometry.latent_shape(args.frames, args.height, args.width)
+    settings = run.settings
+    latent = model.geometry.latent_shape(settings.frames, settings.height, settings.width)
     if rank == 0:
         print(f"loaded {folder} on {device} in {time.time() - started:.1f} s (attention: "
-              f"{model.transformer.attn_implementation}); sampling {args.frames} frame(s) "
-              f"{args.width}x{args.height} = {latent} latent tokens, {args.steps} steps"
+              f"{model.transformer.attn_implementation}); sampling {settings.frames} frame(s) "
+              f"{settings.width}x{settings.height} = {latent} latent tokens, {settings.steps} steps"
               + (f", {args.parallel} parallel over {layout.world} ranks" if layout is not None else ""))
-    progress = ProgressPrinter(args.steps, "sampling") if rank == 0 else None
+    progress = ProgressPrinter(settings.steps, "sampling") if rank == 0 else None
     try:
-        tokens = sample_tokens(model, args, images, args.prompt, args.seed, progress, layout)
+        tokens = sample_tokens(model, run, images, args.prompt, progress, layout)
     finally:
         if progress is not None:
             progress.close()

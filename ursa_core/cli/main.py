@@ -11,7 +11,7 @@ from typing import Optional
 from .. import __version__, rules
 from ..errors import LaunchError, OutputError, URSAError
 from ..files.media import RESIZE_MODES
-from ..sampling import preflight
+from . import arguments
 
 REAL_MODELS = ("BAAI/URSA-1.7B-FSQ320", "BAAI/URSA-1.7B-IBQ1024")
 EXIT_OUTPUT, EXIT_INPUT, EXIT_DOWNLOAD, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 3, 130, 143
@@ -20,42 +20,42 @@ EXIT_OUTPUT, EXIT_INPUT, EXIT_DOWNLOAD, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2
 def add_sampling_options(parser) -> None:
     """The generation options `ursa generate` and `ursa batch` share (a batch item may override some of them)."""
     parser.add_argument("--model", required=True, help="a model folder in the official layout, or 'tiny'")
-    parser.add_argument("--negative", default=preflight.DEFAULTS["negative"],
+    parser.add_argument("--negative", default=arguments.DEFAULTS["negative"],
                         help="negative prompt (default: empty, as the reference)")
-    parser.add_argument("--frames", type=preflight.FRAMES, default=preflight.DEFAULTS["frames"],
+    parser.add_argument("--frames", type=arguments.FRAMES, default=arguments.DEFAULTS["frames"],
                         help="1 for an image, 1+4k for a video (49 = 4 s at 12 fps)")
-    parser.add_argument("--height", type=preflight.SIZE["height"],
+    parser.add_argument("--height", type=arguments.SIZE["height"],
                         help="default 320 (FSQ) / 1024 (IBQ); 64 for --model tiny")
-    parser.add_argument("--width", type=preflight.SIZE["width"],
+    parser.add_argument("--width", type=arguments.SIZE["width"],
                         help="default 512 (FSQ) / 1024 (IBQ); 64 for --model tiny")
-    parser.add_argument("--steps", type=preflight.STEPS,
+    parser.add_argument("--steps", type=arguments.STEPS,
                         help="default 25 for images, 50 for videos, 8 for --model tiny")
-    parser.add_argument("--cfg", type=preflight.CFG, default=preflight.DEFAULTS["cfg"],
-                        help="classifier-free guidance scale")
-    parser.add_argument("--guidance-trunc", type=preflight.GUIDANCE_TRUNC, default=0.9)
-    parser.add_argument("--shift", type=preflight.SHIFT, help="time shift lambda (default: the checkpoint's)")
-    parser.add_argument("--motion", type=preflight.MOTION, help="video motion score prefix (default 9.0 for videos)")
-    parser.add_argument("--seed", type=preflight.SEED, default=0)
+    parser.add_argument("--cfg", dest="guidance", type=arguments.GUIDANCE, default=arguments.DEFAULTS["guidance"],
+                        help="classifier-free guidance scale (<= 1: one branch, no negative prompt)")
+    parser.add_argument("--guidance-trunc", type=arguments.GUIDANCE_TRUNC, default=0.9)
+    parser.add_argument("--shift", type=arguments.SHIFT, help="time shift lambda (default: the checkpoint's)")
+    parser.add_argument("--motion", type=arguments.MOTION, help="video motion score prefix (default 9.0 for videos)")
+    parser.add_argument("--seed", type=arguments.SEED, default=0)
     parser.add_argument("--resize", choices=RESIZE_MODES, default="crop")
-    parser.add_argument("--dtype", type=preflight.DTYPE, default=preflight.DEFAULTS["dtype"],
+    parser.add_argument("--dtype", type=arguments.DTYPE, default=arguments.DEFAULTS["dtype"],
                         help="auto, fp32, fp16 or bf16")
     parser.add_argument("--device", default="auto",
                         help="auto, cpu, cuda, cuda:1, ...; under torchrun auto is cuda:LOCAL_RANK")
     place = parser.add_argument_group("placement (as the ComfyUI loader's vq_device / text_device)")
-    place.add_argument("--vq-device", type=preflight.PLACEMENT["vq_device"], default="default",
+    place.add_argument("--vq-device", type=arguments.PLACEMENT["vq_device"], default="default",
                        help="where the visual tokenizer runs: default (the transformer's device), cpu, cuda:N")
-    place.add_argument("--text-device", type=preflight.PLACEMENT["text_device"], default="default",
+    place.add_argument("--text-device", type=arguments.PLACEMENT["text_device"], default="default",
                        help="where the token embedding table lives: default (the transformer's device), cpu, cuda:N")
     speed = parser.add_argument_group("speed and memory (GPU; see docs/PERFORMANCE.md)")
     speed.add_argument("--compile", action="store_true", help="torch.compile the layers (faster after ~15 s)")
     speed.add_argument("--low-vram", action="store_true", help="stream layers from host memory (49 frames in 4.3 GiB)")
-    speed.add_argument("--attention", type=preflight.ATTENTION, default="auto",
-                       help=preflight.ATTENTION_HELP)
-    speed.add_argument("--sampler", default="auto", type=preflight.SAMPLER,
+    speed.add_argument("--attention", type=arguments.ATTENTION, default="auto",
+                       help=arguments.ATTENTION_HELP)
+    speed.add_argument("--sampler", default="auto", type=arguments.SAMPLER,
                        help="jump-step kernels: triton (fused, CUDA), torch, or auto")
-    speed.add_argument("--blocks-on-gpu", type=preflight.BLOCKS, default=0,
+    speed.add_argument("--blocks-on-gpu", type=arguments.BLOCKS, default=0,
                        help="with --low-vram: how many layers stay on the GPU (the rest stream; default 0)")
-    speed.add_argument("--weight-dtype", default="default", type=preflight.WEIGHT_DTYPE,
+    speed.add_argument("--weight-dtype", default="default", type=arguments.WEIGHT_DTYPE,
                        help="weight storage as ComfyUI's UNETLoader: default, fp8_e4m3fn or fp8_e5m2 (fp8 layer "
                             "weights, upcast per layer)")
 
@@ -67,7 +67,7 @@ def _add_generate(sub) -> None:
     gen.add_argument("--last-image", help="condition the last frame on this image (interpolation)")
     gen.add_argument("--out", required=True, help="out.png for images, out.mp4 for videos")
     gen.add_argument("--save-tokens", help="also write the sampled tokens to this .safetensors file")
-    gen.add_argument("--parallel", type=preflight.PARALLEL, default="none",
+    gen.add_argument("--parallel", type=arguments.PARALLEL, default="none",
                      help="under torchrun: share ONE generation between the ranks: cfg (2 ranks: one guidance "
                           "branch each), sp (N ranks: sequence parallel, N divides the KV heads), cfg+sp (2N)")
     add_sampling_options(gen)
@@ -90,11 +90,11 @@ def _add_batch(sub) -> None:
     bat.add_argument("--overwrite-stale", action="store_true",
                      help="regenerate outputs in --outdir made under another seed rule or other settings "
                           "(without it such a folder is refused)")
-    bat.add_argument("--samples", type=preflight.SAMPLES,
+    bat.add_argument("--samples", type=arguments.SAMPLES,
                      help="samples per prompt (default 1; GenEval 4, DPG-Bench 4 in one 2x2 grid, VBench 5)")
     add_sampling_options(bat)
     # None: not given, so the preset's value applies (ursa_core.cli.batch_command.apply_protocol)
-    bat.set_defaults(**{name: None for name in preflight.PRESET_OPTIONS})
+    bat.set_defaults(**{name: None for name in arguments.PRESET_OPTIONS})
 
 
 def _add_launch(sub) -> None:
@@ -170,7 +170,7 @@ def _run_sampling(args) -> int:
 
     session = None
     try:
-        with preflight.warnings_on_stderr():
+        with arguments.warnings_on_stderr():
             session = join_launch()
             return (run_generate if args.command == "generate" else run_batch)(args, session)
     except BaseException as exc:

@@ -25,7 +25,7 @@ def run_decode(args: argparse.Namespace) -> int:
     if not args.model and not meta.get("model"):
         raise InputError(f"--tokens {args.tokens}: the file does not name its model; pass --model DIR")
     stride = int(identity.get("temporal_stride") or 4)
-    check_output_path(args.out, tokens.shape[0] * ((tokens.shape[1] - 1) * stride + 1))
+    check_output_path(args.out, tokens.shape[0] * rules.pixel_frames(tokens.shape[1], stride))
     folder = model_folder(args.model or meta["model"])
     if not (folder / "vae" / "config.json").is_file():
         raise InputError(f"model folder {folder}: has no vae/config.json, so tokens cannot be decoded")

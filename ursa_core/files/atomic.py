@@ -11,16 +11,12 @@ import shutil
 import signal
 import tempfile
 import threading
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
 from ..errors import InputError, OutputError
 
-# Test hook (the SIGINT test): seconds to sleep after a temporary file is complete and before it is renamed, so an
-# interrupt can be delivered while the write is observably in progress. Unset in normal use.
-SLOW_WRITE_ENV = "URSA_TEST_SLOW_WRITE"
 TEMP_MARK = ".partial"
 NAME_MAX = 255   # bytes per file name on ext4, XFS, btrfs, APFS and ZFS (NTFS: 255 UTF-16 units, never more bytes)
 
@@ -80,12 +76,6 @@ def _fsync(path: Path) -> None:
         os.fsync(handle.fileno())
 
 
-def _pause_for_tests() -> None:
-    delay = os.environ.get(SLOW_WRITE_ENV)
-    if delay:
-        time.sleep(float(delay))
-
-
 @contextmanager
 def _sigint_deferred() -> Iterator[None]:
     """Hold Ctrl-C for the few renames that publish a set of files, so the set appears whole (the interrupt is
@@ -133,7 +123,6 @@ def atomic_files(targets: Sequence[str | Path],
             _fsync(tmp)
         if before_rename is not None:
             before_rename()
-        _pause_for_tests()
         with _sigint_deferred():
             for tmp, target in zip(temps, targets):
                 os.replace(tmp, target)
@@ -188,7 +177,6 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     tmp = _fresh_beside(target, lambda path: path.mkdir(0o777))
     try:
         yield tmp
-        _pause_for_tests()
         replace_dir(tmp, target)
     except OSError as exc:
         raise OutputError(f"{target}: cannot write ({exc.strerror or exc})") from None

@@ -14,7 +14,7 @@ from torch import nn
 
 from .attention import attention_function
 from .config import TransformerConfig
-from .rope import apply_rotary
+from .rope import RotaryEmbedding, apply_rotary
 
 
 class RMSNorm(nn.Module):
@@ -154,6 +154,7 @@ class URSATransformer(nn.Module):
         self.config = cfg
         self.model = Qwen3Stack(cfg, fuse_projections)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.lm_head_size, bias=False)
+        self.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope_theta, cfg.max_prompt_length)
         # Hook for low-VRAM streaming / compiled layers: runner(transformer, x, cos, sin, collect) -> x, appending
         # each layer's output to `collect` when it is a list. None = the plain loop over resident layers.
         self.layer_runner: Optional[Callable] = None
@@ -162,6 +163,10 @@ class URSATransformer(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.lm_head.weight.dtype
+
+    def rotary_tables(self, latent_shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [S, head_dim] of the prompt + BOV + a [T, h, w] clip, in the layers' dtype and on their device."""
+        return self.rotary(latent_shape, self.dtype, self.lm_head.weight.device)
 
     @property
     def attn_implementation(self) -> str:

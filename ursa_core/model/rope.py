@@ -7,6 +7,7 @@ For text tokens (t == h == w) this is exactly 1-D RoPE.
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 
 def pair_axes(head_dim: int) -> torch.Tensor:
@@ -54,3 +55,17 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x: [B, heads, S, D]; cos/sin: [S, D]."""
     return x * cos + rotate_half(x) * sin
+
+
+class RotaryEmbedding(nn.Module):
+    """The model's positions (as transformers' Qwen3RotaryEmbedding): cos/sin tables [S, head_dim] of the sequence
+    `[prompt (max_prompt_length), BOV, a T x h x w clip]`, computed once per forward and handed to every layer.
+    Holds no weights, so the state dict is the official one."""
+
+    def __init__(self, head_dim: int, theta: float, prompt_length: int):
+        super().__init__()
+        self.head_dim, self.theta, self.prompt_length = head_dim, theta, prompt_length
+
+    def forward(self, latent_shape: tuple[int, int, int], dtype: torch.dtype, device=None):
+        positions = sequence_positions(self.prompt_length, latent_shape, device=device)
+        return rotary_cos_sin(positions, self.head_dim, self.theta, dtype)

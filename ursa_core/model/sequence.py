@@ -1,4 +1,4 @@
-"""The transformer's input: `[prompt ids (L), BOV, visual ids + lm_vocab_size]` and its rotary angles.
+"""The transformer's input: `[prompt ids (L), BOV, visual ids + lm_vocab_size]` and its rotary tables.
 
 Position L + j predicts visual token j (BOV predicts token 0): the reference's next-token shift, kept although
 attention is bidirectional (docs/ARCHITECTURE.md, "The transformer").
@@ -11,7 +11,6 @@ import torch
 
 from ..errors import InputError
 from .config import TransformerConfig
-from .rope import rotary_cos_sin, sequence_positions
 
 
 @dataclass(frozen=True)
@@ -32,13 +31,6 @@ def sequence_ids(config: TransformerConfig, text_ids: torch.Tensor, tokens: torc
     return torch.cat([text_ids, bov, visual], dim=1)
 
 
-def rotary_angles(config: TransformerConfig, latent_shape: tuple[int, int, int], dtype: torch.dtype,
-                  device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin [S, head_dim] for the prompt + BOV + a [T, h, w] clip (3-axis positions, see rope.py)."""
-    positions = sequence_positions(config.max_prompt_length, latent_shape, device=device)
-    return rotary_cos_sin(positions, config.head_dim, config.rope_theta, dtype)
-
-
 def predicting_positions(config: TransformerConfig, token_index: torch.Tensor) -> torch.Tensor:
     """The sequence positions whose outputs predict the visual tokens `token_index` (flat T*h*w indices)."""
     return token_index + config.max_prompt_length
@@ -51,5 +43,4 @@ def build_sequence(model, text_ids: torch.Tensor, tokens: torch.Tensor) -> Model
     if tokens.ndim != 4:
         raise InputError(f"visual tokens must be [B, T, h, w], got {list(tokens.shape)}")
     ids = sequence_ids(model.config, text_ids.to(model.device), tokens)
-    cos, sin = rotary_angles(model.config, tuple(tokens.shape[1:]), model.transformer.dtype, model.device)
-    return ModelInput(ids, cos, sin)
+    return ModelInput(ids, *model.transformer.rotary_tables(tuple(tokens.shape[1:])))

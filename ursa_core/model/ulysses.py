@@ -20,7 +20,6 @@ class Shards:
     group: object                # the sequence-parallel process group
     sizes: list                  # rows of every rank, in rank order
     inner: Callable              # the attention kernel on [B, H/n, S, D] q/k/v
-    run: Callable                # runs a collective (parallel.CommTimer.run times it)
 
 
 _ACTIVE: contextvars.ContextVar[Optional[Shards]] = contextvars.ContextVar("ursa_ulysses_shards", default=None)
@@ -44,8 +43,8 @@ def heads_to_sequence(x: torch.Tensor, shards: Shards) -> torch.Tensor:
     n = len(shards.sizes)
     send = x.reshape(batch, n, heads // n, rows, dim).permute(1, 3, 0, 2, 4).contiguous()
     recv = x.new_empty(sum(shards.sizes), batch, heads // n, dim)
-    shards.run(dist.all_to_all_single, recv, send.view(n * rows, batch, heads // n, dim),
-               output_split_sizes=shards.sizes, input_split_sizes=[rows] * n, group=shards.group)
+    dist.all_to_all_single(recv, send.view(n * rows, batch, heads // n, dim), output_split_sizes=shards.sizes,
+                           input_split_sizes=[rows] * n, group=shards.group)
     if batch > 1:  # the [B, S, heads, D] layout the kernels are tuned for (free when B == 1)
         recv = recv.transpose(0, 1).contiguous().transpose(0, 1)
     return recv.permute(1, 2, 0, 3)
@@ -57,8 +56,8 @@ def sequence_to_heads(x: torch.Tensor, shards: Shards, rows: int) -> torch.Tenso
     n = len(shards.sizes)
     send = x.permute(2, 0, 1, 3).contiguous()
     recv = x.new_empty(n * rows, batch, part, dim)
-    shards.run(dist.all_to_all_single, recv, send, output_split_sizes=[rows] * n, input_split_sizes=shards.sizes,
-               group=shards.group)
+    dist.all_to_all_single(recv, send, output_split_sizes=[rows] * n, input_split_sizes=shards.sizes,
+                           group=shards.group)
     return recv.view(n, rows, batch, part, dim).permute(2, 0, 3, 1, 4).reshape(batch, n * part, rows, dim)
 
 

@@ -15,8 +15,7 @@ of a video's steps) have one branch: instead of running it twice, every rank of 
 from __future__ import annotations
 
 import contextlib
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -26,39 +25,8 @@ from .. import rules
 from ..errors import LaunchError
 from ..model import attention, ulysses
 from ..model.sequence import predicting_positions
+from ..sampling.runners import SingleDevice
 from .ranks import RankSession
-
-
-class CommTimer:
-    """Time spent in collectives: CUDA events on GPUs (read once, at the end), wall time on the CPU."""
-
-    def __init__(self):
-        self.events: list = []
-        self.cpu_seconds = 0.0
-        self.calls = 0
-
-    def run(self, collective, *args, **kwargs):
-        self.calls += 1
-        tensors = [t for a in args for t in (a if isinstance(a, list) else [a]) if isinstance(t, torch.Tensor)]
-        if tensors and tensors[0].is_cuda:  # NCCL runs asynchronously: only events on the stream see its end
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            out = collective(*args, **kwargs)
-            end.record()
-            self.events.append((start, end))
-            return out
-        began = time.perf_counter()
-        out = collective(*args, **kwargs)
-        self.cpu_seconds += time.perf_counter() - began
-        return out
-
-    def seconds(self) -> float:
-        if self.events:
-            torch.cuda.synchronize()
-        return self.cpu_seconds + sum(s.elapsed_time(e) for s, e in self.events) / 1000.0
-
-    def reset(self) -> None:
-        self.events, self.cpu_seconds, self.calls = [], 0.0, 0
 
 
 @dataclass
@@ -70,11 +38,19 @@ class Layout:
     sp_rank: int = 0
     cfg_group: Optional[object] = None
     sp_group: Optional[object] = None
-    timer: CommTimer = field(default_factory=CommTimer)
 
     @property
     def world(self) -> int:
         return self.cfg * self.sp
+
+    def runner(self, model, plan):
+        """This rank's branch runner for one planned clip (sampling.runners.RunnerFactory)."""
+        if self.world == 1:
+            return SingleDevice().runner(model, plan)
+        return ParallelRunner(self, model.config, plan.active, plan.latent_shape, model.device)
+
+    def describe(self) -> dict | None:
+        return dict(cfg=self.cfg, sp=self.sp) if self.world > 1 else None
 
 
 def world_size() -> int:
@@ -103,10 +79,10 @@ def shard_sizes(rows: int, parts: int) -> list[int]:
 
 
 @contextlib.contextmanager
-def sharded_attention(transformer, group, sizes: list, timer: CommTimer):
+def sharded_attention(transformer, group, sizes: list):
     """Every layer attends through "ulysses" (around its own backend) for the duration of one forward."""
     inner = transformer.attn_implementation
-    token = ulysses.activate(ulysses.Shards(group, sizes, attention.attention_function(inner), timer.run))
+    token = ulysses.activate(ulysses.Shards(group, sizes, attention.attention_function(inner)))
     transformer.set_attention("ulysses")
     try:
         yield
@@ -138,8 +114,8 @@ def row_split(group, parts: int, index: int, rows: int, positions: torch.Tensor,
 
 
 class ParallelRunner:
-    """The branch runner of generate._Denoiser on a (cfg x sp) grid: runs this rank's branch on its rows, exchanges
-    hidden states with the other branch, and gathers the tokens every shard sampled.
+    """The branch runner (sampling.runners.BranchRunner) of a (cfg x sp) grid: runs this rank's branch on its rows,
+    exchanges hidden states with the other branch, and gathers the tokens every shard sampled.
 
     Guided steps split the rows over the sp ranks of each branch. Unguided steps (t >= guidance_trunc, or no
     guidance at all) have one branch, so the whole grid splits the rows instead (cfg x sp ranks) when the KV heads
@@ -156,37 +132,40 @@ class ParallelRunner:
             self.unguided = row_split(None, layout.world, layout.cfg_rank * layout.sp + layout.sp_rank, rows,
                                       positions, device)
 
-    def split(self, guided: bool) -> RowSplit:
-        return self.guided if guided else self.unguided
+    def split(self, branches: int) -> RowSplit:
+        return self.guided if branches == 2 else self.unguided
+
+    def sampled_here(self, branches: int) -> torch.Tensor:
+        return self.split(branches).local
 
     def _forward(self, transformer, ids: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                  split: RowSplit) -> torch.Tensor:
         if len(split.sizes) == 1:
             return transformer.hidden_states(ids, cos, sin, split.keep)
         rows = slice(split.start, split.stop)
-        with sharded_attention(transformer, split.group, split.sizes, self.layout.timer):
+        with sharded_attention(transformer, split.group, split.sizes):
             return transformer.hidden_states(ids[:, rows], cos[rows], sin[rows], split.keep)
 
     def hidden_states(self, transformer, ids: list, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """[branches, B * local tokens, hidden] for the branches `ids` (cond, uncond) of this rank's shard."""
-        split = self.split(guided=len(ids) == 2)
+        split = self.split(len(ids))
         if len(ids) == 2 and self.layout.cfg == 2:
             mine = self._forward(transformer, ids[self.layout.cfg_rank], cos, sin, split).flatten(0, 1).contiguous()
             both = [torch.empty_like(mine) for _ in range(2)]
-            self.layout.timer.run(dist.all_gather, both, mine, group=self.layout.cfg_group)
+            dist.all_gather(both, mine, group=self.layout.cfg_group)
             return torch.stack(both)
         hidden = self._forward(transformer, torch.cat(ids, 0), cos, sin, split)
         return hidden.reshape(len(ids), -1, hidden.shape[-1])
 
-    def gather(self, values: torch.Tensor, guided: bool) -> torch.Tensor:
-        """[B, local tokens] sampled here -> [B, active tokens] of every shard (in token order)."""
-        split = self.split(guided)
+    def gather(self, values: torch.Tensor, branches: int) -> torch.Tensor:
+        """[B, local tokens] sampled here -> [B, active tokens] of every shard (in token order), on the CPU."""
+        split = self.split(branches)
         if len(split.sizes) == 1:
-            return values
+            return values.cpu()
         padded = values.new_zeros(values.shape[0], max(split.counts))
         padded[:, :values.shape[1]] = values
         parts = [torch.empty_like(padded) for _ in split.counts]
-        self.layout.timer.run(dist.all_gather, parts, padded, group=split.group)
+        dist.all_gather(parts, padded, group=split.group)
         return torch.cat([p[:, :n].cpu() for p, n in zip(parts, split.counts)], dim=1)
 
 

@@ -5,6 +5,8 @@ and beta_t = c * (t / (1 - t))^alpha. beta_0 = 0 is uniform noise; beta -> inf a
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -39,12 +41,20 @@ def velocity(path: "MetricPath", x_t: torch.Tensor, x1: torch.Tensor, t: torch.T
     u(x) = beta_dot_t * p_t(x | x1) * max(0, d(x_t, x1) - d(x, x1)) for x != x_t, u(x_t) = 0 (the rate of
     leaving x_t towards x; docs/ARCHITECTURE.md, "The metric path").
     """
-    t = torch.as_tensor(t, dtype=torch.float64).expand(x_t.shape)
-    rates = path.jump_rates(x_t, x1, beta(t.clamp(max=1 - 1e-12), path.c, path.alpha).to(path.unit.device))
-    return beta_dot(t, path.c, path.alpha).to(rates).unsqueeze(-1) * rates
+    clock = path.clock(torch.as_tensor(t, dtype=torch.float64).expand(x_t.shape))
+    rates = path.jump_rates(x_t, x1, clock.beta.to(path.unit.device))
+    return clock.beta_dot.to(rates).unsqueeze(-1) * rates
 
 
 ELEMENTWISE_MAX_DIM = 16
+T_MAX = 1 - 1e-12  # beta(1) is infinite: the clock reads t = 1 as just below it (a held token's certainty)
+
+
+@dataclass(frozen=True)
+class PathClock:
+    """Where the path stands at times t: beta_t and d beta / dt (as flow_matching's SchedulerOutput)."""
+    beta: torch.Tensor
+    beta_dot: torch.Tensor
 
 
 class MetricPath:
@@ -64,6 +74,11 @@ class MetricPath:
     @property
     def codebook_size(self) -> int:
         return self.unit.shape[0]
+
+    def clock(self, t: torch.Tensor) -> PathClock:
+        """beta_t and d beta / dt of this path at times t (elementwise, in t's dtype)."""
+        t = torch.as_tensor(t)
+        return PathClock(beta(t.clamp(max=T_MAX), self.c, self.alpha), beta_dot(t, self.c, self.alpha))
 
     def with_params(self, c: float, alpha: float) -> "MetricPath":
         """A view of the same codebook with other schedule constants (no tensor is copied)."""

@@ -1,9 +1,10 @@
-"""Time grids and per-frame clocks.
+"""Time grids, start times and the clocks of every token.
 
 `time_grid` is the reference's shifted grid (docs/ARCHITECTURE.md, "Time grid and shift"). `FrameSchedule` gives
 every latent frame its own start time t0 (the paper's asynchronous timesteps, used here at inference): 0 = generate
 from uniform noise, 1 = a given frame held exactly, in between = a given frame noised along the path to t0 that
-keeps refining. `FrameClocks` is where those clocks stand at one sampling step.
+keeps refining. `StartTimes` is the start time of every latent token (a frame schedule spreads its frames' values
+over their tokens; token-wise sources such as masks join there). `FrameClocks` is where the clocks stand at one step.
 """
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from typing import Iterable, Mapping, Sequence
 
 import torch
 
+from .. import rules
 from ..errors import InputError
-from .metric_path import beta, beta_dot
+from .metric_path import MetricPath
 
 
 def time_shift(t: torch.Tensor, shift: float) -> torch.Tensor:
@@ -25,10 +27,7 @@ def time_shift(t: torch.Tensor, shift: float) -> torch.Tensor:
 
 def time_grid(steps: int, shift: float) -> torch.Tensor:
     """t_i = time_shift(i/N) for i = 0..N-1 (float64): the global clock at the start of each step."""
-    if steps < 1:
-        raise InputError(f"steps must be >= 1, got {steps}")
-    if shift <= 0:
-        raise InputError(f"shift (lambda) must be > 0, got {shift}")
+    steps, shift = rules.steps(steps), rules.path_param("shift", shift)
     return time_shift(torch.arange(steps, dtype=torch.float64) / steps, shift)
 
 
@@ -46,8 +45,7 @@ class FrameSchedule:
         if not self.start:
             raise InputError("a FrameSchedule needs at least one frame")
         for i, t0 in enumerate(self.start):
-            if not 0.0 <= float(t0) <= 1.0:
-                raise InputError(f"frame {i}: start time {t0} is outside [0, 1]")
+            rules.unit(f"start time of latent frame {i}", t0)
 
     # --- constructors for the usual tasks -------------------------------------------------------------------
     @classmethod
@@ -61,27 +59,18 @@ class FrameSchedule:
 
     @classmethod
     def interpolation(cls, frames: int, start: float = 1.0) -> "FrameSchedule":
-        n = _count(frames)
-        if n < 2:
-            raise InputError(f"interpolation needs at least 2 latent frames, got {n}")
-        return cls.keyframes(n, {0: start, n - 1: start})
+        return cls.keyframes(frames, interpolation_starts(_count(frames), start))
 
     @classmethod
     def extension(cls, frames: int, given: int, start: float = 1.0) -> "FrameSchedule":
-        n = _count(frames)
-        if not 1 <= given < n:
-            raise InputError(f"extension: the number of given latent frames must be in [1, {n - 1}], got {given}")
-        return cls.keyframes(n, {i: start for i in range(given)})
+        return cls.keyframes(frames, extension_starts(_count(frames), given, start))
 
     @classmethod
     def keyframes(cls, frames: int, starts: Mapping[int, float], hold: bool = True) -> "FrameSchedule":
         n = _count(frames)
         values = [0.0] * n
         for index, t0 in starts.items():
-            i = int(index) + n if int(index) < 0 else int(index)
-            if not 0 <= i < n:
-                raise InputError(f"keyframe index {index} is outside the clip's latent frames [0, {n - 1}]")
-            values[i] = float(t0)
+            values[frame_index(index, n)] = float(t0)
         return cls(tuple(values), hold)
 
     # --- queries ----------------------------------------------------------------------------------------------
@@ -104,33 +93,62 @@ class FrameSchedule:
 
 
 @dataclass(frozen=True)
+class StartTimes:
+    """The start time t0 of every latent token of a clip [T*h*w] (float64, flat like the tokens), and whether
+    tokens with t0 = 1 are held exactly (never resampled).
+
+    One object for every source of start times: a FrameSchedule gives each token its frame's value; a token-wise
+    source (an inpainting mask's levels) would set tokens one by one in the same tensor, so the clocks and the set of
+    tokens the sampler touches follow it without another code path.
+    """
+    per_token: torch.Tensor
+    hold: bool = True
+
+    @classmethod
+    def from_schedule(cls, schedule: FrameSchedule, latent_shape: Sequence[int]) -> "StartTimes":
+        frames, height, width = latent_shape
+        schedule.check_frames(frames)
+        frame_of_token = torch.arange(frames * height * width) // (height * width)
+        return cls(torch.tensor(schedule.start, dtype=torch.float64)[frame_of_token], schedule.hold)
+
+    def held(self) -> torch.Tensor:
+        """[T*h*w] bool: the tokens the sampler never touches."""
+        return self.per_token >= 1.0 if self.hold else torch.zeros_like(self.per_token, dtype=torch.bool)
+
+
+@dataclass(frozen=True)
 class FrameClocks:
     """Every sampled token's clock at one step: beta_t, d beta/dt and the step size h (flat like the tokens).
 
-    A frame with start time t0 runs its own clock t_f = t0 + (1 - t0) t while the global clock reads t, so its
-    step is h_f = (1 - t0) dt (docs/ARCHITECTURE.md, "Frame clocks"); with hold=False every frame runs the
-    global clock (the reference). The one home of per-frame times: the sampler reads nothing else.
+    A token with start time t0 runs its own clock t_f = t0 + (1 - t0) t while the global clock reads t, so its
+    step is h_f = (1 - t0) dt (docs/ARCHITECTURE.md, "Frame clocks"); with hold=False every token runs the
+    global clock (the reference). The one home of per-token times: the sampler reads nothing else.
     """
     beta: torch.Tensor
     beta_dot: torch.Tensor
     h: torch.Tensor
 
     @classmethod
-    def at_step(cls, schedule: FrameSchedule, grid: torch.Tensor, step: int, c: float, alpha: float,
-                frame_of_token: torch.Tensor, batch: int, device: torch.device) -> "FrameClocks":
-        """The clocks of step `step` of `grid` for the tokens whose latent frames are `frame_of_token`."""
-        t0 = torch.tensor(schedule.start, dtype=torch.float64)
+    def at_step(cls, start: torch.Tensor, hold: bool, grid: torch.Tensor, step: int,
+                path: MetricPath) -> "FrameClocks":
+        """The clocks of step `step` of `grid` for tokens starting at `start` [n] (float64, on the CPU)."""
         t_global = float(grid[step])
         dt = float(grid[step + 1] - grid[step]) if step + 1 < len(grid) else 0.0
-        if schedule.hold:
-            t, rate = t0 + (1 - t0) * t_global, 1 - t0
+        if hold:
+            t, rate = start + (1 - start) * t_global, 1 - start
         else:
-            t, rate = torch.full_like(t0, t_global), torch.ones_like(t0)
+            t, rate = torch.full_like(start, t_global), torch.ones_like(start)
+        clock = path.clock(t)
+        return cls(clock.beta, clock.beta_dot, rate * dt)
 
-        def per_token(values: torch.Tensor) -> torch.Tensor:  # flat order is (batch, token)
-            return values[frame_of_token].repeat(batch).to(device)
-        return cls(per_token(beta(t.clamp(max=1 - 1e-12), c, alpha)), per_token(beta_dot(t, c, alpha)),
-                   per_token(rate * dt))
+    def idle(self) -> bool:
+        """No token moves at this step (every beta_dot is 0: each clock stands at t = 0)."""
+        return bool((self.beta_dot == 0).all())
+
+    def for_batch(self, tokens: "torch.Tensor | slice", batch: int, device: torch.device) -> "FrameClocks":
+        """The clocks of `tokens` (an index or a slice) for `batch` clips, flat in (batch, token) order, on
+        `device`."""
+        return FrameClocks(*(values[tokens].repeat(batch).to(device) for values in (self.beta, self.beta_dot, self.h)))
 
     @classmethod
     def constant(cls, n: int, beta_t: float, beta_dot_t: float, h: float, dtype=torch.float64,
@@ -144,6 +162,29 @@ def _count(frames: int | Sequence | Iterable) -> int:
     if n < 1:
         raise InputError(f"a schedule needs at least one latent frame, got {n}")
     return n
+
+
+def frame_index(index: int, latent_frames: int) -> int:
+    """A latent frame index in [0, T) from one in [-T, T) (negative counts from the end), or one line."""
+    if not -latent_frames <= int(index) < latent_frames:
+        raise InputError(f"keyframe index {index} is outside the clip's latent frames [0, {latent_frames - 1}] "
+                         f"(or -{latent_frames}..-1 from the end)")
+    return int(index) % latent_frames
+
+
+def interpolation_starts(latent_frames: int, start: float) -> dict[int, float]:
+    """First and last latent frame given: a clip of at least 2 latent frames (5 pixel frames)."""
+    if latent_frames < 2:
+        raise InputError(f"interpolation needs at least 2 latent frames (5 pixel frames), got {latent_frames}")
+    return {0: start, latent_frames - 1: start}
+
+
+def extension_starts(latent_frames: int, given: int, start: float) -> dict[int, float]:
+    """The first `given` latent frames given (carried from the clip so far), at least one frame left to make."""
+    if not 1 <= given < latent_frames:
+        raise InputError(f"extension: given_frames={given} must be in [1, {latent_frames - 1}] for a clip of "
+                         f"{latent_frames} latent frames")
+    return {i: start for i in range(given)}
 
 
 SCHEDULE_MODES = ("text-to-image", "text-to-video", "image-to-video", "interpolation", "extension",
@@ -162,12 +203,7 @@ def parse_keyframes(text: str, latent_frames: int) -> dict[int, float]:
         except ValueError:
             raise InputError(f"keyframe {item!r} is not 'index' or 'index:start_time' (e.g. '0:1.0, -1:0.9')") \
                 from None
-        if not -latent_frames <= index < latent_frames:
-            raise InputError(f"keyframe index {index} is outside the clip's latent frames "
-                             f"[0, {latent_frames - 1}] (or -{latent_frames}..-1 from the end)")
-        if not 0.0 <= t0 <= 1.0:
-            raise InputError(f"keyframe {item!r}: start time {t0} is outside [0, 1]")
-        starts[index % latent_frames] = t0
+        starts[frame_index(index, latent_frames)] = rules.unit(f"start time of keyframe {item!r}", t0)
     if not starts:
         raise InputError("custom keyframes: give at least one 'index:start_time', e.g. '0:1.0, -1:1.0'")
     return starts
@@ -217,14 +253,9 @@ def _mode_starts(mode, latent_frames, start_time, given_frames, keyframes) -> di
     if mode == "image-to-video":
         return {0: start_time}
     if mode == "interpolation":
-        if latent_frames < 2:
-            raise InputError(f"interpolation needs at least 2 latent frames (5 pixel frames), got {latent_frames}")
-        return {0: start_time, latent_frames - 1: start_time}
+        return interpolation_starts(latent_frames, start_time)
     if mode == "extension":
-        if not 1 <= given_frames < latent_frames:
-            raise InputError(f"extension: given_frames={given_frames} must be in [1, {latent_frames - 1}] "
-                             f"for a clip of {latent_frames} latent frames")
-        return {i: start_time for i in range(given_frames)}
+        return extension_starts(latent_frames, given_frames, start_time)
     return parse_keyframes(keyframes, latent_frames)
 
 

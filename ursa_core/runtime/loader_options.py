@@ -2,8 +2,6 @@
 of how many decoder layers stay on the GPU (block swap) from the free memory a model manager reports."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from .. import rules
@@ -12,15 +10,6 @@ from .lowvram import SLOTS
 # Room left for activations when choosing how many layers fit: a 49-frame 320x512 step peaks about 2.2 GiB above
 # the bf16 weights on an H100 (docs/PERFORMANCE.md), rounded up.
 ACTIVATION_RESERVE = 3 << 30
-
-
-@dataclass(frozen=True)
-class LoaderOptions:
-    weight_dtype: str = "default"
-    low_vram: str = "auto"
-    blocks_on_gpu: int = 0
-    vq_device: str = "default"
-    text_device: str = "default"
 
 
 def device_choices() -> list[str]:

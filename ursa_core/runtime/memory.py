@@ -8,9 +8,9 @@ errs on the large side for normal runs, so a refused run would not have fitted.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
+import psutil
 import torch
 
 from ..errors import InputError
@@ -74,20 +74,15 @@ def estimate(cfg: TransformerConfig, latent_tokens: int, *, dtype: torch.dtype, 
 
 
 def available_bytes(device: torch.device) -> Optional[int]:
-    """Free memory of a CUDA device, or the host's MemAvailable for the CPU; None where it cannot be known."""
+    """Free memory of a CUDA device, or the host's available RAM for the CPU (psutil: on every OS, as ComfyUI
+    measures it); None where it cannot be known."""
     if device.type == "cuda":
         # Memory this process's caching allocator holds but does not use is free for the run too.
         cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
         return torch.cuda.mem_get_info(device)[0] + cached
     if device.type != "cpu":
         return None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
+    return psutil.virtual_memory().available
 
 
 def check_fits(need: MemoryEstimate, device: torch.device, what: str, low_vram: bool = False,

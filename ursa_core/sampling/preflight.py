@@ -1,21 +1,18 @@
-"""Every check of a `generate` run that can be made before a weight loads: the rules of ursa_core.rules on each
-argument, the sizes against the checkpoint's strides and the memory estimate, all from the small json files."""
+"""Every check of a generation that can be made before a weight loads: the options against this machine, the clip's
+sizes against the checkpoint's strides and the memory estimate, all from the small json files."""
 from __future__ import annotations
 
-import argparse
-import contextlib
-import logging
-import sys
 from pathlib import Path
+
+import torch
 
 from .. import rules
 from ..checkpoint.loader import check_layout, read_geometry, resolve_dtype
-from ..checkpoint.tiny import is_tiny
-from ..errors import InputError
-from ..model import attention as attention_registry
 from ..model.config import TransformerConfig
 from ..runtime import memory
+from ..runtime.speed import SpeedOptions
 from ..visual_tokenizer.geometry import VisualGeometry
+from .settings import GenerationSettings
 
 
 def checkpoint_rules(folder: Path) -> tuple[TransformerConfig, VisualGeometry]:
@@ -24,71 +21,27 @@ def checkpoint_rules(folder: Path) -> tuple[TransformerConfig, VisualGeometry]:
     return TransformerConfig.from_json(folder / "transformer" / "config.json"), read_geometry(folder / "vae")
 
 
-def check_generate_args(args: argparse.Namespace, folder: Path) -> argparse.Namespace:
-    """`args` with the defaults per tokenizer filled in, or an InputError / CheckpointError naming the first bad
-    value; nothing is loaded. Raises the memory refusal too (ursa_core.runtime.memory)."""
-    device = rules.device(args.device)
-    dtype = resolve_dtype(rules.dtype(args.dtype), device)
-    rules.attention(args.attention, device)
-    rules.sampler(args.sampler, device)
+def check_options(dtype: str, speed: SpeedOptions, sampler: str, device: torch.device) -> torch.dtype:
+    """The compute dtype `dtype` stands for on `device`, or one line naming the first option this machine cannot
+    run (the attention kernel, the fused sampler)."""
+    from ..solver import triton_sampler  # imports triton: only when a run is checked
+
+    resolved = resolve_dtype(rules.dtype(dtype), device)
+    rules.attention(speed.attention, device)
+    rules.sampler(sampler, device, triton_sampler.available(device))
+    return resolved
+
+
+def check_clip(folder: Path, settings: GenerationSettings, speed: SpeedOptions, dtype: torch.dtype,
+               device: torch.device) -> None:
+    """The clip's frames and size against the checkpoint's tokenizer, and the memory the run needs with these
+    options against what `device` has (ursa_core.runtime.memory); one line naming the first problem."""
     config, geometry = checkpoint_rules(Path(folder))
-    tiny = args.model == "tiny" or is_tiny(folder)
-    default_height, default_width = rules.default_size(geometry.image_only, tiny)
-    height = default_height if args.height is None else args.height
-    width = default_width if args.width is None else args.width
-    latent = geometry.latent_shape(args.frames, height, width)
-    if args.last_image and latent[0] < 2:
-        raise InputError(f"--last-image needs a video: frames={args.frames} is an image; use --frames 5 or "
-                               f"more")
-    for flag, image in (("--image", args.image), ("--last-image", args.last_image)):
-        if image and not Path(image).is_file():
-            raise InputError(f"{flag}: image not found: {image}")
-    steps = rules.default_steps(args.frames, tiny) if args.steps is None else args.steps
-    motion = rules.default_motion(args.frames) if args.motion is None else args.motion
+    latent = geometry.latent_shape(settings.frames, settings.height, settings.width)
     need = memory.estimate(config, latent[0] * latent[1] * latent[2], dtype=dtype, device_type=device.type,
-                           cfg_branches=2 if args.cfg > 1 else 1, low_vram=args.low_vram,
-                           math_attention=args.attention == "math", blocks_on_gpu=args.blocks_on_gpu,
-                           fp8_weights=args.weight_dtype != "default",
-                           embeddings_on_device=args.text_device in ("default", str(device)))
-    memory.check_fits(need, device, f"--frames {args.frames} at {width}x{height}", low_vram=args.low_vram)
-    return argparse.Namespace(**{**vars(args), "height": height, "width": width, "steps": steps, "motion": motion})
-
-
-@contextlib.contextmanager
-def warnings_on_stderr():
-    """ursa_core's logged warnings (a prompt that will be cut, ...) as plain `warning: ...` lines on the CLI."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    handler.setLevel(logging.WARNING)
-    logger = logging.getLogger("ursa_core")
-    logger.addHandler(handler)
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
-
-
-# The command line's defaults of the generation options that have no per-checkpoint default (size, steps and motion
-# are filled in by check_generate_args); `ursa batch` takes an evaluation preset's values instead where it has one.
-DEFAULTS = {"negative": "", "frames": 1, "cfg": 7.0, "dtype": "auto", "samples": 1}
-# The options an evaluation preset of `ursa batch` sets (ursa_core.batch.presets); given on the command line, they win.
-PRESET_OPTIONS = ("samples", "height", "width", "steps", "cfg", "frames", "negative", "motion", "dtype")
-
-# argparse `type=` functions: a bad value is refused while parsing, with the rule's one-line message.
-FRAMES = rules.arg_type(rules.frames, int)
-SIZE = {name: rules.arg_type(lambda v, n=name: rules.size(n, v), int) for name in ("height", "width")}
-STEPS = rules.arg_type(rules.steps, int)
-SEED = rules.arg_type(rules.seed, int)
-CFG = rules.arg_type(rules.cfg, float)
-GUIDANCE_TRUNC = rules.arg_type(lambda v: rules.unit("guidance_trunc", v), float)
-SHIFT = rules.arg_type(lambda v: rules.path_param("shift", v), float)
-MOTION = rules.arg_type(rules.motion, float)
-DTYPE = rules.arg_type(rules.dtype, str)
-ATTENTION = rules.arg_type(rules.attention, str)
-SAMPLER = rules.arg_type(rules.sampler, str)
-WEIGHT_DTYPE = rules.arg_type(rules.weight_dtype, str)
-BLOCKS = rules.arg_type(rules.blocks_on_gpu, int)
-PARALLEL = rules.arg_type(lambda v: rules.choice("parallel", v, rules.PARALLEL_MODES), str)
-SAMPLES = rules.arg_type(lambda v: rules.integer("samples", v, 1, rules.MAX_SAMPLES), int)
-PLACEMENT = {name: rules.arg_type(lambda v, n=name: rules.placement(n, v), str) for name in ("vq_device", "text_device")}
-ATTENTION_HELP = f"{', '.join(attention_registry.names())} (only those this machine can run are accepted)"
+                           cfg_branches=settings.max_branches, low_vram=speed.streams,
+                           math_attention=speed.attention == "math", blocks_on_gpu=speed.blocks_on_gpu,
+                           fp8_weights=speed.weight_dtype != "default",
+                           embeddings_on_device=speed.text_device in ("default", str(device)))
+    memory.check_fits(need, device, f"--frames {settings.frames} at {settings.width}x{settings.height}",
+                      low_vram=speed.streams)

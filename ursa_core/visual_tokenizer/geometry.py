@@ -23,4 +23,4 @@ class VisualGeometry:
                 width // self.spatial_stride)
 
     def pixel_frames(self, latent_frames: int) -> int:
-        return (latent_frames - 1) * self.temporal_stride + 1
+        return rules.pixel_frames(latent_frames, self.temporal_stride)
