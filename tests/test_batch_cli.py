@@ -117,6 +117,9 @@ def test_an_item_added_at_the_top_renders_only_itself(tiny_dir, tmp_path, capsys
     assert "wrote 1, skipped 4 finished" in stdout
     after = outputs(out)
     assert len(after) == 5 and all(after[name] == data for name, data in before.items())   # nothing else changed
+    from ursa_core.batch.prompt_sets import read_jobs
+    seeds = {job.out: job.samples[0].seed for job in read_jobs(tmp_path / f"set.{fmt}", ext=".png")}
+    assert {line["out"]: line["samples"][0]["seed"] for line in manifest(out)} == seeds   # one seeding, never two
 
 
 def test_a_resume_with_other_settings_refuses_or_regenerates(tiny_dir, tmp_path, capsys):
