@@ -7,7 +7,7 @@ import comfy.model_management as mm
 from comfy_api.latest import io
 
 from ursa_core import rules
-from ursa_core.model import attention as attention_backends
+from ursa_core.attention import backends as attention_backends
 from ursa_core.runtime.loader_options import LOW_VRAM_MODES, MAX_BLOCKS, check_loader_options, device_choices
 from ursa_core.runtime.speed import SpeedOptions
 from ursa_core.runtime.weight_dtype import STORAGE_DTYPES, check_weight_dtype

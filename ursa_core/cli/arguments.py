@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from .. import rules
+from ..attention import backends as attention_registry
 from ..checkpoint.defaults import ModelDefaults
 from ..errors import InputError
-from ..model import attention as attention_registry
+from ..path.schedule import interpolation_starts
 from ..runtime.speed import SpeedOptions
 from ..sampling.settings import GenerationSettings
 from ..visual_tokenizer.geometry import VisualGeometry
@@ -83,10 +84,13 @@ def request(flags: Mapping[str, Any], defaults: ModelDefaults) -> Request:
 def check_images(run: Request, geometry: VisualGeometry) -> None:
     """--image / --last-image: a last frame needs a video (interpolation keeps first and last apart), and both
     files must exist; checked before any weight loads."""
-    latent_frames = geometry.latent_shape(run.settings.frames, run.settings.height, run.settings.width)[0]
-    if run.last_image and latent_frames < 2:
-        raise InputError(f"--last-image needs a video: frames={run.settings.frames} is an image; use --frames 5 or "
-                         f"more")
+    latent_frames = run.settings.latent_shape(geometry)[0]
+    if run.last_image:
+        try:
+            interpolation_starts(latent_frames, 1.0)   # the schedule's rule for a first and a last frame
+        except InputError:
+            raise InputError(f"--last-image needs a video: frames={run.settings.frames} is an image; use --frames 5 "
+                             f"or more") from None
     for flag, image in (("--image", run.image), ("--last-image", run.last_image)):
         if image and not Path(image).is_file():
             raise InputError(f"{flag}: image not found: {image}")

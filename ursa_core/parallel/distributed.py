@@ -22,7 +22,8 @@ import torch
 import torch.distributed as dist
 
 from .. import rules
-from ..model import attention, ulysses
+from ..attention import backends as attention
+from ..attention import ulysses
 from ..model.sequence import predicting_positions
 from ..sampling.runners import SingleDevice
 
