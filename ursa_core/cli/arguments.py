@@ -34,7 +34,8 @@ WEIGHT_DTYPE = rules.arg_type(rules.weight_dtype, str)
 BLOCKS = rules.arg_type(rules.blocks_on_gpu, int)
 PARALLEL = rules.arg_type(lambda v: rules.choice("parallel", v, rules.PARALLEL_MODES), str)
 SAMPLES = rules.arg_type(lambda v: rules.integer("samples", v, 1, rules.MAX_SAMPLES), int)
-PLACEMENT = {name: rules.arg_type(lambda v, n=name: rules.placement(n, v), str) for name in ("vq_device", "text_device")}
+PLACEMENT = {name: rules.arg_type(lambda v, n=name: rules.placement(n, v), str)
+             for name in ("vq_device", "text_device")}
 ATTENTION_HELP = f"{', '.join(attention_registry.names())} (only those this machine can run are accepted)"
 
 
