@@ -11,7 +11,7 @@ import torch
 
 from .. import rules
 from ..attention.backends import resolve as resolve_attention
-from ..errors import CheckpointError, InputError
+from ..errors import CheckpointError
 from ..files.safetensors_io import check_state_dict, load_state_dict, read_json
 from ..model.config import SchedulerConfig, TransformerConfig, check_types
 from ..model.modeling_ursa import URSATransformer, build_transformer, expected_state_shapes
