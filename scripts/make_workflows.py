@@ -1,17 +1,17 @@
 #!/usr/bin/env python3
 """Write the example workflows, each described ONCE below, in both ComfyUI formats:
 
-* ``example_workflows/<Title>.json``: UI format (workflow_json 0.4) for the template browser and drag & drop. The
+* ``workflows/<Title>.json``: UI format (workflow_json 0.4) for the template browser and drag & drop. The
   frontend (1.35.9) titles a custom-node template by its file name, so the file name IS the human title; the
   same-name ``.jpg`` beside it is the thumbnail (``scripts/make_thumbnails.py``);
-* ``example_workflows/api/<id>.json``: API format for ``POST /prompt`` / ``scripts/comfy_queue.py``.
+* ``workflows/api/<id>.json``: API format for ``POST /prompt`` / ``scripts/comfy_queue.py``.
 
 Widget lists come from ``scripts/node_schemas.json``, a trimmed ``/object_info`` of the URSA nodes and the core nodes
 used (refresh: ``--dump-schemas URL`` from a running ComfyUI, or ``tests/refresh_node_schemas.py``; the test suite
 fails when the snapshot differs from the node classes). Nodes are laid out from their frontend sizes on a
 (column, row) grid, in groups, with a saved view that shows the whole graph (``workflow_layout.py``).
 
-    python scripts/make_workflows.py            # (re)write example_workflows/
+    python scripts/make_workflows.py            # (re)write workflows/
     python scripts/make_workflows.py --check    # exit 1 on drift from a fresh build, overlap or off-view nodes
     python scripts/make_workflows.py --dump-schemas http://127.0.0.1:8188   # refresh node_schemas.json
 """
@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import workflow_layout as layout  # noqa: E402  (stdlib-only sibling)
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT_DIR = ROOT / "example_workflows"
+OUT_DIR = ROOT / "workflows"
 SCHEMAS_FILE = ROOT / "scripts" / "node_schemas.json"
 CORE_NODES_USED = ["LoadImage", "SaveImage", "CreateVideo", "SaveVideo", "ImageScaleBy"]
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}

@@ -3,7 +3,7 @@
     COMFYUI_DIR=/path/to/ComfyUI COMFYUI_PYTHON=/path/to/comfy-venv/bin/python \\
         python -m pytest -q tests/test_browser.py -s        # needs: pip install playwright; a chromium binary
 
-For every workflow in example_workflows/: drop the file on the page (a DragEvent carrying the JSON file, as a user's
+For every workflow in workflows/: drop the file on the page (a DragEvent carrying the JSON file, as a user's
 drag and drop), then assert no dialog (missing models/nodes), no overlapping node rectangles in the live graph
 (title bar included, after the frontend resized the nodes), every node inside the visible canvas, shrink the
 sizes in the widgets (64x64, 2 steps, few frames), press Run, see progress (websocket events and the "[n%]" page
@@ -297,6 +297,11 @@ def test_template_browser_lists_titles_and_thumbnails(page, server):
         listed = json.load(r).get(comfy.PLUGIN_DIR_NAME, [])
     titles = sorted(t.title for t in make_workflows.TEMPLATES)
     assert sorted(listed) == titles
+    for title in titles:  # served from the pack's top-level workflows/ folder, byte for byte
+        quoted = urllib.parse.quote(f"{title}.json")
+        with urllib.request.urlopen(f"{server['url']}/api/workflow_templates/{comfy.PLUGIN_DIR_NAME}/{quoted}",
+                                    timeout=30) as r:
+            assert r.read() == (ROOT / "workflows" / f"{title}.json").read_bytes(), title
     fetched = {}  # thumbnail requests the frontend makes: title -> HTTP status
     prefix = f"/workflow_templates/{comfy.PLUGIN_DIR_NAME}/"
 

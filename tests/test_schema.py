@@ -122,6 +122,15 @@ def test_every_node_in_readme(ursa_nodes):
 
 
 # ----------------------------------------------------------------------------------------------- workflows
+def test_templates_live_in_the_top_level_workflows_folder():
+    """The design names `workflows/`, one of the folders ComfyUI serves a custom node's templates from
+    (app/custom_node_manager.py: example_workflows, example, examples, workflow, workflows); one folder only, so the
+    template browser never lists a template twice."""
+    assert make_workflows.OUT_DIR == ROOT / "workflows"
+    served = ("example_workflows", "example", "examples", "workflow", "workflows")
+    assert [name for name in served if (ROOT / name).is_dir()] == ["workflows"]
+
+
 def test_workflows_exist_in_pairs_with_thumbnails():
     assert UI_WORKFLOWS and sorted(p.stem for p in UI_WORKFLOWS) == sorted(TEMPLATE_BY_TITLE)
     assert sorted(p.stem for p in API_WORKFLOWS) == sorted(t.id for t in make_workflows.TEMPLATES)
