@@ -15,12 +15,13 @@ from .types import URSATokens, URSAVQ
 MAX_SIZE = rules.MAX_SIZE
 
 
-def size_inputs(width: int = 512, height: int = 320) -> list:
+def size_inputs(width: int = 512, height: int = 320, note: str = "") -> list:
+    stride = "a multiple of the tokenizer stride (8 for FSQ320, 16 for IBQ1024)."
     return [
         io.Int.Input("width", default=width, min=rules.MIN_SIZE_STRIDE, max=MAX_SIZE, step=rules.MIN_SIZE_STRIDE,
-                     tooltip="Pixel width; a multiple of the tokenizer stride (8 for FSQ320, 16 for IBQ1024)."),
+                     tooltip=" ".join(filter(None, ["Pixel width;", stride, note]))),
         io.Int.Input("height", default=height, min=rules.MIN_SIZE_STRIDE, max=MAX_SIZE, step=rules.MIN_SIZE_STRIDE,
-                     tooltip="Pixel height; a multiple of the tokenizer stride (8 for FSQ320, 16 for IBQ1024)."),
+                     tooltip=" ".join(filter(None, ["Pixel height;", stride, note]))),
     ]
 
 
@@ -51,10 +52,6 @@ class URSATokenizerEncode(io.ComfyNode):
                                                                       "URSA Frame Schedule (given frames) or URSA "
                                                                       "Sampler's given_tokens.")],
         )
-
-    @classmethod
-    def validate_inputs(cls, width=None, height=None):
-        return rules.check_node_inputs(width=width, height=height)
 
     @classmethod
     def execute(cls, vq, image, width, height, resize_mode) -> io.NodeOutput:
