@@ -33,8 +33,9 @@ class URSAModelLoader(io.ComfyNode):
             inputs=[
                 io.Combo.Input("model_name", options=glue.list_model_folders(),
                                tooltip="URSA checkpoint folder under models/ursa/ (only folders whose configs are "
-                                       "URSA's are listed), e.g. URSA-1.7B-FSQ320 for video or URSA-1.7B-IBQ1024 "
-                                       "for 1024px images. None yet? " + glue.DOWNLOAD_HINT),
+                                       "URSA's are listed; one whose download stopped is listed too, and choosing "
+                                       "it says what is missing), e.g. URSA-1.7B-FSQ320 for video or "
+                                       "URSA-1.7B-IBQ1024 for 1024px images. None yet? " + glue.DOWNLOAD_HINT),
                 io.Combo.Input("dtype", options=DTYPES, default="auto",
                                tooltip="Compute dtype (and storage dtype when weight_dtype is default). auto = bf16 "
                                        "on GPUs that support it, else fp16; fp32 on CPU."),
