@@ -6,11 +6,12 @@ import os
 import comfy.model_management as mm
 from comfy_api.latest import io
 
-from ursa_core import attention as attention_backends
 from ursa_core import rules
-from ursa_core.loader_options import LOW_VRAM_MODES, MAX_BLOCKS, LoaderOptions, check_loader_options, device_choices
 from ursa_core.errors import InputError
-from ursa_core.weight_dtype import STORAGE_DTYPES
+from ursa_core.model import attention as attention_backends
+from ursa_core.runtime.loader_options import LOW_VRAM_MODES, MAX_BLOCKS, check_loader_options, device_choices
+from ursa_core.runtime.speed import SpeedOptions
+from ursa_core.runtime.weight_dtype import STORAGE_DTYPES
 
 from . import glue
 from .types import URSAModel, URSAVQ
@@ -94,9 +95,9 @@ class URSAModelLoader(io.ComfyNode):
     def execute(cls, model_name, dtype, attention="auto", compile=False, weight_dtype="default", low_vram="auto",
                 blocks_on_gpu=0, vq_device="default", text_device="default") -> io.NodeOutput:
         problem = check_loader_options(low_vram, blocks_on_gpu, vq_device, compile, text_device)
-        if problem:
+        if problem:  # ties two inputs: checked here, before anything loads (see validate_inputs)
             raise InputError(problem)
-        options = LoaderOptions(weight_dtype=weight_dtype, low_vram=low_vram, blocks_on_gpu=blocks_on_gpu,
-                                vq_device=vq_device, text_device=text_device)
-        model, vq = glue.load_ursa(model_name, dtype, options, attention=attention, compile=compile)
+        options = SpeedOptions(attention=attention, compile=compile, weight_dtype=weight_dtype, low_vram=low_vram,
+                               blocks_on_gpu=blocks_on_gpu, vq_device=vq_device, text_device=text_device)
+        model, vq = glue.load_ursa(model_name, dtype, options)
         return io.NodeOutput(model, vq)

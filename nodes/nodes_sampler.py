@@ -7,45 +7,16 @@ from comfy_api.latest import io
 
 from ursa_core import rules
 from ursa_core.errors import InputError
-from ursa_core.generate import StepInfo, generate, sampling_memory
-from ursa_core.token_io import TokenClip, check_identity, model_identity
+from ursa_core.files.token_io import TokenClip, check_identity, model_identity
+from ursa_core.sampling.generate import StepInfo, generate, sampling_memory
+from ursa_core.sampling.settings import GenerationSettings
 
 from . import glue
-from .nodes_schedule import MAX_FRAMES
-from .nodes_tokenizer import size_inputs
 from .types import URSACond, URSAModel, URSASchedule, URSATokens
-from .widgets import float_input
+from .widgets import path_inputs, sampling_inputs, size_inputs
 
-SEED_MAX = rules.SEED_MAX
 GIVEN_WINS = ("For text-only runs: with a Frame Schedule or given_tokens connected, the clip takes their frame count "
               "and size (shown on the node after a run).")
-
-
-def sampling_inputs(steps: int = 25) -> list:
-    """The widgets shared by the sampler and the extender (same names, ranges and tooltips)."""
-    return [
-        io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=True,
-                     tooltip="Same seed + same settings = same tokens on the same device."),
-        io.Int.Input("steps", default=steps, min=1, max=rules.MAX_STEPS,
-                     tooltip="Sampling steps. URSA uses 25 for images and 50 for videos."),
-        float_input("cfg", 7.0, *rules.CFG_RANGE, step=0.1, round=0.01,
-                    tooltip="Classifier-free guidance scale in logit space (URSA default 7). <= 1 runs one branch "
-                            "only (faster, no negative prompt)."),
-        float_input("guidance_trunc", 0.9, *rules.UNIT_RANGE, step=0.01,
-                    tooltip="Guidance is applied while the clock t < this; later steps run the conditional branch "
-                            "only (same result as the reference, half the work)."),
-    ]
-
-
-def path_inputs() -> list:
-    return [
-        float_input("c", 0.0, 0.0, rules.PATH_MAX["c"], step=0.1,
-                    tooltip="Metric path scale c in beta_t = c (t/(1-t))^alpha. 0 = the checkpoint's value."),
-        float_input("alpha", 0.0, 0.0, rules.PATH_MAX["alpha"], step=0.05,
-                    tooltip="Metric path exponent alpha. 0 = the checkpoint's value."),
-        float_input("shift", 0.0, 0.0, rules.PATH_MAX["shift"], step=0.1,
-                    tooltip="Time shift lambda (> 1 spends more steps at high noise). 0 = the checkpoint's value."),
-    ]
 
 
 def checkpoint_default(value: float):
@@ -104,21 +75,23 @@ def _given_size(shape, schedule_spatial, stride: int) -> tuple[int, int]:
     return spatial
 
 
-def run_sampler(model, conditioning, frames, width, height, schedule=None, given_tokens=None, preview=False,
-                node_id=None, **sampling) -> TokenClip:
+def run_sampler(model, conditioning, settings: GenerationSettings, schedule=None, given_tokens=None,
+                preview=False, node_id=None) -> TokenClip:
+    """`settings` hold the node's widgets; the clip takes its frame count and size from what it is given."""
     core = model.model
-    size = clip_size(core.geometry, frames, width, height, schedule,  # before the weights move
+    size = clip_size(core.geometry, settings.frames, settings.width, settings.height, schedule,  # before weights move
                      None if given_tokens is None else given_tokens.tokens)
     latent_shape = core.geometry.latent_shape(size.frames, size.height, size.width)
     sched, given = (None, None) if schedule is None else (schedule.schedule, schedule.given)
     if given_tokens is not None:
         check_identity(given_tokens.identity, model_identity(core), "given_tokens")
         given = _merge_given(given, given_tokens.tokens, latent_shape)
+    used = GenerationSettings.build(settings, frames=size.frames, width=size.width, height=size.height)
     prompt_ids = conditioning.ids_for(size.frames)
-    need = sampling_memory(core, latent_shape, prompt_ids[0].shape[0], sampling["guidance"], glue.compute_device())
+    need = sampling_memory(core, latent_shape, prompt_ids[0].shape[0], used.guidance, glue.compute_device())
     model.to_compute_device(memory_required=need.total)
-    status = glue.NodeText(node_id, size.describe(frames, width, height))
-    progress = glue.StepProgress(sampling["steps"], core.path.unit if preview else None,
+    status = glue.NodeText(node_id, size.describe(settings.frames, settings.width, settings.height))
+    progress = glue.StepProgress(used.steps, core.path.unit if preview else None,
                                  pixel_scale=core.geometry.spatial_stride)
     compiling = model.first_compiled_run(latent_shape)
     status.show("compiling the layers for this size (first run)…" if compiling else None)
@@ -127,8 +100,8 @@ def run_sampler(model, conditioning, frames, width, height, schedule=None, given
         if compiling and info.step == 0:
             status.show()
         progress.advance(info.predicted if preview else None)
-    tokens = generate(core, prompt_ids=prompt_ids, frames=size.frames, width=size.width, height=size.height,
-                      schedule=sched, given_tokens=given, callback=on_step, **sampling).tokens
+    tokens = generate(core, settings=used, prompt_ids=prompt_ids, schedule=sched, given_tokens=given,
+                      callback=on_step).tokens
     return TokenClip(tokens, core.geometry.fps, model_identity(core))
 
 
@@ -151,7 +124,7 @@ class URSASampler(io.ComfyNode):
                 URSAModel.Input("model", tooltip="From URSA Model Loader."),
                 URSACond.Input("conditioning", tooltip="From URSA Text Encode."),
                 *sampling_inputs(),
-                io.Int.Input("frames", default=1, min=1, max=MAX_FRAMES, step=4,
+                io.Int.Input("frames", default=1, min=1, max=rules.MAX_FRAMES, step=4,
                              tooltip="Pixel frames: 1 = image, 1 + 4k for video (49 = 4 s at 12 fps). " + GIVEN_WINS),
                 *size_inputs(note=GIVEN_WINS),
                 *path_inputs(),
@@ -181,8 +154,8 @@ class URSASampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, conditioning, seed, steps, cfg, guidance_trunc, frames, width, height, c, alpha,
                 shift, schedule=None, given_tokens=None, preview=True) -> io.NodeOutput:
-        clip = run_sampler(model, conditioning, frames, width, height, schedule, given_tokens, preview,
-                           node_id=cls.hidden.unique_id, seed=seed, steps=steps, guidance=cfg, guidance_trunc=guidance_trunc,
-                           c=checkpoint_default(c), alpha=checkpoint_default(alpha),
-                           shift=checkpoint_default(shift))
+        settings = GenerationSettings(frames=frames, height=height, width=width, seed=seed, steps=steps,
+                                      guidance=cfg, guidance_trunc=guidance_trunc, c=checkpoint_default(c),
+                                      alpha=checkpoint_default(alpha), shift=checkpoint_default(shift))
+        clip = run_sampler(model, conditioning, settings, schedule, given_tokens, preview, cls.hidden.unique_id)
         return io.NodeOutput(clip)

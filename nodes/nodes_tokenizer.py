@@ -4,25 +4,13 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from ursa_core import rules
-from ursa_core.codec import decode_images, encode_images
-from ursa_core.media import RESIZE_MODES
-from ursa_core.token_io import TokenClip, check_identity
+from ursa_core.files.media import RESIZE_MODES
+from ursa_core.files.token_io import TokenClip, check_identity
+from ursa_core.visual_tokenizer.codec import decode_images, encode_images
 
 from . import glue
 from .types import URSATokens, URSAVQ
-
-MAX_SIZE = rules.MAX_SIZE
-
-
-def size_inputs(width: int = 512, height: int = 320, note: str = "") -> list:
-    stride = "a multiple of the tokenizer stride (8 for FSQ320, 16 for IBQ1024)."
-    return [
-        io.Int.Input("width", default=width, min=rules.MIN_SIZE_STRIDE, max=MAX_SIZE, step=rules.MIN_SIZE_STRIDE,
-                     tooltip=" ".join(filter(None, ["Pixel width;", stride, note]))),
-        io.Int.Input("height", default=height, min=rules.MIN_SIZE_STRIDE, max=MAX_SIZE, step=rules.MIN_SIZE_STRIDE,
-                     tooltip=" ".join(filter(None, ["Pixel height;", stride, note]))),
-    ]
+from .widgets import size_inputs
 
 
 def encode_clip(vq_handle, images: torch.Tensor, width: int, height: int, resize_mode: str) -> TokenClip:

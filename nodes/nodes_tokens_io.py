@@ -6,9 +6,9 @@ import os
 import folder_paths
 from comfy_api.latest import io
 
-from ursa_core.contained import annotated_name, list_contained, resolve_contained
 from ursa_core.errors import InputError
-from ursa_core.token_io import TokenClip, load_tokens, save_tokens
+from ursa_core.files.contained import annotated_name, list_contained, resolve_contained
+from ursa_core.files.token_io import TokenClip, load_tokens, save_tokens
 
 from . import glue
 from .types import URSATokens

@@ -94,7 +94,7 @@ def readme_python_example() -> str:
 
 
 def test_readme_python_example_runs(tmp_path, tiny_dir):
-    from ursa_core.media import count_video_frames
+    from ursa_core.files.media import count_video_frames
 
     code = readme_python_example()
     for old, new in README_SUBSTITUTIONS.items():

@@ -20,16 +20,16 @@ The library surface (docs/ARCHITECTURE.md describes the pieces):
 """
 __version__ = "0.1.0"  # the one place the version is written (pyproject.toml reads it)
 
-from .checkpoint import URSAModel
-from .checkpoint import load_model as load
-from .codec import decode_tokens
+from .checkpoint.loader import URSAModel
+from .checkpoint.loader import load_model as load
 from .errors import CheckpointError, InputError, OutputError, URSAError
-from .generate import Generation, StepInfo, generate
-from .media import write_frames
-from .metric_path import MetricPath, beta, beta_dot, velocity
-from .modeling_ursa import TransformerOutput
-from .schedule import FrameClocks, FrameSchedule, time_grid, time_shift
-from .sequence import ModelInput, build_sequence
+from .files.media import write_frames
+from .model.modeling_ursa import TransformerOutput
+from .model.sequence import ModelInput, build_sequence
+from .path.metric_path import MetricPath, beta, beta_dot, velocity
+from .path.schedule import FrameClocks, FrameSchedule, time_grid, time_shift
+from .sampling.generate import Generation, StepInfo, generate
+from .visual_tokenizer.codec import decode_tokens
 
 __all__ = ["CheckpointError", "FrameClocks", "FrameSchedule", "Generation", "InputError", "MetricPath",
            "ModelInput", "OutputError", "StepInfo", "TransformerOutput", "URSAError", "URSAModel", "__version__",

@@ -6,9 +6,10 @@ import argparse
 import sys
 from typing import Optional
 
-from .. import __version__, preflight, rules
+from .. import __version__, rules
 from ..errors import OutputError, URSAError
-from ..media import RESIZE_MODES
+from ..files.media import RESIZE_MODES
+from . import arguments
 
 REAL_MODELS = ("BAAI/URSA-1.7B-FSQ320", "BAAI/URSA-1.7B-IBQ1024")
 EXIT_OUTPUT, EXIT_INPUT, EXIT_DOWNLOAD, EXIT_INTERRUPTED = 1, 2, 3, 130
@@ -18,38 +19,39 @@ def add_sampling_options(parser) -> None:
     """The generation options `ursa generate` and `ursa batch` share (a batch item may override some of them)."""
     parser.add_argument("--model", required=True, help="a model folder in the official layout, or 'tiny'")
     parser.add_argument("--negative", default="", help="negative prompt (default: empty, as the reference)")
-    parser.add_argument("--frames", type=preflight.FRAMES, default=1,
+    parser.add_argument("--frames", type=arguments.FRAMES, default=1,
                         help="1 for an image, 1+4k for a video (49 = 4 s at 12 fps)")
-    parser.add_argument("--height", type=preflight.SIZE["height"],
+    parser.add_argument("--height", type=arguments.SIZE["height"],
                         help="default 320 (FSQ) / 1024 (IBQ); 64 for --model tiny")
-    parser.add_argument("--width", type=preflight.SIZE["width"],
+    parser.add_argument("--width", type=arguments.SIZE["width"],
                         help="default 512 (FSQ) / 1024 (IBQ); 64 for --model tiny")
-    parser.add_argument("--steps", type=preflight.STEPS,
+    parser.add_argument("--steps", type=arguments.STEPS,
                         help="default 25 for images, 50 for videos, 8 for --model tiny")
-    parser.add_argument("--cfg", type=preflight.CFG, default=7.0, help="classifier-free guidance scale")
-    parser.add_argument("--guidance-trunc", type=preflight.GUIDANCE_TRUNC, default=0.9)
-    parser.add_argument("--shift", type=preflight.SHIFT, help="time shift lambda (default: the checkpoint's)")
-    parser.add_argument("--motion", type=preflight.MOTION, help="video motion score prefix (default 9.0 for videos)")
-    parser.add_argument("--seed", type=preflight.SEED, default=0)
+    parser.add_argument("--cfg", dest="guidance", type=arguments.GUIDANCE, default=7.0,
+                        help="classifier-free guidance scale (<= 1: one branch, no negative prompt)")
+    parser.add_argument("--guidance-trunc", type=arguments.GUIDANCE_TRUNC, default=0.9)
+    parser.add_argument("--shift", type=arguments.SHIFT, help="time shift lambda (default: the checkpoint's)")
+    parser.add_argument("--motion", type=arguments.MOTION, help="video motion score prefix (default 9.0 for videos)")
+    parser.add_argument("--seed", type=arguments.SEED, default=0)
     parser.add_argument("--resize", choices=RESIZE_MODES, default="crop")
-    parser.add_argument("--dtype", type=preflight.DTYPE, default="auto", help="auto, fp32, fp16 or bf16")
+    parser.add_argument("--dtype", type=arguments.DTYPE, default="auto", help="auto, fp32, fp16 or bf16")
     parser.add_argument("--device", default="auto",
                         help="auto, cpu, cuda, cuda:1, ...; under torchrun auto is cuda:LOCAL_RANK")
     place = parser.add_argument_group("placement (as the ComfyUI loader's vq_device / text_device)")
-    place.add_argument("--vq-device", type=preflight.PLACEMENT["vq_device"], default="default",
+    place.add_argument("--vq-device", type=arguments.PLACEMENT["vq_device"], default="default",
                        help="where the visual tokenizer runs: default (the transformer's device), cpu, cuda:N")
-    place.add_argument("--text-device", type=preflight.PLACEMENT["text_device"], default="default",
+    place.add_argument("--text-device", type=arguments.PLACEMENT["text_device"], default="default",
                        help="where the token embedding table lives: default (the transformer's device), cpu, cuda:N")
     speed = parser.add_argument_group("speed and memory (GPU; see docs/PERFORMANCE.md)")
     speed.add_argument("--compile", action="store_true", help="torch.compile the layers (faster after ~15 s)")
     speed.add_argument("--low-vram", action="store_true", help="stream layers from host memory (49 frames in 4.3 GiB)")
-    speed.add_argument("--attention", type=preflight.ATTENTION, default="auto",
-                       help=preflight.ATTENTION_HELP)
-    speed.add_argument("--sampler", default="auto", type=preflight.SAMPLER,
+    speed.add_argument("--attention", type=arguments.ATTENTION, default="auto",
+                       help=arguments.ATTENTION_HELP)
+    speed.add_argument("--sampler", default="auto", type=arguments.SAMPLER,
                        help="jump-step kernels: triton (fused, CUDA), torch, or auto")
-    speed.add_argument("--blocks-on-gpu", type=preflight.BLOCKS, default=0,
+    speed.add_argument("--blocks-on-gpu", type=arguments.BLOCKS, default=0,
                        help="with --low-vram: how many layers stay on the GPU (the rest stream; default 0)")
-    speed.add_argument("--weight-dtype", default="default", type=preflight.WEIGHT_DTYPE,
+    speed.add_argument("--weight-dtype", default="default", type=arguments.WEIGHT_DTYPE,
                        help="weight storage as ComfyUI's UNETLoader: default, fp8_e4m3fn or fp8_e5m2 (fp8 layer "
                             "weights, upcast per layer)")
 
@@ -61,21 +63,21 @@ def _add_generate(sub) -> None:
     gen.add_argument("--last-image", help="condition the last frame on this image (interpolation)")
     gen.add_argument("--out", required=True, help="out.png for images, out.mp4 for videos")
     gen.add_argument("--save-tokens", help="also write the sampled tokens to this .safetensors file")
-    gen.add_argument("--parallel", type=preflight.PARALLEL, default="none",
+    gen.add_argument("--parallel", type=arguments.PARALLEL, default="none",
                      help="under torchrun: share ONE generation between the ranks: cfg (2 ranks: one guidance "
                           "branch each), sp (N ranks: sequence parallel, N divides the KV heads), cfg+sp (2N)")
     add_sampling_options(gen)
 
 
 def _add_batch(sub) -> None:
-    from ..batch import FORMATS
+    from ..batch.prompt_sets import FORMATS
     bat = sub.add_parser("batch", help="a prompt set (txt, JSONL, GenEval, DPG-Bench, VBench): one model load, "
                                        "resumable; under torchrun the ranks share the set")
     bat.add_argument("--prompts", required=True, help="a .txt (one prompt a line), .jsonl, GenEval prompts.json, "
                                                       "DPG-Bench prompts.json or a VBench folder of <track>.txt")
     bat.add_argument("--format", choices=FORMATS, default="auto", help="default: from the name")
     bat.add_argument("--outdir", required=True, help="output folder (finished outputs there are skipped)")
-    bat.add_argument("--samples", type=preflight.SAMPLES, default=1,
+    bat.add_argument("--samples", type=arguments.SAMPLES, default=1,
                      help="samples per prompt, seeds seed, seed+1, ... (DPG-Bench: 4, one 2x2 grid)")
     add_sampling_options(bat)
 
@@ -109,11 +111,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         return int(exc.code or 0)
     try:
         if args.command in ("generate", "batch"):
-            from .batch import run_batch
-            from .generate import run_generate
-            from ..parallel import finish
+            from .batch_command import run_batch
+            from .generate_command import run_generate
+            from ..parallel.distributed import finish
             try:
-                with preflight.warnings_on_stderr():
+                with arguments.warnings_on_stderr():
                     return (run_generate if args.command == "generate" else run_batch)(args)
             finally:
                 finish()  # leave torchrun's process group, if this run joined one
