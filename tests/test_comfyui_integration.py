@@ -48,10 +48,10 @@ CASES = {
     "ursa_t2i": (TINY + ["URSA Sampler.frames=1"], 1, (64, 64)),
     "ursa_t2v": (TINY + ["URSA Sampler.frames=5"], 5, (64, 64)),
     "ursa_i2v": (TINY + ENCODE + ["URSA Sampler.frames=5", "URSA Frame Schedule.frames=5"], 5, (64, 64)),
-    # 9 frames = 3 latent frames: first and last given, the middle one generated (5 would leave nothing to do)
+    # 9 frames = 3 latent frames: first and last given, the middle one generated (5 would leave nothing to do);
+    # the end frame is the start image mirrored (the template's own end frame)
     "ursa_interpolation": (TINY + ENCODE + ["URSA Sampler.frames=9", "URSA Frame Schedule.frames=9",
-                                            "URSA Encode End.width=64", "URSA Encode End.height=64",
-                                            "End Image.image=ursa_end.png"], 9, (64, 64)),
+                                            "URSA Encode End.width=64", "URSA Encode End.height=64"], 9, (64, 64)),
     "ursa_long_video": (TINY + ["URSA Sampler.frames=5", "URSA Extend Video.windows=1",
                                 "URSA Extend Video.window_frames=5", "URSA Extend Video.overlap=1",
                                 "URSA Extend Video.steps=2"], 9, (64, 64)),
@@ -203,7 +203,7 @@ def running_server(tmp_path_factory, name: str, vram_state: str | None = None):
     try:
         wait_ready(url, proc, log_path)
         TIMINGS[f"{name} start"] = time.monotonic() - t0
-        for i, name in enumerate(("ursa_start.png", "ursa_end.png")):
+        for i, name in enumerate(("ursa_start.png",)):
             assert upload_image(url, name, png_bytes(i))["name"] == name
         yield {"url": url, "base": base, "log": log_path}
     finally:
