@@ -149,8 +149,8 @@ def test_a_refusal_found_by_rank_0_alone_is_one_line_and_exit_2_on_every_rank(ti
     assert cli_main(["batch", "--model", str(tiny_dir), "--prompts", str(prompts), "--outdir", str(out), *FAST,
                      "--steps", "2"]) == 0
     ranks = start_ranks(batch_args(tiny_dir, prompts, out, steps=3))   # other settings: rank 0 refuses the folder
-    codes, seconds = ranks.finish()
-    assert codes == [2, 2] and seconds < STOPPED_WITHIN
+    codes, _ = ranks.finish()          # (start-up included, so no time bound: rank 1 would otherwise wait forever)
+    assert codes == [2, 2]
     assert_one_line(ranks, f"error: --outdir {out}: 1 finished output(s) there were made under another seed rule")
 
 
