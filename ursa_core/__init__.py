@@ -25,7 +25,7 @@ from .checkpoint import load_model as load
 from .codec import decode_tokens
 from .errors import CheckpointError, InputError, OutputError, URSAError
 from .generate import Generation, StepInfo, generate
-from .media import write_frames
+from .media import load_image, write_frames
 from .metric_path import MetricPath, beta, beta_dot, velocity
 from .modeling_ursa import TransformerOutput
 from .schedule import FrameClocks, FrameSchedule, time_grid, time_shift
@@ -33,5 +33,5 @@ from .sequence import ModelInput, build_sequence
 
 __all__ = ["CheckpointError", "FrameClocks", "FrameSchedule", "Generation", "InputError", "MetricPath",
            "ModelInput", "OutputError", "StepInfo", "TransformerOutput", "URSAError", "URSAModel", "__version__",
-           "beta", "beta_dot", "build_sequence", "decode_tokens", "generate", "load", "time_grid", "time_shift",
+           "beta", "beta_dot", "build_sequence", "decode_tokens", "generate", "load", "load_image", "time_grid", "time_shift",
            "velocity", "write_frames"]

@@ -27,6 +27,11 @@ CFG_RANGE = (0.0, 100.0)
 MOTION_RANGE = (0.0, 10.0)
 UNIT_RANGE = (0.0, 1.0)            # guidance_trunc, start times, carry_start
 PATH_MAX = {"c": 100.0, "alpha": 10.0, "shift": 20.0}  # metric-path scale, exponent and time shift (all > 0)
+# Conditioning images (--image): twice the largest frame per side, so every image that matters at MAX_SIZE is read,
+# while the decode stays near 2 GB (~30 bytes a pixel: decoded, as float, resized). ursa's own limit rather than
+# Pillow's MAX_IMAGE_PIXELS, a global a host may raise or switch off; below Pillow's default, so Pillow never warns.
+MAX_IMAGE_SIDE = 2 * MAX_SIZE
+MAX_IMAGE_PIXELS = MAX_IMAGE_SIDE ** 2
 
 # --- choices --------------------------------------------------------------------------------------------------------
 DTYPES = ("auto", "bf16", "fp16", "fp32")
@@ -119,6 +124,13 @@ def size(name: str, value, stride: int = MIN_SIZE_STRIDE) -> int:
         _fail(f"{name}={value!r} is not allowed: use a multiple of {stride} from {stride} to {MAX_SIZE} "
               f"(the tokenizer's stride)")
     return value
+
+
+def image_pixels(width: int, height: int) -> None:
+    """An image file's size (from its header) against MAX_IMAGE_PIXELS."""
+    if width * height > MAX_IMAGE_PIXELS:
+        _fail(f"{width}x{height} = {width * height:,} pixels is more than the {MAX_IMAGE_PIXELS:,} "
+              f"({MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE}) ursa reads; scale it down first")
 
 
 # --- choices --------------------------------------------------------------------------------------------------------
