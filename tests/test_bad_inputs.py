@@ -104,6 +104,8 @@ CLI_CASES = {
     "png-unwritable": CliCase([], ("/proc/ursa_out.png",), loads=True, codes=(1, 2), out="/proc/ursa_out.png"),
     "mp4-unwritable": CliCase(["--frames", "5"], ("/proc/ursa_out.mp4",), loads=True, codes=(1, 2),
                               out="/proc/ursa_out.mp4"),
+    "out-below-a-file": CliCase([], ("afile.png/o.png", "afile.png is a file, not a directory"),
+                                out="{tmp}/afile.png/o.png"),
     "out-is-a-directory": CliCase([], ("folder.png",), loads=True, codes=(1, 2), out="{tmp}/folder.png"),
     "save-tokens-unwritable": CliCase(["--save-tokens", "/proc/ursa_tokens.safetensors"],
                                       ("/proc/ursa_tokens.safetensors",), loads=True, codes=(1, 2)),
@@ -146,9 +148,13 @@ def test_cli_bad_input(case: CliCase, cli_places, tmp_path, capsys, monkeypatch)
     places = {**cli_places, "tmp": str(tmp_path)}
     out = case.out.format(**places)
     out = out if out.startswith("/") else str(tmp_path / out)
+    argv_out = out
     if out.endswith("folder.png"):
         (tmp_path / "folder.png").mkdir()
         (tmp_path / "folder.png" / "inside.txt").write_bytes(SENTINEL)
+    elif "afile.png/" in out:
+        (tmp_path / "afile.png").write_bytes(SENTINEL)   # the file in the way is an earlier result
+        out = str(tmp_path / "afile.png")                 # ... checked below
     else:
         try:
             with open(out, "wb") as f:  # a result from an earlier run, which a failed run must not touch
@@ -159,7 +165,7 @@ def test_cli_bad_input(case: CliCase, cli_places, tmp_path, capsys, monkeypatch)
         monkeypatch.setattr(cli_generate, "load_model", _must_not_load)
     if case.expect[0] == "needs about":  # the same refusal on any machine: this one has 8 GiB of RAM
         monkeypatch.setattr(memory, "available_bytes", lambda device: 8 * memory.GiB)
-    argv = ["generate", "--model", places["model"], "--prompt", "a red fox", "--steps", "1", "--out", out,
+    argv = ["generate", "--model", places["model"], "--prompt", "a red fox", "--steps", "1", "--out", argv_out,
             *(a.format(**places) for a in case.argv)]
     code = cli.main(argv)
     err = capsys.readouterr().err

@@ -18,20 +18,55 @@ The library surface (docs/ARCHITECTURE.md describes the pieces):
     ursa.beta(t, c, alpha); ursa.beta_dot(t, c, alpha); ursa.velocity(model.path, x_t, x1, t)
     ursa.time_shift(t, shift); ursa.time_grid(steps, shift)
 """
+import importlib
+import sys
+import types
+
 __version__ = "0.1.0"  # the one place the version is written (pyproject.toml reads it)
 
-from .checkpoint import URSAModel
-from .checkpoint import load_model as load
-from .codec import decode_tokens
-from .errors import CheckpointError, InputError, OutputError, URSAError
-from .generate import Generation, StepInfo, generate
-from .media import load_image, write_frames
-from .metric_path import MetricPath, beta, beta_dot, velocity
-from .modeling_ursa import TransformerOutput
-from .schedule import FrameClocks, FrameSchedule, time_grid, time_shift
-from .sequence import ModelInput, build_sequence
+# Public name -> "module" or "module:attribute" (when the name differs). The names are imported on first use
+# (PEP 562), so `import ursa_core` and the CLI's help need no torch; a module that moves changes one line here.
+_PUBLIC = {
+    "CheckpointError": "errors", "InputError": "errors", "OutputError": "errors", "URSAError": "errors",
+    "URSAModel": "checkpoint", "load": "checkpoint:load_model",
+    "decode_tokens": "codec",
+    "Generation": "generate", "StepInfo": "generate", "generate": "generate",
+    "load_image": "media", "write_frames": "media",
+    "MetricPath": "metric_path", "beta": "metric_path", "beta_dot": "metric_path", "velocity": "metric_path",
+    "TransformerOutput": "modeling_ursa",
+    "FrameClocks": "schedule", "FrameSchedule": "schedule", "time_grid": "schedule", "time_shift": "schedule",
+    "ModelInput": "sequence", "build_sequence": "sequence",
+}
 
-__all__ = ["CheckpointError", "FrameClocks", "FrameSchedule", "Generation", "InputError", "MetricPath",
-           "ModelInput", "OutputError", "StepInfo", "TransformerOutput", "URSAError", "URSAModel", "__version__",
-           "beta", "beta_dot", "build_sequence", "decode_tokens", "generate", "load", "load_image", "time_grid", "time_shift",
-           "velocity", "write_frames"]
+__all__ = sorted(["__version__", *_PUBLIC])
+
+
+def _resolve(name: str):
+    module, _, attribute = _PUBLIC[name].partition(":")
+    return getattr(importlib.import_module(f".{module}", __name__), attribute or name)
+
+
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = _resolve(name)
+    globals()[name] = value   # later lookups are plain attribute reads
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_PUBLIC})
+
+
+class _Package(types.ModuleType):
+    """Importing a submodule sets the package attribute of its name: `ursa_core.generate` would become the module
+    `generate.py` instead of the function (an eager `from .generate import generate` rebound it). The public name
+    wins, as before."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in _PUBLIC and isinstance(value, types.ModuleType):
+            value = _resolve(name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

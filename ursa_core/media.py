@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 
 from . import rules
+from .rules import RESIZE_MODES
 from .atomic import atomic_files
 from .errors import InputError, OutputError
 
-RESIZE_MODES = ("crop", "pad", "stretch")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 OUTPUT_SUFFIXES = (".mp4",) + IMAGE_SUFFIXES
 

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 from . import memory, rules
-from . import attention as attention_registry
 from .config import TransformerConfig
 from .errors import InputError
 from .geometry import VisualGeometry
@@ -65,23 +64,3 @@ def warnings_on_stderr():
         yield
     finally:
         logger.removeHandler(handler)
-
-
-# argparse `type=` functions: a bad value is refused while parsing, with the rule's one-line message.
-FRAMES = rules.arg_type(rules.frames, int)
-SIZE = {name: rules.arg_type(lambda v, n=name: rules.size(n, v), int) for name in ("height", "width")}
-STEPS = rules.arg_type(rules.steps, int)
-SEED = rules.arg_type(rules.seed, int)
-CFG = rules.arg_type(rules.cfg, float)
-GUIDANCE_TRUNC = rules.arg_type(lambda v: rules.unit("guidance_trunc", v), float)
-SHIFT = rules.arg_type(lambda v: rules.path_param("shift", v), float)
-MOTION = rules.arg_type(rules.motion, float)
-DTYPE = rules.arg_type(rules.dtype, str)
-ATTENTION = rules.arg_type(rules.attention, str)
-SAMPLER = rules.arg_type(rules.sampler, str)
-WEIGHT_DTYPE = rules.arg_type(rules.weight_dtype, str)
-BLOCKS = rules.arg_type(rules.blocks_on_gpu, int)
-PARALLEL = rules.arg_type(lambda v: rules.choice("parallel", v, rules.PARALLEL_MODES), str)
-SAMPLES = rules.arg_type(lambda v: rules.integer("samples", v, 1, rules.MAX_SAMPLES), int)
-PLACEMENT = {name: rules.arg_type(lambda v, n=name: rules.placement(n, v), str) for name in ("vq_device", "text_device")}
-ATTENTION_HELP = f"{', '.join(attention_registry.names())} (only those this machine can run are accepted)"

@@ -20,7 +20,8 @@ from ..errors import InputError
 from ..media import load_image, write_frames
 from ..parallel import barrier, init_from_env, launched_world
 from ..preflight import check_generate_args
-from .generate import load_for_cli, model_folder, sample_tokens
+from ..tiny import model_folder
+from .generate import load_for_cli, sample_tokens
 
 # A JSONL item's override -> its rule (the command line's rules; the names are the item keys of ursa_core.batch).
 ITEM_RULES = {

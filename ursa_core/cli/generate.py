@@ -20,12 +20,8 @@ from ..parallel import build_layout, init_from_env, launched_world
 from ..preflight import check_generate_args, checkpoint_rules
 from ..checkpoint import URSAModel, load_model
 from ..schedule import FrameSchedule
-from ..tiny import TINY_LABEL, is_tiny, tiny_model_dir
+from ..tiny import TINY_LABEL, is_tiny, model_folder
 from ..token_io import model_identity, save_tokens, token_file_path
-
-
-def model_folder(name: str) -> Path:
-    return tiny_model_dir() if name == "tiny" else Path(name)
 
 
 def check_output_path(out: str, frames: int = 1) -> Path:
@@ -62,7 +58,8 @@ def conditioning(model: URSAModel, images: dict[int, torch.Tensor], latent_frame
 
 
 class ProgressPrinter:
-    """A tqdm bar over sampling steps."""
+    """A tqdm bar over sampling steps; close() ends its line also when sampling stops early (Ctrl-C, an error), so
+    the message after it starts on a line of its own."""
 
     def __init__(self, total: int, desc: str):
         self.total, self.desc, self.bar = total, desc, None
@@ -73,6 +70,10 @@ class ProgressPrinter:
             self.bar = tqdm(total=self.total, desc=self.desc, unit="step")
         self.bar.update(1)
         if info.step + 1 == info.steps:
+            self.bar.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
             self.bar.close()
 
 
@@ -124,8 +125,12 @@ def run_generate(args: argparse.Namespace) -> int:
               f"{model.transformer.attn_implementation}); sampling {args.frames} frame(s) "
               f"{args.width}x{args.height} = {latent} latent tokens, {args.steps} steps"
               + (f", {args.parallel} parallel over {layout.world} ranks" if layout is not None else ""))
-    tokens = sample_tokens(model, args, images, args.prompt, args.seed,
-                           ProgressPrinter(args.steps, "sampling") if rank == 0 else None, layout)
+    progress = ProgressPrinter(args.steps, "sampling") if rank == 0 else None
+    try:
+        tokens = sample_tokens(model, args, images, args.prompt, args.seed, progress, layout)
+    finally:
+        if progress is not None:
+            progress.close()
     if rank != 0:  # the other ranks of a parallel run hold the same tokens; rank 0 writes them
         return 0
     if tokens_path is not None:
