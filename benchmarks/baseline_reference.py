@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import torch
 
-from ursa_core.generate import plan
-from ursa_core.metric_path import beta, beta_dot
-from ursa_core.modeling_ursa import MLP
-from ursa_core.sequence import rotary_angles, sequence_ids
+from ursa_core.model.modeling_ursa import MLP
+from ursa_core.model.sequence import sequence_ids
+from ursa_core.path.metric_path import beta, beta_dot
+from ursa_core.sampling.generate import plan
+from ursa_core.sampling.settings import GenerationSettings
 
 
 @torch.no_grad()
@@ -42,9 +43,9 @@ def reference_generate(model, prompt_ids, frames, height, width, steps, guidance
     saved = MLP.chunk_tokens
     MLP.chunk_tokens = 1 << 30  # the reference's MLP runs the whole sequence at once
     try:
-        p = plan(model, frames, height, width, steps, model.scheduler.shift, None)
-        cfg, device = model.config, model.device
-        cos, sin = rotary_angles(cfg, p.latent_shape, model.transformer.dtype, device)
+        p = plan(model, GenerationSettings(frames=frames, height=height, width=width, steps=steps), None)
+        device = model.device
+        cos, sin = model.transformer.rotary_tables(p.latent_shape)
         emb16 = model.path.unit.half()
         sumsq16 = model.path.sumsq.half()
         torch.manual_seed(seed)

@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baseline_reference import reference_generate  # noqa: E402
 from random_model import random_model, random_prompt_ids, with_fused_projections  # noqa: E402
 
-from ursa_core import attention  # noqa: E402
-from ursa_core.generate import generate  # noqa: E402
+from ursa_core.model import attention  # noqa: E402
+from ursa_core.sampling.generate import generate  # noqa: E402
 
 CASES = {  # name: (model kind, frames, height, width, steps)
     "t2v13": ("fsq", 13, 320, 512, 50), "t2v25": ("fsq", 25, 320, 512, 50), "t2v49": ("fsq", 49, 320, 512, 50),
@@ -96,8 +96,9 @@ def measure(run, device) -> dict:
 
 def executed_flops(model, frames, height, width, steps, trunc, guidance, optimized: bool) -> float:
     """FLOPs the run actually executes (optimized: no step-0 forward, one branch once t >= trunc)."""
-    from ursa_core.generate import plan
-    p = plan(model, frames, height, width, steps, model.scheduler.shift, None)
+    from ursa_core.sampling.generate import plan
+    from ursa_core.sampling.settings import GenerationSettings
+    p = plan(model, GenerationSettings(frames=frames, height=height, width=width, steps=steps), None)
     n = p.active.numel()
     seq = model.config.max_prompt_length + 1 + n
     total = 0.0
@@ -179,7 +180,7 @@ def summarize(result: dict) -> dict:
 
 
 def low_vram_section(case, steps, device) -> dict:
-    from ursa_core.lowvram import enable_low_vram
+    from ursa_core.runtime.lowvram import enable_low_vram
     model = random_model(case[0], device)
     streamer = enable_low_vram(model.transformer, device)
     result = summarize(run_optimized(model, case, steps))
@@ -198,10 +199,11 @@ def attention_agreement_section(model, case, backends=("flash4", "sage", "cudnn"
     and of every layer's output when each layer is fed the SDPA run's input (so one layer's kernel error is seen
     alone; with random weights errors compound chaotically from layer to layer, so end-to-end tokens judge nothing).
     """
-    from ursa_core.generate import plan
-    from ursa_core.sequence import build_sequence, predicting_positions
+    from ursa_core.model.sequence import build_sequence, predicting_positions
+    from ursa_core.sampling.generate import plan
+    from ursa_core.sampling.settings import GenerationSettings
     _, frames, height, width, _ = case
-    p = plan(model, frames, height, width, 2, 1.0, None)
+    p = plan(model, GenerationSettings(frames=frames, height=height, width=width, steps=2, shift=1.0), None)
     cfg, transformer = model.config, model.transformer
     tokens = torch.randint(0, cfg.lm_head_size, (1, *p.latent_shape), generator=torch.Generator().manual_seed(0))
     sequence = build_sequence(model, random_prompt_ids(cfg)[0], tokens)
@@ -231,7 +233,7 @@ def attention_agreement_section(model, case, backends=("flash4", "sage", "cudnn"
 
 
 def compile_section(model, case, steps) -> dict:
-    from ursa_core.compiled import compile_layers
+    from ursa_core.runtime.compiled import compile_layers
     compile_layers(model.transformer)
     start = time.perf_counter()
     run_optimized(model, case, 3, trunc=0.5)  # compiles both batch shapes
@@ -284,7 +286,7 @@ def agreement_section(model, case, steps) -> dict:
 
 def prepare(model, args, report) -> None:
     """The optimized configuration: fastest attention kernel and compiled layers (unless --eager)."""
-    from ursa_core.acceleration import accelerate
+    from ursa_core.runtime.acceleration import accelerate
     if args.fuse:
         model.transformer = with_fused_projections(model.transformer)
     accelerate(model, attention=report.get("attention_choice", "auto"),
@@ -381,7 +383,7 @@ def extra_sections(args, device, report, sections) -> None:
     if "compile" in sections and device.type == "cuda":
         report["compile_49f"] = compile_section(model, big, few)
     if "profile" in sections and device.type == "cuda":
-        from ursa_core.compiled import compile_layers
+        from ursa_core.runtime.compiled import compile_layers
         compile_layers(model.transformer)
         report["profile_49f_compiled"] = profile_section(model, big, "compiled")
         model.transformer.layer_runner = None

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ursa_core import media  # noqa: E402
+from ursa_core.files import media  # noqa: E402
 
 SETTINGS = {"x264 defaults (before)": {}, "write_mp4 now": dict(media.X264_REPRODUCIBLE)}
 SIZES = ((128, 64), (192, 64), (256, 64), (64, 72), (96, 96), (64, 64), (128, 128), (320, 512))

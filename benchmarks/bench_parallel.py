@@ -32,14 +32,15 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from comm_timer import CommTimer  # noqa: E402
 from random_model import random_model, random_prompt_ids, random_transformer  # noqa: E402
 
-from ursa_core import attention  # noqa: E402
-from ursa_core.atomic import atomic_file  # noqa: E402
-from ursa_core.batch import Claims, distributed_store  # noqa: E402
+from ursa_core.batch.prompt_sets import Claims, distributed_store  # noqa: E402
 from ursa_core.errors import InputError  # noqa: E402
-from ursa_core.generate import generate  # noqa: E402
-from ursa_core.parallel import build_layout  # noqa: E402
+from ursa_core.files.atomic import atomic_file  # noqa: E402
+from ursa_core.model import attention  # noqa: E402
+from ursa_core.parallel.distributed import build_layout  # noqa: E402
+from ursa_core.sampling.generate import generate  # noqa: E402
 
 MODES = ("single", "cfg", "sp", "cfg+sp")
 CLIP = dict(frames=49, height=320, width=512, steps=50)
@@ -95,20 +96,19 @@ def timed_clip(model, ids, clip: dict, layout, device, seed: int = 0) -> dict:
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    if layout is not None:
-        layout.timer.reset()
+    timer = CommTimer()
     barrier()
     sync(device)
     began = time.perf_counter()
-    tokens = generate(model, prompt_ids=ids, guidance=7.0, seed=seed, callback=on_step, parallel=layout,
-                      **clip).tokens
+    with timer.timed():
+        tokens = generate(model, prompt_ids=ids, guidance=7.0, seed=seed, callback=on_step, parallel=layout,
+                          **clip).tokens
     sync(device)
     total = time.perf_counter() - began
     ends = [end for end, _ in step_ends]
     executed = [b - a for a, b, (_, ran) in zip([began, *ends], ends, step_ends) if ran]
-    comm = layout.timer.seconds() if layout is not None else 0.0
     return {"total_s": total, "median_step_s": statistics.median(executed), "executed_steps": len(executed),
-            "comm_s_per_step": comm / max(len(executed), 1), "comm_calls": layout.timer.calls if layout else 0,
+            "comm_s_per_step": timer.seconds() / max(len(executed), 1), "comm_calls": timer.calls,
             "peak_gib": torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else 0.0,
             "tokens": tokens}
 

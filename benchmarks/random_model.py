@@ -5,12 +5,12 @@ from pathlib import Path
 
 import torch
 
-from ursa_core.config import SchedulerConfig, TransformerConfig
-from ursa_core.geometry import VisualGeometry
-from ursa_core.metric_path import MetricPath
-from ursa_core.checkpoint import URSAModel
-from ursa_core.modeling_ursa import URSATransformer, build_transformer
+from ursa_core.checkpoint.loader import URSAModel
+from ursa_core.model.config import SchedulerConfig, TransformerConfig
+from ursa_core.model.modeling_ursa import URSATransformer, build_transformer
+from ursa_core.path.metric_path import MetricPath
 from ursa_core.visual_tokenizer.fsq import code_table
+from ursa_core.visual_tokenizer.geometry import VisualGeometry
 
 FSQ320 = TransformerConfig()  # the 1.7B FSQ320 dimensions are the defaults
 IBQ_CODES, IBQ_DIM = 131_072, 256  # IBQ1024: K from Emu3.5's tokenizer; the embed dim is an assumption

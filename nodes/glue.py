@@ -13,14 +13,15 @@ import comfy.utils
 import folder_paths
 import torch
 
-from ursa_core.acceleration import accelerate
+from ursa_core.checkpoint.loader import URSAModel, is_ursa_folder, load_model, resolve_dtype
 from ursa_core.errors import InputError
-from ursa_core.checkpoint import URSAModel, is_ursa_folder, load_model, resolve_dtype
-from ursa_core.loader_options import LoaderOptions, blocks_to_keep, placement_device
-from ursa_core.lowvram import enable_low_vram, place_embeddings
-from ursa_core.preview import token_colors
-from ursa_core.token_io import model_identity
-from ursa_core.weight_dtype import weight_bytes
+from ursa_core.files.token_io import model_identity
+from ursa_core.runtime.acceleration import accelerate
+from ursa_core.runtime.loader_options import blocks_to_keep, placement_device
+from ursa_core.runtime.lowvram import enable_low_vram, place_embeddings
+from ursa_core.runtime.speed import SpeedOptions
+from ursa_core.runtime.weight_dtype import weight_bytes
+from ursa_core.sampling.preview import token_colors
 
 log = logging.getLogger(__name__)
 MODEL_FOLDER_KEY = "ursa"
@@ -109,8 +110,8 @@ def compute_device() -> torch.device:
     return torch.device(mm.get_torch_device())
 
 
-def load_ursa(name: str, dtype: str, options: LoaderOptions = LoaderOptions(), attention: str = "auto",
-              compile: bool = False) -> tuple[LoadedURSA, LoadedVQ]:
+def load_ursa(name: str, dtype: str, options: SpeedOptions = SpeedOptions(low_vram="auto")
+              ) -> tuple[LoadedURSA, LoadedVQ]:
     """Load on the offload device; ComfyUI's model management moves weights to the GPU when a node runs (with
     block swap, only the resident part: streamed layers stay in host memory)."""
     folder = model_folder_path(name)
@@ -118,8 +119,8 @@ def load_ursa(name: str, dtype: str, options: LoaderOptions = LoaderOptions(), a
     model = load_model(folder, device=offload_device, dtype=resolve_dtype(dtype, torch.device(load_device)))
     if model.visual_tokenizer is None:
         raise InputError(f"{folder}: no vae/ folder; URSA needs its visual tokenizer to encode and decode")
-    accelerate(model, attention=attention, weight_dtype=options.weight_dtype, compute_device=load_device)
-    place_transformer(model, options, compile, load_device, offload_device)
+    accelerate(model, attention=options.attention, weight_dtype=options.weight_dtype, compute_device=load_device)
+    place_transformer(model, options, load_device, offload_device)
     patcher = comfy.model_patcher.ModelPatcher(model.transformer, load_device=load_device,
                                                offload_device=offload_device)
     vq_device = placement_device(options.vq_device, mm.vae_device())
@@ -129,7 +130,7 @@ def load_ursa(name: str, dtype: str, options: LoaderOptions = LoaderOptions(), a
             LoadedVQ(model.visual_tokenizer, vq_patcher, model.geometry.fps, model_identity(model)))
 
 
-def place_transformer(model: URSAModel, options: LoaderOptions, compile: bool, load_device, offload_device) -> None:
+def place_transformer(model: URSAModel, options: SpeedOptions, load_device, offload_device) -> None:
     """Text side on its device, then block swap (or compile, which replaces the same layer loop)."""
     text_device = placement_device(options.text_device, mm.text_encoder_device())
     if torch.device(text_device) != torch.device(load_device):
@@ -139,15 +140,15 @@ def place_transformer(model: URSAModel, options: LoaderOptions, compile: bool, l
     if streamer is not None:  # as core logs a partial load: users see why a step is slower
         log.info("URSA: %d decoder layers stay on %s, %d stream from RAM (low_vram=%s)", keep, load_device,
                  len(streamer.host), options.low_vram)
-        if compile:
+        if options.compile:
             log.warning("URSA: not compiling the layers: VRAM is short, so layers stream (both replace the layer "
                         "loop)")
-    elif compile:
-        from ursa_core.compiled import compile_layers  # imports torch._dynamo: only when asked for
+    elif options.compile:
+        from ursa_core.runtime.compiled import compile_layers  # imports torch._dynamo: only when asked for
         compile_layers(model.transformer)
 
 
-def resident_blocks(transformer: torch.nn.Module, options: LoaderOptions, load_device) -> int | None:
+def resident_blocks(transformer: torch.nn.Module, options: SpeedOptions, load_device) -> int | None:
     """Block swap decision from ComfyUI's VRAM state (--lowvram/--novram) and free memory, as core models do."""
     state = mm.vram_state
     if options.low_vram == "auto" and state == mm.VRAMState.DISABLED:

@@ -1,34 +1,36 @@
 """URSAExtendVideo: sliding-window extension of a token clip, carrying tokens (never re-encoding pixels)."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 from comfy_api.latest import io
 
 from ursa_core import rules
-from ursa_core.extend import WindowInfo, WindowPlan, extend_clip
-from ursa_core.token_io import TokenClip, check_identity, model_identity
+from ursa_core.files.token_io import TokenClip, check_identity, model_identity
+from ursa_core.sampling.extend import WindowInfo, WindowPlan, extend_clip
+from ursa_core.sampling.settings import GenerationSettings
 
 from . import glue
-from .nodes_sampler import sampling_inputs
-from .nodes_schedule import MAX_FRAMES, latent_frames
 from .types import URSACond, URSAModel, URSATokens
+from .widgets import sampling_inputs
 
 
 def run_extension(model, conditioning, tokens: TokenClip, windows, window_frames, overlap, carry_start,
-                  window_prompts: str, **sampling) -> TokenClip:
-    plan = WindowPlan(windows, latent_frames(window_frames), overlap)
+                  window_prompts: str, settings: GenerationSettings) -> TokenClip:
+    plan = WindowPlan(windows, rules.latent_frames(window_frames), overlap)
     plan.check()  # before the weights move to the compute device
     core = model.model
     check_identity(tokens.identity, model_identity(core), "the tokens to extend")  # before the weights move
     model.to_compute_device()
-    progress = glue.StepProgress(windows * sampling["steps"])
+    progress = glue.StepProgress(windows * settings.steps)
 
     def on_step(info: WindowInfo) -> None:
         progress.advance()
         if info.step.step + 1 == info.step.steps:
             glue.check_interrupt()  # cancel between windows too
     lines = [line for line in window_prompts.splitlines() if line.strip()] or [conditioning.prompt]
-    clip = extend_clip(core, tokens.tokens, lines, plan, negative_prompt=conditioning.negative_prompt,
-                       carry_start=carry_start, motion=conditioning.motion, callback=on_step, **sampling)
+    clip = extend_clip(core, tokens.tokens, lines, plan, replace(settings, motion=conditioning.motion),
+                       negative_prompt=conditioning.negative_prompt, carry_start=carry_start, callback=on_step)
     return TokenClip(clip, tokens.fps, model_identity(core))
 
 
@@ -49,9 +51,9 @@ class URSAExtendVideo(io.ComfyNode):
                 io.Int.Input("windows", default=2, min=1, max=64,
                              tooltip="How many windows to add. Each adds (window_frames - 1)/4 + 1 - overlap "
                                      "latent frames = 4 pixel frames each."),
-                io.Int.Input("window_frames", default=49, min=5, max=MAX_FRAMES, step=4,
+                io.Int.Input("window_frames", default=49, min=5, max=rules.MAX_FRAMES, step=4,
                              tooltip="Pixel frames per window (1 + 4k), 49 as the URSA extension loop."),
-                io.Int.Input("overlap", default=4, min=1, max=59,
+                io.Int.Input("overlap", default=4, min=1, max=rules.MAX_CARRIED,
                              tooltip="Latent frames carried from the end of the clip into each window (4 latent "
                                      "frames = 13 pixel frames, as URSA's loop)."),
                 *sampling_inputs(steps=50),
@@ -76,6 +78,7 @@ class URSAExtendVideo(io.ComfyNode):
     @classmethod
     def execute(cls, model, conditioning, tokens, windows, window_frames, overlap, seed, steps, cfg,
                 guidance_trunc, carry_start, window_prompts="") -> io.NodeOutput:
+        settings = GenerationSettings(seed=seed, steps=steps, guidance=cfg, guidance_trunc=guidance_trunc)
         clip = run_extension(model, conditioning, tokens, windows, window_frames, overlap, carry_start,
-                             window_prompts, seed=seed, steps=steps, guidance=cfg, guidance_trunc=guidance_trunc)
+                             window_prompts, settings)
         return io.NodeOutput(clip)

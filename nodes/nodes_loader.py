@@ -6,10 +6,11 @@ import os
 import comfy.model_management as mm
 from comfy_api.latest import io
 
-from ursa_core import attention as attention_backends
 from ursa_core import rules
-from ursa_core.loader_options import LOW_VRAM_MODES, MAX_BLOCKS, LoaderOptions, check_loader_options, device_choices
-from ursa_core.weight_dtype import STORAGE_DTYPES, check_weight_dtype
+from ursa_core.model import attention as attention_backends
+from ursa_core.runtime.loader_options import LOW_VRAM_MODES, MAX_BLOCKS, check_loader_options, device_choices
+from ursa_core.runtime.speed import SpeedOptions
+from ursa_core.runtime.weight_dtype import STORAGE_DTYPES, check_weight_dtype
 
 from . import glue
 from .types import URSAModel, URSAVQ
@@ -97,7 +98,7 @@ class URSAModelLoader(io.ComfyNode):
     @classmethod
     def execute(cls, model_name, dtype, attention="auto", compile=False, weight_dtype="default", low_vram="auto",
                 blocks_on_gpu=0, vq_device="default", text_device="default") -> io.NodeOutput:
-        options = LoaderOptions(weight_dtype=weight_dtype, low_vram=low_vram, blocks_on_gpu=blocks_on_gpu,
-                                vq_device=vq_device, text_device=text_device)
-        model, vq = glue.load_ursa(model_name, dtype, options, attention=attention, compile=compile)
+        options = SpeedOptions(attention=attention, compile=compile, weight_dtype=weight_dtype, low_vram=low_vram,
+                               blocks_on_gpu=blocks_on_gpu, vq_device=vq_device, text_device=text_device)
+        model, vq = glue.load_ursa(model_name, dtype, options)
         return io.NodeOutput(model, vq)

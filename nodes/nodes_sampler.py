@@ -5,66 +5,36 @@ from comfy_api.latest import io
 
 from ursa_core import rules
 from ursa_core.errors import InputError
-from ursa_core.generate import StepInfo, generate, sampling_memory
-from ursa_core.token_io import TokenClip, check_identity, model_identity
+from ursa_core.files.token_io import TokenClip, check_identity, model_identity
+from ursa_core.sampling.generate import StepInfo, generate, sampling_memory
+from ursa_core.sampling.settings import GenerationSettings
 
 from . import glue
-from .nodes_schedule import MAX_FRAMES
-from .nodes_tokenizer import size_inputs
 from .types import URSACond, URSAModel, URSASchedule, URSATokens
-
-SEED_MAX = rules.SEED_MAX
-
-
-def sampling_inputs(steps: int = 25) -> list:
-    """The widgets shared by the sampler and the extender (same names, ranges and tooltips)."""
-    return [
-        io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=True,
-                     tooltip="Same seed + same settings = same tokens on the same device."),
-        io.Int.Input("steps", default=steps, min=1, max=rules.MAX_STEPS,
-                     tooltip="Sampling steps. URSA uses 25 for images and 50 for videos."),
-        io.Float.Input("cfg", default=7.0, min=rules.CFG_RANGE[0], max=rules.CFG_RANGE[1], step=0.1, round=0.01,
-                       tooltip="Classifier-free guidance scale in logit space (URSA default 7). <= 1 runs one "
-                               "branch only (faster, no negative prompt)."),
-        io.Float.Input("guidance_trunc", default=0.9, min=0.0, max=1.0, step=0.01,
-                       tooltip="Guidance is applied while the clock t < this; later steps run the conditional "
-                               "branch only (same result as the reference, half the work)."),
-    ]
-
-
-def path_inputs() -> list:
-    return [
-        io.Float.Input("c", default=0.0, min=0.0, max=rules.PATH_MAX["c"], step=0.1,
-                       tooltip="Metric path scale c in beta_t = c (t/(1-t))^alpha. 0 = the checkpoint's value."),
-        io.Float.Input("alpha", default=0.0, min=0.0, max=rules.PATH_MAX["alpha"], step=0.05,
-                       tooltip="Metric path exponent alpha. 0 = the checkpoint's value."),
-        io.Float.Input("shift", default=0.0, min=0.0, max=rules.PATH_MAX["shift"], step=0.1,
-                       tooltip="Time shift lambda (> 1 spends more steps at high noise). 0 = the checkpoint's "
-                               "value."),
-    ]
-
+from .widgets import path_inputs, sampling_inputs, size_inputs
 
 def checkpoint_default(value: float):
     return None if value <= 0 else value
 
 
-def run_sampler(model, conditioning, frames, width, height, schedule=None, given_tokens=None, preview=False,
-                **sampling) -> TokenClip:
+def run_sampler(model, conditioning, settings: GenerationSettings, schedule=None, given_tokens=None,
+                preview=False) -> TokenClip:
     core = model.model
-    latent_shape = core.geometry.latent_shape(frames, height, width)  # the model's own stride, before weights move
+    # the model's own strides, before any weight moves
+    latent_shape = core.geometry.latent_shape(settings.frames, settings.height, settings.width)
     sched, given = (None, None) if schedule is None else (schedule.schedule, schedule.given)
     if given_tokens is not None:
         check_identity(given_tokens.identity, model_identity(core), "given_tokens")
         given = _merge_given(given, given_tokens.tokens, latent_shape)
-    need = sampling_memory(core, latent_shape, conditioning.ids_for(frames)[0].shape[0], sampling["guidance"],
-                           glue.compute_device())
+    prompt_ids = conditioning.ids_for(settings.frames)
+    need = sampling_memory(core, latent_shape, prompt_ids[0].shape[0], settings.guidance, glue.compute_device())
     model.to_compute_device(memory_required=need.total)
-    progress = glue.StepProgress(sampling["steps"], core.path.unit if preview else None)
+    progress = glue.StepProgress(settings.steps, core.path.unit if preview else None)
 
     def on_step(info: StepInfo) -> None:
         progress.advance(info.predicted if preview else None)
-    tokens = generate(core, prompt_ids=conditioning.ids_for(frames), frames=frames, width=width, height=height,
-                      schedule=sched, given_tokens=given, callback=on_step, **sampling).tokens
+    tokens = generate(core, settings=settings, prompt_ids=prompt_ids, schedule=sched, given_tokens=given,
+                      callback=on_step).tokens
     return TokenClip(tokens, core.geometry.fps, model_identity(core))
 
 
@@ -96,7 +66,7 @@ class URSASampler(io.ComfyNode):
                 URSAModel.Input("model", tooltip="From URSA Model Loader."),
                 URSACond.Input("conditioning", tooltip="From URSA Text Encode."),
                 *sampling_inputs(),
-                io.Int.Input("frames", default=1, min=1, max=MAX_FRAMES, step=4,
+                io.Int.Input("frames", default=1, min=1, max=rules.MAX_FRAMES, step=4,
                              tooltip="Pixel frames: 1 = image, 1 + 4k for video (49 = 4 s at 12 fps)."),
                 *size_inputs(),
                 *path_inputs(),
@@ -125,8 +95,8 @@ class URSASampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, conditioning, seed, steps, cfg, guidance_trunc, frames, width, height, c, alpha,
                 shift, schedule=None, given_tokens=None, preview=True) -> io.NodeOutput:
-        clip = run_sampler(model, conditioning, frames, width, height, schedule, given_tokens, preview,
-                           seed=seed, steps=steps, guidance=cfg, guidance_trunc=guidance_trunc,
-                           c=checkpoint_default(c), alpha=checkpoint_default(alpha),
-                           shift=checkpoint_default(shift))
+        settings = GenerationSettings(frames=frames, height=height, width=width, seed=seed, steps=steps,
+                                      guidance=cfg, guidance_trunc=guidance_trunc, c=checkpoint_default(c),
+                                      alpha=checkpoint_default(alpha), shift=checkpoint_default(shift))
+        clip = run_sampler(model, conditioning, settings, schedule, given_tokens, preview)
         return io.NodeOutput(clip)

@@ -4,14 +4,10 @@ from __future__ import annotations
 from comfy_api.latest import io, ui
 
 from ursa_core import rules
-from ursa_core.preview import schedule_diagram
-from ursa_core.schedule import SCHEDULE_MODES, build_schedule
+from ursa_core.path.schedule import SCHEDULE_MODES, build_schedule
+from ursa_core.sampling.preview import schedule_diagram
 
 from .types import URSASchedule, URSATokens
-
-MAX_FRAMES = rules.MAX_FRAMES
-latent_frames = rules.latent_frames
-
 
 class URSAFrameSchedule(io.ComfyNode):
     @classmethod
@@ -28,12 +24,12 @@ class URSAFrameSchedule(io.ComfyNode):
                                tooltip="Which frames are given: image-to-video = the first; interpolation = first "
                                        "and last; extension = the first given_frames (from the end of "
                                        "start_tokens); custom keyframes = the 'keyframes' list."),
-                io.Int.Input("frames", default=49, min=1, max=MAX_FRAMES, step=4,
+                io.Int.Input("frames", default=49, min=1, max=rules.MAX_FRAMES, step=4,
                              tooltip="Pixel frames of the clip, 1 + 4k; must equal the sampler's frames."),
                 io.Float.Input("start_time", default=1.0, min=0.0, max=1.0, step=0.01,
                                tooltip="Start time of the given frames: 1.0 = kept exactly; 0.9 = lightly "
                                        "noised so they can adapt (the reference's cond_noise_scale 0.1)."),
-                io.Int.Input("given_frames", default=4, min=1, max=latent_frames(MAX_FRAMES) - 1,
+                io.Int.Input("given_frames", default=4, min=1, max=rules.MAX_CARRIED,
                              tooltip="extension only: how many latent frames are carried over (4 latent "
                                      "frames = 13 pixel frames, as the URSA extension loop)."),
                 io.String.Input("keyframes", default="0:1.0, -1:1.0",
@@ -70,7 +66,7 @@ class URSAFrameSchedule(io.ComfyNode):
     @classmethod
     def execute(cls, mode, frames, start_time, given_frames, keyframes, start_tokens=None, end_tokens=None,
                 hold=True) -> io.NodeOutput:
-        scheduled = build_schedule(mode, latent_frames(frames), start_time=start_time, given_frames=given_frames,
+        scheduled = build_schedule(mode, rules.latent_frames(frames), start_time=start_time, given_frames=given_frames,
                                    keyframes=keyframes, hold=hold,
                                    start_tokens=None if start_tokens is None else start_tokens.tokens,
                                    end_tokens=None if end_tokens is None else end_tokens.tokens)

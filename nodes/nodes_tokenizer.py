@@ -5,24 +5,13 @@ import torch
 from comfy_api.latest import io
 
 from ursa_core import rules
-from ursa_core.codec import decode_images, encode_images
-from ursa_core.media import RESIZE_MODES
-from ursa_core.token_io import TokenClip, check_identity
+from ursa_core.files.media import RESIZE_MODES
+from ursa_core.files.token_io import TokenClip, check_identity
+from ursa_core.visual_tokenizer.codec import decode_images, encode_images
 
 from . import glue
 from .types import URSATokens, URSAVQ
-
-MAX_SIZE = rules.MAX_SIZE
-
-
-def size_inputs(width: int = 512, height: int = 320) -> list:
-    return [
-        io.Int.Input("width", default=width, min=rules.MIN_SIZE_STRIDE, max=MAX_SIZE, step=rules.MIN_SIZE_STRIDE,
-                     tooltip="Pixel width; a multiple of the tokenizer stride (8 for FSQ320, 16 for IBQ1024)."),
-        io.Int.Input("height", default=height, min=rules.MIN_SIZE_STRIDE, max=MAX_SIZE, step=rules.MIN_SIZE_STRIDE,
-                     tooltip="Pixel height; a multiple of the tokenizer stride (8 for FSQ320, 16 for IBQ1024)."),
-    ]
-
+from .widgets import size_inputs
 
 def encode_clip(vq_handle, images: torch.Tensor, width: int, height: int, resize_mode: str) -> TokenClip:
     frames = images.shape[0] if images.ndim == 4 else 1

@@ -6,9 +6,9 @@ import os
 import folder_paths
 from comfy_api.latest import io, ui
 
-from ursa_core.contained import list_contained, resolve_contained
 from ursa_core.errors import InputError
-from ursa_core.token_io import TokenClip, load_tokens, save_tokens
+from ursa_core.files.contained import list_contained, resolve_contained
+from ursa_core.files.token_io import TokenClip, load_tokens, save_tokens
 
 from .types import URSATokens
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from ursa_core.batch import Claims, distributed_store, read_jobs, run_jobs  # noqa: E402
+from ursa_core.batch.prompt_sets import Claims, distributed_store, read_jobs, run_jobs  # noqa: E402
 
 
 def main(prompts: str, out: str) -> None:

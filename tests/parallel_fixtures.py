@@ -1,9 +1,9 @@
 """The model and settings shared by tests/test_parallel.py and the ranks it spawns (tests/parallel_worker.py)."""
 import dataclasses
 
-from ursa_core.checkpoint import load_model
-from ursa_core.modeling_ursa import build_transformer
-from ursa_core.tiny import random_transformer_state
+from ursa_core.checkpoint.loader import load_model
+from ursa_core.checkpoint.tiny import random_transformer_state
+from ursa_core.model.modeling_ursa import build_transformer
 
 # A 5-frame clip (2 latent frames of 4x4 tokens, 57 rows with the prompt) with guidance and one unguided step.
 KV_HEADS = 4   # 8 query heads in groups of 2: 2 or 4 ranks get whole KV groups

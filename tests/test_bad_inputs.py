@@ -18,12 +18,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from ursa_core import cli, memory
-from ursa_core.cli import generate as cli_generate
+from ursa_core import cli
+from ursa_core.checkpoint.loader import load_model
+from ursa_core.cli import generate_command as cli_generate
 from ursa_core.errors import CheckpointError, InputError, URSAError
-from ursa_core.generate import generate
-from ursa_core.checkpoint import load_model
-from ursa_core.media import load_image
+from ursa_core.files.media import load_image
+from ursa_core.runtime import memory
+from ursa_core.sampling.generate import generate
 
 from image_files import huge_png, png_bytes, truncated_png
 
@@ -314,7 +315,7 @@ def env(comfy, tiny_dir):
 def handles(env, model):
     """URSA_MODEL / URSA_VQ for an already loaded model, wrapped as the loader node wraps them."""
     from nodes import glue
-    from ursa_core.token_io import model_identity
+    from ursa_core.files.token_io import model_identity
 
     patcher = env.modules["comfy.model_patcher"].ModelPatcher
     cpu = torch.device("cpu")
@@ -334,7 +335,7 @@ def good_run(env, key, model, vq):
 
 
 def _clip(latent_frames: int, side: int = 4):
-    from ursa_core.token_io import TokenClip
+    from ursa_core.files.token_io import TokenClip
     return TokenClip(torch.randint(0, 64000, (1, latent_frames, side, side)), 12.0)
 
 
@@ -378,8 +379,9 @@ def test_node_execute_refuses(env, tiny_model, key, bad, message):
 
 
 def test_node_sampler_asks_comfyui_for_its_sampling_memory(env, tiny_model):
-    """ComfyUI frees the estimate (ursa_core.memory) beside the weights, so the check in generate sees it free."""
-    from ursa_core.generate import sampling_memory
+    """ComfyUI frees the estimate (ursa_core.runtime.memory) beside the weights, so the check in generate sees it
+    free."""
+    from ursa_core.sampling.generate import sampling_memory
 
     model, _ = handles(env, tiny_model)
     good_run(env, "sampler", model, None)
@@ -471,7 +473,7 @@ def test_node_widgets_read_the_rules(env):
     sampler = env.node("sampler").GET_SCHEMA()
     assert sampler.input_by_id("frames").max == rules.MAX_FRAMES
     assert sampler.input_by_id("steps").max == rules.MAX_STEPS
-    assert (sampler.input_by_id("cfg").min, sampler.input_by_id("cfg").max) == rules.CFG_RANGE
+    assert (sampler.input_by_id("cfg").min, sampler.input_by_id("cfg").max) == rules.GUIDANCE_RANGE
     assert sampler.input_by_id("seed").max == rules.SEED_MAX
     assert sampler.input_by_id("width").max == rules.MAX_SIZE
     assert sampler.input_by_id("width").step == rules.MIN_SIZE_STRIDE

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ursa_core.batch import MANIFEST, Claims, read_jobs, run_jobs
+from ursa_core.batch.prompt_sets import MANIFEST, Claims, read_jobs, run_jobs
 from ursa_core.errors import InputError
 
 WORKER = Path(__file__).with_name("batch_worker.py")

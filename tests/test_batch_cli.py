@@ -10,7 +10,7 @@ from pathlib import Path
 from PIL import Image
 
 from test_parallel import launch
-from ursa_core.media import count_video_frames
+from ursa_core.files.media import count_video_frames
 
 FAST = ["--height", "32", "--width", "32", "--steps", "2"]
 ROOT = Path(__file__).resolve().parents[1]   # run this checkout's ursa_core, not an installed one
@@ -121,9 +121,9 @@ def test_placement_options_follow_the_loader_rule(tiny_dir, tmp_path):
 
 
 def test_place_parts_moves_the_text_side_and_the_tokenizer(tiny_dir):
-    from ursa_core.checkpoint import load_model
-    from ursa_core.loader_options import place_parts
-    from ursa_core.lowvram import DetachedEmbedding
+    from ursa_core.checkpoint.loader import load_model
+    from ursa_core.runtime.loader_options import place_parts
+    from ursa_core.runtime.lowvram import DetachedEmbedding
 
     model = load_model(tiny_dir, device="cpu", dtype="fp32")
     place_parts(model, "default", "default")            # default: the transformer's device, nothing detached

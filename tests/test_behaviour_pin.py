@@ -9,10 +9,10 @@ import hashlib
 import torch
 
 from tiny_fixtures import small_size
-from ursa_core.extend import WindowPlan, extend_clip
-from ursa_core.generate import generate as _generate
-from ursa_core.checkpoint import load_model
-from ursa_core.schedule import FrameSchedule
+from ursa_core.checkpoint.loader import load_model
+from ursa_core.path.schedule import FrameSchedule
+from ursa_core.sampling.extend import WindowPlan, extend_clip
+from ursa_core.sampling.generate import generate as _generate
 
 PINNED = "71e565193e3808fc63dbc8657f365d279cb3c3358d0d170eaea8da20431a679e"
 # The same text runs with fused projections and the SDPA math kernel (another GEMM shape: other rounding).

@@ -6,10 +6,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tiny_fixtures import fresh_copy
-from ursa_core.config import TransformerConfig
+from ursa_core.checkpoint.loader import load_model, resolve_dtype
+from ursa_core.checkpoint.tiny import make_tiny
 from ursa_core.errors import CheckpointError, InputError
-from ursa_core.checkpoint import load_model, resolve_dtype
-from ursa_core.tiny import make_tiny
+from ursa_core.model.config import TransformerConfig
 
 WEIGHTS = "transformer/diffusion_pytorch_model.safetensors"
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from ursa_core import cli
-from ursa_core.media import count_video_frames, fit_frames, load_image, to_model_pixels
-from ursa_core.checkpoint import load_model
-from ursa_core.token_io import load_tokens
+from ursa_core.checkpoint.loader import load_model
+from ursa_core.files.media import count_video_frames, fit_frames, load_image, to_model_pixels
+from ursa_core.files.token_io import load_tokens
 
 STEPS = "2"  # sampling steps for every generate here: enough to exercise the loop, cheap on 2 CPU cores
 

@@ -110,10 +110,11 @@ def test_every_option_with_a_default_shows_it():
 
 
 @pytest.mark.parametrize("command,shown", [
-    ("generate", ["--cfg CFG classifier-free guidance scale; 1 or less: no guidance (default: 7.0)",
+    ("generate", ["--cfg CFG classifier-free guidance scale; <= 1: one branch, no negative prompt (default: 7.0)",
                   "(default: 0)", "--guidance-trunc GUIDANCE_TRUNC guidance applies while the clock t < this "
-                  "(default: 0.9)", "(default: 1)", "(default: 320 for videos (FSQ), 1024 for images (IBQ), 64 for "
-                  "--model tiny)", "(default: 25 for images, 50 for videos, 8 for --model tiny)"]),
+                  "(default: 0.9)", "(default: 1)", "pixels (default: 320 for URSA-1.7B-FSQ320, 1024 for "
+                  "URSA-1.7B-IBQ1024, 64 for --model tiny)", "sampling steps, images/videos (default: 25/50 for "
+                  "URSA-1.7B-FSQ320, 25/50 for URSA-1.7B-IBQ1024, 8/8 for --model tiny)"]),
     ("batch", ["one 2x2 grid) (default: 1)", "(default: 7.0)"]),
     ("download", ["(default: models/ursa)"])])
 def test_help_shows_the_defaults_the_issue_named(capsys, command, shown):

@@ -168,7 +168,7 @@ def post_prompt(url: str, workflow: str, sets: list[str]) -> tuple[int, dict]:
 def video_info(path: str) -> tuple[int, tuple[int, int]]:
     import av
 
-    from ursa_core.media import count_video_frames
+    from ursa_core.files.media import count_video_frames
     with av.open(path) as container:
         stream = container.streams.video[0]
         size = (stream.width, stream.height)
@@ -322,7 +322,7 @@ def test_token_loader_stays_inside_input_and_output(server):
     exists, showing no path of the machine; a file in input/ is accepted."""
     import torch
 
-    from ursa_core.token_io import save_tokens
+    from ursa_core.files.token_io import save_tokens
 
     base, zeros = server["base"], torch.zeros(1, 1, 4, 4, dtype=torch.long)
     secret = save_tokens(zeros, base.parent / f"{base.name}_outside" / "secret.safetensors")

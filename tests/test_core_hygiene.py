@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from ursa_core import attention
 from ursa_core.errors import InputError
+from ursa_core.model import attention
 
 
 def test_writing_a_tiny_tokenizer_leaves_the_callers_rng_alone(tmp_path):
@@ -20,9 +20,9 @@ def test_writing_a_tiny_tokenizer_leaves_the_callers_rng_alone(tmp_path):
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch._dynamo's own import-time warnings
 def test_compiling_layers_leaves_dynamo_settings_alone():
-    from ursa_core.compiled import CACHE_ENTRIES, _cache_limits, compile_layers
-    from ursa_core.modeling_ursa import URSATransformer
-    from ursa_core.tiny import tiny_transformer_config
+    from ursa_core.runtime.compiled import CACHE_ENTRIES, _cache_limits, compile_layers
+    from ursa_core.model.modeling_ursa import URSATransformer
+    from ursa_core.checkpoint.tiny import tiny_transformer_config
     config = torch._dynamo.config
     before = (config.cache_size_limit, config.accumulated_cache_size_limit)
     transformer = URSATransformer(tiny_transformer_config(100, 99, 64))
@@ -46,7 +46,7 @@ def test_attention_names_and_availability():
 
 
 def test_loading_with_an_unavailable_backend_fails_before_reading_weights(tiny_dir, mocker):
-    from ursa_core import checkpoint
+    from ursa_core.checkpoint import loader as checkpoint
     spy = mocker.spy(checkpoint, "load_transformer")
     with pytest.raises(InputError, match="not available on cpu"):
         checkpoint.load_model(tiny_dir, device="cpu", attention="cudnn")

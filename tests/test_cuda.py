@@ -4,10 +4,10 @@ import copy
 import pytest
 import torch
 
-from ursa_core.generate import guided_logits
-from ursa_core.metric_path import MetricPath
-from ursa_core.schedule import FrameClocks
-from ursa_core.solver import euler_step
+from ursa_core.path.metric_path import MetricPath
+from ursa_core.path.schedule import FrameClocks
+from ursa_core.sampling.denoiser import guided_logits
+from ursa_core.solver.euler import euler_step
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 pytestmark = cuda
@@ -82,8 +82,8 @@ def test_fused_final_step_and_no_guidance():
 
 
 def tiny_cuda_model(tmp_path_factory):
-    from ursa_core.checkpoint import load_model
-    from ursa_core.tiny import make_tiny
+    from ursa_core.checkpoint.loader import load_model
+    from ursa_core.checkpoint.tiny import make_tiny
     folder = make_tiny(tmp_path_factory.mktemp("cuda_tiny") / "m")
     return load_model(folder, device="cuda", dtype="bf16")
 
@@ -94,7 +94,7 @@ def cuda_model(tmp_path_factory):
 
 
 def generate_tokens(model, prompt, **kw):
-    from ursa_core.generate import generate
+    from ursa_core.sampling.generate import generate
     return generate(model, prompt, **kw).tokens
 
 
@@ -113,7 +113,7 @@ def test_generate_deterministic_and_chunk_invariant_on_cuda(cuda_model):
 
 
 def test_low_vram_streaming_matches_on_cuda(cuda_model):
-    from ursa_core.lowvram import enable_low_vram
+    from ursa_core.runtime.lowvram import enable_low_vram
     kw = dict(height=64, width=64, frames=5, steps=4, seed=2)
     ref = generate_tokens(cuda_model, "a fox", **kw)
     streamed = copy.copy(cuda_model)
@@ -124,7 +124,7 @@ def test_low_vram_streaming_matches_on_cuda(cuda_model):
 
 @pytest.mark.parametrize("backend", ["flash", "cudnn", "efficient", "math", "flex"])
 def test_attention_backends_agree(backend):
-    from ursa_core import attention
+    from ursa_core.model import attention
     assert attention.is_available(backend, "cuda")
     gen = torch.Generator(device="cuda").manual_seed(0)
     q = torch.randn(1, 4, 1000, 128, device="cuda", dtype=torch.bfloat16, generator=gen)
@@ -150,7 +150,7 @@ def test_optional_attention_backends_match_sdpa(backend, tolerance, shape):
     """FA4 / SageAttention against PyTorch SDPA: GQA and plain heads, odd lengths, the model's strided layout.
     Relative RMS error of the output (SageAttention quantises QK to int8, hence its looser bound; measured on an
     H100 it exceeds even that below ~1000 tokens, so short sequences are FA4's only: sage is never picked by auto)."""
-    from ursa_core import attention
+    from ursa_core.model import attention
     if backend == "sage" and shape[3] < 1000:
         pytest.skip("SageAttention's int8 blocks are only accurate on long sequences (measured)")
     if not attention.is_available(backend, "cuda"):
@@ -164,7 +164,7 @@ def test_optional_attention_backends_match_sdpa(backend, tolerance, shape):
 
 
 def test_auto_attention_prefers_flash4_when_installed():
-    from ursa_core import attention
+    from ursa_core.model import attention
     picked = attention.resolve("auto", "cuda")
     assert picked == ("flash4" if attention.is_available("flash4", "cuda") else "sdpa")
 
@@ -173,8 +173,8 @@ def test_flash4_layer_outputs_match_sdpa(cuda_model):
     """Every layer of the tiny model in bf16, fed the same input, through FA4 and through SDPA: within 1e-2 relative
     RMS. (Layer by layer, since random weights make end-to-end differences chaotic; the full-size one-forward logit
     error is measured by benchmarks/bench_gpu.py --sections agree_attention.)"""
-    from ursa_core import attention
-    from ursa_core.rope import rotary_cos_sin, sequence_positions
+    from ursa_core.model import attention
+    from ursa_core.model.rope import rotary_cos_sin, sequence_positions
     if not attention.is_available("flash4", "cuda"):
         pytest.skip("flash4 is not installed on this machine")
     transformer = copy.deepcopy(cuda_model.transformer).to(torch.bfloat16)
@@ -193,8 +193,8 @@ def test_flash4_layer_outputs_match_sdpa(cuda_model):
 
 
 def test_compiled_layers_match_eager(cuda_model):
-    from ursa_core.compiled import compile_layers
-    from ursa_core.rope import rotary_cos_sin, sequence_positions
+    from ursa_core.runtime.compiled import compile_layers
+    from ursa_core.model.rope import rotary_cos_sin, sequence_positions
     transformer = copy.deepcopy(cuda_model.transformer)
     cfg = transformer.config
     pos = sequence_positions(cfg.max_prompt_length, (3, 8, 8), device="cuda")
@@ -223,6 +223,6 @@ def test_wide_codebook_fused_jump_matches_torch(monkeypatch):
 
 def test_wide_path_follows_jump_law(monkeypatch):
     pytest.importorskip("triton")
-    import ursa_core.solver as solver
+    import ursa_core.solver.euler as solver
     monkeypatch.setattr(solver, "FUSED_MAX_DIM", 0)  # force the distance-row kernel on a small codebook
     test_fused_jump_law_statistical()

@@ -4,8 +4,8 @@ import torch
 
 from tiny_fixtures import small_size
 from ursa_core.errors import InputError
-from ursa_core.generate import generate
-from ursa_core.schedule import FrameSchedule
+from ursa_core.path.schedule import FrameSchedule
+from ursa_core.sampling.generate import generate
 
 STEPS = 4
 
@@ -151,7 +151,7 @@ def test_schedule_and_given_token_errors(tiny_model):
 
 
 def test_head_blocks_are_chunk_independent():
-    from ursa_core.generate import HEAD_BLOCK, head_in_blocks
+    from ursa_core.sampling.denoiser import HEAD_BLOCK, head_in_blocks
     calls = []
 
     def head(rows):

@@ -13,9 +13,9 @@ from PIL import Image
 
 import ursa_core
 from ursa_core import cli, rules
-from ursa_core.cli import generate as cli_generate
+from ursa_core.cli import generate_command as cli_generate
 from ursa_core.errors import InputError
-from ursa_core.media import load_image
+from ursa_core.files.media import load_image
 
 from image_files import huge_png, png_bytes, rows16, truncated_png
 
@@ -204,8 +204,8 @@ def test_exif_orientation_is_applied(tmp_path):
 
 def test_cli_conditions_on_the_16_bit_image_as_read(tmp_path, tiny_dir, tiny_model):
     """`ursa generate --image` with the issue's 16-bit PNG holds the tokens of a mid-grey frame, not of white."""
-    from ursa_core.codec import encode_images
-    from ursa_core.token_io import load_tokens
+    from ursa_core.visual_tokenizer.codec import encode_images
+    from ursa_core.files.token_io import load_tokens
 
     path, _ = _gray16_png(tmp_path)
     tokens_file = tmp_path / "t.safetensors"

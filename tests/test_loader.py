@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from ursa_core.config import TransformerConfig
-from ursa_core.loader_options import ACTIVATION_RESERVE, blocks_to_keep, check_loader_options
-from ursa_core.lowvram import DetachedEmbedding, enable_low_vram, place_embeddings
-from ursa_core.checkpoint import is_ursa_folder
-from ursa_core.modeling_ursa import URSATransformer
-from ursa_core.rope import rotary_cos_sin, sequence_positions
-from ursa_core.tiny import random_transformer_state
-from ursa_core.weight_dtype import UpcastLinear, store_weights, weight_bytes
+from ursa_core.checkpoint.loader import is_ursa_folder
+from ursa_core.checkpoint.tiny import random_transformer_state
+from ursa_core.model.config import TransformerConfig
+from ursa_core.model.modeling_ursa import URSATransformer
+from ursa_core.model.rope import rotary_cos_sin, sequence_positions
+from ursa_core.runtime.loader_options import ACTIVATION_RESERVE, blocks_to_keep, check_loader_options
+from ursa_core.runtime.lowvram import DetachedEmbedding, enable_low_vram, place_embeddings
+from ursa_core.runtime.weight_dtype import UpcastLinear, store_weights, weight_bytes
 
 CFG = TransformerConfig(hidden_size=64, intermediate_size=96, num_attention_heads=2, num_key_value_heads=1,
                         num_hidden_layers=4, vocab_size=60 + 37, lm_vocab_size=60, lm_head_size=37,
@@ -203,7 +203,7 @@ def test_node_lists_only_ursa_folders_and_gives_download_hint(env, tiny_dir):
 
 
 def test_node_options_have_tooltips_and_usable_attention(env):
-    from ursa_core.attention import available_names
+    from ursa_core.model.attention import available_names
     schema = env.mods["loader"].URSAModelLoader.GET_SCHEMA()
     assert all(i.tooltip for i in schema.inputs) and all(o.tooltip for o in schema.outputs)
     assert schema.input_by_id("attention").options == list(available_names("cpu"))
@@ -273,7 +273,7 @@ def test_node_auto_streams_under_lowvram_like_core(env, monkeypatch):
 
 def test_node_compile_unless_auto_has_to_stream(env, monkeypatch):
     """compile and block swap replace the same layer loop: auto keeps compile when nothing streams."""
-    from ursa_core.lowvram import LayerStreamer
+    from ursa_core.runtime.lowvram import LayerStreamer
     mm = env.modules["comfy.model_management"]
     loader = env.mods["loader"].URSAModelLoader
     monkeypatch.setattr(mm, "vram_state", mm.VRAMState.LOW_VRAM)  # everything fits in the stand-ins' 8 GiB
@@ -286,7 +286,7 @@ def test_node_compile_unless_auto_has_to_stream(env, monkeypatch):
 
 
 def test_fp8_storage_reaches_fused_projections_too():
-    from ursa_core.modeling_ursa import build_transformer
+    from ursa_core.model.modeling_ursa import build_transformer
     fused = build_transformer(CFG, random_transformer_state(CFG, seed=3), torch.float32, fuse_projections=True)
     store_weights(fused, "fp8_e4m3fn")
     plain = [m for layer in fused.model.layers for m in layer.modules() if type(m) is torch.nn.Linear]

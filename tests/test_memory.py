@@ -1,12 +1,13 @@
-"""ursa_core.memory: the estimate against the peaks measured on an H100 (docs/PERFORMANCE.md) and the refusal line."""
+"""ursa_core.runtime.memory: the estimate against the peaks measured on an H100 (docs/PERFORMANCE.md) and the
+refusal line."""
 import os
 
 import pytest
 import torch
 
-from ursa_core import memory
-from ursa_core.config import TransformerConfig
 from ursa_core.errors import InputError
+from ursa_core.model.config import TransformerConfig
+from ursa_core.runtime import memory
 
 GiB = memory.GiB
 URSA_1_7B = TransformerConfig()  # the defaults are the released checkpoints' values

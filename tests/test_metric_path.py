@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from ursa_core.errors import InputError
-from ursa_core.metric_path import MetricPath, beta, beta_dot, sample_from_weights, velocity
-from ursa_core.schedule import FrameClocks, time_grid
-from ursa_core.solver import euler_step
+from ursa_core.path.metric_path import MetricPath, beta, beta_dot, sample_from_weights, velocity
+from ursa_core.path.schedule import FrameClocks, time_grid
+from ursa_core.solver.euler import euler_step
 
 
 @pytest.mark.parametrize("c,alpha", [(3.0, 0.9), (1.5, 1.3), (5.0, 0.5)])
@@ -130,7 +130,7 @@ def test_final_step_returns_x1_and_chunking_is_invariant():
 
 def test_guided_logits_in_hidden_space_equal_logit_space_guidance(tiny_model):
     """Production guides hidden states and projects once; that equals z_u + g (z_c - z_u) on the logits."""
-    from ursa_core.generate import guided_logits
+    from ursa_core.sampling.denoiser import guided_logits
     transformer = tiny_model.transformer
     gen = torch.Generator().manual_seed(0)
     cond, uncond = (torch.randn(5, tiny_model.config.hidden_size, generator=gen) for _ in range(2))

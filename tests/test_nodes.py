@@ -189,7 +189,7 @@ def test_load_tokens_stays_inside_input_and_output(env, tmp_path):
     missing file, and the answer shows no path of this machine."""
     import os
 
-    from ursa_core.token_io import save_tokens
+    from ursa_core.files.token_io import save_tokens
 
     outside = tmp_path / "outside"
     secret = save_tokens(torch.zeros(1, 1, 4, 4, dtype=torch.long), outside / "secret.safetensors")
@@ -210,7 +210,7 @@ def test_load_tokens_stays_inside_input_and_output(env, tmp_path):
 
 
 def test_tokens_from_another_tokenizer_are_refused(env):
-    from ursa_core.token_io import TokenClip
+    from ursa_core.files.token_io import TokenClip
 
     model, vq, cond = load(env)
     clip = sample(env, model, cond)

@@ -1,4 +1,4 @@
-"""Atomic output (ursa_core/atomic.py) and the writers that use it: PNG, MP4, token files, tiny checkpoint; the CLI's
+"""Atomic output (ursa_core/files/atomic.py) and the writers that use it: PNG, MP4, token files, tiny checkpoint; the CLI's
 file errors (one line, exit 2 for bad input, 1 for a failed write) and a real Ctrl-C during a write."""
 import os
 import signal
@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from ursa_core import cli
-from ursa_core.atomic import SLOW_WRITE_ENV, atomic_dir, atomic_file, atomic_files, check_writable
 from ursa_core.errors import InputError, OutputError
-from ursa_core.media import count_video_frames, write_mp4, write_png
+from ursa_core.files.atomic import atomic_dir, atomic_file, atomic_files, check_writable
+from ursa_core.files.media import count_video_frames, write_mp4, write_png
 
 ROOT = Path(__file__).resolve().parents[1]
+SLOW_WRITE_CLI = Path(__file__).with_name("slow_write_cli.py")
 
 
 def leftovers(folder):
@@ -70,7 +71,7 @@ def test_all_frames_or_none(tmp_path):
 
 
 def test_ctrl_c_during_the_renames_still_publishes_the_whole_set(tmp_path, monkeypatch):
-    import ursa_core.atomic as atomic
+    import ursa_core.files.atomic as atomic
 
     real_replace, calls = os.replace, []
 
@@ -142,7 +143,7 @@ def gen(model, out, *extra):
 @pytest.fixture
 def no_model_load(monkeypatch):
     """These errors must come before any model loads."""
-    from ursa_core.cli import generate as job
+    from ursa_core.cli import generate_command as job
 
     def refuse(*a, **k):
         raise AssertionError("model loaded before the input was checked")
@@ -183,7 +184,7 @@ def test_cli_creates_missing_parent_and_prints_wrote_after_the_file_exists(tmp_p
 
 
 def test_cli_write_failure_after_sampling_is_exit_1(tmp_path, capsys, tiny_dir, monkeypatch):
-    from ursa_core import media
+    from ursa_core.files import media
 
     def failing_encoder(images, path, fps=12.0):
         with atomic_file(path) as tmp:
@@ -200,12 +201,11 @@ def test_cli_write_failure_after_sampling_is_exit_1(tmp_path, capsys, tiny_dir, 
 
 def test_sigint_during_the_write_keeps_the_old_file(tmp_path, tiny_dir):
     """A real Ctrl-C (SIGINT) to a real CLI run while its MP4 is being written (the writer is held open by the
-    test hook once the temporary file is complete, so the moment is observable rather than guessed)."""
+    test's CLI wrapper once the temporary file is complete, so the moment is observable rather than guessed)."""
     out = tmp_path / "clip.mp4"
     out.write_bytes(b"the old video")
-    env = dict(os.environ, **{SLOW_WRITE_ENV: "60"})
-    proc = subprocess.Popen([sys.executable, "-m", "ursa_core", "generate", "--model", str(tiny_dir), "--prompt",
-                             "fox", "--frames", "5", "--steps", "2", "--out", str(out)], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, str(SLOW_WRITE_CLI), "generate", "--model", str(tiny_dir), "--prompt",
+                             "fox", "--frames", "5", "--steps", "2", "--out", str(out)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120

@@ -107,7 +107,7 @@ def readme_python_blocks() -> list[str]:
 def test_readme_python_block_runs_as_written(tmp_path, monkeypatch, ursa_cache, index):
     """Every ```python block of the README, unchanged, in a fresh folder on the CPU (issue 17: `load("tiny")` was
     refused as "model folder not found: tiny")."""
-    from ursa_core.media import count_video_frames
+    from ursa_core.files.media import count_video_frames
 
     monkeypatch.chdir(tmp_path)
     namespace = {}
@@ -117,7 +117,7 @@ def test_readme_python_block_runs_as_written(tmp_path, monkeypatch, ursa_cache, 
 
 
 def test_load_tiny_is_the_clis_tiny_checkpoint(ursa_cache):
-    from ursa_core.tiny import TINY_CACHE_NAME
+    from ursa_core.checkpoint.tiny import TINY_CACHE_NAME
 
     model = ursa_core.load("tiny")
     assert model.folder == ursa_cache / TINY_CACHE_NAME and model.geometry.spatial_stride == 8

@@ -12,7 +12,7 @@ import torch
 from parallel_fixtures import SAMPLING, two_kv_head_model
 from ursa_core import rules
 from ursa_core.errors import InputError
-from ursa_core.generate import generate
+from ursa_core.sampling.generate import generate
 
 WORKER = Path(__file__).with_name("parallel_worker.py")
 

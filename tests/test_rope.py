@@ -3,7 +3,7 @@ import math
 
 import torch
 
-from ursa_core.rope import apply_rotary, pair_axes, rotary_cos_sin, sequence_positions
+from ursa_core.model.rope import apply_rotary, pair_axes, rotary_cos_sin, sequence_positions
 
 
 def spec_axis_lists():

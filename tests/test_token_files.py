@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from ursa_core import cli
-from ursa_core.contained import list_contained, resolve_contained
 from ursa_core.errors import InputError
-from ursa_core.token_io import (FORMAT, check_identity, load_tokens, model_identity, save_tokens,
+from ursa_core.files.contained import list_contained, resolve_contained
+from ursa_core.files.token_io import (FORMAT, check_identity, load_tokens, model_identity, save_tokens,
                                 tokenizer_identity)
 
 
@@ -155,7 +155,7 @@ def test_foreign_metadata_is_one_line(tmp_path):
     from safetensors.torch import save_file
 
     from ursa_core.errors import InputError
-    from ursa_core.token_io import FORMAT, load_tokens
+    from ursa_core.files.token_io import FORMAT, load_tokens
     path = tmp_path / "odd.safetensors"
     save_file({"tokens": torch.zeros(1, 1, 2, 2, dtype=torch.int32)}, str(path), metadata={"format": FORMAT,
                                                                                           "fps": "twelve"})

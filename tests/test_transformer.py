@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from ursa_core.config import TransformerConfig
-from ursa_core.modeling_ursa import URSATransformer, build_transformer
-from ursa_core.rope import rotary_cos_sin, sequence_positions
-from ursa_core.tiny import random_transformer_state
+from ursa_core.checkpoint.tiny import random_transformer_state
+from ursa_core.model.config import TransformerConfig
+from ursa_core.model.modeling_ursa import URSATransformer, build_transformer
+from ursa_core.model.rope import rotary_cos_sin, sequence_positions
 
 CFG = TransformerConfig(hidden_size=48, intermediate_size=80, num_attention_heads=4, num_key_value_heads=2,
                         num_hidden_layers=2, vocab_size=60 + 37, lm_vocab_size=60, lm_head_size=37,
@@ -103,7 +103,7 @@ def test_layer_streaming_matches_resident_forward():
     """Low-VRAM streaming (CPU fallback path: synchronous copies) gives the same hidden states."""
     import copy
 
-    from ursa_core.lowvram import enable_low_vram
+    from ursa_core.runtime.lowvram import enable_low_vram
 
     _, model = build(torch.float32)
     streamed = copy.deepcopy(model)
@@ -144,7 +144,7 @@ def test_output_hidden_states_follow_transformers_convention():
 
 
 def test_attention_backend_is_looked_up_by_name(monkeypatch):
-    from ursa_core import attention
+    from ursa_core.model import attention
     _, model = build(torch.float64)
     ids, pos = inputs()
     cos, sin = rotary_cos_sin(pos, 128, CFG.rope_theta, torch.float64)

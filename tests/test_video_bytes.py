@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ursa_core import cli
-from ursa_core.media import write_mp4
+from ursa_core.files.media import write_mp4
 
 ROOT = Path(__file__).resolve().parents[1]
 # (height, width): sizes at which the old writer differed most often (17 % of re-encodes), and the model's own.

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ursa_core.errors import CheckpointError, InputError
-from ursa_core.safetensors_io import WEIGHTS_NAME, load_state_dict, save_state_dict
+from ursa_core.files.safetensors_io import WEIGHTS_NAME, load_state_dict, save_state_dict
 from ursa_core.visual_tokenizer import haar
 from ursa_core.visual_tokenizer.loading import load_visual_tokenizer, write_tiny_visual_tokenizer
 

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from ursa_core.checkpoint import load_model
-from ursa_core.tiny import make_tiny
+from ursa_core.checkpoint.loader import load_model
+from ursa_core.checkpoint.tiny import make_tiny
 
 
 @pytest.fixture(scope="session")

@@ -19,8 +19,6 @@ The library surface (docs/ARCHITECTURE.md describes the pieces):
     ursa.time_shift(t, shift); ursa.time_grid(steps, shift)
 """
 import importlib
-import sys
-import types
 
 __version__ = "0.1.0"  # the one place the version is written (pyproject.toml reads it)
 
@@ -28,45 +26,29 @@ __version__ = "0.1.0"  # the one place the version is written (pyproject.toml re
 # (PEP 562), so `import ursa_core` and the CLI's help need no torch; a module that moves changes one line here.
 _PUBLIC = {
     "CheckpointError": "errors", "InputError": "errors", "OutputError": "errors", "URSAError": "errors",
-    "URSAModel": "checkpoint", "load": "checkpoint:load_model",
-    "decode_tokens": "codec",
-    "Generation": "generate", "StepInfo": "generate", "generate": "generate",
-    "load_image": "media", "write_frames": "media",
-    "MetricPath": "metric_path", "beta": "metric_path", "beta_dot": "metric_path", "velocity": "metric_path",
-    "TransformerOutput": "modeling_ursa",
-    "FrameClocks": "schedule", "FrameSchedule": "schedule", "time_grid": "schedule", "time_shift": "schedule",
-    "ModelInput": "sequence", "build_sequence": "sequence",
+    "URSAModel": "checkpoint.loader", "load": "checkpoint.loader:load_model",
+    "load_image": "files.media", "write_frames": "files.media",
+    "TransformerOutput": "model.modeling_ursa",
+    "ModelInput": "model.sequence", "build_sequence": "model.sequence",
+    "MetricPath": "path.metric_path", "beta": "path.metric_path", "beta_dot": "path.metric_path",
+    "velocity": "path.metric_path",
+    "FrameClocks": "path.schedule", "FrameSchedule": "path.schedule", "time_grid": "path.schedule",
+    "time_shift": "path.schedule",
+    "Generation": "sampling.generate", "StepInfo": "sampling.generate", "generate": "sampling.generate",
+    "decode_tokens": "visual_tokenizer.codec",
 }
 
 __all__ = sorted(["__version__", *_PUBLIC])
 
 
-def _resolve(name: str):
-    module, _, attribute = _PUBLIC[name].partition(":")
-    return getattr(importlib.import_module(f".{module}", __name__), attribute or name)
-
-
 def __getattr__(name: str):
     if name not in _PUBLIC:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = _resolve(name)
+    module, _, attribute = _PUBLIC[name].partition(":")
+    value = getattr(importlib.import_module(f".{module}", __name__), attribute or name)
     globals()[name] = value   # later lookups are plain attribute reads
     return value
 
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *_PUBLIC})
-
-
-class _Package(types.ModuleType):
-    """Importing a submodule sets the package attribute of its name: `ursa_core.generate` would become the module
-    `generate.py` instead of the function (an eager `from .generate import generate` rebound it). The public name
-    wins, as before."""
-
-    def __setattr__(self, name: str, value) -> None:
-        if name in _PUBLIC and isinstance(value, types.ModuleType):
-            value = _resolve(name)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -19,12 +19,13 @@ if TYPE_CHECKING:
 # --- limits ---------------------------------------------------------------------------------------------------------
 VIDEO_STRIDE = 4                   # pixel frames per latent frame of the video tokenizer (1 + 4k frames)
 MAX_FRAMES = 1 + VIDEO_STRIDE * 60  # 241 frames = 20 s at 12 fps; beyond this no device has the memory
+MAX_CARRIED = (MAX_FRAMES - 1) // VIDEO_STRIDE  # given / carried latent frames: every latent frame of a clip but one
 MIN_SIZE_STRIDE = 8                # the smallest tokenizer stride (FSQ); IBQ checkpoints need 16
 MAX_SIZE = 4096
 MAX_STEPS = 1000
 MAX_SAMPLES = 1000                 # samples per prompt of a batch
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
-CFG_RANGE = (0.0, 100.0)
+GUIDANCE_RANGE = (0.0, 100.0)
 MOTION_RANGE = (0.0, 10.0)
 UNIT_RANGE = (0.0, 1.0)            # guidance_trunc, start times, carry_start
 PATH_MAX = {"c": 100.0, "alpha": 10.0, "shift": 20.0}  # metric-path scale, exponent and time shift (all > 0)
@@ -42,11 +43,9 @@ LOW_VRAM_MODES = ("auto", "off", "stream")             # block swap: as core mod
 MAX_BLOCKS = 256                                       # decoder layers kept on the GPU (more than any URSA has)
 DEVICE_TYPES = ("cpu", "cuda", "mps")
 RESIZE_MODES = ("crop", "pad", "stretch")               # fitting an image to the frame (media.fit_frames)
-PARALLEL_MODES = ("none", "cfg", "sp", "cfg+sp")       # how the ranks of one generation share it (parallel.py)
+PARALLEL_MODES = ("none", "cfg", "sp", "cfg+sp")       # how the ranks of one generation share it (parallel/)
 
-# --- defaults per tokenizer -----------------------------------------------------------------------------------------
-DEFAULT_SIZE = {"video": (320, 512), "image": (1024, 1024), "tiny": (64, 64)}  # (height, width)
-DEFAULT_STEPS = {"image": 25, "video": 50, "tiny": 8}
+# --- defaults (those of each checkpoint: checkpoint/defaults.py) ---------------------------------------------------
 DEFAULT_MOTION = 9.0  # the reference demos' motion score for videos
 
 
@@ -84,8 +83,9 @@ def seed(value) -> int:
     return integer("seed", value, 0, SEED_MAX)
 
 
-def cfg(value, name: str = "cfg") -> float:
-    return number(name, value, *CFG_RANGE)
+def guidance(value, name: str = "guidance") -> float:
+    """The classifier-free guidance scale (the node widget and the CLI flag call it cfg)."""
+    return number(name, value, *GUIDANCE_RANGE)
 
 
 def unit(name: str, value) -> float:
@@ -118,7 +118,13 @@ def frames(value, temporal_stride: int = VIDEO_STRIDE, image_only: bool = False,
 
 
 def latent_frames(pixel_frames: int, temporal_stride: int = VIDEO_STRIDE) -> int:
+    """The 1 + stride*k rule read forwards: pixel frames -> latent frames (the first latent frame is one picture)."""
     return (pixel_frames - 1) // temporal_stride + 1
+
+
+def pixel_frames(latent_frames: int, temporal_stride: int = VIDEO_STRIDE) -> int:
+    """The same rule read backwards: latent frames -> the pixel frames they decode to."""
+    return (latent_frames - 1) * temporal_stride + 1
 
 
 def size(name: str, value, stride: int = MIN_SIZE_STRIDE) -> int:
@@ -197,8 +203,8 @@ def rank_device(value: str, local_rank: int, world: int) -> torch.device:
 
 
 def attention(value, on: Optional[torch.device] = None) -> str:
-    """A backend of ursa_core.attention's registry that runs on the device the model computes on."""
-    from . import attention as attention_registry
+    """A backend of ursa_core.model.attention's registry that runs on the device the model computes on."""
+    from .model import attention as attention_registry
 
     choice("attention", value, attention_registry.names())
     if on is not None and value != "auto" and not attention_registry.is_available(value, on):
@@ -207,12 +213,11 @@ def attention(value, on: Optional[torch.device] = None) -> str:
     return value
 
 
-def sampler(value, on: Optional[torch.device] = None) -> str:
+def sampler(value, on: Optional[torch.device] = None, fused_available: bool = True) -> str:
+    """auto, torch or triton; `fused_available` says whether the fused kernels run on `on` (the solver knows)."""
     choice("sampler", value, SAMPLERS)
-    if value == "triton" and on is not None:
-        from . import triton_sampler
-        if not triton_sampler.available(on):
-            _fail(f"sampler='triton' is not available on {on}: it needs a CUDA GPU with Triton; use auto or torch")
+    if value == "triton" and on is not None and not fused_available:
+        _fail(f"sampler='triton' is not available on {on}: it needs a CUDA GPU with Triton; use auto or torch")
     return value
 
 
@@ -255,15 +260,6 @@ def parallel_layout(mode: str, world: int, kv_heads: int) -> tuple[int, int]:
 
 
 # --- defaults -------------------------------------------------------------------------------------------------------
-def default_size(image_only: bool, tiny: bool = False) -> tuple[int, int]:
-    """(height, width) the reference uses: 320x512 videos (FSQ), 1024x1024 images (IBQ)."""
-    return DEFAULT_SIZE["tiny" if tiny else ("image" if image_only else "video")]
-
-
-def default_steps(pixel_frames: int, tiny: bool = False) -> int:
-    return DEFAULT_STEPS["tiny" if tiny else ("image" if pixel_frames == 1 else "video")]
-
-
 def default_motion(pixel_frames: int) -> Optional[float]:
     """Videos get the `motion=<score>, ` prompt prefix; single images never do (the reference's usage)."""
     return DEFAULT_MOTION if pixel_frames > 1 else None
@@ -301,7 +297,7 @@ NODE_INPUT_RULES: dict[str, Callable[[object], object]] = {
     "height": lambda v: size("height", v),
     "steps": steps,
     "seed": seed,
-    "cfg": cfg,
+    "cfg": lambda v: guidance(v, "cfg"),
     "guidance_trunc": lambda v: unit("guidance_trunc", v),
     "start_time": lambda v: unit("start_time", v),
     "carry_start": lambda v: unit("carry_start", v),

@@ -1,8 +1,9 @@
 """The command line `ursa` (also `python -m ursa_core`): generate, batch, decode, make-tiny, download.
 
-command_line.py parses, checks for torch and maps errors to exit codes; generate.py, batch.py and tools.py hold the
-jobs. This module imports nothing until a command runs, so Ctrl-C is answered as `cancelled` (exit 130) from the
-first moment on: the imports (about a second: torch) happen inside main().
+command_line.py parses, checks for torch and maps errors to exit codes; arguments.py holds the flags' types and the
+typed objects built from them; generate_command.py, batch_command.py and tools.py hold the jobs. This module imports
+nothing until a command runs, so Ctrl-C is answered as `cancelled` (exit 130) from the first moment on: the imports
+(about a second: torch) happen inside main().
 """
 from __future__ import annotations
 

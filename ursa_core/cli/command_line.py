@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Optional
+from typing import Callable, Optional
 
 from .. import __version__, rules
-from ..batch import FORMATS
+from ..batch.prompt_sets import FORMATS
+from ..checkpoint.defaults import MODEL_DEFAULTS, ModelDefaults
 from ..errors import OutputError, URSAError
+from . import arguments
 from .exits import EXIT_INPUT, EXIT_OUTPUT
 
 REAL_MODELS = ("BAAI/URSA-1.7B-FSQ320", "BAAI/URSA-1.7B-IBQ1024")
@@ -21,88 +23,63 @@ NEEDS_TORCH = ("`ursa {command}` needs PyTorch, {why}. Install the build for thi
                "torch; NVIDIA GPU: the command from https://pytorch.org/get-started/locally/). ComfyUI users already "
                "have it: install ursa into ComfyUI's Python environment and run it from there.")
 
-# argparse `type=` functions: a bad value is refused while parsing, with the rule's one-line message.
-FRAMES = rules.arg_type(rules.frames, int)
-SIZE = {name: rules.arg_type(lambda v, n=name: rules.size(n, v), int) for name in ("height", "width")}
-STEPS = rules.arg_type(rules.steps, int)
-SEED = rules.arg_type(rules.seed, int)
-CFG = rules.arg_type(rules.cfg, float)
-GUIDANCE_TRUNC = rules.arg_type(lambda v: rules.unit("guidance_trunc", v), float)
-SHIFT = rules.arg_type(lambda v: rules.path_param("shift", v), float)
-MOTION = rules.arg_type(rules.motion, float)
-DTYPE = rules.arg_type(rules.dtype, str)
-ATTENTION = rules.arg_type(rules.attention, str)
-SAMPLER = rules.arg_type(rules.sampler, str)
-WEIGHT_DTYPE = rules.arg_type(rules.weight_dtype, str)
-BLOCKS = rules.arg_type(rules.blocks_on_gpu, int)
-PARALLEL = rules.arg_type(lambda v: rules.choice("parallel", v, rules.PARALLEL_MODES), str)
-SAMPLES = rules.arg_type(lambda v: rules.integer("samples", v, 1, rules.MAX_SAMPLES), int)
-PLACEMENT = {name: rules.arg_type(lambda v, n=name: rules.placement(n, v), str) for name in ("vq_device", "text_device")}
 
-
-def attention_help() -> str:
-    """The backends of the attention registry, which needs torch: without it, help says so instead."""
-    try:
-        from .. import attention as registry
-    except (ImportError, OSError):
-        return "auto or a backend name; the list needs torch installed (default: %(default)s)"
-    return f"{', '.join(registry.names())}; only those this machine runs are accepted (default: %(default)s)"
-
-
-def per_checkpoint(values: dict, unit: str = "") -> str:
-    """'320 for FSQ checkpoints, ...' from a rules.DEFAULT_* table, so help shows the defaults the rules apply."""
-    return ", ".join(f"{value}{unit} for {kind}" for kind, value in values.items())
+def per_checkpoint(value: Callable[[ModelDefaults], object]) -> str:
+    """'320 for URSA-1.7B-FSQ320, ...': a default of each checkpoint (checkpoint/defaults.py), as help shows it."""
+    return ", ".join(f"{value(defaults)} for {'--model tiny' if name == 'tiny' else name}"
+                     for name, defaults in MODEL_DEFAULTS.items())
 
 
 def add_sampling_options(parser) -> None:
     """The generation options `ursa generate` and `ursa batch` share (a batch item may override some of them)."""
-    heights = {"videos (FSQ)": rules.DEFAULT_SIZE["video"][0], "images (IBQ)": rules.DEFAULT_SIZE["image"][0],
-               "--model tiny": rules.DEFAULT_SIZE["tiny"][0]}
-    widths = {"videos (FSQ)": rules.DEFAULT_SIZE["video"][1], "images (IBQ)": rules.DEFAULT_SIZE["image"][1],
-              "--model tiny": rules.DEFAULT_SIZE["tiny"][1]}
-    steps = {"images": rules.DEFAULT_STEPS["image"], "videos": rules.DEFAULT_STEPS["video"],
-             "--model tiny": rules.DEFAULT_STEPS["tiny"]}
     parser.add_argument("--model", required=True,
                         help="a model folder in the official layout, or 'tiny' (a tiny random checkpoint built on first "
                              "use: noise, for trying the pipeline)")
     parser.add_argument("--negative", default="", help="negative prompt (default: empty, as the reference)")
-    parser.add_argument("--frames", type=FRAMES, default=1,
+    parser.add_argument("--frames", type=arguments.FRAMES, default=1,
                         help="1 for an image, 1 + 4k for a video (49 = 4 s at 12 fps) (default: %(default)s)")
-    parser.add_argument("--height", type=SIZE["height"], help=f"pixels (default: {per_checkpoint(heights)})")
-    parser.add_argument("--width", type=SIZE["width"], help=f"pixels (default: {per_checkpoint(widths)})")
-    parser.add_argument("--steps", type=STEPS, help=f"sampling steps (default: {per_checkpoint(steps)})")
-    parser.add_argument("--cfg", type=CFG, default=7.0,
-                        help="classifier-free guidance scale; 1 or less: no guidance (default: %(default)s)")
-    parser.add_argument("--guidance-trunc", type=GUIDANCE_TRUNC, default=0.9,
+    parser.add_argument("--height", type=arguments.SIZE["height"],
+                        help=f"pixels (default: {per_checkpoint(lambda d: d.height)})")
+    parser.add_argument("--width", type=arguments.SIZE["width"],
+                        help=f"pixels (default: {per_checkpoint(lambda d: d.width)})")
+    parser.add_argument("--steps", type=arguments.STEPS,
+                        help=f"sampling steps, images/videos (default: "
+                             f"{per_checkpoint(lambda d: f'{d.image_steps}/{d.video_steps}')})")
+    parser.add_argument("--cfg", dest="guidance", metavar="CFG", type=arguments.GUIDANCE, default=7.0,
+                        help="classifier-free guidance scale; <= 1: one branch, no negative prompt "
+                             "(default: %(default)s)")
+    parser.add_argument("--guidance-trunc", type=arguments.GUIDANCE_TRUNC, default=0.9,
                         help="guidance applies while the clock t < this (default: %(default)s)")
-    parser.add_argument("--shift", type=SHIFT, help="time shift lambda of the step grid (default: the checkpoint's)")
-    parser.add_argument("--motion", type=MOTION,
+    parser.add_argument("--shift", type=arguments.SHIFT,
+                        help="time shift lambda of the step grid (default: the checkpoint's)")
+    parser.add_argument("--motion", type=arguments.MOTION,
                         help=f"motion score 0..10 put before video prompts (default: {rules.DEFAULT_MOTION} for "
                              f"videos, none for images)")
-    parser.add_argument("--seed", type=SEED, default=0, help="the same seed gives the same result (default: %(default)s)")
+    parser.add_argument("--seed", type=arguments.SEED, default=0,
+                        help="the same seed gives the same result (default: %(default)s)")
     parser.add_argument("--resize", choices=rules.RESIZE_MODES, default="crop",
                         help="how --image/--last-image fit the frame: crop (cover, cut the middle), pad (fit, black "
                              "bars) or stretch (default: %(default)s)")
-    parser.add_argument("--dtype", type=DTYPE, default="auto",
+    parser.add_argument("--dtype", type=arguments.DTYPE, default="auto",
                         help="auto (bf16 or fp16 on GPUs, fp32 on the CPU), fp32, fp16 or bf16 (default: %(default)s)")
-    parser.add_argument("--device", default="auto",
-                        help="auto, cpu, cuda, cuda:1, ...; under torchrun auto is cuda:LOCAL_RANK (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...; under torchrun auto is "
+                                                         "cuda:LOCAL_RANK (default: %(default)s)")
     place = parser.add_argument_group("placement (as the ComfyUI loader's vq_device / text_device)")
-    place.add_argument("--vq-device", type=PLACEMENT["vq_device"], default="default",
+    place.add_argument("--vq-device", type=arguments.PLACEMENT["vq_device"], default="default",
                        help="where the visual tokenizer runs: default (the transformer's device), cpu, cuda:N "
                             "(default: %(default)s)")
-    place.add_argument("--text-device", type=PLACEMENT["text_device"], default="default",
+    place.add_argument("--text-device", type=arguments.PLACEMENT["text_device"], default="default",
                        help="where the token embedding table lives: default (the transformer's device), cpu, cuda:N "
                             "(default: %(default)s)")
     speed = parser.add_argument_group("speed and memory (GPU; see docs/PERFORMANCE.md)")
     speed.add_argument("--compile", action="store_true", help="torch.compile the layers (faster after ~15 s)")
     speed.add_argument("--low-vram", action="store_true", help="stream layers from host memory (49 frames in 4.3 GiB)")
-    speed.add_argument("--attention", type=ATTENTION, default="auto", help=attention_help())
-    speed.add_argument("--sampler", default="auto", type=SAMPLER,
+    speed.add_argument("--attention", type=arguments.ATTENTION, default="auto", help=arguments.attention_help())
+    speed.add_argument("--sampler", default="auto", type=arguments.SAMPLER,
                        help="jump-step kernels: triton (fused, CUDA), torch, or auto (default: %(default)s)")
-    speed.add_argument("--blocks-on-gpu", type=BLOCKS, default=0,
+    speed.add_argument("--blocks-on-gpu", type=arguments.BLOCKS, default=0,
                        help="with --low-vram: how many layers stay on the GPU, the rest stream (default: %(default)s)")
-    speed.add_argument("--weight-dtype", default="default", type=WEIGHT_DTYPE,
+    speed.add_argument("--weight-dtype", default="default", type=arguments.WEIGHT_DTYPE,
                        help="weight storage as ComfyUI's UNETLoader: default, fp8_e4m3fn or fp8_e5m2 (fp8 layer "
                             "weights, upcast per layer) (default: %(default)s)")
 
@@ -118,7 +95,7 @@ def _add_generate(sub) -> None:
     gen.add_argument("--out", required=True, help="out.png for an image (frames: out_00000.png, ...) or out.mp4")
     gen.add_argument("--save-tokens", help="also write the sampled tokens to this .safetensors file (`ursa decode` "
                                            "turns them into pixels again)")
-    gen.add_argument("--parallel", type=PARALLEL, default="none",
+    gen.add_argument("--parallel", type=arguments.PARALLEL, default="none",
                      help="under torchrun: share ONE generation between the ranks: cfg (2 ranks: one guidance "
                           "branch each), sp (N ranks: sequence parallel, N divides the KV heads), cfg+sp (2N) "
                           "(default: %(default)s)")
@@ -134,7 +111,7 @@ def _add_batch(sub) -> None:
     bat.add_argument("--format", choices=FORMATS, default="auto",
                      help="auto: from the file name (default: %(default)s)")
     bat.add_argument("--outdir", required=True, help="output folder (finished outputs there are skipped)")
-    bat.add_argument("--samples", type=SAMPLES, default=1,
+    bat.add_argument("--samples", type=arguments.SAMPLES, default=1,
                      help="samples per prompt, seeds seed, seed+1, ... (DPG-Bench: 4, one 2x2 grid) "
                           "(default: %(default)s)")
     add_sampling_options(bat)
@@ -217,13 +194,12 @@ def run(argv: Optional[list[str]] = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command in ("generate", "batch"):
-        from ..parallel import finish
-        from ..preflight import warnings_on_stderr
-        from .batch import run_batch
-        from .generate import run_generate
+        from ..parallel.distributed import finish
+        from .batch_command import run_batch
+        from .generate_command import run_generate
 
         try:
-            with warnings_on_stderr():
+            with arguments.warnings_on_stderr():
                 return (run_generate if args.command == "generate" else run_batch)(args)
         finally:
             finish()  # leave torchrun's process group, if this run joined one

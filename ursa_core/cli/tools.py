@@ -6,15 +6,15 @@ import sys
 import time
 from pathlib import Path
 
-from ..atomic import partial_dir, replace_dir
-from ..codec import decode_images
-from ..errors import InputError
-from ..media import write_frames
-from ..token_io import check_identity, load_tokens, tokenizer_identity
 from .. import rules
+from ..checkpoint.tiny import model_folder
+from ..errors import InputError
+from ..files.atomic import partial_dir, replace_dir
+from ..files.media import write_frames
+from ..files.token_io import check_identity, load_tokens, tokenizer_identity
+from ..visual_tokenizer.codec import decode_images
 from .exits import EXIT_DOWNLOAD
-from ..tiny import model_folder
-from .generate import check_output_path, report_written
+from .generate_command import check_output_path, report_written
 
 
 def run_decode(args: argparse.Namespace) -> int:
@@ -27,7 +27,7 @@ def run_decode(args: argparse.Namespace) -> int:
     if not args.model and not meta.get("model"):
         raise InputError(f"--tokens {args.tokens}: the file does not name its model; pass --model DIR")
     stride = int(identity.get("temporal_stride") or 4)
-    check_output_path(args.out, tokens.shape[0] * ((tokens.shape[1] - 1) * stride + 1))
+    check_output_path(args.out, tokens.shape[0] * rules.pixel_frames(tokens.shape[1], stride))
     folder = model_folder(args.model or meta["model"])
     if not folder.is_dir() and args.model:
         raise InputError(f"--model {folder}: model folder not found")
@@ -44,7 +44,7 @@ def run_decode(args: argparse.Namespace) -> int:
 
 
 def run_make_tiny(args: argparse.Namespace) -> int:
-    from ..tiny import make_tiny
+    from ..checkpoint.tiny import make_tiny
 
     folder = make_tiny(args.dir, seed=args.seed, vae=args.vae, shard=args.shard)
     if not (folder / "model_index.json").is_file():

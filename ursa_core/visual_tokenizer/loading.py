@@ -8,7 +8,7 @@ from typing import Any, Mapping
 import torch
 
 from ..errors import CheckpointError
-from ..safetensors_io import check_state_dict, load_state_dict, read_json, save_state_dict
+from ..files.safetensors_io import check_state_dict, load_state_dict, read_json, save_state_dict
 from .cosmos import CosmosFSQTokenizer
 from .fsq import fsq_table_matches  # re-exported for the model loader
 from .ibq import IBQTokenizer

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from ..geometry import VisualGeometry
+from .geometry import VisualGeometry
 
 ProgressCallback = Optional[Callable[[int, int], None]]
 _OOM_ERRORS = (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError),)
@@ -55,7 +55,7 @@ class VisualTokenizer(nn.Module):
 
     def frames_for_latents(self, latent_frames: int) -> int:
         """Pixel frames decoded from T latent frames (the inverse of latent_shape's rule)."""
-        return self.temporal_stride * (latent_frames - 1) + 1
+        return self.geometry.pixel_frames(latent_frames)
 
     def as_latent_ids(self, ids: torch.Tensor) -> torch.Tensor:
         """Accept [B, T, h, w] or [B, h, w] (one latent frame); return int64 [B, T, h, w]."""

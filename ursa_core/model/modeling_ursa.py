@@ -1,0 +1,268 @@
+"""The URSA transformer: a Qwen3 decoder stack run with full bidirectional attention (docs/ARCHITECTURE.md,
+"The transformer").
+
+One module reads `[prompt tokens, BOV, visual tokens + lm_vocab_size]` and predicts, at position p, the visual
+token at p + 1. `lm_head` covers only the K visual codes. Parameter names match the official state dict.
+"""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import attention_function
+from .config import TransformerConfig
+from .rope import RotaryEmbedding, apply_rotary
+
+
+class RMSNorm(nn.Module):
+    """Mean of squares in fp32, scaled in the input dtype (as the reference's fallback)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(dtype)
+
+
+class Attention(nn.Module):
+    """Grouped-query attention with QK-norm and 3-axis RoPE. With `fused`, q/k/v come from one [q; k; v] matmul
+    (larger GEMMs run closer to peak; the loader concatenates the official weights, see `fuse_state_dict`)."""
+
+    def __init__(self, cfg: TransformerConfig, fused: bool = False):
+        super().__init__()
+        self.num_heads = cfg.num_attention_heads
+        self.num_kv_heads = cfg.num_key_value_heads
+        self.head_dim = cfg.head_dim
+        self.attn_implementation = "sdpa"  # a name of the attention registry (URSATransformer.set_attention)
+        self.qkv_sizes = [self.num_heads * self.head_dim] + 2 * [self.num_kv_heads * self.head_dim]
+        if fused:
+            self.qkv_proj = nn.Linear(cfg.hidden_size, sum(self.qkv_sizes), bias=False)
+        else:
+            self.q_proj, self.k_proj, self.v_proj = (nn.Linear(cfg.hidden_size, n, bias=False)
+                                                     for n in self.qkv_sizes)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, cfg.hidden_size, bias=False)
+        self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
+        self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
+
+    def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """q, k, v as [B, S, heads, D] tensors; QK-norm is applied per head before the rotary embedding.
+
+        They are handed to attention as [B, heads, S, D] *views* (see `attend`): the strided layout cuDNN's
+        attention kernel runs fastest on. Returning them untransposed also keeps torch.compile from changing it.
+        """
+        q, k, v = self._qkv(x)
+        q = q.unflatten(-1, (self.num_heads, self.head_dim))
+        k = k.unflatten(-1, (self.num_kv_heads, self.head_dim))
+        v = v.unflatten(-1, (self.num_kv_heads, self.head_dim))
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        return apply_rotary(self.q_norm(q), cos, sin), apply_rotary(self.k_norm(k), cos, sin), v
+
+    def _qkv(self, x: torch.Tensor):
+        if hasattr(self, "qkv_proj"):
+            return self.qkv_proj(x).split(self.qkv_sizes, dim=-1)
+        return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """[B, S, heads, D] q/k/v -> [B, heads, S, D] through the registered backend `attn_implementation`;
+        bidirectional: no mask, no causal flag."""
+        attend = attention_function(self.attn_implementation)
+        return attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+
+    def output(self, attended: torch.Tensor) -> torch.Tensor:
+        batch, _, seq, _ = attended.shape
+        return self.o_proj(attended.transpose(1, 2).reshape(batch, seq, -1))
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        return self.output(self.attend(*self.project(x, cos, sin)))
+
+
+class MLP(nn.Module):
+    # Tokens per MLP chunk: the [tokens, intermediate] fp32 SwiGLU product is the largest activation of a step
+    # (1.6 GiB per CFG branch for a 49-frame video); chunking over tokens is exact and caps it.
+    chunk_tokens = 8192
+
+    def __init__(self, cfg: TransformerConfig, fused: bool = False):
+        super().__init__()
+        if fused:  # gate and up in one matmul (see Attention)
+            self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
+        else:
+            self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+            self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] <= self.chunk_tokens:
+            return self._swiglu(x)
+        return torch.cat([self._swiglu(part) for part in x.split(self.chunk_tokens, dim=1)], dim=1)
+
+    def _swiglu(self, x: torch.Tensor) -> torch.Tensor:
+        if hasattr(self, "gate_up_proj"):
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        # SwiGLU product in fp32, as the reference's jiterator kernel does.
+        return self.down_proj((F.silu(gate.float()) * up.float()).to(x.dtype))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: TransformerConfig, fused: bool = False):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg, fused)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg, fused)
+
+    def attention_inputs(self, x, cos, sin):
+        return self.self_attn.project(self.input_layernorm(x), cos, sin)
+
+    def after_attention(self, x, attended):
+        x = x + self.self_attn.output(attended)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+    def forward(self, x, cos, sin):
+        return self.after_attention(x, self.self_attn.attend(*self.attention_inputs(x, cos, sin)))
+
+
+class Qwen3Stack(nn.Module):
+    """`model.*` in the state dict: embeddings, decoder layers, final norm."""
+
+    def __init__(self, cfg: TransformerConfig, fused: bool = False):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, fused) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+class TransformerOutput(NamedTuple):
+    logits: torch.Tensor
+    # (embeddings, output of layer 1, ..., output of layer N after the final norm), each [B, S, hidden]: the
+    # convention of transformers' output_hidden_states, so states compare one to one with the reference.
+    hidden_states: tuple[torch.Tensor, ...]
+
+
+class URSATransformer(nn.Module):
+    def __init__(self, cfg: TransformerConfig, fuse_projections: bool = False):
+        super().__init__()
+        self.config = cfg
+        self.model = Qwen3Stack(cfg, fuse_projections)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.lm_head_size, bias=False)
+        self.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope_theta, cfg.max_prompt_length)
+        # Hook for low-VRAM streaming / compiled layers: runner(transformer, x, cos, sin, collect) -> x, appending
+        # each layer's output to `collect` when it is a list. None = the plain loop over resident layers.
+        self.layer_runner: Optional[Callable] = None
+        self._attention = "sdpa"
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm_head.weight.dtype
+
+    def rotary_tables(self, latent_shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [S, head_dim] of the prompt + BOV + a [T, h, w] clip, in the layers' dtype and on their device."""
+        return self.rotary(latent_shape, self.dtype, self.lm_head.weight.device)
+
+    @property
+    def attn_implementation(self) -> str:
+        """The attention backend every layer runs (kept here: with block swap no layer may be resident)."""
+        return self._attention
+
+    def set_attention(self, name: str) -> None:
+        """Run every layer's attention through the registered backend `name` (see attention.py)."""
+        attention_function(name)  # an unknown name fails here, not in the middle of a step
+        self._attention = name
+        for module in self.modules():  # low-VRAM slots are submodules too (transformer.stream_slots)
+            if isinstance(module, Attention):
+                module.attn_implementation = name
+
+    def hidden_states(self, input_ids: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                      keep: Optional[torch.Tensor] = None, collect: Optional[list] = None) -> torch.Tensor:
+        """Final-normed hidden states [B, len(keep) or S, hidden] at the positions `keep` (all when None).
+
+        Selecting rows before the final norm is exact (the norm is per token) and keeps the head's work to the
+        positions the sampler reads. `collect` (a list) receives the embeddings and every layer's output.
+        """
+        # The embedding table may live on another device (lowvram.place_embeddings); the layers' device is lm_head's.
+        x = self.model.embed_tokens(input_ids).to(self.lm_head.weight.device)
+        if collect is not None:
+            collect.append(x)
+        if self.layer_runner is not None:
+            x = self.layer_runner(self, x, cos, sin, collect)
+        else:
+            for layer in self.model.layers:
+                x = layer(x, cos, sin)
+                if collect is not None:
+                    collect.append(x)
+        if keep is not None:
+            x = x[:, keep]
+        return self.model.norm(x)
+
+    def visual_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits over the K visual codes for already-selected hidden states."""
+        return self.lm_head(hidden)
+
+    def forward(self, input_ids, cos, sin, keep=None, output_hidden_states: bool = False):
+        """Visual logits [B, len(keep) or S, K]; with output_hidden_states a TransformerOutput that also holds
+        every layer's hidden states (the whole sequence, whatever `keep` selects for the logits)."""
+        if not output_hidden_states:
+            return self.visual_logits(self.hidden_states(input_ids, cos, sin, keep))
+        states: list[torch.Tensor] = []
+        hidden = self.hidden_states(input_ids, cos, sin, keep, collect=states)
+        states[-1] = self.model.norm(states[-1])
+        return TransformerOutput(self.visual_logits(hidden), tuple(states))
+
+
+# Fused module <- the official projections it concatenates (output rows in this order).
+FUSED_PROJECTIONS = {"self_attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+                     "mlp.gate_up_proj": ("mlp.gate_proj", "mlp.up_proj")}
+
+
+def fuse_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An official state dict with each layer's q/k/v and gate/up weights concatenated for a fused model."""
+    out = dict(state)
+    for key in [k for k in state if k.endswith(".self_attn.q_proj.weight")]:
+        prefix = key[:-len("self_attn.q_proj.weight")]
+        for fused, parts in FUSED_PROJECTIONS.items():
+            out[f"{prefix}{fused}.weight"] = torch.cat([out.pop(f"{prefix}{p}.weight") for p in parts])
+    return out
+
+
+def build_transformer(cfg: TransformerConfig, state: dict[str, torch.Tensor], dtype: torch.dtype,
+                      fuse_projections: bool = False) -> URSATransformer:
+    """A transformer holding `state` (official names) in `dtype`, without ever allocating random weights."""
+    with torch.device("meta"):
+        model = URSATransformer(cfg, fuse_projections)
+    if fuse_projections:
+        state = fuse_state_dict(state)
+    model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, assign=True, strict=True)
+    return model.eval().requires_grad_(False)
+
+
+def expected_state_shapes(cfg: TransformerConfig) -> dict[str, tuple[int, ...]]:
+    """Every key of the official transformer state dict with its shape (docs/ARCHITECTURE.md, "Checkpoint layout")."""
+    hd = cfg.head_dim
+    shapes = {"model.embed_tokens.weight": (cfg.vocab_size, cfg.hidden_size),
+              "model.norm.weight": (cfg.hidden_size,),
+              "lm_head.weight": (cfg.lm_head_size, cfg.hidden_size)}
+    for i in range(cfg.num_hidden_layers):
+        p = f"model.layers.{i}."
+        shapes.update({
+            p + "input_layernorm.weight": (cfg.hidden_size,),
+            p + "post_attention_layernorm.weight": (cfg.hidden_size,),
+            p + "self_attn.q_proj.weight": (cfg.num_attention_heads * hd, cfg.hidden_size),
+            p + "self_attn.k_proj.weight": (cfg.num_key_value_heads * hd, cfg.hidden_size),
+            p + "self_attn.v_proj.weight": (cfg.num_key_value_heads * hd, cfg.hidden_size),
+            p + "self_attn.o_proj.weight": (cfg.hidden_size, cfg.num_attention_heads * hd),
+            p + "self_attn.q_norm.weight": (hd,),
+            p + "self_attn.k_norm.weight": (hd,),
+            p + "mlp.gate_proj.weight": (cfg.intermediate_size, cfg.hidden_size),
+            p + "mlp.up_proj.weight": (cfg.intermediate_size, cfg.hidden_size),
+            p + "mlp.down_proj.weight": (cfg.hidden_size, cfg.intermediate_size),
+        })
+    return shapes

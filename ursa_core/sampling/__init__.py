@@ -1,0 +1,1 @@
+"""Prompt to tokens: the sampling loop (`generate`), sliding-window extension and the checks made before a run."""

@@ -1,0 +1,1 @@
+"""The discrete Euler (CTMC jump) solver step, in torch and as fused Triton kernels."""
