@@ -15,6 +15,7 @@ import ursa_core
 from ursa_core import cli, rules
 from ursa_core.cli import generate_command as cli_generate
 from ursa_core.errors import InputError
+from ursa_core.files import image_file
 from ursa_core.files.media import load_image
 
 from image_files import huge_png, png_bytes, rows16, truncated_png
@@ -221,9 +222,10 @@ def test_cli_conditions_on_the_16_bit_image_as_read(tmp_path, tiny_dir, tiny_mod
 # --- the pixel limit (item 8) ---------------------------------------------------------------------------------------
 
 def test_limit_is_ursas_own_and_below_pillows_default():
-    """ursa's limit holds whatever a host program set Pillow's to; with Pillow's default, Pillow never warns first."""
-    assert rules.MAX_IMAGE_PIXELS == 8192 * 8192
-    assert rules.MAX_IMAGE_PIXELS < 89478485   # PIL.Image.MAX_IMAGE_PIXELS's default (its warning threshold)
+    """ursa's limit holds whatever a host program set Pillow's to; with Pillow's default, Pillow never warns first;
+    it is twice the largest frame per side."""
+    assert image_file.MAX_IMAGE_PIXELS == 8192 * 8192 and image_file.MAX_IMAGE_SIDE == 2 * rules.MAX_SIZE
+    assert image_file.MAX_IMAGE_PIXELS < 89478485   # PIL.Image.MAX_IMAGE_PIXELS's default (its warning threshold)
 
 
 @pytest.mark.parametrize("maker,size", [(huge_png, "20000x20000"), (truncated_png, "9000x9000")])
@@ -233,7 +235,7 @@ def test_too_many_pixels_is_one_input_error_naming_size_and_limit(tmp_path, recw
         load_image(path)
     message = str(exc.value)
     assert "\n" not in message and str(path) in message and size in message
-    assert f"{rules.MAX_IMAGE_PIXELS:,}" in message and "8192x8192" in message
+    assert f"{image_file.MAX_IMAGE_PIXELS:,}" in message and "8192x8192" in message
     assert not [w for w in recwarn if "decompression" in str(w.message).lower()]
 
 
@@ -244,10 +246,10 @@ def test_limit_holds_when_pillows_is_switched_off(tmp_path, monkeypatch):
 
 
 def test_the_limit_counts_pixels_inclusively():
-    rules.image_pixels(8192, 8192)
-    rules.image_pixels(2 ** 20, 64)
+    image_file.check_pixels(8192, 8192)
+    image_file.check_pixels(2 ** 20, 64)
     with pytest.raises(InputError, match="8193x8192 = 67,117,056 pixels"):
-        rules.image_pixels(8193, 8192)
+        image_file.check_pixels(8193, 8192)
 
 
 def test_cli_refuses_a_20000_square_png_in_one_line_before_loading(tmp_path, capsys, monkeypatch, tiny_dir):

@@ -6,6 +6,10 @@ The library surface (docs/ARCHITECTURE.md describes the pieces):
     model = ursa.load("models/ursa/URSA-1.7B-FSQ320", device="cuda", attention="auto")
     run = ursa.generate(model, "a red fox in the snow", frames=49, motion=9.0, seed=7)
     run.tokens, run.initial_tokens, run.seed, run.settings      # what came out, where it started, how
+    settings = ursa.GenerationSettings(frames=49, motion=9.0, seed=7)   # the same run as one typed object
+    run = ursa.generate(model, "a red fox in the snow", settings=settings)
+    fast = ursa.with_speed(model, ursa.SpeedOptions(compile=True, low_vram="stream", blocks_on_gpu=8),
+                           ursa.Placement.single("cuda"))      # a handle; `model` stays as loaded
     frames = ursa.decode_tokens(model, run.tokens)             # IMAGE-style [F, H, W, 3] in 0..1
     ursa.write_frames(frames, "out/fox.mp4", fps=model.geometry.fps)   # atomic: complete or not at all
 
@@ -32,9 +36,12 @@ _PUBLIC = {
     "ModelInput": "model.sequence", "build_sequence": "model.sequence",
     "MetricPath": "path.metric_path", "beta": "path.metric_path", "beta_dot": "path.metric_path",
     "velocity": "path.metric_path",
-    "FrameClocks": "path.schedule", "FrameSchedule": "path.schedule", "time_grid": "path.schedule",
-    "time_shift": "path.schedule",
+    "FrameClocks": "path.schedule", "FrameSchedule": "path.schedule", "StartTimes": "path.schedule",
+    "build_schedule": "path.schedule", "time_grid": "path.schedule", "time_shift": "path.schedule",
+    "Placement": "runtime.speed", "SpeedOptions": "runtime.speed", "with_speed": "runtime.speed",
+    "WindowPlan": "sampling.extend", "extend_clip": "sampling.extend",
     "Generation": "sampling.generate", "StepInfo": "sampling.generate", "generate": "sampling.generate",
+    "GenerationSettings": "sampling.settings",
     "decode_tokens": "visual_tokenizer.codec",
 }
 

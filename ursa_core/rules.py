@@ -29,11 +29,6 @@ GUIDANCE_RANGE = (0.0, 100.0)
 MOTION_RANGE = (0.0, 10.0)
 UNIT_RANGE = (0.0, 1.0)            # guidance_trunc, start times, carry_start
 PATH_MAX = {"c": 100.0, "alpha": 10.0, "shift": 20.0}  # metric-path scale, exponent and time shift (all > 0)
-# Conditioning images (--image): twice the largest frame per side, so every image that matters at MAX_SIZE is read,
-# while the decode stays near 2 GB (~30 bytes a pixel: decoded, as float, resized). ursa's own limit rather than
-# Pillow's MAX_IMAGE_PIXELS, a global a host may raise or switch off; below Pillow's default, so Pillow never warns.
-MAX_IMAGE_SIDE = 2 * MAX_SIZE
-MAX_IMAGE_PIXELS = MAX_IMAGE_SIDE ** 2
 
 # --- choices --------------------------------------------------------------------------------------------------------
 DTYPES = ("auto", "bf16", "fp16", "fp32")
@@ -42,7 +37,6 @@ WEIGHT_DTYPES = ("default", "fp8_e4m3fn", "fp8_e5m2")  # weight storage, as Comf
 LOW_VRAM_MODES = ("auto", "off", "stream")             # block swap: as core models, never, always
 MAX_BLOCKS = 256                                       # decoder layers kept on the GPU (more than any URSA has)
 DEVICE_TYPES = ("cpu", "cuda", "mps")
-RESIZE_MODES = ("crop", "pad", "stretch")               # fitting an image to the frame (media.fit_frames)
 PARALLEL_MODES = ("none", "cfg", "sp", "cfg+sp")       # how the ranks of one generation share it (parallel/)
 
 # --- defaults (those of each checkpoint: checkpoint/defaults.py) ---------------------------------------------------
@@ -134,13 +128,6 @@ def size(name: str, value, stride: int = MIN_SIZE_STRIDE) -> int:
     return value
 
 
-def image_pixels(width: int, height: int) -> None:
-    """An image file's size (from its header) against MAX_IMAGE_PIXELS."""
-    if width * height > MAX_IMAGE_PIXELS:
-        _fail(f"{width}x{height} = {width * height:,} pixels is more than the {MAX_IMAGE_PIXELS:,} "
-              f"({MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE}) ursa reads; scale it down first")
-
-
 # --- choices --------------------------------------------------------------------------------------------------------
 def choice(name: str, value, options: Sequence[str]) -> str:
     if value not in options:
@@ -203,8 +190,8 @@ def rank_device(value: str, local_rank: int, world: int) -> torch.device:
 
 
 def attention(value, on: Optional[torch.device] = None) -> str:
-    """A backend of ursa_core.model.attention's registry that runs on the device the model computes on."""
-    from .model import attention as attention_registry
+    """A backend of ursa_core.attention.backends that runs on the device the model computes on."""
+    from .attention import backends as attention_registry
 
     choice("attention", value, attention_registry.names())
     if on is not None and value != "auto" and not attention_registry.is_available(value, on):
@@ -238,7 +225,7 @@ def placement(name: str, value: str) -> str:
 
 
 def parallel_layout(mode: str, world: int, kv_heads: int) -> tuple[int, int]:
-    """(cfg ranks, sequence ranks) for `mode` on `world` ranks: cfg needs exactly 2, sp any number that divides
+    """(cfg_ranks, sp_ranks) for `mode` on `world` ranks: cfg needs exactly 2, sp any number that divides
     the KV heads (each rank attends with whole KV groups), cfg+sp an even world whose half divides them."""
     choice("parallel", mode, PARALLEL_MODES)
     if mode == "none":
@@ -246,17 +233,17 @@ def parallel_layout(mode: str, world: int, kv_heads: int) -> tuple[int, int]:
             _fail(f"parallel='none' with {world} ranks is not allowed: one generation runs on one rank; use "
                   f"--parallel cfg, sp or cfg+sp, or `ursa batch` to share a prompt set")
         return 1, 1
-    cfg = 2 if mode.startswith("cfg") else 1
+    cfg_ranks = 2 if mode.startswith("cfg") else 1
     if mode == "cfg" and world != 2:
         _fail(f"parallel='cfg' with {world} rank(s) is not allowed: CFG parallel runs on exactly 2 ranks")
-    if mode != "cfg" and (world < 2 * cfg or world % cfg):
+    if mode != "cfg" and (world < 2 * cfg_ranks or world % cfg_ranks):
         _fail(f"parallel={mode!r} with {world} rank(s) is not allowed: use "
-              f"{'an even number of ranks, at least 4' if cfg == 2 else 'at least 2 ranks'}")
-    sp = world // cfg
-    if kv_heads % sp:
-        _fail(f"parallel={mode!r} splits heads over {sp} ranks, but the model's {kv_heads} KV heads do not divide "
-              f"by {sp}: use a sequence-parallel size that divides {kv_heads}")
-    return cfg, sp
+              f"{'an even number of ranks, at least 4' if cfg_ranks == 2 else 'at least 2 ranks'}")
+    sp_ranks = world // cfg_ranks
+    if kv_heads % sp_ranks:
+        _fail(f"parallel={mode!r} splits heads over {sp_ranks} ranks, but the model's {kv_heads} KV heads do not "
+              f"divide by {sp_ranks}: use a sequence-parallel size that divides {kv_heads}")
+    return cfg_ranks, sp_ranks
 
 
 # --- defaults -------------------------------------------------------------------------------------------------------

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional
 from .. import rules
 from ..checkpoint.defaults import ModelDefaults
 from ..errors import InputError
-from ..runtime.speed import SpeedOptions
 
 if TYPE_CHECKING:
+    from ..runtime.speed import SpeedOptions
     from ..sampling.settings import GenerationSettings
     from ..visual_tokenizer.geometry import VisualGeometry
 
@@ -37,13 +37,14 @@ WEIGHT_DTYPE = rules.arg_type(rules.weight_dtype, str)
 BLOCKS = rules.arg_type(rules.blocks_on_gpu, int)
 PARALLEL = rules.arg_type(lambda v: rules.choice("parallel", v, rules.PARALLEL_MODES), str)
 SAMPLES = rules.arg_type(lambda v: rules.integer("samples", v, 1, rules.MAX_SAMPLES), int)
-PLACEMENT = {name: rules.arg_type(lambda v, n=name: rules.placement(n, v), str) for name in ("vq_device", "text_device")}
+PLACEMENT = {name: rules.arg_type(lambda v, n=name: rules.placement(n, v), str)
+             for name in ("vq_device", "text_device")}
 
 
 def attention_help() -> str:
     """--attention's help: the backends of the attention registry, which needs torch; without it, help says so."""
     try:
-        from ..model import attention as registry
+        from ..attention import backends as registry
     except (ImportError, OSError):
         return "auto or a backend name; the list needs torch installed (default: %(default)s)"
     return f"{', '.join(registry.names())}; only those this machine runs are accepted (default: %(default)s)"
@@ -74,6 +75,8 @@ class Request:
 
 
 def speed_options(args: argparse.Namespace) -> SpeedOptions:
+    from ..runtime.speed import SpeedOptions
+
     return SpeedOptions(attention=args.attention, compile=args.compile, weight_dtype=args.weight_dtype,
                         low_vram="stream" if args.low_vram else "off", blocks_on_gpu=args.blocks_on_gpu,
                         vq_device=args.vq_device, text_device=args.text_device)
@@ -97,10 +100,15 @@ def request(flags: Mapping[str, Any], defaults: ModelDefaults) -> Request:
 def check_images(run: Request, geometry: VisualGeometry) -> None:
     """--image / --last-image: a last frame needs a video (interpolation keeps first and last apart), and both
     files must exist; checked before any weight loads."""
-    latent_frames = geometry.latent_shape(run.settings.frames, run.settings.height, run.settings.width)[0]
-    if run.last_image and latent_frames < 2:
-        raise InputError(f"--last-image needs a video: frames={run.settings.frames} is an image; use --frames 5 or "
-                         f"more")
+    from ..path.schedule import interpolation_starts
+
+    latent_frames = run.settings.latent_shape(geometry)[0]
+    if run.last_image:
+        try:
+            interpolation_starts(latent_frames, 1.0)   # the schedule's rule for a first and a last frame
+        except InputError:
+            raise InputError(f"--last-image needs a video: frames={run.settings.frames} is an image; use --frames 5 "
+                             f"or more") from None
     for flag, image in (("--image", run.image), ("--last-image", run.last_image)):
         if image and not Path(image).is_file():
             raise InputError(f"{flag}: image not found: {image}")

@@ -11,6 +11,7 @@ from .. import __version__, rules
 from ..batch.prompt_sets import FORMATS
 from ..checkpoint.defaults import MODEL_DEFAULTS, ModelDefaults
 from ..errors import OutputError, URSAError
+from ..files import image_file
 from . import arguments
 from .exits import EXIT_INPUT, EXIT_OUTPUT
 
@@ -57,7 +58,7 @@ def add_sampling_options(parser) -> None:
                              f"videos, none for images)")
     parser.add_argument("--seed", type=arguments.SEED, default=0,
                         help="the same seed gives the same result (default: %(default)s)")
-    parser.add_argument("--resize", choices=rules.RESIZE_MODES, default="crop",
+    parser.add_argument("--resize", choices=image_file.RESIZE_MODES, default="crop",
                         help="how --image/--last-image fit the frame: crop (cover, cut the middle), pad (fit, black "
                              "bars) or stretch (default: %(default)s)")
     parser.add_argument("--dtype", type=arguments.DTYPE, default="auto",
@@ -90,7 +91,7 @@ def _add_generate(sub) -> None:
         epilog=EXIT_CODES)
     gen.add_argument("--prompt", required=True, help="what to show")
     gen.add_argument("--image", help=f"condition the first frame on this image (image to video); any mode Pillow "
-                                     f"reads, up to {rules.MAX_IMAGE_SIDE}x{rules.MAX_IMAGE_SIDE} pixels")
+                                     f"reads, up to {image_file.MAX_IMAGE_SIDE}x{image_file.MAX_IMAGE_SIDE} pixels")
     gen.add_argument("--last-image", help="condition the last frame on this image (interpolation, with --image)")
     gen.add_argument("--out", required=True, help="out.png for an image (frames: out_00000.png, ...) or out.mp4")
     gen.add_argument("--save-tokens", help="also write the sampled tokens to this .safetensors file (`ursa decode` "
