@@ -1,7 +1,7 @@
 """Reading image files (issue 17, items 7 and 8): every mode Pillow opens becomes RGB in 0..1 with the right range,
 and an image over the pixel limit is one line naming its size and the limit, read from the header, before any
-model loads. `media.load_image` is the one reader: `--image`/`--last-image`, `ursa batch` items and
-`ursa_core.load_image` all go through it."""
+model loads. `files/image_file.read_rgb` is the one reader (`media.load_image` hands its pixels on as a tensor):
+`--image`/`--last-image`, `ursa batch` items and `ursa_core.load_image` all go through it."""
 from __future__ import annotations
 
 import struct

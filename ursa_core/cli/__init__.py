@@ -15,7 +15,9 @@ from .exits import EXIT_INTERRUPTED
 
 
 def cancelled() -> int:
-    print("cancelled", file=sys.stderr)
+    # On a line of its own: the interrupt may have cut a line short (a progress bar, a print between its text and
+    # its newline), and a terminal echoes ^C where the cursor is.
+    print("\ncancelled", file=sys.stderr)
     return EXIT_INTERRUPTED
 
 
