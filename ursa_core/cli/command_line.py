@@ -34,8 +34,8 @@ def per_checkpoint(value: Callable[[ModelDefaults], object]) -> str:
 def add_sampling_options(parser) -> None:
     """The generation options `ursa generate` and `ursa batch` share (a batch item may override some of them)."""
     parser.add_argument("--model", required=True,
-                        help="a model folder in the official layout, or 'tiny' (a tiny random checkpoint built on first "
-                             "use: noise, for trying the pipeline)")
+                        help="a model folder in the official layout, or 'tiny' (a tiny random checkpoint built on "
+                             "first use: noise, for trying the pipeline)")
     parser.add_argument("--negative", default="", help="negative prompt (default: empty, as the reference)")
     parser.add_argument("--frames", type=arguments.FRAMES, default=1,
                         help="1 for an image, 1 + 4k for a video (49 = 4 s at 12 fps) (default: %(default)s)")
