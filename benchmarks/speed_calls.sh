@@ -78,12 +78,15 @@ b() {
   local c=.bench/call2 site=""
   mkdir -p "$OUT" /tmp/fa4 && cp $c/*.part-* $c/*.whl /tmp/fa4/
   ls /tmp/fa4/*.part-aa >/dev/null 2>&1 || cp .bench/call1/*.part-aa /tmp/fa4/ 2>/dev/null
-  if ls /tmp/fa4/*.part-aa >/dev/null 2>&1 && bash scripts/fa4_wheels.sh install /tmp/fa4 /tmp/site > "$OUT/fa4_install.log" 2>&1; then
+  if ls /tmp/fa4/*.part-aa >/dev/null 2>&1 \
+      && bash scripts/fa4_wheels.sh install /tmp/fa4 /tmp/site > "$OUT/fa4_install.log" 2>&1; then
     site=/tmp/site:/tmp/site/nvidia_cutlass_dsl/dsl_packages
   else
-    echo "FA4 NOT installed (part-aa missing: the machine of call 1 was not kept, or the install failed)" | tee -a "$OUT/fa4_install.log"
+    echo "FA4 NOT installed (part-aa missing: call 1's machine was not kept, or the install failed)" \
+      | tee -a "$OUT/fa4_install.log"
   fi
-  if [ "$(cat /tmp/sage2.done 2>/dev/null)" != 0 ] || ! ls /tmp/sage2/sageattention/_qattn_sm90*.so >/dev/null 2>&1; then
+  if [ "$(cat /tmp/sage2.done 2>/dev/null)" != 0 ] || ! ls /tmp/sage2/sageattention/_qattn_sm90*.so >/dev/null 2>&1
+  then
     sage2_build "$c/sage2"
   fi
   export PYTHONPATH=/tmp/sage2${site:+:$site}${PYTHONPATH:+:$PYTHONPATH}

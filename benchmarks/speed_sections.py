@@ -299,8 +299,9 @@ def attention_layer_error(model, case, backends=("sage2", "flash4")) -> dict:
             for backend in ("sdpa", name):
                 transformer.set_attention(backend)
                 attended[backend] = layer.self_attn.attend(*layer.attention_inputs(x, cos, sin))
-            after.append(rel_rms(x + layer.self_attn.output(attended[name]), x + layer.self_attn.output(attended["sdpa"])))
-            outputs.append(rel_rms(layer.after_attention(x, attended[name]), layer.after_attention(x, attended["sdpa"])))
+            mine, theirs = attended[name], attended["sdpa"]
+            after.append(rel_rms(x + layer.self_attn.output(mine), x + layer.self_attn.output(theirs)))
+            outputs.append(rel_rms(layer.after_attention(x, mine), layer.after_attention(x, theirs)))
         transformer.set_attention(name)
         logits = transformer.visual_logits(transformer.hidden_states(ids, cos, sin, keep))
         out[name] = {"after_attention_residual": summary(after), "layer_output": summary(outputs),
@@ -432,7 +433,8 @@ def call_a(run: Run, big: str = "fsq", small: str | None = "fsq-0.6b", case=CASE
     run.section("prev", 45 + 7 * (g(True) + g(False)), lambda: prev_per_step(run, big, case))
     run.section("gap_profile_compiled", 12 + 10 * g(True),
                 lambda: gap_profile(run, model, case, run.attention, {}, "compiled"))
-    run.section("gap_profile_best", 12 + 10 * g(True), lambda: gap_profile(run, model, case, run.attention, kept, "best"))
+    run.section("gap_profile_best", 12 + 10 * g(True),
+                lambda: gap_profile(run, model, case, run.attention, kept, "best"))
     run.section("block_swap", 15 + 30 * g(True), lambda: block_swap(run, model, case, run.attention, kept))
     run.keep.clear()
     del model
@@ -501,7 +503,8 @@ def best_attention(run: Run) -> str:
 def t2i_new(run: Run, kept: dict, kind: str, case, steps: int) -> dict:
     """T2I: the kept changes, and the compiled path alone (what the changes are worth on a short sequence)."""
     model = make_model(kind, run.device)
-    out = {"kept": kept, "best": full_run(run, best_handle(model, run.attention, kept), case, steps, f"t2i_{steps} best")}
+    best = full_run(run, best_handle(model, run.attention, kept), case, steps, f"t2i_{steps} best")
+    out = {"kept": kept, "best": best}
     if kept.get("graphs") or kept.get("fused") or kept.get("projections"):
         out["compiled"] = full_run(run, handle(model, run.attention), case, steps, f"t2i_{steps} compiled")
     return out

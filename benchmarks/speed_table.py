@@ -26,9 +26,9 @@ def variants_table(report: dict) -> list[str]:
     base = section.get("kept", {}).get("base_step_s") or step(section, "compiled")
     frames, height, width = section["case"]
     rows = [f"Each change alone, {report['device']}, {report['date']}, attention `{section['attention']}`, "
-            f"{frames}x{height}x{width} guided step (median of {section['measured_steps']} steady steps); base = mean of the two compiled runs "
-            f"({seconds(base)} s)", "", "| variant | guided step s | x base | peak GiB | tokens identical |",
-            "|---|---|---|---|---|"]
+            f"{frames}x{height}x{width} guided step (median of {section['measured_steps']} steady steps); base = mean "
+            f"of the two compiled runs ({seconds(base)} s)", "",
+            "| variant | guided step s | x base | peak GiB | tokens identical |", "|---|---|---|---|---|"]
     for key, entry in section.items():
         if isinstance(entry, dict) and "median_step_s" in entry:
             same = entry.get("tokens_identical")

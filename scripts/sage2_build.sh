@@ -29,7 +29,8 @@ pack() {
   fi
   git --git-dir="$git_dir" archive --format=tar.gz -o "$dir/$ARCHIVE" HEAD csrc sageattention LICENSE
   git --git-dir="$git_dir" rev-parse HEAD > "$dir/sageattention-src.commit"
-  echo "packed SageAttention $(cat "$dir/sageattention-src.commit") into $dir/$ARCHIVE ($(du -h "$dir/$ARCHIVE" | cut -f1))"
+  echo "packed SageAttention $(cat "$dir/sageattention-src.commit") into $dir/$ARCHIVE"
+  du -h "$dir/$ARCHIVE"
 }
 
 build_module() {  # NAME SOURCES... : one extension module with torch.utils.cpp_extension, into $BUILD/NAME
@@ -45,9 +46,9 @@ abi = f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"
 nvcc = ["-O3", "-std=c++17", "-U__CUDA_NO_HALF_OPERATORS__", "-U__CUDA_NO_HALF_CONVERSIONS__", "--use_fast_math",
         "--threads=8", "-diag-suppress=174", abi]
 os.makedirs(os.path.join(build, name), exist_ok=True)
-load(name=name, sources=[os.path.join(src, s) for s in sources], extra_cflags=["-O3", "-std=c++17", "-DENABLE_BF16", abi],
-     extra_cuda_cflags=nvcc, extra_ldflags=["-lcuda"] if name == "_qattn_sm90" else [],
-     build_directory=os.path.join(build, name), verbose=False)
+load(name=name, sources=[os.path.join(src, s) for s in sources],
+     extra_cflags=["-O3", "-std=c++17", "-DENABLE_BF16", abi], extra_cuda_cflags=nvcc,
+     extra_ldflags=["-lcuda"] if name == "_qattn_sm90" else [], build_directory=os.path.join(build, name), verbose=False)
 print(f"built {name}")
 EOF
 }
@@ -61,7 +62,8 @@ build() {
   local start=$SECONDS
   build_module _qattn_sm90 csrc/qattn/pybind_sm90.cpp csrc/qattn/qk_int_sv_f8_cuda_sm90.cu > "$BUILD/qattn.log" 2>&1 &
   local qattn=$!
-  build_module _fused csrc/fused/pybind.cpp csrc/fused/fused.cu > "$BUILD/fused.log" 2>&1 || { tail -30 "$BUILD/fused.log" >&2; exit 1; }
+  build_module _fused csrc/fused/pybind.cpp csrc/fused/fused.cu > "$BUILD/fused.log" 2>&1 \
+    || { tail -30 "$BUILD/fused.log" >&2; exit 1; }
   wait "$qattn" || { tail -30 "$BUILD/qattn.log" >&2; exit 1; }
   echo "built _qattn_sm90 and _fused in $((SECONDS - start)) s into $BUILD"
 }

@@ -41,12 +41,13 @@ if triton is not None:
         dtype = out_ptr.dtype.element_ty
         value = tl.load(x_ptr + row * x_stride + cols, mask=mask, other=0.0).to(tl.float32)
         if HAS_DELTA:
-            value = (value + tl.load(delta_ptr + row * delta_stride + cols, mask=mask, other=0.0)
-                           .to(tl.float32)).to(dtype).to(tl.float32)
+            delta = tl.load(delta_ptr + row * delta_stride + cols, mask=mask, other=0.0).to(tl.float32)
+            value = (value + delta).to(dtype).to(tl.float32)
             tl.store(sum_ptr + row * n_cols + cols, value.to(dtype), mask=mask)
         rstd = tl.rsqrt(tl.sum(value * value, axis=0) / n_cols + eps)
         weight = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-        tl.store(out_ptr + row * n_cols + cols, (weight * (value * rstd).to(dtype).to(tl.float32)).to(dtype), mask=mask)
+        normed = (value * rstd).to(dtype).to(tl.float32)
+        tl.store(out_ptr + row * n_cols + cols, (weight * normed).to(dtype), mask=mask)
 
     @triton.jit
     def _qk_norm_rope_kernel(src_ptr, out_ptr, w_ptr, cos_ptr, sin_ptr, seq_len, token_stride, head_stride, eps,
@@ -63,8 +64,11 @@ if triton is not None:
         second = tl.load(src + HALF, mask=mask, other=0.0).to(tl.float32)
         mean_square = (tl.sum(first * first, axis=1) + tl.sum(second * second, axis=1)) / (2 * HALF)
         rstd = tl.rsqrt(mean_square + eps)[:, None]
-        first = (tl.load(w_ptr + dims).to(tl.float32) * (first * rstd).to(dtype).to(tl.float32)).to(dtype).to(tl.float32)
-        second = (tl.load(w_ptr + HALF + dims).to(tl.float32) * (second * rstd).to(dtype).to(tl.float32)).to(dtype).to(tl.float32)
+        # weight * round(x * rstd), rounded: RMSNorm's own roundings (x32.to(dtype), then the weight's product)
+        first = (first * rstd).to(dtype).to(tl.float32) * tl.load(w_ptr + dims).to(tl.float32)
+        first = first.to(dtype).to(tl.float32)
+        second = (second * rstd).to(dtype).to(tl.float32) * tl.load(w_ptr + HALF + dims).to(tl.float32)
+        second = second.to(dtype).to(tl.float32)
         table = position * 2 * HALF + dims
         cos1, cos2 = tl.load(cos_ptr + table).to(tl.float32), tl.load(cos_ptr + table + HALF).to(tl.float32)
         sin1, sin2 = tl.load(sin_ptr + table).to(tl.float32), tl.load(sin_ptr + table + HALF).to(tl.float32)
@@ -132,8 +136,8 @@ def swiglu_kernel(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     gate_rows, up_rows = _rows(gate), _rows(up)
     out = torch.empty(gate_rows.shape, dtype=gate.dtype, device=gate.device)
     grid = (gate_rows.shape[0], triton.cdiv(n_cols, SWIGLU_BLOCK))
-    _swiglu_kernel[grid](gate_rows, up_rows, out, n_cols, gate_rows.stride(0), up_rows.stride(0),
-                                         BLOCK=SWIGLU_BLOCK, num_warps=4)
+    _swiglu_kernel[grid](gate_rows, up_rows, out, n_cols, gate_rows.stride(0), up_rows.stride(0), BLOCK=SWIGLU_BLOCK,
+                         num_warps=4)
     return out.view(gate.shape)
 
 
