@@ -285,7 +285,8 @@ def test_fused_kernels_match_the_eager_layers_per_layer(cuda_model, fuse_project
 
 def test_qk_norm_rope_kernel_matches_eager_at_the_model_head_shape():
     """The 1.7B model's q (16 heads) and k (8 heads) as strided views of a fused projection, on a real 3-axis
-    position layout: at most a couple of bf16 units in the last place from the eager ops."""
+    position layout: within a few bf16 units in the last place of the eager ops (a wrong position, half or head would
+    be off by the values themselves)."""
     pytest.importorskip("triton")
     from ursa_core.model import fused_ops
     from ursa_core.model.modeling_ursa import RMSNorm
@@ -300,7 +301,8 @@ def test_qk_norm_rope_kernel_matches_eager_at_the_model_head_shape():
         expected = apply_rotary(norm(x), cos.unsqueeze(1), sin.unsqueeze(1)).float()
         out = fused_ops.qk_norm_rope_kernel(x, norm.weight, cos, sin, norm.eps).float()
         assert out.is_contiguous() and _rel(out, expected) < 4e-3
-        assert ((out - expected).abs() <= 2 ** -6 * expected.abs() + 1e-3).float().mean() > 0.999
+        # a unit in the last place of the O(1) rotary terms, where the two terms of a sum cancel
+        assert ((out - expected).abs() <= 2 ** -6 * (expected.abs() + 1)).float().mean() > 0.999
 
 
 def _generate_with_graphs(model, mocker, **kw):
