@@ -6,6 +6,7 @@ from comfy_api.latest import io
 from ursa_core import rules
 from ursa_core.errors import InputError
 from ursa_core.files.token_io import TokenClip, check_identity, model_identity
+from ursa_core.path.schedule import as_start_times
 from ursa_core.sampling.generate import StepInfo, generate, sampling_memory
 from ursa_core.sampling.settings import GenerationSettings
 
@@ -23,12 +24,15 @@ def run_sampler(model, conditioning, settings: GenerationSettings, schedule=None
     # the model's own strides, before any weight moves
     latent_shape = core.geometry.latent_shape(settings.frames, settings.height, settings.width)
     sched, given = (None, None) if schedule is None else (schedule.schedule, schedule.given)
+    if schedule is not None:
+        check_identity(schedule.identity, model_identity(core), "the schedule's source tokens")
     if given_tokens is not None:
         check_identity(given_tokens.identity, model_identity(core), "given_tokens")
         given = _merge_given(given, given_tokens.tokens, latent_shape)
     prompt_ids = conditioning.ids_for(settings.frames)
-    need = sampling_memory(core, latent_shape, prompt_ids[0].shape[0], settings.guidance, glue.compute_device())
-    model.to_compute_device(memory_required=need.total)
+    if not bool(as_start_times(sched, latent_shape).held().all()):  # else the given tokens come back: no weights move
+        need = sampling_memory(core, latent_shape, prompt_ids[0].shape[0], settings.guidance, glue.compute_device())
+        model.to_compute_device(memory_required=need.total)
     progress = glue.StepProgress(settings.steps, core.path.unit if preview else None)
 
     def on_step(info: StepInfo) -> None:
@@ -61,7 +65,8 @@ class URSASampler(io.ComfyNode):
             node_id="URSASampler", display_name="URSA Sampler (Metric Path)", category="URSA/sampling",
             description="Generates visual tokens by iterative refinement on URSA's metric probability path with a "
                         "discrete Euler (CTMC jump) solver. Connect a Frame Schedule for image-to-video, "
-                        "interpolation, extension or keyframes. Decode the tokens with URSA Tokenizer Decode.",
+                        "interpolation, extension or keyframes, or a Mask Schedule to repaint part of a picture or "
+                        "clip. Decode the tokens with URSA Tokenizer Decode.",
             inputs=[
                 URSAModel.Input("model", tooltip="From URSA Model Loader."),
                 URSACond.Input("conditioning", tooltip="From URSA Text Encode."),
@@ -71,8 +76,9 @@ class URSASampler(io.ComfyNode):
                 *size_inputs(),
                 *path_inputs(),
                 URSASchedule.Input("schedule", optional=True,
-                                   tooltip="Frame-wise start times and given frames (URSA Frame Schedule). "
-                                           "None = every frame from noise."),
+                                   tooltip="Start times and given tokens: frame-wise (URSA Frame Schedule) or "
+                                           "token-wise (URSA Mask Schedule: inpaint, outpaint, re-roll). None = "
+                                           "every frame from noise."),
                 URSATokens.Input("given_tokens", optional=True,
                                  tooltip="Tokens placed from frame 0 on (a whole clip, or its first frames) "
                                          "for the frames the schedule marks as given."),

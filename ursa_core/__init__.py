@@ -17,6 +17,11 @@ The library surface (docs/ARCHITECTURE.md describes the pieces):
     # the metric path: beta_t, its derivative, the kinetic-optimal velocity, the time shift of the grid
     ursa.beta(t, c, alpha); ursa.beta_dot(t, c, alpha); ursa.velocity(model.path, x_t, x1, t)
     ursa.time_shift(t, shift); ursa.time_grid(steps, shift)
+
+    # paint with a mask (1 = repaint): inpaint, outpaint (left, right, top, bottom pixels), re-roll at a strength
+    run = ursa.repaint(model, "a red fox", image="in.png", mask="mask.png", strength=1.0, grow=1)
+    run = ursa.repaint(model, "a wide valley", image="in.png", outpaint=(256, 256, 0, 0))
+    run = ursa.repaint(model, "a fox", tokens=run.tokens, mask=mask, strength=0.5)
 """
 __version__ = "0.1.0"  # the one place the version is written (pyproject.toml reads it)
 
@@ -27,11 +32,12 @@ from .files.media import write_frames
 from .model.modeling_ursa import TransformerOutput
 from .model.sequence import ModelInput, build_sequence
 from .path.metric_path import MetricPath, beta, beta_dot, velocity
-from .path.schedule import FrameClocks, FrameSchedule, time_grid, time_shift
+from .path.schedule import FrameClocks, FrameSchedule, StartTimes, time_grid, time_shift
 from .sampling.generate import Generation, StepInfo, generate
+from .sampling.repaint import repaint
 from .visual_tokenizer.codec import decode_tokens
 
 __all__ = ["CheckpointError", "FrameClocks", "FrameSchedule", "Generation", "InputError", "MetricPath",
-           "ModelInput", "OutputError", "StepInfo", "TransformerOutput", "URSAError", "URSAModel", "__version__",
-           "beta", "beta_dot", "build_sequence", "decode_tokens", "generate", "load", "time_grid", "time_shift",
-           "velocity", "write_frames"]
+           "ModelInput", "OutputError", "StartTimes", "StepInfo", "TransformerOutput", "URSAError", "URSAModel",
+           "__version__", "beta", "beta_dot", "build_sequence", "decode_tokens", "generate", "load", "repaint",
+           "time_grid", "time_shift", "velocity", "write_frames"]

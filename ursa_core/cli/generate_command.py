@@ -24,7 +24,9 @@ from ..runtime.speed import SpeedOptions
 from ..sampling.generate import StepInfo, generate
 from ..sampling.preflight import check_clip, check_options, checkpoint_rules
 from ..visual_tokenizer.codec import decode_tokens, encode_images
-from .arguments import Request, check_images, request, speed_options
+from ..sampling.repaint import Canvas
+from .arguments import Request, check_images, repaint_flags, request, speed_options
+from .canvas_flags import canvas_flags, composite_onto_source, read_canvas, repaint_tokens
 
 
 def model_folder(name: str) -> Path:
@@ -103,26 +105,32 @@ def sample_tokens(model: URSAModel, run: Request, images: dict, prompt: str, cal
                     callback=callback, parallel=parallel).tokens
 
 
-def checked_request(args: argparse.Namespace, folder: Path, speed: SpeedOptions) -> Request:
-    """The flags as a Request with the checkpoint's defaults, every rule and the memory estimate checked before
-    any weight loads."""
+def checked_request(args: argparse.Namespace, folder: Path, speed: SpeedOptions) -> tuple[Request, Optional[Canvas]]:
+    """The flags as a Request with the checkpoint's defaults, and the canvas of a repaint, every rule and the memory
+    estimate checked before any weight loads."""
     device = rules.device(args.device)
     dtype = check_options(args.dtype, speed, args.sampler, device)
     geometry = checkpoint_rules(folder)[1]
-    run = request(vars(args), defaults_for(folder, geometry))
+    flags, canvas = vars(args), None
+    repaint = repaint_flags(flags)
+    if repaint is not None:
+        canvas = read_canvas(repaint, args.frames, args.resize)
+        flags = canvas_flags(flags, canvas, geometry)
+    run = request(flags, defaults_for(folder, geometry))
     check_images(run, geometry)
     check_clip(folder, run.settings, speed, dtype, device)
-    return run
+    return run, canvas
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    check_output_path(args.out, args.frames)
+    check_output_path(args.out, args.frames or 1)
     tokens_path: Optional[Path] = None
     if args.save_tokens:
         tokens_path = check_writable(token_file_path(args.save_tokens), "--save-tokens")
     folder = model_folder(args.model)
     speed = speed_options(args)
-    run = checked_request(args, folder, speed)
+    run, canvas = checked_request(args, folder, speed)
+    check_output_path(args.out, run.settings.frames)
     kv_heads = checkpoint_rules(folder)[0].num_key_value_heads
     rules.parallel_layout(args.parallel, launched_world(), kv_heads)
     images = read_images(run)
@@ -139,13 +147,18 @@ def run_generate(args: argparse.Namespace) -> int:
               f"{model.transformer.attn_implementation}); sampling {settings.frames} frame(s) "
               f"{settings.width}x{settings.height} = {latent} latent tokens, {settings.steps} steps"
               + (f", {args.parallel} parallel over {layout.world} ranks" if layout is not None else ""))
-    tokens = sample_tokens(model, run, images, args.prompt,
-                           ProgressPrinter(settings.steps, "sampling") if rank == 0 else None, layout)
+    progress = ProgressPrinter(settings.steps, "sampling") if rank == 0 else None
+    if canvas is None:
+        tokens, scheduled = sample_tokens(model, run, images, args.prompt, progress, layout), None
+    else:
+        tokens, scheduled = repaint_tokens(model, run, canvas, args.prompt, progress, layout)
     if rank != 0:  # the other ranks of a parallel run hold the same tokens; rank 0 writes them
         return 0
     if tokens_path is not None:
         save_tokens(tokens, tokens_path, identity=model_identity(model), fps=model.geometry.fps, model=str(folder))
         print(f"saved tokens to {tokens_path}")
     images = decode_tokens(model, tokens)
+    if scheduled is not None and run.repaint.composite is not None:
+        images = composite_onto_source(model, images, canvas, scheduled, run.repaint.composite)
     report_written(images, write_frames(images, args.out, fps=model.geometry.fps), started)
     return 0

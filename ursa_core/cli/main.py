@@ -59,14 +59,29 @@ def add_sampling_options(parser) -> None:
 def _add_generate(sub) -> None:
     gen = sub.add_parser("generate", help="headless text/image-to-image/video generation")
     gen.add_argument("--prompt", required=True)
-    gen.add_argument("--image", help="condition the first frame on this image (I2V)")
+    gen.add_argument("--image", help="condition the first frame on this image (I2V); with --mask, --outpaint or "
+                                     "--strength: the picture to repaint")
     gen.add_argument("--last-image", help="condition the last frame on this image (interpolation)")
+    paint = gen.add_argument_group("paint with a mask (inpaint, outpaint, re-roll a region)")
+    paint.add_argument("--video", help="the clip to repaint (its first --frames frames; default all, 1 + 4k)")
+    paint.add_argument("--mask", help="white = repaint: an image (every frame) or a video (one mask per frame); a mask "
+                                      "of another size is resized to the source (nearest)")
+    paint.add_argument("--outpaint", type=arguments.OUTPAINT, metavar="L,R,T,B",
+                       help="add this many pixels left, right, top, bottom (edge fill) and paint them")
+    paint.add_argument("--strength", type=arguments.STRENGTH,
+                       help="how much of the masked region is repainted: 1 (default) from noise, 0.5 re-rolls half "
+                            "way; without --mask the whole canvas")
+    paint.add_argument("--grow", type=arguments.GROW, default=0, help="widen the repainted region by N tokens")
+    paint.add_argument("--composite", type=arguments.FEATHER, metavar="FEATHER",
+                       help="keep the source's own pixels outside the repainted tokens, blended over FEATHER pixels "
+                            "(the decoder changes pixels near them)")
     gen.add_argument("--out", required=True, help="out.png for images, out.mp4 for videos")
     gen.add_argument("--save-tokens", help="also write the sampled tokens to this .safetensors file")
     gen.add_argument("--parallel", type=arguments.PARALLEL, default="none",
                      help="under torchrun: share ONE generation between the ranks: cfg (2 ranks: one guidance "
                           "branch each), sp (N ranks: sequence parallel, N divides the KV heads), cfg+sp (2N)")
     add_sampling_options(gen)
+    gen.set_defaults(frames=None)  # 1, or a repainted video's own frames
 
 
 def _add_batch(sub) -> None:
