@@ -39,7 +39,8 @@ class URSATokenizerEncode(io.ComfyNode):
                                        "black; stretch: resize ignoring aspect ratio."),
             ],
             outputs=[URSATokens.Output(display_name="tokens", tooltip="The image(s) as URSA visual tokens: connect to "
-                                                                      "URSA Frame Schedule (given frames) or URSA "
+                                                                      "URSA Frame Schedule (given frames), URSA Mask "
+                                                                      "Schedule (the canvas to repaint) or URSA "
                                                                       "Sampler's given_tokens.")],
         )
 

@@ -34,23 +34,29 @@ import workflow_layout as layout  # noqa: E402  (stdlib-only sibling)
 ROOT = Path(__file__).resolve().parent.parent
 OUT_DIR = ROOT / "example_workflows"
 SCHEMAS_FILE = ROOT / "scripts" / "node_schemas.json"
-CORE_NODES_USED = ["LoadImage", "SaveImage", "CreateVideo", "SaveVideo", "ImageScaleBy"]
+CORE_NODES_USED = ["LoadImage", "SaveImage", "CreateVideo", "SaveVideo", "ImageScaleBy", "LoadImageMask", "LoadVideo",
+                   "GetVideoComponents", "ImageFromBatch", "SolidMask", "MaskComposite"]
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
-KEPT_OPTIONS = ("default", "control_after_generate", "image_upload", "forceInput", "multiline")
+KEPT_OPTIONS = ("default", "control_after_generate", "image_upload", "video_upload", "forceInput", "multiline")
 # Nodes that show media under their widgets once run (the sampler: its live token preview, sent with progress;
-# the frame schedule: its diagram).
+# the frame and mask schedules: their diagrams).
 PREVIEW_NODES = {"LoadImage": layout.IMAGE_PREVIEW, "SaveImage": layout.IMAGE_PREVIEW,
                  "SaveVideo": layout.VIDEO_PREVIEW, "URSASampler": layout.IMAGE_PREVIEW,
-                 "URSAFrameSchedule": layout.IMAGE_PREVIEW}
+                 "URSAFrameSchedule": layout.IMAGE_PREVIEW, "URSAMaskSchedule": layout.IMAGE_PREVIEW,
+                 "LoadImageMask": layout.IMAGE_PREVIEW, "LoadVideo": layout.VIDEO_PREVIEW}
 NOTE_TYPE, NOTE_SIZE = "MarkdownNote", (400, 250)
 
 MODEL_NAME = "URSA-1.7B-FSQ320"
+IMAGE_MODEL_NAME = "URSA-1.7B-IBQ1024"  # the image checkpoint (16 px tokens, 1024 x 1024)
 NEGATIVE = "worst quality, low quality, inconsistent motion, static, still, blurry, jittery, distorted, ugly"
-MODEL_NOTE = (f"**Model** (once, about 7 GB): put the whole folder of "
-              f"[BAAI/{MODEL_NAME}](https://huggingface.co/BAAI/{MODEL_NAME}) in `ComfyUI/models/ursa/`:\n\n"
-              f"`python -m ursa_core download BAAI/{MODEL_NAME} --dir ComfyUI/models/ursa`\n\n"
-              f"(run in `custom_nodes/ursa-video`), or `hf download BAAI/{MODEL_NAME} --local-dir "
-              f"ComfyUI/models/ursa/{MODEL_NAME}`; then press **R** so the loader lists it.")
+
+
+def model_note(name: str = MODEL_NAME) -> str:
+    return (f"**Model** (once, about 7 GB): put the whole folder of "
+            f"[BAAI/{name}](https://huggingface.co/BAAI/{name}) in `ComfyUI/models/ursa/`:\n\n"
+            f"`python -m ursa_core download BAAI/{name} --dir ComfyUI/models/ursa`\n\n"
+            f"(run in `custom_nodes/ursa-video`), or `hf download BAAI/{name} --local-dir "
+            f"ComfyUI/models/ursa/{name}`; then press **R** so the loader lists it.")
 
 
 # ----------------------------------------------------------------------------------------------- node specs
@@ -77,7 +83,7 @@ def normalize_info(info: dict) -> dict:
             entry = {"name": name, "type": io_type, "optional": section == "optional", "widget": widget}
             if widget:
                 extra = ("fixed" if opts.get("control_after_generate") else
-                         "image" if opts.get("image_upload") else None)
+                         "image" if opts.get("image_upload") or opts.get("video_upload") else None)
                 entry.update(default=opts.get("default"), frontend_extra=extra, multiline=bool(opts.get("multiline")))
             inputs.append(entry)
     names = info.get("output_name") or info.get("output", [])
@@ -278,11 +284,16 @@ def to_api(graph: Graph) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- workflows
-def _base(g: Graph, prompt: str, negative: str = NEGATIVE) -> tuple[Node, Node]:
-    loader = g.node("URSAModelLoader", "URSA Loader", (0, 0), model_name=MODEL_NAME, dtype="auto")
-    cond = g.node("URSATextEncode", "URSA Prompt", (1, 0), model=loader["model"], prompt=prompt,
-                  negative_prompt=negative, motion_score=9.0)
-    g.group("Model and prompt", loader, cond)
+def _base(g: Graph, prompt: str, negative: str = NEGATIVE, model: str = MODEL_NAME, stacked: bool = False
+          ) -> tuple[Node, Node]:
+    """Loader and prompt side by side in row 0 (a group of their own), or (`stacked`) at the top of columns 0 and 1
+    for a layout of column stacks, whose groups take whole columns."""
+    loader = g.node("URSAModelLoader", "URSA Loader", (0, 0, 0) if stacked else (0, 0), model_name=model,
+                    dtype="auto")
+    cond = g.node("URSATextEncode", "URSA Prompt", (1, 0, 0) if stacked else (1, 0), model=loader["model"],
+                  prompt=prompt, negative_prompt=negative, motion_score=9.0)
+    if not stacked:
+        g.group("Model and prompt", loader, cond)
     return loader, cond
 
 
@@ -379,12 +390,95 @@ def wf_upscale_chain(g: Graph) -> None:
     g.note_cell = (3, 0)
 
 
+# Paint with a mask (issue 18). Columns of stacked nodes keep these larger graphs legible (saved view >= 0.6).
+def _repaint_tail(g: Graph, loader: Node, cond: Node, canvas: Out, mask: Out, frames: int, size: tuple[int, int],
+                  steps: int, strength: float = 1.0, grow: int = 1) -> tuple[Node, Node, Node]:
+    """Mask Schedule on top of column 2, the sampler on top of column 3, the decode under the schedule."""
+    width, height = size
+    masked = g.node("URSAMaskSchedule", "URSA Mask Schedule", (2, 0, 1), source_tokens=canvas, mask=mask,
+                    strength=strength, grow=grow)
+    sampler = g.node("URSASampler", "URSA Sampler", (3, 0, 0), model=loader["model"], conditioning=cond["conditioning"],
+                     seed=42, steps=steps, frames=frames, width=width, height=height, schedule=masked["schedule"])
+    decode = g.node("URSATokenizerDecode", "URSA Decode", (2, 0, 2), vq=loader["vq"], tokens=sampler["tokens"])
+    return masked, sampler, decode
+
+
+def wf_inpaint_image(g: Graph) -> None:
+    loader, cond = _base(g, "a small red fox curled up asleep", negative="", model=IMAGE_MODEL_NAME, stacked=True)
+    image = g.node("LoadImage", "Image and Mask", (0, 0, 1), image="example.png")
+    encode = g.node("URSATokenizerEncode", "URSA Encode Image", (2, 0, 0), vq=loader["vq"], image=image["IMAGE"],
+                    width=1024, height=1024, resize_mode="crop")
+    masked, sampler, decode = _repaint_tail(g, loader, cond, encode["tokens"], image["MASK"], 1, (1024, 1024), 25)
+    pasted = g.node("URSARepaintComposite", "URSA Repaint Composite", (2, 0, 3), source=image["IMAGE"],
+                    repainted=decode["images"], schedule=masked["schedule"], feather=16)
+    save = g.node("SaveImage", "Save Image", (3, 0, 1), images=pasted["image"], filename_prefix="URSA/inpaint")
+    g.note_cell = (1, 0, 1)
+    g.group("Model, prompt and picture", loader, cond, image)
+    g.group("Repaint and save", encode, masked, sampler, decode, pasted, save)
+
+
+def wf_outpaint_image(g: Graph) -> None:
+    loader, cond = _base(g, "a wide landscape that continues the picture naturally", negative="", stacked=True)
+    image = g.node("LoadImage", "Image", (0, 0, 1), image="example.png")
+    padded = g.node("URSAPadForOutpaint", "URSA Pad for Outpaint", (1, 0, 2), image=image["IMAGE"], left=128,
+                    top=0, right=128, bottom=0, fill="edge")
+    encode = g.node("URSATokenizerEncode", "URSA Encode Canvas", (2, 0, 0), vq=loader["vq"], image=padded["image"],
+                    width=512, height=320, resize_mode="crop")
+    masked, sampler, decode = _repaint_tail(g, loader, cond, encode["tokens"], padded["mask"], 1, (512, 320), 25)
+    pasted = g.node("URSARepaintComposite", "URSA Repaint Composite", (2, 0, 3), source=padded["image"],
+                    repainted=decode["images"], schedule=masked["schedule"], feather=16)
+    save = g.node("SaveImage", "Save Image", (3, 0, 1), images=pasted["image"], filename_prefix="URSA/outpaint")
+    g.note_cell = (1, 0, 1)
+    g.group("Model, prompt and canvas", loader, cond, image, padded)
+    g.group("Repaint and save", encode, masked, sampler, decode, pasted, save)
+
+
+def _video_save(g: Graph, images: Out, fps: Out, prefix: str, slot: int = 3) -> tuple[Node, Node]:
+    video = g.node("CreateVideo", "Create Video", (2, 0, slot), images=images, fps=fps)
+    save = g.node("SaveVideo", "Save Video", (3, 0, 1), video=video["VIDEO"], filename_prefix=f"video/{prefix}",
+                  format="auto", codec="auto")
+    return video, save
+
+
+def wf_inpaint_video(g: Graph) -> None:
+    loader, cond = _base(g, "an empty street, nothing in the way, natural motion", stacked=True)
+    clip = g.node("LoadVideo", "Video", (0, 0, 1), file="example.mp4")
+    parts = g.node("GetVideoComponents", "Video Frames", (0, 0, 2), video=clip["VIDEO"])
+    first = g.node("ImageFromBatch", "First 49 Frames", (0, 0, 3), image=parts["images"], batch_index=0, length=49)
+    mask = g.node("LoadImageMask", "Mask (white = repaint)", (1, 0, 2), image="example_mask.png", channel="red")
+    encode = g.node("URSATokenizerEncode", "URSA Encode Video", (2, 0, 0), vq=loader["vq"], image=first["IMAGE"],
+                    width=512, height=320, resize_mode="crop")
+    masked, sampler, decode = _repaint_tail(g, loader, cond, encode["tokens"], mask["MASK"], 49, (512, 320), 50)
+    pasted = g.node("URSARepaintComposite", "URSA Repaint Composite", (2, 0, 3), source=first["IMAGE"],
+                    repainted=decode["images"], schedule=masked["schedule"], feather=16)
+    video, save = _video_save(g, pasted["image"], decode["fps"], "URSA_inpaint", 4)
+    g.note_cell = (1, 0, 1)
+    g.group("Model, prompt, video and mask", loader, cond, clip, parts, first, mask)
+    g.group("Repaint and save", encode, masked, sampler, decode, pasted, video, save)
+
+
+def wf_reroll_region(g: Graph) -> None:
+    loader, cond = _base(g, "the same scene, a different bird flying through", stacked=True)
+    tokens = g.node("URSALoadTokens", "Clip Tokens", (0, 0, 1), token_file="example.safetensors")
+    canvas = g.node("SolidMask", "Canvas (keep)", (0, 0, 2), value=0.0, width=512, height=320)
+    region = g.node("SolidMask", "Region (repaint)", (0, 0, 3), value=1.0, width=192, height=128)
+    mask = g.node("MaskComposite", "Place Region", (1, 0, 2), destination=canvas["MASK"], source=region["MASK"],
+                  x=160, y=96, operation="add")
+    masked, sampler, decode = _repaint_tail(g, loader, cond, tokens["tokens"], mask["MASK"], 49, (512, 320), 50,
+                                            strength=0.5, grow=0)
+    video, save = _video_save(g, decode["images"], decode["fps"], "URSA_reroll")
+    g.note_cell = (1, 0, 1)
+    g.group("Model, prompt, clip and region", loader, cond, tokens, canvas, region, mask)
+    g.group("Re-roll and save", masked, sampler, decode, video, save)
+
+
 @dataclass(frozen=True)
 class Template:
     id: str            # API file name and CLI handle
     title: str         # UI file name = the title the template browser shows
     description: str   # first lines of the read-me note
     build: Callable[[Graph], None]
+    model: str = MODEL_NAME  # the checkpoint folder its loader names (and its read-me note downloads)
 
 
 TEMPLATES = [
@@ -399,13 +493,31 @@ TEMPLATES = [
              "are saved so the video can be decoded again without sampling.", wf_long_video),
     Template("ursa_upscale_chain", "URSA Video then 2x Upscale",
              "A text-to-video clip, decoded and upscaled 2x with a core node before it is saved.", wf_upscale_chain),
+    Template("ursa_inpaint_image", "URSA Inpaint an Image (IBQ)",
+             "Repaint part of a picture with the 1024 x 1024 image model. Right-click the image > **Open in "
+             "MaskEditor** and paint what to replace (white = repaint); the prompt says what goes there. Tokens "
+             "outside the mask are kept exactly and the composite restores the original pixels beyond a 16 px "
+             "feather.", wf_inpaint_image, IMAGE_MODEL_NAME),
+    Template("ursa_outpaint_image", "URSA Outpaint an Image",
+             "Extend a picture left and right: the pad node adds 128 px on each side (edge fill) with the matching "
+             "mask; the picture is kept, the new area generated. Set the padding per side; the canvas is fit to "
+             "512 x 320.", wf_outpaint_image),
+    Template("ursa_inpaint_video", "URSA Inpaint a Video",
+             "Repaint a region of a clip: the first 49 frames of the video (1 + 4k frames), one mask image for "
+             "every frame (white = repaint; **red** channel of the mask file). The rest of every frame is kept "
+             "token for token, and the composite keeps the original pixels beyond a 16 px feather.",
+             wf_inpaint_video),
+    Template("ursa_reroll_region", "URSA Re-roll a Region of a Clip",
+             "Re-roll part of a clip you generated (tokens saved with URSA Save Tokens or `--save-tokens`) at "
+             "strength 0.5: the region keeps its layout and colours and gets new detail; the rest is held. Move "
+             "and size the region with the two masks (x, y, width, height).", wf_reroll_region),
 ]
 
 
 def describe(template: Template, specs: dict) -> Graph:
     graph = Graph(template.id, specs)
     template.build(graph)
-    graph.note = (f"## {template.title}\n\n{template.description}\n\n{MODEL_NOTE}\n\n"
+    graph.note = (f"## {template.title}\n\n{template.description}\n\n{model_note(template.model)}\n\n"
                   f"Node help: select a node and press the **?** on it.")
     return graph
 

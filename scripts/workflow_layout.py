@@ -17,6 +17,7 @@ VIDEO_PREVIEW = 220     # video preview under SaveVideo (a 512x320 clip at node 
 GROUP_PADDING = 10      # group rectangle around its nodes
 GROUP_TITLE = 34        # LGraphGroup title bar (font 24)
 GAP_X, GAP_Y = 50, 70   # between grid cells; > 2 * padding (+ group title) so groups never touch
+STACK_GAP = 40          # between nodes stacked in one cell (one group: no group title between them)
 VIEW = (1280, 800)      # the canvas the saved view must show in full
 # Frontend chrome drawn over the canvas (1.35.9, default settings, measured in Chromium at 1280x800): side bar
 # (left, 58 px), tabs + workflow name + Run bar (top, ~92 px), minimap and zoom controls (right column from x=1024).
@@ -51,19 +52,26 @@ def node_size(title: str, inputs: list[dict], outputs: list[dict], preview: int 
     return _round10(max(width, 280)), _round10(height)
 
 
-def grid_positions(cells: dict[int, tuple[int, int]], sizes: dict[int, tuple[int, int]],
+def grid_positions(cells: dict[int, tuple], sizes: dict[int, tuple[int, int]],
                    origin: tuple[int, int] = (0, 0)) -> dict[int, tuple[int, int]]:
     """Body positions for nodes placed on a (column, row) grid: each column as wide as its widest node, each row as
-    tall as its tallest node (title included), so no two nodes overlap whatever their sizes."""
-    taken = {}
+    tall as its tallest cell (title included), so no two nodes overlap whatever their sizes. A cell may hold a stack:
+    (column, row, k) puts the node k-th from the top of that cell, STACK_GAP below the one before (for nodes of one
+    group: a gap between groups needs GAP_Y)."""
+    stacks: dict[tuple[int, int], dict[int, int]] = {}
     for nid, cell in cells.items():
-        if cell in taken:
-            raise ValueError(f"nodes {taken[cell]} and {nid} share grid cell {cell}")
-        taken[cell] = nid
-    cols = sorted({c for c, _ in cells.values()})
-    rows = sorted({r for _, r in cells.values()})
-    col_w = {c: max(sizes[n][0] for n, (cc, _) in cells.items() if cc == c) for c in cols}
-    row_h = {r: max(sizes[n][1] + TITLE_HEIGHT for n, (_, rr) in cells.items() if rr == r) for r in rows}
+        stack = stacks.setdefault(tuple(cell[:2]), {})
+        slot = cell[2] if len(cell) > 2 else 0
+        if slot in stack:
+            raise ValueError(f"nodes {stack[slot]} and {nid} share grid cell {cell}")
+        stack[slot] = nid
+    heights = {cell: sum(sizes[n][1] + TITLE_HEIGHT for n in stack.values()) + STACK_GAP * (len(stack) - 1)
+               for cell, stack in stacks.items()}
+    cols = sorted({c for c, _ in stacks})
+    rows = sorted({r for _, r in stacks})
+    col_w = {c: max(sizes[n][0] for (cc, _), stack in stacks.items() if cc == c for n in stack.values())
+             for c in cols}
+    row_h = {r: max(h for (_, rr), h in heights.items() if rr == r) for r in rows}
     col_x, x = {}, origin[0]
     for c in range(min(cols), max(cols) + 1):
         col_x[c] = x
@@ -72,7 +80,13 @@ def grid_positions(cells: dict[int, tuple[int, int]], sizes: dict[int, tuple[int
     for r in range(min(rows), max(rows) + 1):
         row_y[r] = y
         y += row_h.get(r, 0) + GAP_Y if r in row_h else 0
-    return {nid: (col_x[c], row_y[r] + TITLE_HEIGHT) for nid, (c, r) in cells.items()}
+    positions = {}
+    for (c, r), stack in stacks.items():
+        top = row_y[r]
+        for slot in sorted(stack):
+            positions[stack[slot]] = (col_x[c], top + TITLE_HEIGHT)
+            top += sizes[stack[slot]][1] + TITLE_HEIGHT + STACK_GAP
+    return positions
 
 
 def node_rect(pos, size) -> tuple[float, float, float, float]:
