@@ -6,12 +6,13 @@ from comfy_api.latest import io, ui
 
 from ursa_core import rules
 from ursa_core.errors import InputError
-from ursa_core.files.canvas import FILLS, composite, pad_for_outpaint, repaint_weight
+from ursa_core.visual_tokenizer.canvas import FILLS, composite, pad_for_outpaint, repaint_weight
 from ursa_core.path.schedule import StartTimes
 from ursa_core.sampling.preview import start_map_diagram
 from ursa_core.sampling.repaint import mask_schedule
 
 from .types import URSASchedule, URSATokens
+from .widgets import float_input
 
 
 def strides(identity, what: str) -> tuple[int, int]:
@@ -41,9 +42,9 @@ class URSAMaskSchedule(io.ComfyNode):
                 io.Mask.Input("mask", tooltip="White (1) = repaint. One mask for every frame, or one per frame. Drawn "
                                               "on the image that was encoded (LoadImage's mask editor) or at the "
                                               "canvas size; another size is resized (nearest, with a warning)."),
-                io.Float.Input("strength", default=1.0, min=0.0, max=1.0, step=0.01,
-                               tooltip="1 = the masked region is generated anew; 0.5 = re-rolled half way (keeps "
-                                       "layout and colours); 0 = kept. Soft mask values scale it."),
+                float_input("strength", 1.0, *rules.UNIT_RANGE, step=0.01,
+                            tooltip="1 = the masked region is generated anew; 0.5 = re-rolled half way (keeps layout "
+                                    "and colours); 0 = kept. Soft mask values scale it."),
                 io.Int.Input("grow", default=0, min=0, max=rules.MAX_GROW,
                              tooltip="Widen the repainted region by this many tokens (8 px for FSQ, 16 px for IBQ) "
                                      "so the new content blends into its surroundings."),
@@ -53,13 +54,9 @@ class URSAMaskSchedule(io.ComfyNode):
             ],
             outputs=[URSASchedule.Output(display_name="schedule",
                                          tooltip="Per-token start times and the source tokens: connect to URSA "
-                                                 "Sampler's schedule (same frames, width and height as the source) "
-                                                 "and to URSA Repaint Composite.")],
+                                                 "Sampler's schedule (it makes the source's frames at its size) and "
+                                                 "to URSA Repaint Composite.")],
         )
-
-    @classmethod
-    def validate_inputs(cls, strength=None, grow=None):
-        return rules.check_node_inputs(strength=strength, grow=grow)
 
     @classmethod
     def execute(cls, source_tokens, mask, strength, grow, keyframes=None) -> io.NodeOutput:
@@ -93,13 +90,6 @@ class URSAPadForOutpaint(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, left=None, top=None, right=None, bottom=None, fill=None):
-        checked = rules.check_node_inputs(left=left, top=top, right=right, bottom=bottom)
-        if checked is True and fill is not None:
-            checked = rules.first_problem(lambda: rules.choice("fill", fill, FILLS))
-        return checked
-
-    @classmethod
     def execute(cls, image, left, top, right, bottom, fill) -> io.NodeOutput:
         return io.NodeOutput(*pad_for_outpaint(image, left, right, top, bottom, fill))
 
@@ -125,10 +115,6 @@ class URSARepaintComposite(io.ComfyNode):
             ],
             outputs=[io.Image.Output(display_name="image", tooltip="The source with the repainted region.")],
         )
-
-    @classmethod
-    def validate_inputs(cls, feather=None):
-        return rules.check_node_inputs(feather=feather)
 
     @classmethod
     def execute(cls, source, repainted, schedule, feather) -> io.NodeOutput:

@@ -4,8 +4,7 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from ursa_core import rules
-from ursa_core.files.canvas import PixelFit
+from ursa_core.visual_tokenizer.canvas import PixelFit
 from ursa_core.files.media import RESIZE_MODES
 from ursa_core.files.token_io import TokenClip, check_identity
 from ursa_core.visual_tokenizer.codec import decode_images, encode_images
@@ -13,6 +12,7 @@ from ursa_core.visual_tokenizer.codec import decode_images, encode_images
 from . import glue
 from .types import URSATokens, URSAVQ
 from .widgets import size_inputs
+
 
 def encode_clip(vq_handle, images: torch.Tensor, width: int, height: int, resize_mode: str) -> TokenClip:
     frames = images.shape[0] if images.ndim == 4 else 1
@@ -43,10 +43,6 @@ class URSATokenizerEncode(io.ComfyNode):
                                                                       "Schedule (the canvas to repaint) or URSA "
                                                                       "Sampler's given_tokens.")],
         )
-
-    @classmethod
-    def validate_inputs(cls, width=None, height=None):
-        return rules.check_node_inputs(width=width, height=height)
 
     @classmethod
     def execute(cls, vq, image, width, height, resize_mode) -> io.NodeOutput:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Template-browser thumbnails: ``example_workflows/<Title>.jpg`` beside each UI workflow.
+"""Template-browser thumbnails: ``workflows/<Title>.jpg`` beside each UI workflow.
 
 Each is a REAL output of the headless CLI on the tiny random checkpoint (``--model tiny``: noise-like pictures, not
 what the real model makes), so every thumbnail is stamped "PREVIEW - tiny random model" with the template's title.
@@ -61,7 +61,7 @@ def repaint_before_after(template: make_workflows.Template, tmp: Path):
     import ursa_core as ursa
     from ursa_core import rules
     from ursa_core.checkpoint.tiny import make_tiny
-    from ursa_core.files.canvas import composite, repaint_weight
+    from ursa_core.visual_tokenizer.canvas import composite, repaint_weight
     from ursa_core.sampling.repaint import build_canvas, encode_canvas
 
     spec = REPAINTS[template.id]

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import sys
 
+from unittest import mock
+
 import pytest
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -19,7 +21,7 @@ import comfy_stubs  # noqa: E402
 from tiny_fixtures import tiny_dir, tiny_ibq_dir, tiny_model  # noqa: E402,F401
 
 STUB_MODULE_NAMES = ("comfy_api", "comfy_api.latest", "comfy_api.latest._io", "comfy_api.latest._ui", "comfy",
-                     "comfy.model_management", "comfy.model_patcher", "comfy.utils", "folder_paths")
+                     "comfy.model_management", "comfy.model_patcher", "comfy.utils", "folder_paths", "server")
 
 
 class _RootIsNotAPackage:
@@ -42,6 +44,7 @@ class ComfyFixture:
         self.state, self.modules = state, modules
 
     progress_updates = property(lambda self: self.state.progress_updates)
+    node_texts = property(lambda self: self.state.node_texts)
     loaded_models = property(lambda self: self.state.loaded_models)
     load_calls = property(lambda self: self.state.load_calls)
     patchers = property(lambda self: self.state.patchers)
@@ -75,14 +78,20 @@ class ComfyFixture:
 
 
 @pytest.fixture
-def comfy(mocker, tmp_path):
+def comfy(tmp_path):
     """Install fake ComfyUI modules for one test; modules imported under them are dropped afterwards."""
     state = comfy_stubs.ComfyStubState(tmp_path / "comfy")
     modules = comfy_stubs.build_modules(state)
+    before = set(sys.modules)
     # patch.dict restores sys.modules on teardown; that also drops plugin modules imported during the test,
     # so no later test sees a plugin module bound to this test's fakes.
-    mocker.patch.dict(sys.modules, modules)
-    return ComfyFixture(state, modules)
+    with mock.patch.dict(sys.modules, modules):
+        yield ComfyFixture(state, modules)
+        torch_parts = {name: module for name, module in sys.modules.items()
+                       if name not in before and (name == "torch" or name.startswith("torch."))}
+    # ...except torch's own submodules (a first torch.compile imports dynamo and inductor): they register global
+    # state once per process, and importing them again fails.
+    sys.modules.update(torch_parts)
 
 
 @pytest.fixture(scope="module")

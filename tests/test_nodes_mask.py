@@ -84,13 +84,19 @@ def test_mask_schedule_refusals_are_one_line(env):
         mask_schedule(env, source, torch.ones(3, 32, 32))
     with pytest.raises(ValueError, match="a MASK, not an IMAGE"):
         mask_schedule(env, source, torch.ones(1, 32, 32, 3))
-    assert "strength=1.5" in str(env.validate(node, {"source_tokens": ["1", 0], "mask": ["2", 0], "strength": 1.5,
-                                                     "grow": 0}))
-    assert "grow=65" in str(env.validate(node, {"source_tokens": ["1", 0], "mask": ["2", 0], "strength": 1.0,
-                                                 "grow": 65}))
-    scheduled = mask_schedule(env, source, torch.ones(1, 32, 32)).result[0]
-    with pytest.raises(ValueError, match=r"map is \[2, 4, 4\] latent tokens .* clip is \[1, 4, 4\]"):
-        sample(env, frames=1, schedule=scheduled)
+    base = {"source_tokens": ["1", 0], "mask": ["2", 0], "strength": 1.0, "grow": 0}
+    assert env.validate(node, base) == []
+    for bad, message in (({"strength": 1.5}, "bigger than max"), ({"strength": float("nan")}, "Value nan smaller than min"),
+                         ({"grow": 65}, "bigger than max of 64")):
+        assert message in str(env.validate(node, {**base, **bad})), bad   # core's range check, on that input
+
+
+def test_the_mask_schedule_sets_the_clip_the_sampler_makes(env):
+    """Sizes are set once: the sampler makes the schedule's frames at its tokens' size, whatever its widgets say."""
+    source = encode(env, torch.rand(5, 32, 32, 3))
+    scheduled = mask_schedule(env, source, torch.ones(1, 8, 8)).result[0]   # 8x8: resized to 32x32 (warning)
+    clip = sample(env, frames=1, width=64, height=16, schedule=scheduled)
+    assert clip.tokens.shape == source.tokens.shape == (1, 2, 4, 4)
 
 
 def test_outpainting_pads_and_the_composite_restores_the_source_outside(env):

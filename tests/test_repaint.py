@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from tiny_fixtures import small_size
 from ursa_core.checkpoint.loader import load_model
 from ursa_core.errors import InputError
-from ursa_core.files.canvas import PixelFit, composite, fit_mask, mask_for_canvas, pad_for_outpaint, repaint_weight
+from ursa_core.visual_tokenizer.canvas import (PixelFit, composite, fit_mask, mask_for_canvas, pad_for_outpaint,
+                                               repaint_weight)
 from ursa_core.path.masks import check_mask, grow_levels, mask_start_times, token_levels
 from ursa_core.path.metric_path import beta
 from ursa_core.path.schedule import FrameSchedule, ScheduledTokens, StartTimes

@@ -12,8 +12,8 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from .attention import backends as attention_registry
 from .errors import InputError
-from .model import attention as attention_registry
 
 # --- limits ---------------------------------------------------------------------------------------------------------
 VIDEO_STRIDE = 4                   # pixel frames per latent frame of the video tokenizer (1 + 4k frames)
@@ -228,7 +228,7 @@ def rank_device(value: str, local_rank: int, world: int) -> torch.device:
 
 
 def attention(value, on: Optional[torch.device] = None) -> str:
-    """A backend of ursa_core.model.attention's registry that runs on the device the model computes on."""
+    """A backend of ursa_core.attention.backends that runs on the device the model computes on."""
     choice("attention", value, attention_registry.names())
     if on is not None and value != "auto" and not attention_registry.is_available(value, on):
         _fail(f"attention={value!r} is not available on {on.type} ({attention_registry.summary(value)}): use one "
@@ -259,7 +259,7 @@ def placement(name: str, value: str) -> str:
 
 
 def parallel_layout(mode: str, world: int, kv_heads: int) -> tuple[int, int]:
-    """(cfg ranks, sequence ranks) for `mode` on `world` ranks: cfg needs exactly 2, sp any number that divides
+    """(cfg_ranks, sp_ranks) for `mode` on `world` ranks: cfg needs exactly 2, sp any number that divides
     the KV heads (each rank attends with whole KV groups), cfg+sp an even world whose half divides them."""
     choice("parallel", mode, PARALLEL_MODES)
     if mode == "none":
@@ -267,17 +267,17 @@ def parallel_layout(mode: str, world: int, kv_heads: int) -> tuple[int, int]:
             _fail(f"parallel='none' with {world} ranks is not allowed: one generation runs on one rank; use "
                   f"--parallel cfg, sp or cfg+sp, or `ursa batch` to share a prompt set")
         return 1, 1
-    cfg = 2 if mode.startswith("cfg") else 1
+    cfg_ranks = 2 if mode.startswith("cfg") else 1
     if mode == "cfg" and world != 2:
         _fail(f"parallel='cfg' with {world} rank(s) is not allowed: CFG parallel runs on exactly 2 ranks")
-    if mode != "cfg" and (world < 2 * cfg or world % cfg):
+    if mode != "cfg" and (world < 2 * cfg_ranks or world % cfg_ranks):
         _fail(f"parallel={mode!r} with {world} rank(s) is not allowed: use "
-              f"{'an even number of ranks, at least 4' if cfg == 2 else 'at least 2 ranks'}")
-    sp = world // cfg
-    if kv_heads % sp:
-        _fail(f"parallel={mode!r} splits heads over {sp} ranks, but the model's {kv_heads} KV heads do not divide "
-              f"by {sp}: use a sequence-parallel size that divides {kv_heads}")
-    return cfg, sp
+              f"{'an even number of ranks, at least 4' if cfg_ranks == 2 else 'at least 2 ranks'}")
+    sp_ranks = world // cfg_ranks
+    if kv_heads % sp_ranks:
+        _fail(f"parallel={mode!r} splits heads over {sp_ranks} ranks, but the model's {kv_heads} KV heads do not "
+              f"divide by {sp_ranks}: use a sequence-parallel size that divides {kv_heads}")
+    return cfg_ranks, sp_ranks
 
 
 # --- defaults -------------------------------------------------------------------------------------------------------
@@ -303,41 +303,6 @@ def first_problem(*checks: Callable[[], object]) -> str | bool:
         except InputError as exc:
             return str(exc)
     return True
-
-
-def path_param_or_default(name: str, value) -> float:
-    """Node widgets for c, alpha and shift: 0 means the checkpoint's value, else a path parameter."""
-    return number(name, value, 0.0, PATH_MAX[name])
-
-
-# Node input name -> its rule, so every node's validate_inputs reads the same rules as the CLI and the API.
-NODE_INPUT_RULES: dict[str, Callable[[object], object]] = {
-    "frames": frames,
-    "window_frames": lambda v: frames(v, name="window_frames", min_latents=2),
-    "width": lambda v: size("width", v),
-    "height": lambda v: size("height", v),
-    "steps": steps,
-    "seed": seed,
-    "cfg": lambda v: guidance(v, "cfg"),
-    "guidance_trunc": lambda v: unit("guidance_trunc", v),
-    "start_time": lambda v: unit("start_time", v),
-    "carry_start": lambda v: unit("carry_start", v),
-    "motion_score": lambda v: number("motion_score", v, *MOTION_RANGE),
-    "strength": strength,
-    "grow": grow,
-    "feather": feather,
-    **{side: (lambda v, n=side: padding(n, v)) for side in ("left", "right", "top", "bottom")},
-    "c": lambda v: path_param_or_default("c", v),
-    "alpha": lambda v: path_param_or_default("alpha", v),
-    "shift": lambda v: path_param_or_default("shift", v),
-}
-
-
-def check_node_inputs(**values) -> str | bool:
-    """`validate_inputs` for node widgets: the first broken rule's message, or True. Linked inputs arrive as None
-    and are checked when the node runs."""
-    return first_problem(*(lambda n=name, v=value: NODE_INPUT_RULES[n](v)
-                           for name, value in values.items() if value is not None))
 
 
 def arg_type(check: Callable[[object], object], convert: Callable[[str], object]) -> Callable[[str], object]:

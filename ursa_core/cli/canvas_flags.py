@@ -9,12 +9,12 @@ import torch
 from .. import rules
 from ..checkpoint.loader import URSAModel
 from ..errors import InputError
-from ..files.canvas import read_mask, repaint_weight
-from ..files.canvas import composite as composite_pixels
 from ..files.media import VIDEO_SUFFIXES, count_video_frames, load_image, load_video
 from ..path.schedule import ScheduledTokens
 from ..sampling.generate import generate
 from ..sampling.repaint import Canvas, build_canvas, canvas_size, encode_canvas, mask_schedule
+from ..visual_tokenizer.canvas import composite as composite_pixels
+from ..visual_tokenizer.canvas import read_mask, repaint_weight
 from ..visual_tokenizer.geometry import VisualGeometry
 from .arguments import RepaintFlags, Request
 

@@ -61,7 +61,7 @@ def token_levels(mask: torch.Tensor, latent_shape: Sequence[int], temporal_strid
     canvas = (height * spatial_stride, width * spatial_stride)
     if tuple(mask.shape[1:]) != canvas:
         raise InputError(f"the mask is {mask.shape[2]}x{mask.shape[1]} pixels but the canvas is {canvas[1]}x"
-                         f"{canvas[0]}: fit it to the canvas first (files.canvas.mask_for_canvas)")
+                         f"{canvas[0]}: fit it to the canvas first (visual_tokenizer.canvas.mask_for_canvas)")
     pooled = F.max_pool2d(mask.unsqueeze(1), spatial_stride).squeeze(1)  # [F, h, w]
     pooled = match_frames(pooled, rules.pixel_frames(frames, temporal_stride))
     owner = torch.tensor([rules.latent_frame_of(p, temporal_stride) for p in range(pooled.shape[0])])

@@ -250,6 +250,8 @@ def extension_starts(latent_frames: int, given: int, start: float) -> dict[int, 
 
 SCHEDULE_MODES = ("text-to-image", "text-to-video", "image-to-video", "interpolation", "extension",
                   "custom keyframes")
+# The inputs only some modes read (the others ignore them): the node shows each in these modes only.
+MODE_ONLY_INPUTS = {"given_frames": ("extension",), "keyframes": ("custom keyframes",)}
 
 
 def parse_keyframes(text: str, latent_frames: int) -> dict[int, float]:
@@ -274,7 +276,7 @@ def parse_keyframes(text: str, latent_frames: int) -> dict[int, float]:
 class ScheduledTokens:
     """Start times (a FrameSchedule, or a token map from a repaint mask) plus the tokens they give ([B, T, h, w];
     tokens that are not given are 0). A repaint also carries the identity of the tokenizer of its source tokens and
-    how its source pixels were fit to the canvas (files.canvas.PixelFit, read by the composite)."""
+    how its source pixels were fit to the canvas (visual_tokenizer.canvas.PixelFit, read by the composite)."""
     schedule: "FrameSchedule | StartTimes"
     given: "torch.Tensor | None"
     identity: Optional[dict] = None

@@ -8,7 +8,7 @@ run. Every check here runs before a model loads; only `encode_canvas` needs the 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from .. import rules
 from ..checkpoint.loader import URSAModel
 from ..errors import InputError
-from ..files.canvas import PixelFit, mask_for_canvas, pad_for_outpaint, read_mask
 from ..files.media import VIDEO_SUFFIXES, load_image, load_video
-from ..path.masks import check_mask, mask_start_times, match_frames
+from ..path.masks import mask_start_times, match_frames
 from ..path.schedule import ScheduledTokens, as_start_times
+from ..visual_tokenizer.canvas import PixelFit, mask_for_canvas, pad_for_outpaint, read_mask
 from ..visual_tokenizer.codec import encode_images
 from ..visual_tokenizer.geometry import VisualGeometry
 from .generate import Generation, StepInfo, generate
@@ -146,8 +146,8 @@ def repaint(model: URSAModel, prompt: str | Sequence[str] = "", negative_prompt:
 
     `strength` scales the mask (a token of mask level r starts at 1 - strength * r: 1 regenerates, 0.5 re-rolls
     half way); `grow` widens the repainted region by that many tokens; `outpaint` (left, right, top, bottom pixels)
-    pads a pixel source and repaints the padding (`fill`: see files.canvas.pad_for_outpaint). Without a mask the
-    whole canvas is repainted at `strength`. A pixel source sets the frames; width and height default to its size
+    pads a pixel source and repaints the padding (`fill`: see visual_tokenizer.canvas.pad_for_outpaint). Without a
+    mask the whole canvas is repainted at `strength`. A pixel source sets the frames; width and height default to its size
     (it is fit to them by `resize`). Tokens outside the mask are the source tokens exactly; a mask that repaints
     nothing returns them without a model call. Other keywords are `generate`'s.
     """

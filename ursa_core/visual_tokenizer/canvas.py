@@ -1,5 +1,6 @@
-"""The pixels of a repaint: masks read and fit to the canvas like their image, padding for outpainting, and the
-repainted region composited back onto the source pixels (docs/ARCHITECTURE.md, "Repaint masks").
+"""The pixels of a repaint as the tokenizer sees them: masks read and fit to the canvas like their image, padding for
+outpainting, and the decoded repaint composited back onto the source pixels (docs/ARCHITECTURE.md, "Repaint
+masks").
 
 A mask is ComfyUI's MASK: [F, H, W] float in 0..1, 1 = repaint. In files it is the luminance of an image or of
 each video frame (white = repaint).
@@ -16,8 +17,8 @@ import torch.nn.functional as F
 
 from .. import rules
 from ..errors import InputError
+from ..files.media import VIDEO_SUFFIXES, fit_frames, fit_planes, load_image, load_video
 from ..path.masks import check_mask
-from .media import VIDEO_SUFFIXES, fit_frames, fit_planes, load_image, load_video
 
 log = logging.getLogger(__name__)
 
