@@ -221,14 +221,16 @@ def _order(graph: Graph) -> dict[int, int]:
 
 
 def _widget_values(node: Node) -> list:
-    values = []
+    """The frontend's widget order: each widget's value, a seed's control value right after it, and the upload
+    button of an image/video combo after every declared widget (the frontend appends it as a last input)."""
+    values, uploads = [], []
     for inp in node.spec["inputs"]:
         if inp["widget"]:
             value = node.values.get(inp["name"], inp["default"])
             values.append(inp["default"] if isinstance(value, Out) else value)
             if inp["frontend_extra"]:
-                values.append(inp["frontend_extra"])
-    return values
+                (uploads if inp["frontend_extra"] == "image" else values).append(inp["frontend_extra"])
+    return values + uploads
 
 
 def _ui_node(node: Node, links: list, order: int, pos, size) -> dict:

@@ -279,7 +279,8 @@ def test_workflow_runs(server, workflow, tmp_path):
     assert files and all(os.path.getsize(f) > 0 for f in files), res.stdout
     if frames == 1:
         from PIL import Image
-        pngs = [f for f in files if f.endswith(".png")]
+        # The saved picture; node previews (the Mask Schedule's token map) are temp files, downloaded too.
+        pngs = [f for f in files if f.endswith(".png") and not Path(f).name.startswith("ComfyUI_temp_")]
         assert len(pngs) == 1 and Image.open(pngs[0]).size == size
     else:
         mp4s = [f for f in files if f.endswith(".mp4")]
