@@ -3,8 +3,9 @@
 `time_grid` is the reference's shifted grid (docs/ARCHITECTURE.md, "Time grid and shift"). `FrameSchedule` gives
 every latent frame its own start time t0 (the paper's asynchronous timesteps, used here at inference): 0 = generate
 from uniform noise, 1 = a given frame held exactly, in between = a given frame noised along the path to t0 that
-keeps refining. `StartTimes` is the start time of every latent token (a frame schedule spreads its frames' values
-over their tokens; token-wise sources such as masks join there). `FrameClocks` is where the clocks stand at one step.
+keeps refining. `StartTimes` is the start time of every latent token, the one object the sampler reads (a frame
+schedule spreads its frames' values over their tokens; a repaint mask sets them token by token, path/masks.py).
+`FrameClocks` is where the clocks stand at one step.
 """
 from __future__ import annotations
 
