@@ -11,7 +11,7 @@ import torch
 from .. import rules
 from ..checkpoint.defaults import defaults_for
 from ..checkpoint.loader import URSAModel, load_model
-from ..checkpoint.tiny import TINY_LABEL, is_tiny, tiny_model_dir
+from ..checkpoint.tiny import TINY_LABEL, is_tiny, model_folder
 from ..errors import InputError
 from ..files.atomic import check_writable
 from ..files.media import OUTPUT_SUFFIXES, frame_paths, load_image, write_frames
@@ -22,14 +22,10 @@ from ..runtime.loader_options import placement_device
 from ..runtime.speed import Placement, SpeedOptions, with_speed
 from ..sampling.generate import StepInfo, generate
 from ..sampling.preflight import check_clip, check_options, checkpoint_rules
-from ..visual_tokenizer.codec import decode_tokens, encode_images
 from ..sampling.repaint import Canvas
+from ..visual_tokenizer.codec import decode_tokens, encode_images
 from .arguments import Request, check_images, repaint_flags, request, speed_options
 from .canvas_flags import canvas_flags, composite_onto_source, read_canvas, repaint_tokens
-
-
-def model_folder(name: str) -> Path:
-    return tiny_model_dir() if name == "tiny" else Path(name)
 
 
 def check_output_path(out: str, frames: int = 1) -> Path:
@@ -66,7 +62,8 @@ def conditioning(model: URSAModel, images: dict[int, torch.Tensor], latent_frame
 
 
 class ProgressPrinter:
-    """A tqdm bar over sampling steps."""
+    """A tqdm bar over sampling steps; close() ends its line also when sampling stops early (Ctrl-C, an error), so
+    the message after it starts on a line of its own."""
 
     def __init__(self, total: int, desc: str):
         self.total, self.desc, self.bar = total, desc, None
@@ -77,6 +74,10 @@ class ProgressPrinter:
             self.bar = tqdm(total=self.total, desc=self.desc, unit="step")
         self.bar.update(1)
         if info.step + 1 == info.steps:
+            self.bar.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
             self.bar.close()
 
 
@@ -147,10 +148,14 @@ def run_generate(args: argparse.Namespace) -> int:
               f"{settings.width}x{settings.height} = {latent} latent tokens, {settings.steps} steps"
               + (f", {args.parallel} parallel over {layout.world} ranks" if layout is not None else ""))
     progress = ProgressPrinter(settings.steps, "sampling") if rank == 0 else None
-    if canvas is None:
-        tokens, scheduled = sample_tokens(model, run, images, args.prompt, progress, layout), None
-    else:
-        tokens, scheduled = repaint_tokens(model, run, canvas, args.prompt, progress, layout)
+    try:
+        if canvas is None:
+            tokens, scheduled = sample_tokens(model, run, images, args.prompt, progress, layout), None
+        else:
+            tokens, scheduled = repaint_tokens(model, run, canvas, args.prompt, progress, layout)
+    finally:
+        if progress is not None:
+            progress.close()
     if rank != 0:  # the other ranks of a parallel run hold the same tokens; rank 0 writes them
         return 0
     if tokens_path is not None:
