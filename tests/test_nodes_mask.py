@@ -86,7 +86,8 @@ def test_mask_schedule_refusals_are_one_line(env):
         mask_schedule(env, source, torch.ones(1, 32, 32, 3))
     base = {"source_tokens": ["1", 0], "mask": ["2", 0], "strength": 1.0, "grow": 0}
     assert env.validate(node, base) == []
-    for bad, message in (({"strength": 1.5}, "bigger than max"), ({"strength": float("nan")}, "Value nan smaller than min"),
+    for bad, message in (({"strength": 1.5}, "bigger than max"),
+                         ({"strength": float("nan")}, "Value nan smaller than min"),
                          ({"grow": 65}, "bigger than max of 64")):
         assert message in str(env.validate(node, {**base, **bad})), bad   # core's range check, on that input
 

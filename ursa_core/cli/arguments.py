@@ -146,9 +146,8 @@ def request(flags: Mapping[str, Any], defaults: ModelDefaults) -> Request:
 
 
 def check_images(run: Request, geometry: VisualGeometry) -> None:
-    """--image / --last-image: a first or last frame needs a video (interpolation keeps first and last apart; a
-    held first frame of one frame leaves nothing to make), and both files must exist; checked before any weight
-    loads."""
+    """--image / --last-image: a last frame needs a video (interpolation keeps first and last apart), and both
+    files must exist; checked before any weight loads."""
     from ..path.schedule import interpolation_starts
 
     latent_frames = run.settings.latent_shape(geometry)[0]
@@ -161,6 +160,11 @@ def check_images(run: Request, geometry: VisualGeometry) -> None:
     for flag, image in (("--image", run.image), ("--last-image", run.last_image)):
         if image and not Path(image).is_file():
             raise InputError(f"{flag}: image not found: {image}")
-    if run.image and latent_frames == 1:
+
+
+def check_first_frame(run: Request) -> None:
+    """--image as the first frame (once it was read): a held first frame of a one-frame clip leaves nothing to make,
+    which the core would answer with the image itself; here it is a mistake, said in one line."""
+    if run.image and run.settings.frames == 1:
         raise InputError("--image is the first frame of a video: use --frames 5 or more, or repaint the picture with "
                          "--mask, --outpaint or --strength")

@@ -24,7 +24,7 @@ from ..parallel.distributed import barrier, init_from_env, launched_world
 from ..runtime.speed import SpeedOptions
 from ..sampling.preflight import check_clip, check_options, checkpoint_rules
 from ..visual_tokenizer.codec import decode_tokens
-from .arguments import Request, check_images, request, speed_options
+from .arguments import Request, check_first_frame, check_images, request, speed_options
 from .generate_command import load_for_cli, sample_tokens
 
 # A JSONL item's override -> (its rule, the flag it replaces). Item keys are the command line's names (cfg for the
@@ -66,6 +66,7 @@ def _sample_request(base: BatchBase, overrides: dict, cache: dict) -> Request:
         check_clip(base.folder, run.settings, base.speed, base.dtype, base.device)
         for path in paths.values():   # an unreadable image is refused now, not hours into the set
             load_image(path)
+        check_first_frame(run)
         cache[key] = run
     return cache[key]
 

@@ -24,7 +24,7 @@ from ..sampling.generate import StepInfo, generate
 from ..sampling.preflight import check_clip, check_options, checkpoint_rules
 from ..sampling.repaint import Canvas
 from ..visual_tokenizer.codec import decode_tokens, encode_images
-from .arguments import Request, check_images, repaint_flags, request, speed_options
+from .arguments import Request, check_first_frame, check_images, repaint_flags, request, speed_options
 from .canvas_flags import canvas_flags, composite_onto_source, read_canvas, repaint_tokens
 
 
@@ -134,6 +134,7 @@ def run_generate(args: argparse.Namespace) -> int:
     kv_heads = checkpoint_rules(folder)[0].num_key_value_heads
     rules.parallel_layout(args.parallel, launched_world(), kv_heads)
     images = read_images(run)
+    check_first_frame(run)
     rank, world, device = init_from_env(args.device)
     layout = build_layout(args.parallel, kv_heads) if world > 1 else None
     started = time.time()

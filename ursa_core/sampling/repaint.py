@@ -56,7 +56,8 @@ def read_pixels(source) -> torch.Tensor:
     if pixels.ndim != 4 or pixels.shape[-1] not in (1, 3, 4) or pixels.numel() == 0:
         raise InputError(f"the source must be an IMAGE [frames, H, W, C] (C 1, 3 or 4), got shape "
                          f"{list(pixels.shape)}")
-    return pixels[..., :3].float().expand(*pixels.shape[:-1], 3) if pixels.shape[-1] == 1 else pixels[..., :3].float()
+    pixels = pixels[..., :3].float()
+    return pixels.expand(*pixels.shape[:-1], 3)  # one grey channel as three
 
 
 def build_canvas(pixels: torch.Tensor, mask=None, outpaint: Optional[Sequence[int]] = None,
@@ -147,9 +148,9 @@ def repaint(model: URSAModel, prompt: str | Sequence[str] = "", negative_prompt:
     `strength` scales the mask (a token of mask level r starts at 1 - strength * r: 1 regenerates, 0.5 re-rolls
     half way); `grow` widens the repainted region by that many tokens; `outpaint` (left, right, top, bottom pixels)
     pads a pixel source and repaints the padding (`fill`: see visual_tokenizer.canvas.pad_for_outpaint). Without a
-    mask the whole canvas is repainted at `strength`. A pixel source sets the frames; width and height default to its size
-    (it is fit to them by `resize`). Tokens outside the mask are the source tokens exactly; a mask that repaints
-    nothing returns them without a model call. Other keywords are `generate`'s.
+    mask the whole canvas is repainted at `strength`. A pixel source sets the frames; width and height default to
+    its size (it is fit to them by `resize`). Tokens outside the mask are the source tokens exactly; a mask that
+    repaints nothing returns them without a model call. Other keywords are `generate`'s.
     """
     sources = [name for name, value in (("image", image), ("video", video), ("tokens", tokens)) if value is not None]
     if len(sources) != 1:
@@ -159,6 +160,8 @@ def repaint(model: URSAModel, prompt: str | Sequence[str] = "", negative_prompt:
         if outpaint is not None:
             raise InputError("outpaint pads pixels: give the source as an image or video, not tokens")
         source = torch.as_tensor(tokens)
+        if source.ndim != 4:
+            raise InputError(f"source tokens must be [B, T, h, w], got shape {list(source.shape)}")
         if mask is None:
             mask = torch.ones(1, source.shape[2] * geometry.spatial_stride, source.shape[3] * geometry.spatial_stride)
         fit, frames = None, geometry.pixel_frames(source.shape[1])
