@@ -3,6 +3,7 @@ from comfy_api.latest import ComfyExtension, io
 
 from .nodes_extend import URSAExtendVideo
 from .nodes_loader import URSAModelLoader
+from .nodes_mask import URSAMaskSchedule, URSAPadForOutpaint, URSARepaintComposite
 from .nodes_sampler import URSASampler
 from .nodes_schedule import URSAFrameSchedule
 from .nodes_text import URSATextEncode
@@ -10,7 +11,8 @@ from .nodes_tokenizer import URSATokenizerDecode, URSATokenizerEncode
 from .nodes_tokens_io import URSALoadTokens, URSASaveTokens
 
 NODES = [URSAModelLoader, URSATextEncode, URSATokenizerEncode, URSATokenizerDecode, URSAFrameSchedule,
-         URSASampler, URSAExtendVideo, URSASaveTokens, URSALoadTokens]
+         URSASampler, URSAExtendVideo, URSASaveTokens, URSALoadTokens, URSAMaskSchedule, URSAPadForOutpaint,
+         URSARepaintComposite]
 
 
 class URSAExtension(ComfyExtension):

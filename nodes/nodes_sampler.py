@@ -8,6 +8,7 @@ from comfy_api.latest import io
 from ursa_core import rules
 from ursa_core.errors import InputError
 from ursa_core.files.token_io import TokenClip, check_identity, model_identity
+from ursa_core.path.schedule import StartTimes, as_start_times
 from ursa_core.sampling.generate import StepInfo, generate, sampling_memory
 from ursa_core.sampling.settings import GenerationSettings
 
@@ -15,8 +16,8 @@ from . import glue
 from .types import URSACond, URSAModel, URSASchedule, URSATokens
 from .widgets import path_inputs, sampling_inputs, size_inputs
 
-GIVEN_WINS = ("For text-only runs: with a Frame Schedule or given_tokens connected, the clip takes their frame count "
-              "and size (shown on the node after a run).")
+GIVEN_WINS = ("For text-only runs: with a Frame or Mask Schedule or given_tokens connected, the clip takes their "
+              "frame count and size (shown on the node after a run).")
 
 
 def checkpoint_default(value: float):
@@ -45,12 +46,15 @@ def clip_size(geometry, frames: int, width: int, height: int, scheduled=None, gi
     Schedule's frame count and tokens, else given_tokens' size. Its own widgets set what nothing given sets."""
     stride = geometry.spatial_stride
     spatial, spatial_from = None, ""
+    schedule_name = "the Mask Schedule" if isinstance(getattr(scheduled, "schedule", None), StartTimes) \
+        else "the Frame Schedule"
     if scheduled is not None and scheduled.given is not None:
-        spatial, spatial_from = tuple(scheduled.given.shape[2:]), "the Frame Schedule"
+        spatial, spatial_from = tuple(scheduled.given.shape[2:]), schedule_name
     if given_tokens is not None:
         spatial, spatial_from = _given_size(given_tokens.shape, spatial, stride), spatial_from or "given_tokens"
     if scheduled is not None:
-        latent_frames, frames_from = scheduled.schedule.num_frames, "the Frame Schedule"
+        latent_frames, frames_from = scheduled.schedule.latent_shape[0] \
+            if isinstance(scheduled.schedule, StartTimes) else scheduled.schedule.num_frames, schedule_name
     else:
         latent_frames, frames_from = rules.latent_frames(frames, geometry.temporal_stride), ""
     if given_tokens is not None and given_tokens.shape[1] > latent_frames:
@@ -84,12 +88,15 @@ def run_sampler(model, conditioning, settings: GenerationSettings, schedule=None
     used = GenerationSettings.build(settings, frames=size.frames, width=size.width, height=size.height)
     latent_shape = used.latent_shape(core.geometry)
     sched, given = (None, None) if schedule is None else (schedule.schedule, schedule.given)
+    if schedule is not None:
+        check_identity(schedule.identity, model_identity(core), "the schedule's source tokens")
     if given_tokens is not None:
         check_identity(given_tokens.identity, model_identity(core), "given_tokens")
         given = _merge_given(given, given_tokens.tokens, latent_shape)
     prompt_ids = conditioning.ids_for(size.frames)
-    need = sampling_memory(core, latent_shape, prompt_ids[0].shape[0], used.guidance, glue.compute_device())
-    model.to_compute_device(memory_required=need.total)
+    if not bool(as_start_times(sched, latent_shape).held().all()):  # else the given tokens come back: no weights move
+        need = sampling_memory(core, latent_shape, prompt_ids[0].shape[0], used.guidance, glue.compute_device())
+        model.to_compute_device(memory_required=need.total)
     status = glue.NodeText(node_id, size.describe(settings.frames, settings.width, settings.height))
     progress = glue.StepProgress(used.steps, core.path.unit if preview else None,
                                  pixel_scale=core.geometry.spatial_stride)
@@ -119,7 +126,8 @@ class URSASampler(io.ComfyNode):
             node_id="URSASampler", display_name="URSA Sampler (Metric Path)", category="URSA/sampling",
             description="Generates visual tokens by iterative refinement on URSA's metric probability path with a "
                         "discrete Euler (CTMC jump) solver. Connect a Frame Schedule for image-to-video, "
-                        "interpolation, extension or keyframes. Decode the tokens with URSA Tokenizer Decode.",
+                        "interpolation, extension or keyframes, or a Mask Schedule to repaint part of a picture or "
+                        "clip. Decode the tokens with URSA Tokenizer Decode.",
             inputs=[
                 URSAModel.Input("model", tooltip="From URSA Model Loader."),
                 URSACond.Input("conditioning", tooltip="From URSA Text Encode."),
@@ -129,8 +137,9 @@ class URSASampler(io.ComfyNode):
                 *size_inputs(note=GIVEN_WINS),
                 *path_inputs(),
                 URSASchedule.Input("schedule", optional=True,
-                                   tooltip="Frame-wise start times and given frames (URSA Frame Schedule). "
-                                           "None = every frame from noise."),
+                                   tooltip="Start times and given tokens: frame-wise (URSA Frame Schedule) or "
+                                           "token-wise (URSA Mask Schedule: inpaint, outpaint, re-roll). None = "
+                                           "every frame from noise."),
                 URSATokens.Input("given_tokens", optional=True,
                                  tooltip="Tokens placed from frame 0 on (a whole clip, or its first frames) "
                                          "for the frames the schedule marks as given."),

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
+from ursa_core.visual_tokenizer.canvas import PixelFit
 from ursa_core.files.media import RESIZE_MODES
 from ursa_core.files.token_io import TokenClip, check_identity
 from ursa_core.visual_tokenizer.codec import decode_images, encode_images
@@ -16,8 +17,9 @@ from .widgets import size_inputs
 def encode_clip(vq_handle, images: torch.Tensor, width: int, height: int, resize_mode: str) -> TokenClip:
     frames = images.shape[0] if images.ndim == 4 else 1
     vq_handle.vq.latent_shape(frames, height, width)  # the tokenizer's rules, before its weights move
+    fit = PixelFit(images.shape[-2], images.shape[-3], resize_mode)  # a mask drawn on `images` is fit the same way
     return TokenClip(encode_images(vq_handle.to_compute_device(), images, width, height, resize_mode), vq_handle.fps,
-                     vq_handle.identity)
+                     vq_handle.identity, fit)
 
 
 class URSATokenizerEncode(io.ComfyNode):
@@ -37,7 +39,8 @@ class URSATokenizerEncode(io.ComfyNode):
                                        "black; stretch: resize ignoring aspect ratio."),
             ],
             outputs=[URSATokens.Output(display_name="tokens", tooltip="The image(s) as URSA visual tokens: connect to "
-                                                                      "URSA Frame Schedule (given frames) or URSA "
+                                                                      "URSA Frame Schedule (given frames), URSA Mask "
+                                                                      "Schedule (the canvas to repaint) or URSA "
                                                                       "Sampler's given_tokens.")],
         )
 

@@ -34,26 +34,35 @@ import workflow_layout as layout  # noqa: E402  (stdlib-only sibling)
 ROOT = Path(__file__).resolve().parent.parent
 OUT_DIR = ROOT / "workflows"
 SCHEMAS_FILE = ROOT / "scripts" / "node_schemas.json"
-CORE_NODES_USED = ["LoadImage", "SaveImage", "CreateVideo", "SaveVideo", "ImageScaleBy", "ImageFlip"]
+CORE_NODES_USED = ["LoadImage", "SaveImage", "CreateVideo", "SaveVideo", "ImageScaleBy", "ImageFlip", "LoadImageMask",
+                   "LoadVideo", "GetVideoComponents", "ImageFromBatch", "SolidMask", "MaskComposite"]
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 # "ursa_modes": the modes in which the Frame Schedule shows an input (web/js/ursa.js hides it in the others).
-KEPT_OPTIONS = ("default", "control_after_generate", "image_upload", "forceInput", "multiline", "ursa_modes")
+KEPT_OPTIONS = ("default", "control_after_generate", "image_upload", "video_upload", "forceInput", "multiline",
+                "ursa_modes")
 # Room nodes take under their widgets once run: media (the sampler: its live token preview, sent with progress;
-# the frame schedule: its diagram) and core's progress text (the sampler's clip size, the saved token file).
+# the frame and mask schedules: their diagrams) and core's progress text (the sampler's clip size, the saved token
+# file).
 PREVIEW_NODES = {"LoadImage": layout.IMAGE_PREVIEW, "SaveImage": layout.IMAGE_PREVIEW,
                  "SaveVideo": layout.VIDEO_PREVIEW, "URSASampler": layout.IMAGE_PREVIEW + layout.NODE_TEXT,
-                 "URSAFrameSchedule": layout.SCHEDULE_PREVIEW, "URSASaveTokens": layout.NODE_TEXT}
+                 "URSAFrameSchedule": layout.SCHEDULE_PREVIEW, "URSASaveTokens": layout.NODE_TEXT,
+                 "URSAMaskSchedule": layout.IMAGE_PREVIEW, "LoadImageMask": layout.IMAGE_PREVIEW,
+                 "LoadVideo": layout.VIDEO_PREVIEW}
 # Room kept free below a node inside its group, for what it grows into after a run (not part of its saved size).
 GROWTH = {"SaveVideo": layout.VIDEO_SQUARE_GROWTH}
 NOTE_TYPE, NOTE_SIZE, NARROW_NOTE_SIZE = "MarkdownNote", (400, 250), (280, 250)
 
 MODEL_NAME = "URSA-1.7B-FSQ320"
+IMAGE_MODEL_NAME = "URSA-1.7B-IBQ1024"  # the image checkpoint (16 px tokens, 1024 x 1024)
 NEGATIVE = "worst quality, low quality, inconsistent motion, static, still, blurry, jittery, distorted, ugly"
-MODEL_NOTE = (f"**Model** (once, about 7 GB): put the whole folder of "
-              f"[BAAI/{MODEL_NAME}](https://huggingface.co/BAAI/{MODEL_NAME}) in `ComfyUI/models/ursa/`:\n\n"
-              f"`python -m ursa_core download BAAI/{MODEL_NAME} --dir ComfyUI/models/ursa`\n\n"
-              f"(run in `custom_nodes/ursa-video`), or `hf download BAAI/{MODEL_NAME} --local-dir "
-              f"ComfyUI/models/ursa/{MODEL_NAME}`; then press **R** so the loader lists it.")
+
+
+def model_note(name: str = MODEL_NAME) -> str:
+    return (f"**Model** (once, about 7 GB): put the whole folder of "
+            f"[BAAI/{name}](https://huggingface.co/BAAI/{name}) in `ComfyUI/models/ursa/`:\n\n"
+            f"`python -m ursa_core download BAAI/{name} --dir ComfyUI/models/ursa`\n\n"
+            f"(run in `custom_nodes/ursa-video`), or `hf download BAAI/{name} --local-dir "
+            f"ComfyUI/models/ursa/{name}`; then press **R** so the loader lists it.")
 
 
 # ----------------------------------------------------------------------------------------------- node specs
@@ -81,7 +90,7 @@ def normalize_info(info: dict) -> dict:
             if widget:
                 # Seeds change after each run, as core's samplers do by default, so a second Run is not a cache hit.
                 extra = ("randomize" if opts.get("control_after_generate") else
-                         "image" if opts.get("image_upload") else None)
+                         "image" if opts.get("image_upload") or opts.get("video_upload") else None)
                 entry.update(default=opts.get("default"), frontend_extra=extra, multiline=bool(opts.get("multiline")),
                              modes=opts.get("ursa_modes"))
             inputs.append(entry)
@@ -163,6 +172,7 @@ class Graph:
     note: str = ""
     note_cell: tuple = (1, 1)  # an empty grid cell for the read-me note (under the prompt by default)
     note_size: tuple = NOTE_SIZE
+    note_before: "Node | None" = None  # in a stacked cell: the node the note goes above (default: at the bottom)
 
     def node(self, type_: str, title: str, cell: tuple, **values) -> Node:
         """A node at grid ``cell`` = (column, row) or (column, row, rows it spans); nodes given one cell stack top to
@@ -211,14 +221,16 @@ def _order(graph: Graph) -> dict[int, int]:
 
 
 def _widget_values(node: Node) -> list:
-    values = []
+    """The frontend's widget order: each widget's value, a seed's control value right after it, and the upload
+    button of an image/video combo after every declared widget (the frontend appends it as a last input)."""
+    values, uploads = [], []
     for inp in node.spec["inputs"]:
         if inp["widget"]:
             value = node.values.get(inp["name"], inp["default"])
             values.append(inp["default"] if isinstance(value, Out) else value)
             if inp["frontend_extra"]:
-                values.append(inp["frontend_extra"])
-    return values
+                (uploads if inp["frontend_extra"] == "image" else values).append(inp["frontend_extra"])
+    return values + uploads
 
 
 def _ui_node(node: Node, links: list, order: int, pos, size) -> dict:
@@ -255,8 +267,12 @@ def to_ui(graph: Graph) -> dict:
     sizes = {n.id: layout.node_size(n.title, n.shown_inputs(), n.spec["outputs"], PREVIEW_NODES.get(n.type, 0))
              for n in graph.nodes}
     sizes[note_id] = graph.note_size
-    cells = {n.id: n.cell for n in graph.nodes}
-    cells[note_id] = graph.note_cell
+    cells = {}
+    for n in graph.nodes:
+        if n is graph.note_before:
+            cells[note_id] = graph.note_cell
+        cells[n.id] = n.cell
+    cells.setdefault(note_id, graph.note_cell)
     room = {nid: (w, h + GROWTH.get(n.type, 0)) for n in graph.nodes for nid, (w, h) in [(n.id, sizes[n.id])]}
     positions = layout.grid_positions(cells, {**sizes, **room})
     ui_nodes = [_ui_node(n, links, order[n.id], positions[n.id], sizes[n.id]) for n in graph.nodes]
@@ -292,11 +308,14 @@ def to_api(graph: Graph) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- workflows
-def _base(g: Graph, prompt: str, negative: str = NEGATIVE) -> tuple[Node, Node]:
-    loader = g.node("URSAModelLoader", "URSA Loader", (0, 0), model_name=MODEL_NAME, dtype="auto")
+def _base(g: Graph, prompt: str, negative: str = NEGATIVE, model: str = MODEL_NAME, group: bool = True
+          ) -> tuple[Node, Node]:
+    """Loader and prompt on top of columns 0 and 1, in a group of their own unless the caller groups them."""
+    loader = g.node("URSAModelLoader", "URSA Loader", (0, 0), model_name=model, dtype="auto")
     cond = g.node("URSATextEncode", "URSA Prompt", (1, 0), model=loader["model"], prompt=prompt,
                   negative_prompt=negative, motion_score=9.0)
-    g.group("Model and prompt", loader, cond)
+    if group:
+        g.group("Model and prompt", loader, cond)
     return loader, cond
 
 
@@ -397,12 +416,98 @@ def wf_upscale_chain(g: Graph) -> None:
     _video_out(g, loader, sampler["tokens"], "URSA_upscaled", (3, 0, 2), upscale=True)
 
 
+# Paint with a mask (issue 18): five columns of stacked nodes in two groups of whole columns (inputs, then repaint
+# and save); data flows left to right and down a column.
+def _repaint_tail(g: Graph, loader: Node, cond: Node, canvas: Out, mask: Out, frames: int, size: tuple[int, int],
+                  steps: int, strength: float = 1.0, grow: int = 1) -> tuple[Node, Node, Node]:
+    """The Mask Schedule and the decode in column 2, the sampler in column 3 (the schedule's tokens set the clip it
+    makes; its widgets say the same for readers)."""
+    masked = g.node("URSAMaskSchedule", "URSA Mask Schedule", (2, 0), source_tokens=canvas, mask=mask,
+                    strength=strength, grow=grow)
+    sampler = g.node("URSASampler", "URSA Sampler", (3, 0), model=loader["model"], conditioning=cond["conditioning"],
+                     seed=42, steps=steps, frames=frames, width=size[0], height=size[1], schedule=masked["schedule"])
+    decode = g.node("URSATokenizerDecode", "URSA Decode", (2, 0), vq=loader["vq"], tokens=sampler["tokens"])
+    return masked, sampler, decode
+
+
+def _composite(g: Graph, source: Out, decode: Node, masked: Node) -> Node:
+    return g.node("URSARepaintComposite", "URSA Repaint Composite", (2, 0), source=source,
+                  repainted=decode["images"], schedule=masked["schedule"], feather=16)
+
+
+def wf_inpaint_image(g: Graph) -> None:
+    loader, cond = _base(g, "a small red fox curled up asleep", negative="", model=IMAGE_MODEL_NAME, group=False)
+    image = g.node("LoadImage", "Image and Mask", (0, 0), image="example.png")
+    encode = g.node("URSATokenizerEncode", "URSA Encode Image", (2, 0), vq=loader["vq"], image=image["IMAGE"],
+                    width=1024, height=1024, resize_mode="crop")
+    masked, sampler, decode = _repaint_tail(g, loader, cond, encode["tokens"], image["MASK"], 1, (1024, 1024), 25)
+    pasted = _composite(g, image["IMAGE"], decode, masked)
+    save = g.node("SaveImage", "Save Image", (4, 0), images=pasted["image"], filename_prefix="URSA/inpaint")
+    g.note_cell = (1, 0)
+    g.group("Model, prompt and picture", loader, cond, image)
+    g.group("Repaint and save", encode, masked, sampler, decode, pasted, save)
+
+
+def wf_outpaint_image(g: Graph) -> None:
+    loader, cond = _base(g, "a wide landscape that continues the picture naturally", negative="", group=False)
+    image = g.node("LoadImage", "Image", (0, 0), image="example.png")
+    padded = g.node("URSAPadForOutpaint", "URSA Pad for Outpaint", (0, 0), image=image["IMAGE"], left=128, top=0,
+                    right=128, bottom=0, fill="edge")
+    encode = g.node("URSATokenizerEncode", "URSA Encode Canvas", (2, 0), vq=loader["vq"], image=padded["image"],
+                    width=512, height=320, resize_mode="crop")
+    masked, sampler, decode = _repaint_tail(g, loader, cond, encode["tokens"], padded["mask"], 1, (512, 320), 25)
+    pasted = _composite(g, padded["image"], decode, masked)
+    save = g.node("SaveImage", "Save Image", (4, 0), images=pasted["image"], filename_prefix="URSA/outpaint")
+    g.note_cell = (1, 0)
+    g.group("Model, prompt and canvas", loader, cond, image, padded)
+    g.group("Repaint and save", encode, masked, sampler, decode, pasted, save)
+
+
+def _video_save(g: Graph, images: Out, fps: Out, prefix: str) -> tuple[Node, Node]:
+    video = g.node("CreateVideo", "Create Video", (4, 0), images=images, fps=fps)
+    save = g.node("SaveVideo", "Save Video", (4, 0), video=video["VIDEO"], filename_prefix=f"video/{prefix}",
+                  format="auto", codec="auto")
+    return video, save
+
+
+def wf_inpaint_video(g: Graph) -> None:
+    loader, cond = _base(g, "an empty street, nothing in the way, natural motion", group=False)
+    clip = g.node("LoadVideo", "Video", (0, 0), file="example.mp4")
+    parts = g.node("GetVideoComponents", "Video Frames", (0, 0), video=clip["VIDEO"])
+    first = g.node("ImageFromBatch", "First 49 Frames", (0, 0), image=parts["images"], batch_index=0, length=49)
+    mask = g.node("LoadImageMask", "Mask (white = repaint)", (1, 0), image="example_mask.png", channel="red")
+    encode = g.node("URSATokenizerEncode", "URSA Encode Video", (2, 0), vq=loader["vq"], image=first["IMAGE"],
+                    width=512, height=320, resize_mode="crop")
+    masked, sampler, decode = _repaint_tail(g, loader, cond, encode["tokens"], mask["MASK"], 49, (512, 320), 50)
+    pasted = _composite(g, first["IMAGE"], decode, masked)
+    video, save = _video_save(g, pasted["image"], decode["fps"], "URSA_inpaint")
+    g.note_cell, g.note_before = (1, 0), mask
+    g.group("Model, prompt, video and mask", loader, cond, clip, parts, first, mask)
+    g.group("Repaint and save", encode, masked, sampler, decode, pasted, video, save)
+
+
+def wf_reroll_region(g: Graph) -> None:
+    loader, cond = _base(g, "the same scene, a different bird flying through", group=False)
+    tokens = g.node("URSALoadTokens", "Clip Tokens", (0, 0), token_file="example.safetensors")
+    canvas = g.node("SolidMask", "Canvas (keep)", (0, 0), value=0.0, width=512, height=320)
+    region = g.node("SolidMask", "Region (repaint)", (0, 0), value=1.0, width=192, height=128)
+    mask = g.node("MaskComposite", "Place Region", (1, 0), destination=canvas["MASK"], source=region["MASK"], x=160,
+                  y=96, operation="add")
+    masked, sampler, decode = _repaint_tail(g, loader, cond, tokens["tokens"], mask["MASK"], 49, (512, 320), 50,
+                                            strength=0.5, grow=0)
+    video, save = _video_save(g, decode["images"], decode["fps"], "URSA_reroll")
+    g.note_cell, g.note_before = (1, 0), mask
+    g.group("Model, prompt, clip and region", loader, cond, tokens, canvas, region, mask)
+    g.group("Re-roll and save", masked, sampler, decode, video, save)
+
+
 @dataclass(frozen=True)
 class Template:
     id: str            # API file name and CLI handle
     title: str         # UI file name = the title the template browser shows
     description: str   # first lines of the read-me note
     build: Callable[[Graph], None]
+    model: str = MODEL_NAME  # the checkpoint folder its loader names (and its read-me note downloads)
 
 
 TEMPLATES = [
@@ -417,13 +522,31 @@ TEMPLATES = [
              "are saved so the video can be decoded again without sampling.", wf_long_video),
     Template("ursa_upscale_chain", "URSA Video then 2x Upscale",
              "A text-to-video clip, decoded and upscaled 2x with a core node before it is saved.", wf_upscale_chain),
+    Template("ursa_inpaint_image", "URSA Inpaint an Image (IBQ)",
+             "Repaint part of a picture with the 1024 x 1024 image model. Right-click the image > **Open in "
+             "MaskEditor** and paint what to replace (white = repaint); the prompt says what goes there. Tokens "
+             "outside the mask are kept exactly and the composite restores the original pixels beyond a 16 px "
+             "feather.", wf_inpaint_image, IMAGE_MODEL_NAME),
+    Template("ursa_outpaint_image", "URSA Outpaint an Image",
+             "Extend a picture left and right: the pad node adds 128 px on each side (edge fill) with the matching "
+             "mask; the picture is kept, the new area generated. Set the padding per side; the canvas is fit to "
+             "512 x 320.", wf_outpaint_image),
+    Template("ursa_inpaint_video", "URSA Inpaint a Video",
+             "Repaint a region of a clip: the first 49 frames of the video (1 + 4k frames), one mask image for "
+             "every frame (white = repaint; **red** channel of the mask file). The rest of every frame is kept "
+             "token for token, and the composite keeps the original pixels beyond a 16 px feather.",
+             wf_inpaint_video),
+    Template("ursa_reroll_region", "URSA Re-roll a Region of a Clip",
+             "Re-roll part of a clip you generated (tokens saved with URSA Save Tokens or `--save-tokens`) at "
+             "strength 0.5: the region keeps its layout and colours and gets new detail; the rest is held. Move "
+             "and size the region with the two masks (x, y, width, height).", wf_reroll_region),
 ]
 
 
 def describe(template: Template, specs: dict) -> Graph:
     graph = Graph(template.id, specs)
     template.build(graph)
-    graph.note = (f"## {template.title}\n\n{template.description}\n\n{MODEL_NOTE}\n\n"
+    graph.note = (f"## {template.title}\n\n{template.description}\n\n{model_note(template.model)}\n\n"
                   f"Node help: select a node and press the **?** on it.")
     return graph
 

@@ -1,6 +1,7 @@
 """One rank of a parallel generation for tests/test_parallel.py (gloo, env:// as torchrun sets it): loads the tiny
 checkpoint with an 8-query / 4-KV-head transformer (so 2 or 4 sequence ranks get whole KV groups), samples with
-`--parallel MODE`, and rank 0 saves the tokens. Bad layouts print the one-line error and exit 2."""
+`--parallel MODE` (a text-to-video clip, or with a fourth argument `mask` a repaint of it), and rank 0 saves
+the tokens. Bad layouts print the one-line error and exit 2."""
 import contextlib
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ from ursa_core.errors import InputError  # noqa: E402
 from ursa_core.parallel.distributed import build_layout  # noqa: E402
 from ursa_core.sampling.generate import generate  # noqa: E402
 
-from parallel_fixtures import KV_HEADS, SAMPLING, two_kv_head_model  # noqa: E402
+from parallel_fixtures import KV_HEADS, SAMPLING, masked_inputs, two_kv_head_model  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -36,7 +37,7 @@ def counted_collectives():
             setattr(dist, name, collective)
 
 
-def main(tiny_dir: str, mode: str, out: str) -> int:
+def main(tiny_dir: str, mode: str, out: str, task: str = "text") -> int:
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     try:
@@ -46,8 +47,12 @@ def main(tiny_dir: str, mode: str, out: str) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         model = two_kv_head_model(tiny_dir)
+        repaint = {}
+        if task == "mask":  # a repaint: held tokens, tokens sampled on one rank only
+            starts, given = masked_inputs(model.codebook_size)
+            repaint = dict(schedule=starts, given_tokens=given)
         with counted_collectives() as calls:
-            tokens = generate(model, "a red fox", parallel=layout, **SAMPLING).tokens
+            tokens = generate(model, "a red fox", parallel=layout, **SAMPLING, **repaint).tokens
         print(f"collectives {calls[0]}")
         gathered = [torch.empty_like(tokens) for _ in range(dist.get_world_size())]
         dist.all_gather(gathered, tokens)
@@ -59,4 +64,4 @@ def main(tiny_dir: str, mode: str, out: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(*sys.argv[1:4]))
+    sys.exit(main(*sys.argv[1:5]))

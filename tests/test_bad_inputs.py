@@ -100,8 +100,37 @@ CLI_CASES = {
     "ibq-width-40": CliCase(["--model", "{ibq}", "--width", "40", "--height", "64"], ("width=40", "multiple of 16")),
     "memory-does-not-fit": CliCase(["--frames", "241", "--width", "4096", "--height", "4096"],
                                    ("needs about", "GiB", "RAM available", "fewer frames")),
+    # Paint with a mask (issue 18): every source, mask and flag rule before the model loads.
+    "mask-without-source": CliCase(["--mask", "{mask}"], ("--mask repaints a source", "--image or --video")),
+    "video-without-what-to-repaint": CliCase(["--video", "{video9}"], ("--video is the source of a repaint",
+                                                                       "--mask, --outpaint or --strength"),
+                                             out="out.mp4"),
+    "image-and-video": CliCase(["--image", "{png}", "--video", "{video9}", "--mask", "{mask}"],
+                               ("--image and --video both given",)),
+    "mask-frames-unlike-the-video": CliCase(["--video", "{video9}", "--mask", "{video5}"],
+                                            ("the mask has 5 frames but the video has 9",), out="out.mp4"),
+    "video-frames-not-1-plus-4k": CliCase(["--video", "{video7}", "--strength", "0.5"],
+                                          ("has 7 frames", "1 + 4k", "--frames 5"), out="out.mp4"),
+    "video-shorter-than-frames": CliCase(["--video", "{video7}", "--strength", "0.5", "--frames", "9"],
+                                         ("--frames 9 but the video", "has 7 frames"), out="out.mp4"),
+    "image-canvas-with-frames": CliCase(["--image", "{png}", "--mask", "{mask}", "--frames", "5"],
+                                        ("--image is the canvas of one picture", "--video"), out="out.mp4"),
+    "mask-missing": CliCase(["--image", "{png}", "--mask", "{tmp}/nope.png"], ("--mask: file not found",)),
+    "mask-not-an-image": CliCase(["--image", "{png}", "--mask", "{not_an_image}"],
+                                 ("not_an_image.png", "not an image")),
+    "mask-empty-file": CliCase(["--image", "{png}", "--mask", "{empty}"], ("empty.png", "not an image")),
+    "strength-1.5": CliCase(["--image", "{png}", "--strength", "1.5"], ("strength=1.5", "to 1")),
+    "grow-negative": CliCase(["--image", "{png}", "--mask", "{mask}", "--grow", "-1"], ("grow=-1", "from 0")),
+    "outpaint-three-numbers": CliCase(["--image", "{png}", "--outpaint", "1,2,3"], ("outpaint='1,2,3'", "L,R,T,B")),
+    "outpaint-off-the-stride": CliCase(["--image", "{png}", "--outpaint", "3,0,0,0"],
+                                       ("67x64 pixels", "multiple of 8", "width and height")),
+    "image-to-video-of-one-frame": CliCase(["--image", "{png}"], ("--image is the first frame of a video",
+                                                                   "--frames 5", "--mask")),
+    "last-image-in-a-repaint": CliCase(["--image", "{png}", "--mask", "{mask}", "--last-image", "{png}"],
+                                       ("--last-image", "repaint")),
     # Output files (issue 9's atomic writes): one line, a non-zero exit, the existing file intact.
-    "non-image-as-image": CliCase(["--image", "{not_an_image}"], ("not_an_image.png", "not an image")),
+    "non-image-as-image": CliCase(["--frames", "5", "--image", "{not_an_image}"], ("not_an_image.png", "not an image"),
+                                  out="out.mp4"),
     "png-unwritable": CliCase([], ("/proc/ursa_out.png",), loads=True, codes=(1, 2), out="/proc/ursa_out.png"),
     "mp4-unwritable": CliCase(["--frames", "5"], ("/proc/ursa_out.mp4",), loads=True, codes=(1, 2),
                               out="/proc/ursa_out.mp4"),
@@ -127,14 +156,18 @@ def cli_places(tmp_path_factory, tiny_dir, tiny_ibq_dir):
     from PIL import Image
 
     root = tmp_path_factory.mktemp("bad_cli")
+    from ursa_core.files.media import write_mp4
+
     Image.new("RGB", (64, 64), (200, 30, 30)).save(root / "last.png")
+    Image.new("L", (64, 64), 255).save(root / "mask.png")
     (root / "not_an_image.png").write_text("this is text, not an image")
     (root / "empty.png").write_bytes(b"")
     (root / "truncated.png").write_bytes(png_bytes(64, 64, 8, 2)[:60])   # the header and a cut data stream
+    videos = {f"video{n}": str(write_mp4(torch.rand(n, 64, 64, 3), root / f"clip{n}.mp4")) for n in (5, 7, 9)}
     return {"model": str(tiny_dir), "ibq": str(tiny_ibq_dir), "png": str(root / "last.png"),
             "not_an_image": str(root / "not_an_image.png"), "huge": str(huge_png(root / "huge.png")),
             "big_header": str(truncated_png(root / "big_header.png")), "truncated": str(root / "truncated.png"),
-            "empty": str(root / "empty.png"),
+            "empty": str(root / "empty.png"), "mask": str(root / "mask.png"), **videos,
             "bad_rope": str(_broken_copy(tiny_dir, root / "rope", "transformer/config.json", "rope_theta", "abc")),
             "bad_stride": str(_broken_copy(tiny_dir, root / "stride", "vae/config.json", "spatial_stride", "eight"))}
 

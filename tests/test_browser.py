@@ -82,11 +82,24 @@ SHRINK = {
                            "URSA Frame Schedule": {"frames": 9}},
     "ursa_long_video": {**TINY, "URSA Extend Video": {"windows": 1, "window_frames": 5, "overlap": 1, "steps": 2}},
     "ursa_upscale_chain": TINY,
+    # Paint with a mask: the canvas (encode node, saved tokens) sets the clip; inputs from comfy.prepare_base.
+    "ursa_inpaint_image": {"Image and Mask": {"image": "ursa_inpaint.png"}, "URSA Encode Image": {"width": 64,
+                                                                                                 "height": 64},
+                           "URSA Sampler": {"steps": 2}},
+    "ursa_outpaint_image": {"URSA Pad for Outpaint": {"left": 16, "right": 16}, "URSA Encode Canvas": ENCODE,
+                            "URSA Sampler": {"steps": 2}},
+    "ursa_inpaint_video": {"First 49 Frames": {"length": 5}, "URSA Encode Video": ENCODE, "URSA Sampler": {"steps": 2}},
+    "ursa_reroll_region": {"Canvas (keep)": {"width": 64, "height": 40},
+                           "Region (repaint)": {"width": 24, "height": 16}, "Place Region": {"x": 16, "y": 8},
+                           "URSA Sampler": {"steps": 2}},
 }
 # What each run makes: (width, height) of the sampler's clip (its preview is labelled with it) and of the video.
 MADE = {"ursa_t2i": ((64, 40), None), "ursa_t2v": ((64, 64), (64, 64)), "ursa_i2v": ((64, 40), (64, 40)),
         "ursa_interpolation": ((64, 40), (64, 40)), "ursa_long_video": ((64, 40), (64, 40)),
-        "ursa_upscale_chain": ((64, 40), (128, 80))}
+        "ursa_upscale_chain": ((64, 40), (128, 80)), "ursa_inpaint_image": ((64, 64), None),
+        "ursa_outpaint_image": ((64, 40), None), "ursa_inpaint_video": ((64, 40), (64, 40)),
+        "ursa_reroll_region": ((64, 40), (64, 40))}
+LOADED_VIDEOS = {"ursa_inpaint_video": [(64, 40)]}  # Load Video's own player shows the source clip (example.mp4)
 OUTPUT_NODES = {"SaveImage", "SaveVideo"}
 TIMINGS: dict[str, float] = {}
 VIEWS: dict[str, list] = {}  # template id -> [initial scale, LiteGraph low-quality (no text) rendering]
@@ -130,6 +143,15 @@ JS_MEDIA_SIZES = """async () => {
   const videos = Array.from(document.querySelectorAll('video')).filter(v => v.videoWidth)
     .map(v => [v.videoWidth, v.videoHeight]);
   return {preview, videos};
+}"""
+JS_CARD_IMAGE_DECODED = """(title) => {  // the template card titled `title`: its thumbnail decoded (else keep waiting)
+  const label = Array.from(document.querySelectorAll('.p-dialog *')).find(e => e.children.length === 0 &&
+                                                                             e.textContent.trim() === title);
+  for (let el = label; el; el = el.parentElement) {
+    const img = el.querySelector('img');
+    if (img) return img.complete && img.naturalWidth > 0 ? true : null;
+  }
+  return null;
 }"""
 JS_NODE_TEXT = """(title) => {  // core's progress text on a node ($$node-text-preview, drawn by the frontend)
   const node = app.graph._nodes.find(n => n.title === title);
@@ -298,14 +320,17 @@ def test_workflow_opens_clean_and_runs(page, server, template):
         for f in files:
             q = urllib.parse.urlencode({k: f[k] for k in ("filename", "subfolder", "type") if k in f})
             with urllib.request.urlopen(f"{server['url']}/view?{q}", timeout=30) as r:
-                assert r.status == 200 and len(r.read()) > 0, f
+                data = r.read()
+                assert r.status == 200 and len(data) > 0, f
+            (OUT / f"{template.id}_output{Path(f['filename']).suffix}").write_bytes(data)  # kept for a look
     after = live_layout_problems(page, on_screen=False)
     assert after == [], f"after the run (previews shown): {after}"
     clip, video = MADE[template.id]
     media = page.evaluate(JS_MEDIA_SIZES)
     assert media["preview"] and media["preview"][-1] == list(clip), f"sampler preview {media} for a {clip} clip"
     assert page.evaluate(JS_NODE_TEXT, "URSA Sampler")[-1].startswith(f"{clip[0]}×{clip[1]} px")
-    assert video is None or media["videos"] == [list(video)], media
+    shown = sorted([list(v) for v in LOADED_VIDEOS.get(template.id, [])] + ([list(video)] if video else []))
+    assert sorted(media["videos"]) == shown, media
     assert not page.errors, page.errors
     assert not page.console_errors, page.console_errors
 
@@ -346,15 +371,16 @@ def test_template_browser_lists_titles_and_thumbnails(page, server):
     page.evaluate("() => app.extensionManager.command.execute('Comfy.BrowseTemplates')")
     page.wait_for_selector(".p-dialog", timeout=30_000)
     page.get_by_text(comfy.PLUGIN_DIR_NAME, exact=True).first.click()
-    for title in titles:
-        page.get_by_text(title, exact=True).first.wait_for(timeout=30_000)
-    page.wait_for_timeout(1500)
     page.screenshot(path=str(OUT / "template_browser.png"))
+    decoded = {}
+    for title in titles:  # the grid mounts (and fetches the thumbnails of) the cards scrolled into view
+        card = page.get_by_text(title, exact=True).first
+        card.wait_for(timeout=30_000)
+        card.scroll_into_view_if_needed(timeout=30_000)
+        # The card shows its thumbnail as a blob: URL once fetched; it must decode.
+        decoded[title] = page.wait_for_function(JS_CARD_IMAGE_DECODED, arg=title, timeout=30_000).json_value()
     assert fetched == {t: 200 for t in titles}, f"thumbnail requests (title -> status): {fetched}"
-    # The cards show them as blob: URLs once fetched; all must have decoded.
-    decoded = page.evaluate("""() => Array.from(document.querySelectorAll('.p-dialog img'))
-        .map(i => i.complete && i.naturalWidth > 0)""")
-    assert len(decoded) >= len(titles) and all(decoded), decoded
+    assert decoded == {t: True for t in titles}, decoded
 
 
 def test_help_pages_load_on_first_request(page, server):

@@ -38,9 +38,11 @@ import make_workflows  # noqa: E402
 API_DIR = make_workflows.OUT_DIR / "api"
 
 URSA_NODES = {"URSAModelLoader", "URSATextEncode", "URSATokenizerEncode", "URSATokenizerDecode", "URSAFrameSchedule",
-              "URSASampler", "URSAExtendVideo", "URSASaveTokens", "URSALoadTokens"}
+              "URSASampler", "URSAExtendVideo", "URSASaveTokens", "URSALoadTokens", "URSAMaskSchedule",
+              "URSAPadForOutpaint", "URSARepaintComposite"}
 PLUGIN_DIR_NAME = "ursa_video"
 MODEL_NAME = "URSA-1.7B-FSQ320"
+IMAGE_MODEL_NAME = make_workflows.IMAGE_MODEL_NAME  # the inpainting template's (a tiny IBQ checkpoint here)
 TINY = ["URSA Sampler.width=64", "URSA Sampler.height=64", "URSA Sampler.steps=2"]
 ENCODE = ["URSA Encode Start.width=64", "URSA Encode Start.height=64", "Start Image.image=ursa_start.png"]
 # per workflow: (overrides, expected frames per output file, expected (width, height))
@@ -56,6 +58,17 @@ CASES = {
                                 "URSA Extend Video.window_frames=5", "URSA Extend Video.overlap=1",
                                 "URSA Extend Video.steps=2"], 9, (64, 64)),
     "ursa_upscale_chain": (TINY + ["URSA Sampler.frames=5"], 5, (128, 128)),
+    # Paint with a mask: the inputs prepare_base writes; the canvas (encode node, saved tokens) sets the clip.
+    "ursa_inpaint_image": (["URSA Encode Image.width=64", "URSA Encode Image.height=64", "URSA Sampler.steps=2",
+                            "Image and Mask.image=ursa_inpaint.png"], 1, (64, 64)),
+    "ursa_outpaint_image": (["URSA Encode Canvas.width=64", "URSA Encode Canvas.height=40", "URSA Sampler.steps=2",
+                             "Image.image=ursa_start.png", "URSA Pad for Outpaint.left=16",
+                             "URSA Pad for Outpaint.right=16"], 1, (64, 40)),
+    "ursa_inpaint_video": (["First 49 Frames.length=5", "URSA Encode Video.width=64", "URSA Encode Video.height=40",
+                            "URSA Sampler.steps=2"], 5, (64, 40)),
+    "ursa_reroll_region": (["Canvas (keep).width=64", "Canvas (keep).height=40", "Region (repaint).width=24",
+                            "Region (repaint).height=16", "Place Region.x=16", "Place Region.y=8",
+                            "URSA Sampler.steps=2"], 5, (64, 40)),
 }
 TIMINGS: dict[str, float] = {}
 
@@ -68,10 +81,35 @@ def free_port() -> int:
 
 
 def prepare_base(base: Path) -> None:
-    """custom_nodes/ursa_video -> repo, a tiny checkpoint under the workflows' model name, two input PNGs."""
+    """custom_nodes/ursa_video -> repo, tiny checkpoints under the workflows' model names, the repaint inputs."""
     (base / "custom_nodes").mkdir(parents=True, exist_ok=True)
     (base / "custom_nodes" / PLUGIN_DIR_NAME).symlink_to(ROOT, target_is_directory=True)
-    subprocess.run([sys.executable, "-m", "ursa_core", "make-tiny", str(base / "models" / "ursa" / MODEL_NAME)],
+    for name, vae in ((MODEL_NAME, "fsq"), (IMAGE_MODEL_NAME, "ibq")):
+        subprocess.run([sys.executable, "-m", "ursa_core", "make-tiny", str(base / "models" / "ursa" / name),
+                        "--vae", vae], cwd=ROOT, check=True, capture_output=True, text=True, timeout=120)
+    write_repaint_inputs(base / "input", base / "models" / "ursa" / MODEL_NAME)
+
+
+def write_repaint_inputs(folder: Path, model: Path) -> None:
+    """What the paint-with-a-mask templates load, under their names: a clip (example.mp4, 9 frames 64x40), a mask
+    image (example_mask.png: a white box), tokens of a tiny clip (example.safetensors, 5 frames 64x40), and a picture
+    with a transparent hole (ursa_inpaint.png: LoadImage's mask is 1 - alpha)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from ursa_core.files.media import write_mp4
+    folder.mkdir(parents=True, exist_ok=True)
+    write_mp4(torch.rand(9, 40, 64, 3, generator=torch.Generator().manual_seed(0)), folder / "example.mp4")
+    mask = np.zeros((40, 64), np.uint8)
+    mask[8:24, 16:40] = 255
+    Image.fromarray(mask).save(folder / "example_mask.png")
+    rgba = np.asarray(Image.open(io.BytesIO(png_bytes(2))).convert("RGBA")).copy()
+    rgba[24:56, 24:72, 3] = 0
+    Image.fromarray(rgba).save(folder / "ursa_inpaint.png")
+    subprocess.run([sys.executable, "-m", "ursa_core", "generate", "--model", str(model), "--prompt", "a clip",
+                    "--frames", "5", "--width", "64", "--height", "40", "--steps", "1", "--save-tokens",
+                    str(folder / "example.safetensors"), "--out", str(folder.parent / "clip.mp4")],
                    cwd=ROOT, check=True, capture_output=True, text=True, timeout=120)
 
 
@@ -220,7 +258,8 @@ def test_plugin_registered(server):
     status, info = comfy_queue.http_json(server["url"], "/object_info")
     assert status == 200
     assert URSA_NODES <= set(info), URSA_NODES - set(info)
-    assert info["URSAModelLoader"]["input"]["required"]["model_name"][1]["options"] == [MODEL_NAME]
+    assert info["URSAModelLoader"]["input"]["required"]["model_name"][1]["options"] == [MODEL_NAME,
+                                                                                   IMAGE_MODEL_NAME]
     # The workflow generator reads the node schema snapshot: it must agree with the real server.
     snapshot = make_workflows.load_specs()
     for node_id in set(snapshot) & set(info):
@@ -240,7 +279,8 @@ def test_workflow_runs(server, workflow, tmp_path):
     assert files and all(os.path.getsize(f) > 0 for f in files), res.stdout
     if frames == 1:
         from PIL import Image
-        pngs = [f for f in files if f.endswith(".png")]
+        # The saved picture; node previews (the Mask Schedule's token map) are temp files, downloaded too.
+        pngs = [f for f in files if f.endswith(".png") and not Path(f).name.startswith("ComfyUI_temp_")]
         assert len(pngs) == 1 and Image.open(pngs[0]).size == size
     else:
         mp4s = [f for f in files if f.endswith(".mp4")]
@@ -323,7 +363,8 @@ def test_missing_model_rejected_once_with_the_download_command(server, tmp_path)
     assert set(body["node_errors"]) == {loader}, body["node_errors"]
     errors = errors_by_input(body, loader)
     assert len(errors) == 1 and errors[0][0] == "model_name", errors
-    assert "URSA-not-downloaded" in errors[0][1] and f"available: ['{MODEL_NAME}']" in errors[0][1]
+    assert "URSA-not-downloaded" in errors[0][1]
+    assert f"available: ['{MODEL_NAME}', '{IMAGE_MODEL_NAME}']" in errors[0][1]
     assert "hf download BAAI/URSA-1.7B-FSQ320 --local-dir" in errors[0][1]  # also when another model exists
     print(f"\n[missing model] {errors[0]}")
     # The client reports the same rejection with exit code 2 and names the node by title.
@@ -334,12 +375,13 @@ def test_missing_model_rejected_once_with_the_download_command(server, tmp_path)
 def test_half_downloaded_model_listed_and_named_with_its_completion(server):
     import shutil
 
-    half = server["base"] / "models" / "ursa" / "URSA-1.7B-IBQ1024"
+    half = server["base"] / "models" / "ursa" / "URSA-half-download"
     shutil.copytree(server["base"] / "models" / "ursa" / MODEL_NAME, half)
     shutil.rmtree(half / "tokenizer")
     try:
         _, info = comfy_queue.http_json(server["url"], "/object_info/URSAModelLoader")
-        assert info["URSAModelLoader"]["input"]["required"]["model_name"][1]["options"] == [MODEL_NAME, half.name]
+        listed = info["URSAModelLoader"]["input"]["required"]["model_name"][1]["options"]
+        assert listed == [MODEL_NAME, IMAGE_MODEL_NAME, half.name]
         status, body = post_prompt(server["url"], "ursa_t2i", TINY + [f"URSA Loader.model_name={half.name}"])
         assert status == 400, body
         errors = errors_by_input(body, node_id_by_title("ursa_t2i", "URSA Loader"))

@@ -113,6 +113,31 @@ def test_generate_deterministic_and_chunk_invariant_on_cuda(cuda_model):
     assert torch.equal(c, generate_tokens(cuda_model, "a fox", **{**kw, "sampler": "triton"}))
 
 
+@pytest.mark.parametrize("sampler", ["triton", "torch"])
+def test_repaint_holds_the_source_at_every_step_on_cuda(cuda_model, sampler):
+    """Issue 18 on the GPU: with the fused kernels too, tokens outside the mask are the source byte for byte at every
+    step (the last included), half-strength tokens start from their noised source, and a rerun is identical."""
+    if sampler == "triton":
+        pytest.importorskip("triton")
+    from ursa_core.sampling.repaint import mask_schedule
+    source = torch.randint(0, cuda_model.codebook_size, (1, 3, 8, 8), generator=torch.Generator().manual_seed(4))
+    mask = torch.zeros(1, 64, 64)
+    mask[:, 16:40, 8:32] = 1.0
+    mask[:, 48:, 40:] = 0.5
+    scheduled = mask_schedule(source, mask, 4, 8)
+    held = scheduled.schedule.held().view(1, 3, 8, 8)
+    seen = []
+    kw = dict(height=64, width=64, frames=9, steps=6, seed=5, sampler=sampler, schedule=scheduled.schedule,
+              given_tokens=scheduled.given)
+    from ursa_core.sampling.generate import generate
+    run = generate(cuda_model, "a fox", callback=lambda info: seen.append(info.tokens.clone()), **kw)
+    assert len(seen) == 6 and int((~held).sum()) == 3 * (9 + 6)
+    for tokens in seen + [run.tokens]:
+        assert torch.equal(tokens[held], source[held])
+    assert not torch.equal(run.tokens[~held], source[~held])
+    assert torch.equal(run.tokens, generate_tokens(cuda_model, "a fox", **kw))
+
+
 def test_low_vram_streaming_matches_on_cuda(cuda_model):
     from ursa_core.runtime.lowvram import enable_low_vram
     kw = dict(height=64, width=64, frames=5, steps=4, seed=2)

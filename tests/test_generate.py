@@ -146,8 +146,19 @@ def test_schedule_and_given_token_errors(tiny_model):
         run(tiny_model, frames=9, schedule=FrameSchedule.image_to_video(3), given_tokens=bad)
     with pytest.raises(InputError, match="outside"):
         FrameSchedule.keyframes(3, {5: 1.0})
-    with pytest.raises(InputError, match="nothing to generate"):
-        run(tiny_model, frames=1, schedule=FrameSchedule((1.0,)), given_tokens=given_clip(tiny_model, 1))
+
+
+def test_a_schedule_holding_every_token_returns_the_given_tokens_without_a_model_call(tiny_model, mocker, caplog):
+    """Issue 18: holding everything (a mask that repaints nothing) is no error: the given tokens come back, with one
+    warning line, and the transformer never runs."""
+    spy = mocker.spy(tiny_model.transformer, "hidden_states")
+    given = given_clip(tiny_model, 1)
+    with caplog.at_level("WARNING", logger="ursa_core"):
+        tokens = run(tiny_model, frames=1, schedule=FrameSchedule((1.0,)), given_tokens=given)
+    assert torch.equal(tokens, given) and spy.call_count == 0
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        "every token is held (start time 1, e.g. a mask that repaints nothing): the result is the given tokens, "
+        "no model call"]
 
 
 def test_head_blocks_are_chunk_independent():

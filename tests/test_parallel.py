@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from parallel_fixtures import SAMPLING, two_kv_head_model
+from parallel_fixtures import SAMPLING, masked_inputs, two_kv_head_model
 from ursa_core import rules
 from ursa_core.errors import InputError
 from ursa_core.sampling.generate import generate
@@ -62,6 +62,22 @@ def test_parallel_tokens_equal_one_process(tiny_dir, tmp_path, single_tokens, mo
     sharded_step = 4 * 2 + 2                     # the tiny stack has 2 layers
     expected = 3 * ((mode != "sp") + ("sp" in mode) * sharded_step) + 1 * sharded_step
     assert calls == [expected] * world
+
+
+@pytest.mark.parametrize("mode, world", [("cfg", 2), ("sp", 2), ("cfg+sp", 4)])
+def test_a_repaint_holds_the_source_and_equals_one_process(tiny_dir, tmp_path, mode, world):
+    """Issue 18 under CFG parallel and Ulysses: tokens outside the mask are the source exactly on every rank, and
+    the repainted ones are those of one process (the block lies on one sequence rank only)."""
+    model = two_kv_head_model(tiny_dir)
+    starts, given = masked_inputs(model.codebook_size)
+    single = generate(model, "a red fox", schedule=starts, given_tokens=given, **SAMPLING).tokens
+    held = starts.held().view(1, *starts.latent_shape).expand_as(given)
+    assert torch.equal(single[held], given[held]) and int((~held).sum()) == 6
+    out = tmp_path / "tokens.pt"
+    results = launch([WORKER, tiny_dir, mode, out, "mask"], world)
+    assert [r.returncode for r in results] == [0] * world, [r.stderr[-2000:] for r in results]
+    for tokens in torch.load(out):
+        assert torch.equal(tokens, single)
 
 
 def test_wrong_world_size_is_one_line_on_every_rank(tiny_dir, tmp_path):

@@ -22,7 +22,8 @@ UI_WORKFLOWS = sorted(make_workflows.OUT_DIR.glob("*.json"))
 API_WORKFLOWS = sorted((make_workflows.OUT_DIR / "api").glob("*.json"))
 TEMPLATE_BY_TITLE = {t.title: t for t in make_workflows.TEMPLATES}
 NODE_IDS = ["URSAModelLoader", "URSATextEncode", "URSATokenizerEncode", "URSATokenizerDecode", "URSAFrameSchedule",
-            "URSASampler", "URSAExtendVideo", "URSASaveTokens", "URSALoadTokens"]
+            "URSASampler", "URSAExtendVideo", "URSASaveTokens", "URSALoadTokens", "URSAMaskSchedule",
+            "URSAPadForOutpaint", "URSARepaintComposite"]
 
 
 @pytest.fixture
@@ -166,7 +167,10 @@ def test_ui_workflow_widgets_and_links(path, specs):
     nodes = {n["id"]: n for n in wf["nodes"]}
     for node in wf["nodes"]:
         if node["type"] == make_workflows.NOTE_TYPE:  # frontend-only node
-            assert make_workflows.MODEL_NAME in node["widgets_values"][0], f"{path.name}: note lacks the model"
+            model = TEMPLATE_BY_TITLE[path.stem].model   # the checkpoint its loader names
+            loaders = [n for n in wf["nodes"] if n["type"] == "URSAModelLoader"]
+            assert all(n["widgets_values"][0] == model for n in loaders), f"{path.name}: loader model"
+            assert model in node["widgets_values"][0], f"{path.name}: note lacks the model"
             continue
         spec = specs.get(node["type"])
         assert spec is not None, f"{path.name}: unknown node type {node['type']}"

@@ -21,6 +21,11 @@ The library surface (docs/ARCHITECTURE.md describes the pieces):
     # the metric path: beta_t, its derivative, the kinetic-optimal velocity, the time shift of the grid
     ursa.beta(t, c, alpha); ursa.beta_dot(t, c, alpha); ursa.velocity(model.path, x_t, x1, t)
     ursa.time_shift(t, shift); ursa.time_grid(steps, shift)
+
+    # paint with a mask (1 = repaint): inpaint, outpaint (left, right, top, bottom pixels), re-roll at a strength
+    run = ursa.repaint(model, "a red fox", image="in.png", mask="mask.png", strength=1.0, grow=1)
+    run = ursa.repaint(model, "a wide valley", image="in.png", outpaint=(256, 256, 0, 0))
+    run = ursa.repaint(model, "a fox", tokens=run.tokens, mask=mask, strength=0.5)
 """
 import importlib
 
@@ -41,6 +46,7 @@ _PUBLIC = {
     "Placement": "runtime.speed", "SpeedOptions": "runtime.speed", "with_speed": "runtime.speed",
     "WindowPlan": "sampling.extend", "extend_clip": "sampling.extend",
     "Generation": "sampling.generate", "StepInfo": "sampling.generate", "generate": "sampling.generate",
+    "repaint": "sampling.repaint",
     "GenerationSettings": "sampling.settings",
     "decode_tokens": "visual_tokenizer.codec",
 }

@@ -29,6 +29,8 @@ GUIDANCE_RANGE = (0.0, 100.0)
 MOTION_RANGE = (0.0, 10.0)
 UNIT_RANGE = (0.0, 1.0)            # guidance_trunc, start times, carry_start
 PATH_MAX = {"c": 100.0, "alpha": 10.0, "shift": 20.0}  # metric-path scale, exponent and time shift (all > 0)
+MAX_GROW = 64                      # tokens a repaint mask may grow by (64 IBQ tokens = 1024 px)
+MAX_FEATHER = 512                  # pixels a composite may feather over
 
 # --- choices --------------------------------------------------------------------------------------------------------
 DTYPES = ("auto", "bf16", "fp16", "fp32")
@@ -121,11 +123,52 @@ def pixel_frames(latent_frames: int, temporal_stride: int = VIDEO_STRIDE) -> int
     return (latent_frames - 1) * temporal_stride + 1
 
 
+def latent_frame_of(pixel_frame: int, temporal_stride: int = VIDEO_STRIDE) -> int:
+    """The same rule read per frame: the latent frame pixel frame `pixel_frame` (0-based) belongs to. Latent frame 0
+    is pixel frame 0 alone (the causal tokenizer's first picture); latent frame k >= 1 is pixel frames
+    stride*(k-1)+1 .. stride*k."""
+    return (pixel_frame + temporal_stride - 1) // temporal_stride
+
+
 def size(name: str, value, stride: int = MIN_SIZE_STRIDE) -> int:
     if not _is_int(value) or not stride <= value <= MAX_SIZE or value % stride:
         _fail(f"{name}={value!r} is not allowed: use a multiple of {stride} from {stride} to {MAX_SIZE} "
               f"(the tokenizer's stride)")
     return value
+
+
+# --- repainting ----------------------------------------------------------------------------------------------------
+def strength(value) -> float:
+    """How strongly a mask repaints: a token's start time is 1 - strength * its mask level (1 = regenerate)."""
+    return unit("strength", value)
+
+
+def grow(value) -> int:
+    return integer("grow", value, 0, MAX_GROW)
+
+
+def feather(value) -> int:
+    return integer("feather", value, 0, MAX_FEATHER)
+
+
+def padding(name: str, value) -> int:
+    """Pixels added on one side of the canvas for outpainting."""
+    return integer(name, value, 0, MAX_SIZE)
+
+
+def outpaint(text: str) -> tuple[int, int, int, int]:
+    """'L,R,T,B' pixels added left, right, top and bottom (the --outpaint flag)."""
+    parts = [part.strip() for part in str(text).split(",")]
+    try:
+        values = [int(part) for part in parts]
+    except ValueError:
+        values = []
+    if len(values) != 4:
+        _fail(f"outpaint={text!r} is not allowed: use four whole numbers of pixels L,R,T,B (e.g. 0,256,0,0)")
+    sides = [padding(name, v) for name, v in zip(("left", "right", "top", "bottom"), values)]
+    if not any(sides):
+        _fail(f"outpaint={text!r} adds nothing: give at least one side more than 0 pixels")
+    return tuple(sides)
 
 
 # --- choices --------------------------------------------------------------------------------------------------------

@@ -70,6 +70,25 @@ def warnings_on_stderr():
         logger.removeHandler(handler)
 
 
+OUTPAINT = rules.arg_type(rules.outpaint, str)
+STRENGTH = rules.arg_type(rules.strength, float)
+GROW = rules.arg_type(rules.grow, int)
+FEATHER = rules.arg_type(rules.feather, int)
+REPAINT_FLAGS = ("mask", "outpaint", "strength")  # what makes --image / --video the canvas of a repaint
+
+
+@dataclass(frozen=True)
+class RepaintFlags:
+    """--image/--video as the canvas of a repaint: what to repaint (--mask, --outpaint; none: everything) and
+    how strongly; --composite pastes the result onto the source pixels, feathered over that many pixels."""
+    source: str
+    mask: Optional[str] = None
+    outpaint: Optional[tuple[int, int, int, int]] = None
+    strength: float = 1.0
+    grow: int = 0
+    composite: Optional[int] = None
+
+
 @dataclass(frozen=True)
 class Request:
     """One generation the command line asks for: its sampling settings and what conditions it."""
@@ -78,6 +97,33 @@ class Request:
     image: Optional[str] = None        # first frame (image-to-video)
     last_image: Optional[str] = None   # last frame (interpolation)
     resize: str = "crop"
+    repaint: Optional[RepaintFlags] = None
+
+
+def repaint_flags(flags: Mapping[str, Any]) -> Optional[RepaintFlags]:
+    """The repaint a command line asks for, or None; a repaint flag without a source (or a source of both kinds,
+    or a video without a repaint flag) is one line."""
+    asked = [name for name in (*REPAINT_FLAGS, "grow", "composite") if flags.get(name) not in (None, 0)]
+    video = flags.get("video")
+    if video is None and not asked:
+        return None
+    if video is not None and flags.get("image"):
+        raise InputError("--image and --video both given: a repaint has one source")
+    source = video or flags.get("image")
+    if source is None:
+        raise InputError(f"--{asked[0]} repaints a source: give --image or --video")
+    source_flag = "--image" if video is None else "--video"
+    if not any(flags.get(name) is not None for name in REPAINT_FLAGS):
+        raise InputError(f"{source_flag} is the source of a repaint here: say what to repaint with --mask, "
+                         f"--outpaint or --strength (the whole canvas)")
+    if flags.get("last_image"):
+        raise InputError("--last-image conditions a clip made from noise; a repaint keeps its source's frames")
+    for flag, path in ((source_flag, source), ("--mask", flags.get("mask"))):
+        if path and not Path(path).is_file():
+            raise InputError(f"{flag}: file not found: {path}")
+    return RepaintFlags(source, flags.get("mask"), flags.get("outpaint"),
+                        1.0 if flags.get("strength") is None else flags["strength"], flags.get("grow") or 0,
+                        flags.get("composite"))
 
 
 def speed_options(args: argparse.Namespace) -> SpeedOptions:
@@ -93,14 +139,16 @@ def request(flags: Mapping[str, Any], defaults: ModelDefaults) -> Request:
     the checkpoint's default (checkpoint/defaults.py), a video's motion score the reference's."""
     from ..sampling.settings import GenerationSettings
 
-    frames = flags["frames"]
+    frames = 1 if flags["frames"] is None else flags["frames"]
     settings = GenerationSettings(
         frames=frames, height=defaults.height if flags["height"] is None else flags["height"],
         width=defaults.width if flags["width"] is None else flags["width"],
         steps=defaults.steps(frames) if flags["steps"] is None else flags["steps"], guidance=flags["guidance"],
         guidance_trunc=flags["guidance_trunc"], shift=flags["shift"], seed=flags["seed"], sampler=flags["sampler"],
         motion=rules.default_motion(frames) if flags["motion"] is None else flags["motion"])
-    return Request(settings, flags["negative"], flags.get("image"), flags.get("last_image"), flags["resize"])
+    repaint = repaint_flags(flags)
+    return Request(settings, flags["negative"], None if repaint else flags.get("image"), flags.get("last_image"),
+                   flags["resize"], repaint)
 
 
 def check_images(run: Request, geometry: VisualGeometry) -> None:
@@ -118,3 +166,11 @@ def check_images(run: Request, geometry: VisualGeometry) -> None:
     for flag, image in (("--image", run.image), ("--last-image", run.last_image)):
         if image and not Path(image).is_file():
             raise InputError(f"{flag}: image not found: {image}")
+
+
+def check_first_frame(run: Request) -> None:
+    """--image as the first frame (once it was read): a held first frame of a one-frame clip leaves nothing to make,
+    which the core would answer with the image itself; here it is a mistake, said in one line."""
+    if run.image and run.settings.frames == 1:
+        raise InputError("--image is the first frame of a video: use --frames 5 or more, or repaint the picture with "
+                         "--mask, --outpaint or --strength")

@@ -33,7 +33,7 @@ from ..parallel.distributed import barrier, init_from_env
 from ..runtime.speed import SpeedOptions
 from ..sampling.preflight import check_clip, check_options, checkpoint_rules
 from ..visual_tokenizer.codec import decode_tokens
-from .arguments import DEFAULTS, PRESET_OPTIONS, Request, check_images, request, speed_options
+from .arguments import DEFAULTS, PRESET_OPTIONS, Request, check_first_frame, check_images, request, speed_options
 from .generate_command import load_for_cli, sample_tokens
 
 # A JSONL item's override -> (its rule, the flag it replaces). Item keys are the command line's names (cfg for the
@@ -79,6 +79,7 @@ def _sample_request(base: BatchBase, overrides: dict, cache: dict) -> Request:
         check_clip(base.folder, run.settings, base.speed, base.dtype, base.device)
         for path in paths.values():   # an unreadable image is refused now, not hours into the set
             load_image(path)
+        check_first_frame(run)
         cache[key] = run
     return cache[key]
 

@@ -90,12 +90,15 @@ def add_sampling_options(parser) -> None:
 
 def _add_generate(sub) -> None:
     gen = sub.add_parser("generate", help="one image or video from a prompt (and images)", description=(
-        "Generate one image or video: text to image/video, image to video (--image), interpolation (--last-image)."),
+        "Generate one image or video: text to image/video, image to video (--image), interpolation (--last-image), "
+        "or repaint part of a picture or clip (--image/--video with --mask, --outpaint or --strength)."),
         epilog=EXIT_CODES)
     gen.add_argument("--prompt", required=True, help="what to show")
-    gen.add_argument("--image", help=f"condition the first frame on this image (image to video); any mode Pillow "
-                                     f"reads, up to {image_file.MAX_IMAGE_SIDE}x{image_file.MAX_IMAGE_SIDE} pixels")
+    gen.add_argument("--image", help=f"condition the first frame on this image (image to video), or with --mask, "
+                                     f"--outpaint or --strength the picture to repaint; any mode Pillow reads, up to "
+                                     f"{image_file.MAX_IMAGE_SIDE}x{image_file.MAX_IMAGE_SIDE} pixels")
     gen.add_argument("--last-image", help="condition the last frame on this image (interpolation, with --image)")
+    _add_paint(gen)
     gen.add_argument("--out", required=True, help="out.png for an image (frames: out_00000.png, ...) or out.mp4")
     gen.add_argument("--save-tokens", help="also write the sampled tokens to this .safetensors file (`ursa decode` "
                                            "turns them into pixels again)")
@@ -104,6 +107,25 @@ def _add_generate(sub) -> None:
                           "branch each), sp (N ranks: sequence parallel, N divides the KV heads), cfg+sp (2N) "
                           "(default: %(default)s)")
     add_sampling_options(gen)
+    gen.set_defaults(frames=None)  # 1, or a repainted video's own frames
+
+
+def _add_paint(gen) -> None:
+    paint = gen.add_argument_group(
+        "paint with a mask (inpaint, outpaint, re-roll a region): --image or --video is then the canvas")
+    paint.add_argument("--video", help="the clip to repaint (its first --frames frames; default: all, 1 + 4k)")
+    paint.add_argument("--mask", help="white = repaint: an image (every frame) or a video (one mask per frame); a "
+                                      "mask of another size is resized to the source (nearest)")
+    paint.add_argument("--outpaint", type=arguments.OUTPAINT, metavar="L,R,T,B",
+                       help="add this many pixels left, right, top, bottom (edge fill) and paint them")
+    paint.add_argument("--strength", type=arguments.STRENGTH,
+                       help="how much of the masked region is repainted: 1 from noise, 0.5 re-rolls half way; "
+                            "without --mask the whole canvas (default: 1)")
+    paint.add_argument("--grow", type=arguments.GROW, default=0,
+                       help="widen the repainted region by N tokens (default: %(default)s)")
+    paint.add_argument("--composite", type=arguments.FEATHER, metavar="FEATHER",
+                       help="keep the source's own pixels outside the repainted tokens, blended over FEATHER pixels "
+                            "(the decoder changes pixels near them)")
 
 
 def _add_batch(sub) -> None:

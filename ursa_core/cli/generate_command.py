@@ -22,8 +22,10 @@ from ..runtime.loader_options import placement_device
 from ..runtime.speed import Placement, SpeedOptions, with_speed
 from ..sampling.generate import StepInfo, generate
 from ..sampling.preflight import check_clip, check_options, checkpoint_rules
+from ..sampling.repaint import Canvas
 from ..visual_tokenizer.codec import decode_tokens, encode_images
-from .arguments import Request, check_images, request, speed_options
+from .arguments import Request, check_first_frame, check_images, repaint_flags, request, speed_options
+from .canvas_flags import canvas_flags, composite_onto_source, read_canvas, repaint_tokens
 
 
 def check_output_path(out: str, frames: int = 1) -> Path:
@@ -108,31 +110,38 @@ def sample_tokens(model: URSAModel, run: Request, images: dict, prompt: str, cal
                     callback=callback, parallel=parallel).tokens
 
 
-def checked_request(args: argparse.Namespace, folder: Path, speed: SpeedOptions) -> Request:
-    """The flags as a Request with the checkpoint's defaults, every rule and the memory estimate checked before
-    any weight loads."""
+def checked_request(args: argparse.Namespace, folder: Path, speed: SpeedOptions) -> tuple[Request, Optional[Canvas]]:
+    """The flags as a Request with the checkpoint's defaults, and the canvas of a repaint, every rule and the memory
+    estimate checked before any weight loads."""
     device = rules.device(args.device)
     dtype = check_options(args.dtype, speed, args.sampler, device)
     geometry = checkpoint_rules(folder)[1]
-    run = request(vars(args), defaults_for(folder, geometry))
+    flags, canvas = vars(args), None
+    repaint = repaint_flags(flags)
+    if repaint is not None:
+        canvas = read_canvas(repaint, args.frames, args.resize)
+        flags = canvas_flags(flags, canvas, geometry)
+    run = request(flags, defaults_for(folder, geometry))
     check_images(run, geometry)
     check_clip(folder, run.settings, speed, dtype, device)
-    return run
+    return run, canvas
 
 
 def run_generate(args: argparse.Namespace, session=None) -> int:
     """`ursa generate`; `session`: this rank's ursa_core.parallel.ranks.RankSession under torchrun (None: one
     process)."""
-    check_output_path(args.out, args.frames)
+    check_output_path(args.out, args.frames or 1)
     tokens_path: Optional[Path] = None
     if args.save_tokens:
         tokens_path = check_writable(token_file_path(args.save_tokens), "--save-tokens")
     folder = model_folder(args.model)
     speed = speed_options(args)
-    run = checked_request(args, folder, speed)
+    run, canvas = checked_request(args, folder, speed)
+    check_output_path(args.out, run.settings.frames)
     kv_heads = checkpoint_rules(folder)[0].num_key_value_heads
     rules.parallel_layout(args.parallel, launched_world(), kv_heads)
     images = read_images(run)
+    check_first_frame(run)
     rank, world, device = init_from_env(args.device, session)
     layout = build_layout(args.parallel, kv_heads) if world > 1 else None
     started = time.time()
@@ -148,7 +157,10 @@ def run_generate(args: argparse.Namespace, session=None) -> int:
               + (f", {args.parallel} parallel over {layout.world} ranks" if layout is not None else ""))
     progress = ProgressPrinter(settings.steps, "sampling") if rank == 0 else None
     try:
-        tokens = sample_tokens(model, run, images, args.prompt, progress, layout)
+        if canvas is None:
+            tokens, scheduled = sample_tokens(model, run, images, args.prompt, progress, layout), None
+        else:
+            tokens, scheduled = repaint_tokens(model, run, canvas, args.prompt, progress, layout)
     finally:
         if progress is not None:
             progress.close()
@@ -158,5 +170,7 @@ def run_generate(args: argparse.Namespace, session=None) -> int:
         save_tokens(tokens, tokens_path, identity=model_identity(model), fps=model.geometry.fps, model=str(folder))
         print(f"saved tokens to {tokens_path}")
     images = decode_tokens(model, tokens)
+    if scheduled is not None and run.repaint.composite is not None:
+        images = composite_onto_source(model, images, canvas, scheduled, run.repaint.composite)
     report_written(images, write_frames(images, args.out, fps=model.geometry.fps), started)
     return 0

@@ -14,6 +14,7 @@ from .atomic import atomic_files
 from .image_file import RESIZE_MODES, read_rgb
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif")  # read by load_video (PyAV)
 OUTPUT_SUFFIXES = (".mp4",) + IMAGE_SUFFIXES
 
 
@@ -31,18 +32,22 @@ def fit_frames(frames: torch.Tensor, width: int, height: int, mode: str = "crop"
     x = frames[..., :3].float().clamp(0, 1)
     if x.shape[-1] == 1:
         x = x.expand(*x.shape[:-1], 3)
-    x = x.permute(0, 3, 1, 2)
+    return fit_planes(x.permute(0, 3, 1, 2), width, height, mode).permute(0, 2, 3, 1).contiguous()
+
+
+def fit_planes(x: torch.Tensor, width: int, height: int, mode: str, resize=None) -> torch.Tensor:
+    """[B, C, H, W] -> [B, C, height, width] by the geometry of `mode` (see fit_frames); `resize(x, h, w)` scales
+    (default: bilinear with antialiasing). Masks take the same geometry with another resize, so a mask drawn on an
+    image stays on it."""
+    resize = resize or _resize
     src_h, src_w = x.shape[-2:]
     if (src_h, src_w) == (height, width):
-        return x.permute(0, 2, 3, 1).contiguous()
+        return x
     if mode == "stretch":
-        x = _resize(x, height, width)
-    else:
-        scale = (max if mode == "crop" else min)(height / src_h, width / src_w)
-        new_h, new_w = max(1, round(src_h * scale)), max(1, round(src_w * scale))
-        x = _resize(x, new_h, new_w)
-        x = _center(x, height, width)
-    return x.permute(0, 2, 3, 1).contiguous()
+        return resize(x, height, width)
+    scale = (max if mode == "crop" else min)(height / src_h, width / src_w)
+    new_h, new_w = max(1, round(src_h * scale)), max(1, round(src_w * scale))
+    return _center(resize(x, new_h, new_w), height, width)
 
 
 def _resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -79,6 +84,30 @@ def load_image(path: str | Path) -> torch.Tensor:
     `ursa batch` items, `ursa_core.load_image`), with image_file.read_rgb's rules for every mode and the pixel
     limit; a missing, unreadable or too large file is one InputError naming it."""
     return torch.from_numpy(read_rgb(path)).unsqueeze(0)
+
+
+def load_video(path: str | Path, max_frames: int | None = None) -> torch.Tensor:
+    """A video file -> its first `max_frames` (default: all) frames [F, H, W, 3] float in 0..1, as decoded (no
+    frame-rate conversion); a missing or unreadable file is one InputError naming it."""
+    import av
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"video not found: {path}")
+    frames = []
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise InputError(f"video {path}: the file holds no video stream")
+            for frame in container.decode(video=0):
+                frames.append(torch.from_numpy(frame.to_ndarray(format="rgb24")))
+                if max_frames is not None and len(frames) >= max_frames:
+                    break
+    except (av.FFmpegError, UnicodeDecodeError) as exc:
+        raise InputError(f"video {path}: not a video PyAV can read ({type(exc).__name__})") from None
+    if not frames:
+        raise InputError(f"video {path}: the file holds no frames")
+    return torch.stack(frames).float() / 255.0
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:

@@ -113,11 +113,13 @@ def load_tokens(path: str | Path, shown: Optional[str] = None) -> tuple[torch.Te
 
 @dataclass
 class TokenClip:
-    """Sampled visual tokens travelling between nodes: ids [B, T, h, w] (CPU int64), the clip's frame rate and the
-    identity of the tokenizer that made them (None when unknown)."""
+    """Sampled visual tokens travelling between nodes: ids [B, T, h, w] (CPU int64), the clip's frame rate, the
+    identity of the tokenizer that made them (None when unknown) and, for encoded pixels, how they were fit to the
+    token grid (a visual_tokenizer.canvas.PixelFit: a mask drawn on those pixels is fit the same way)."""
     tokens: torch.Tensor
     fps: float = 12.0
     identity: Optional[dict] = None
+    source_fit: Optional[object] = None
 
     @property
     def latent_frames(self) -> int:

@@ -3,13 +3,14 @@
 `time_grid` is the reference's shifted grid (docs/ARCHITECTURE.md, "Time grid and shift"). `FrameSchedule` gives
 every latent frame its own start time t0 (the paper's asynchronous timesteps, used here at inference): 0 = generate
 from uniform noise, 1 = a given frame held exactly, in between = a given frame noised along the path to t0 that
-keeps refining. `StartTimes` is the start time of every latent token (a frame schedule spreads its frames' values
-over their tokens; token-wise sources such as masks join there). `FrameClocks` is where the clocks stand at one step.
+keeps refining. `StartTimes` is the start time of every latent token, the one object the sampler reads (a frame
+schedule spreads its frames' values over their tokens; a repaint mask sets them token by token, path/masks.py).
+`FrameClocks` is where the clocks stand at one step.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Optional, Sequence
 
 import torch
 
@@ -92,28 +93,89 @@ class FrameSchedule:
                              f"build it for {latent_frames} latent frames")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class StartTimes:
-    """The start time t0 of every latent token of a clip [T*h*w] (float64, flat like the tokens), and whether
-    tokens with t0 = 1 are held exactly (never resampled).
+    """The start time t0 of every latent token [T, h, w] (float64), and whether tokens with t0 = 1 are held exactly
+    (never resampled, not even by the last step).
 
-    One object for every source of start times: a FrameSchedule gives each token its frame's value; a token-wise
-    source (an inpainting mask's levels) would set tokens one by one in the same tensor, so the clocks and the set of
-    tokens the sampler touches follow it without another code path.
+    The one object the sampler reads for start times, whatever made them: a FrameSchedule is the special case of a
+    map constant over each frame (`from_schedule`); a repaint mask sets tokens one by one (path/masks.py); both
+    combine token by token (`combine`). The clocks and the set of tokens the sampler touches follow from it alone.
     """
-    per_token: torch.Tensor
+    start: torch.Tensor
     hold: bool = True
+
+    def __post_init__(self):
+        start = torch.as_tensor(self.start)
+        if start.ndim != 3 or start.numel() == 0 or not start.dtype.is_floating_point:
+            raise InputError(f"start times must be a float map [latent frames, h, w], got {start.dtype} "
+                             f"{list(start.shape)}")
+        if not bool(((start >= 0) & (start <= 1)).all()):  # NaN fails too
+            raise InputError("start times must lie in [0, 1] (0 = generated, 1 = held)")
+        object.__setattr__(self, "start", start.to(torch.float64).contiguous())
 
     @classmethod
     def from_schedule(cls, schedule: FrameSchedule, latent_shape: Sequence[int]) -> "StartTimes":
         frames, height, width = latent_shape
         schedule.check_frames(frames)
-        frame_of_token = torch.arange(frames * height * width) // (height * width)
-        return cls(torch.tensor(schedule.start, dtype=torch.float64)[frame_of_token], schedule.hold)
+        per_frame = torch.tensor(schedule.start, dtype=torch.float64).view(frames, 1, 1)
+        return cls(per_frame.expand(frames, height, width), schedule.hold)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return tuple(self.start.shape)
+
+    @property
+    def per_token(self) -> torch.Tensor:
+        """[T*h*w], flat like the tokens."""
+        return self.start.flatten()
 
     def held(self) -> torch.Tensor:
         """[T*h*w] bool: the tokens the sampler never touches."""
         return self.per_token >= 1.0 if self.hold else torch.zeros_like(self.per_token, dtype=torch.bool)
+
+    def given(self) -> torch.Tensor:
+        """[T*h*w] bool: the tokens whose values must be supplied (t0 > 0)."""
+        return self.per_token > 0
+
+    def given_frames(self) -> list[int]:
+        return torch.nonzero((self.start > 0).flatten(1).any(1)).flatten().tolist()
+
+    def check_shape(self, latent_shape: Sequence[int]) -> None:
+        if self.latent_shape != tuple(latent_shape):
+            raise InputError(f"the start-time map is {list(self.latent_shape)} latent tokens (frames, h, w) but the "
+                             f"clip is {list(latent_shape)}: build the schedule or mask for the sampler's frames, "
+                             f"width and height")
+
+    def combine(self, other: "StartTimes") -> "StartTimes":
+        """Token by token the later start time (the more of a token is given, the more it is kept): a mask over
+        keyframes keeps the keyframes, keyframes over a mask keep the unmasked canvas."""
+        other.check_shape(self.latent_shape)
+        if not (self.hold and other.hold):
+            raise InputError("a repaint mask needs its kept tokens held: turn the frame schedule's hold on")
+        return StartTimes(torch.maximum(self.start, other.start), True)
+
+    def frame_wise(self) -> Optional[tuple[float, ...]]:
+        """The per-frame start times when the map is constant over each frame (a frame schedule), else None."""
+        flat = self.start.flatten(1)
+        if not bool((flat == flat[:, :1]).all()):
+            return None
+        return tuple(float(v) for v in flat[:, 0])
+
+    def describe(self):
+        """For the run's record: the per-frame tuple of a frame schedule, else the whole map as nested lists."""
+        return self.frame_wise() or self.start.tolist()
+
+
+def as_start_times(schedule: "FrameSchedule | StartTimes | None", latent_shape: Sequence[int]) -> StartTimes:
+    """Every token's start time for a clip of `latent_shape` from a frame schedule, a token map or nothing (every
+    token from noise)."""
+    if schedule is None:
+        schedule = FrameSchedule.generate(latent_shape[0])
+    if isinstance(schedule, FrameSchedule):
+        return StartTimes.from_schedule(schedule, latent_shape)
+    schedule.check_shape(latent_shape)
+    return schedule
 
 
 @dataclass(frozen=True)
@@ -213,9 +275,13 @@ def parse_keyframes(text: str, latent_frames: int) -> dict[int, float]:
 
 @dataclass(frozen=True)
 class ScheduledTokens:
-    """A FrameSchedule plus the tokens of its given frames ([B, T, h, w]; frames that are not given are 0)."""
-    schedule: FrameSchedule
+    """Start times (a FrameSchedule, or a token map from a repaint mask) plus the tokens they give ([B, T, h, w];
+    tokens that are not given are 0). A repaint also carries the identity of the tokenizer of its source tokens and
+    how its source pixels were fit to the canvas (visual_tokenizer.canvas.PixelFit, read by the composite)."""
+    schedule: "FrameSchedule | StartTimes"
     given: "torch.Tensor | None"
+    identity: Optional[dict] = None
+    source_fit: Optional[object] = None
 
 
 def _place(given: torch.Tensor, frame: int, source: "torch.Tensor | None", name: str, pick: int) -> None:

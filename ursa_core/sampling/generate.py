@@ -12,7 +12,7 @@ from .. import rules
 from ..checkpoint.loader import URSAModel
 from ..errors import InputError
 from ..path.metric_path import MetricPath
-from ..path.schedule import FrameClocks, FrameSchedule, StartTimes, time_grid
+from ..path.schedule import FrameClocks, FrameSchedule, StartTimes, as_start_times, time_grid
 from ..runtime import graphs, memory
 from ..runtime.graphs import to_device
 from ..solver.euler import euler_step
@@ -56,48 +56,48 @@ class StepInfo:
 
 @dataclass
 class GenerationPlan:
-    """Everything fixed before the loop: shapes, schedule, start times, which tokens the sampler touches."""
+    """Everything fixed before the loop: shapes, start times, which tokens the sampler touches."""
     latent_shape: tuple[int, int, int]
-    schedule: FrameSchedule
     starts: StartTimes             # every latent token's start time
     active: torch.Tensor           # visual token indices the sampler updates
     grid: torch.Tensor             # global time grid [steps] float64
 
 
-def plan(model: URSAModel, settings: GenerationSettings, schedule: Optional[FrameSchedule]) -> GenerationPlan:
+def plan(model: URSAModel, settings: GenerationSettings,
+         schedule: "FrameSchedule | StartTimes | None") -> GenerationPlan:
     """The clip of `settings` on `model` (its strides checked), with every token's start time (shift resolved)."""
     latent = settings.latent_shape(model.geometry)
-    schedule = schedule or FrameSchedule.generate(latent[0])
-    starts = StartTimes.from_schedule(schedule, latent)
+    starts = as_start_times(schedule, latent)
     active = torch.nonzero(~starts.held()).squeeze(1)
-    if active.numel() == 0:
-        raise InputError("every frame of the schedule is held (start time 1): there is nothing to generate")
     shift = model.scheduler.shift if settings.shift is None else settings.shift
-    return GenerationPlan(latent, schedule, starts, active, time_grid(settings.steps, shift))
+    return GenerationPlan(latent, starts, active, time_grid(settings.steps, shift))
 
 
 def initial_tokens(model: URSAModel, path: MetricPath, plan_: GenerationPlan, batch: int, seed: int,
                    given: Optional[torch.Tensor]) -> torch.Tensor:
-    """Uniform noise, with given frames copied (t0 = 1) or noised along the path to their t0."""
+    """Uniform noise, with given tokens copied (t0 = 1) or noised along the path to their own t0."""
     k = model.codebook_size
     gen = torch.Generator().manual_seed(derive_seed(seed, TAG_INIT))
     tokens = torch.randint(0, k, (batch, *plan_.latent_shape), generator=gen)
-    frames = plan_.schedule.given()
-    if not frames:
+    is_given = plan_.starts.given()
+    if not bool(is_given.any()):
         return tokens
-    given = check_given(given, batch, plan_.latent_shape, k, frames)
-    noise_u = uniforms(seed, TAG_NOISE, 0, tokens.shape)
-    for f in frames:
-        t0 = plan_.schedule.start[f]
-        if t0 >= 1.0:
-            tokens[:, f] = given[:, f]
-        else:
-            src = given[:, f].to(model.device)
-            tokens[:, f] = path.sample(src, t0, noise_u[:, f].to(model.device)).cpu()
+    source = check_given(given, batch, plan_.latent_shape, k, plan_.starts).flatten(1)
+    flat, start = tokens.view(batch, -1), plan_.starts.per_token
+    kept = start >= 1.0
+    flat[:, kept] = source[:, kept]
+    noised = torch.nonzero(is_given & ~kept).squeeze(1)
+    if noised.numel():
+        # Drawn per token from uniforms of the whole clip, so a token's draw does not depend on which others are
+        # noised with it (a frame schedule and the same map written token by token start identically).
+        noise_u = uniforms(seed, TAG_NOISE, 0, tokens.shape).view(batch, -1)[:, noised]
+        src = source[:, noised].to(model.device)
+        flat[:, noised] = path.sample(src, start[noised].expand(batch, -1), noise_u.to(model.device)).cpu()
     return tokens
 
 
-def check_given(given: Optional[torch.Tensor], batch: int, latent: tuple, k: int, frames: list) -> torch.Tensor:
+def check_given(given: Optional[torch.Tensor], batch: int, latent: tuple, k: int, starts: StartTimes) -> torch.Tensor:
+    frames = starts.given_frames()
     if given is None:
         raise InputError(f"the schedule gives latent frames {frames} but no given tokens were passed")
     given = torch.as_tensor(given)
@@ -107,7 +107,7 @@ def check_given(given: Optional[torch.Tensor], batch: int, latent: tuple, k: int
             or given.shape[0] not in (1, batch):
         raise InputError(f"given tokens must be an integer tensor [B, T, h, w] = [{batch}, {latent[0]}, "
                          f"{latent[1]}, {latent[2]}], got {given.dtype} {list(given.shape)}")
-    used = given[:, frames]
+    used = given.flatten(1)[:, starts.given()]
     if used.min() < 0 or used.max() >= k:
         raise InputError(f"given tokens of frames {frames} must be codes in [0, {k - 1}], found values in "
                          f"[{int(used.min())}, {int(used.max())}]")
@@ -172,7 +172,8 @@ class Generation:
 
 @torch.no_grad()
 def generate(model: URSAModel, prompt: str | Sequence[str] = "", negative_prompt: str | Sequence[str] | None = None,
-             settings: Optional[GenerationSettings] = None, *, schedule: Optional[FrameSchedule] = None,
+             settings: Optional[GenerationSettings] = None, *,
+             schedule: "FrameSchedule | StartTimes | None" = None,
              given_tokens: Optional[torch.Tensor] = None,
              prompt_ids: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
              callback: Optional[Callable[[StepInfo], None]] = None, parallel: Optional[RunnerFactory] = None,
@@ -181,8 +182,10 @@ def generate(model: URSAModel, prompt: str | Sequence[str] = "", negative_prompt
 
     `settings` (a GenerationSettings) says how; keywords change single fields of it (`frames=49, seed=7`: the
     fields and their defaults are GenerationSettings'). `c`, `alpha`, `shift` default to the checkpoint's scheduler
-    config. `schedule` gives each latent frame a start time (default: all from noise); frames with start > 0 take
-    their tokens from `given_tokens` [B|1, T, h, w]. `prompt_ids` (cond, uncond) [B, L] bypasses tokenization.
+    config. `schedule` gives each latent frame (a FrameSchedule) or each token (a StartTimes map, e.g. from a repaint
+    mask) a start time (default: all from noise); tokens with start > 0 take their values from `given_tokens`
+    [B|1, T, h, w]. When every token is held the given tokens are the result, with one warning line and no model
+    call (a mask that repaints nothing). `prompt_ids` (cond, uncond) [B, L] bypasses tokenization.
     `callback(StepInfo)` runs after every step; an exception raised there stops generation (cancel).
     The result depends only on the seed (and device numerics), not on `chunk_tokens`. `sampler` picks the jump
     step's implementation: "torch" (chunked tensors), "triton" (fused CUDA kernels) or "auto" (triton on CUDA).
@@ -193,16 +196,22 @@ def generate(model: URSAModel, prompt: str | Sequence[str] = "", negative_prompt
     plan_ = plan(model, settings, schedule)
     cond_ids, uncond_ids = prompt_ids if prompt_ids is not None else _prompt_ids(model, prompt, negative_prompt,
                                                                                   settings.motion)
-    check_memory(model, plan_, cond_ids.shape[0], settings.guidance)
     fused = use_fused_sampler(settings.sampler, model.device)
     placement = parallel or SingleDevice()
     record = RunSettings.of(
         settings, sampler="triton" if fused else "torch",
         chunk_tokens=int(settings.chunk_tokens or auto_chunk(model.codebook_size, model.device, fused)),
-        schedule_start=plan_.schedule.start, hold=plan_.schedule.hold,
+        schedule_start=plan_.starts.describe(), hold=plan_.starts.hold,
         prompt=None if prompt_ids is not None else prompt,
         negative_prompt=None if prompt_ids is not None else negative_prompt, parallel=placement.describe())
-    path = model.path.with_params(c=settings.c, alpha=settings.alpha).to(model.device)
+    path = model.path.with_params(c=settings.c, alpha=settings.alpha)
+    if plan_.active.numel() == 0:
+        log.warning("every token is held (start time 1, e.g. a mask that repaints nothing): the result is the given "
+                    "tokens, no model call")
+        start = initial_tokens(model, path, plan_, cond_ids.shape[0], settings.seed, given_tokens)
+        return Generation(start.clone(), start, int(settings.seed), record)
+    check_memory(model, plan_, cond_ids.shape[0], settings.guidance)
+    path = path.to(model.device)
     start = initial_tokens(model, path, plan_, cond_ids.shape[0], settings.seed, given_tokens)
     runner = placement.runner(model, plan_)
     denoiser = Denoiser(model, cond_ids, uncond_ids if settings.max_branches == 2 else None, plan_.latent_shape,

@@ -113,7 +113,7 @@ class RunSettings(FieldMapping):
     sampler: str
     skip_noop_steps: bool
     chunk_tokens: int
-    schedule_start: tuple[float, ...]
+    schedule_start: Any           # per-frame start times, or a token map [T][h][w] (a repaint mask)
     hold: bool
     prompt: Any = None            # the prompt(s) as given, None when the caller passed prompt ids
     negative_prompt: Any = None
