@@ -1,6 +1,7 @@
 """URSAModelLoader: a checkpoint folder from models/ursa/ -> URSA_MODEL + URSA_VQ."""
 from __future__ import annotations
 
+import logging
 import os
 
 import comfy.model_management as mm
@@ -16,6 +17,7 @@ from . import glue
 from .types import URSAModel, URSAVQ
 
 DTYPES = list(rules.DTYPES)
+log = logging.getLogger(__name__)
 
 
 def attention_choices() -> list[str]:
@@ -68,18 +70,27 @@ class URSAModelLoader(io.ComfyNode):
                                        "visual codes, 0.9 GB in bf16 for URSA-1.7B). default = ComfyUI's text "
                                        "encoder device (the CPU under --lowvram); cpu keeps it in RAM and sends only "
                                        "the embedded tokens to the GPU each step; or another GPU."),
+                io.Combo.Input("transformer_weights", options=weight_choices(), default=glue.NO_FILE, optional=True,
+                               tooltip="Fine-tuned transformer weights from models/diffusion_models/ loaded over "
+                                       "the checkpoint's (e.g. the RL-tuned URSA-1.7B-IBQ512 transformers of "
+                                       "UDM-GRPO: use them with the IBQ512 checkpoint and the sampler's rl_tuned "
+                                       "preset). .safetensors, or tensors-only .bin/.pt/.pth; none = the "
+                                       "checkpoint's own."),
             ],
             outputs=[URSAModel.Output(display_name="model",
                                       tooltip="The URSA transformer, its metric path and prompt tokenizer: connect "
                                               "to URSA Text Encode, URSA Sampler, URSA Extend Video."),
                      URSAVQ.Output(display_name="vq",
                                    tooltip="The visual tokenizer (FSQ or IBQ): connect to URSA Tokenizer Encode / "
-                                           "Decode.")],
+                                           "Decode."),
+                     io.String.Output(display_name="info",
+                                      tooltip="Which model this is and the defaults the sampler uses for widgets "
+                                              "left at 0 (connect to Preview as Text to read it).")],
         )
 
     @classmethod
     def validate_inputs(cls, model_name=None, attention=None, weight_dtype=None, low_vram=None, blocks_on_gpu=None,
-                        vq_device=None, compile=None, text_device=None):
+                        vq_device=None, compile=None, text_device=None, transformer_weights=None):
         # Naming model_name here turns off core's COMBO check, so this checks membership itself (same for the others).
         if attention is not None:
             checked = rules.first_problem(lambda: rules.attention(attention, glue.compute_device()))
@@ -87,18 +98,32 @@ class URSAModelLoader(io.ComfyNode):
                 return checked
         if model_name is not None and model_name not in glue.list_model_folders():
             return glue.missing_model_message(model_name)
+        if transformer_weights is not None and transformer_weights not in weight_choices():
+            return rules.first_problem(lambda: glue.tensor_file_path(glue.WEIGHTS_FOLDER, transformer_weights,
+                                                                     "transformer_weights"))
         return ((weight_dtype is not None and check_weight_dtype(weight_dtype))
                 or check_loader_options(low_vram, blocks_on_gpu, vq_device, compile, text_device) or True)
 
     @classmethod
-    def fingerprint_inputs(cls, model_name=None, **options):
+    def fingerprint_inputs(cls, model_name=None, transformer_weights=glue.NO_FILE, **options):
         folder = glue.model_folder_path(model_name)
-        return max(os.path.getmtime(p) for p in folder.rglob("*") if p.is_file())
+        files = [p for p in folder.rglob("*") if p.is_file()]
+        if transformer_weights != glue.NO_FILE:
+            files.append(glue.tensor_file_path(glue.WEIGHTS_FOLDER, transformer_weights, "transformer_weights"))
+        return max(os.path.getmtime(p) for p in files)
 
     @classmethod
     def execute(cls, model_name, dtype, attention="auto", compile=False, weight_dtype="default", low_vram="auto",
-                blocks_on_gpu=0, vq_device="default", text_device="default") -> io.NodeOutput:
+                blocks_on_gpu=0, vq_device="default", text_device="default",
+                transformer_weights=glue.NO_FILE) -> io.NodeOutput:
         options = SpeedOptions(attention=attention, compile=compile, weight_dtype=weight_dtype, low_vram=low_vram,
                                blocks_on_gpu=blocks_on_gpu, vq_device=vq_device, text_device=text_device)
-        model, vq = glue.load_ursa(model_name, dtype, options)
-        return io.NodeOutput(model, vq)
+        model, vq = glue.load_ursa(model_name, dtype, options, transformer_weights)
+        info = model.model.identity.describe() + ("" if transformer_weights == glue.NO_FILE else
+                                                   f"; transformer weights {transformer_weights}")
+        log.info("URSA Model Loader: %s", info)
+        return io.NodeOutput(model, vq, info)
+
+
+def weight_choices() -> list[str]:
+    return [glue.NO_FILE, *glue.list_tensor_files(glue.WEIGHTS_FOLDER)]

@@ -90,7 +90,10 @@ def test_sampler_validation_names_values(env):
     assert "frames=6" in str(env.validate(sampler, {**base, "frames": 6}))
     assert "width=30" in str(env.validate(sampler, {**base, "width": 30}))
     assert "height=99999" in str(env.validate(sampler, {**base, "height": 99999}))
-    assert env.validate(sampler, {**base, "steps": 0})  # core's own min check still applies
+    assert "steps=-1" in str(env.validate(sampler, {**base, "steps": -1}))
+    # 0 is the model's default for steps and size (issue 23); a preset must be one of the list
+    assert env.validate(sampler, {**base, "steps": 0, "width": 0, "height": 0}) == []
+    assert "preset='fast'" in str(env.validate(sampler, {**base, "preset": "fast"}))
 
 
 def encode(env, vq, image, **kw):

@@ -262,6 +262,16 @@ def first_problem(*checks: Callable[[], object]) -> str | bool:
     return True
 
 
+def zero_or(check: Callable[[], object], value):
+    """Sampler widgets where 0 means the model's default (checkpoint/defaults.py): 0, or a value `check` passes."""
+    if value == 0 and _is_int(value):
+        return value
+    try:
+        return check()
+    except InputError as exc:
+        raise InputError(f"{exc}; or 0 for the model's default") from None
+
+
 def path_param_or_default(name: str, value) -> float:
     """Node widgets for c, alpha and shift: 0 means the checkpoint's value, else a path parameter."""
     return number(name, value, 0.0, PATH_MAX[name])
@@ -280,6 +290,9 @@ NODE_INPUT_RULES: dict[str, Callable[[object], object]] = {
     "start_time": lambda v: unit("start_time", v),
     "carry_start": lambda v: unit("carry_start", v),
     "motion_score": lambda v: number("motion_score", v, *MOTION_RANGE),
+    "sampler_width": lambda v: zero_or(lambda: size("width", v), v),
+    "sampler_height": lambda v: zero_or(lambda: size("height", v), v),
+    "sampler_steps": lambda v: zero_or(lambda: steps(v), v),
     "c": lambda v: path_param_or_default("c", v),
     "alpha": lambda v: path_param_or_default("alpha", v),
     "shift": lambda v: path_param_or_default("shift", v),

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from .. import rules
-from ..checkpoint.defaults import ModelDefaults
+from ..checkpoint.defaults import ModelDefaults, check_preset, resolve
 from ..errors import InputError
 from ..model import attention as attention_registry
 from ..runtime.speed import SpeedOptions
@@ -32,6 +32,7 @@ SAMPLER = rules.arg_type(rules.sampler, str)
 WEIGHT_DTYPE = rules.arg_type(rules.weight_dtype, str)
 BLOCKS = rules.arg_type(rules.blocks_on_gpu, int)
 PARALLEL = rules.arg_type(lambda v: rules.choice("parallel", v, rules.PARALLEL_MODES), str)
+PRESET = rules.arg_type(check_preset, str)
 SAMPLES = rules.arg_type(lambda v: rules.integer("samples", v, 1, rules.MAX_SAMPLES), int)
 PLACEMENT = {name: rules.arg_type(lambda v, n=name: rules.placement(n, v), str) for name in ("vq_device", "text_device")}
 ATTENTION_HELP = f"{', '.join(attention_registry.names())} (only those this machine can run are accepted)"
@@ -59,6 +60,7 @@ class Request:
     image: Optional[str] = None        # first frame (image-to-video)
     last_image: Optional[str] = None   # last frame (interpolation)
     resize: str = "crop"
+    from_model: tuple[str, ...] = ()  # the settings the model's defaults (or --preset) filled in
 
 
 def speed_options(args: argparse.Namespace) -> SpeedOptions:
@@ -67,17 +69,19 @@ def speed_options(args: argparse.Namespace) -> SpeedOptions:
                         vq_device=args.vq_device, text_device=args.text_device)
 
 
-def request(flags: Mapping[str, Any], defaults: ModelDefaults) -> Request:
-    """The flag values (`vars(args)`, or a batch item's over them) as one Request; a size or step count left out is
-    the checkpoint's default (checkpoint/defaults.py), a video's motion score the reference's."""
-    frames = flags["frames"]
+def request(flags: Mapping[str, Any], defaults: ModelDefaults, image_output: bool = False) -> Request:
+    """The flag values (`vars(args)`, or a batch item's over them) as one Request. A setting left out follows the
+    model (checkpoint/defaults.py: its row, after --preset), except that an image output (`--out x.png`, an image
+    benchmark) asks for one frame; a video's motion score is the reference's."""
+    frames = flags["frames"] if flags["frames"] is not None else (1 if image_output else None)
+    used = resolve(defaults, flags.get("preset") or "none", frames=frames, height=flags["height"],
+                   width=flags["width"], steps=flags["steps"], guidance=flags["guidance"])
     settings = GenerationSettings(
-        frames=frames, height=defaults.height if flags["height"] is None else flags["height"],
-        width=defaults.width if flags["width"] is None else flags["width"],
-        steps=defaults.steps(frames) if flags["steps"] is None else flags["steps"], guidance=flags["guidance"],
+        frames=used.frames, height=used.height, width=used.width, steps=used.steps, guidance=used.guidance,
         guidance_trunc=flags["guidance_trunc"], shift=flags["shift"], seed=flags["seed"], sampler=flags["sampler"],
-        motion=rules.default_motion(frames) if flags["motion"] is None else flags["motion"])
-    return Request(settings, flags["negative"], flags.get("image"), flags.get("last_image"), flags["resize"])
+        motion=rules.default_motion(used.frames) if flags["motion"] is None else flags["motion"])
+    return Request(settings, flags["negative"], flags.get("image"), flags.get("last_image"), flags["resize"],
+                   used.filled)
 
 
 def check_images(run: Request, geometry: VisualGeometry) -> None:

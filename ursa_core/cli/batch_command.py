@@ -15,7 +15,7 @@ import torch
 
 from .. import rules
 from ..batch.prompt_sets import MANIFEST, Claims, Job, distributed_store, read_jobs, run_jobs
-from ..checkpoint.defaults import ModelDefaults, defaults_for
+from ..checkpoint.defaults import ModelDefaults, identify
 from ..errors import InputError
 from ..files.atomic import TEMP_MARK, atomic_file, check_writable
 from ..files.media import load_image, write_frames
@@ -24,7 +24,7 @@ from ..runtime.speed import SpeedOptions
 from ..sampling.preflight import check_clip, check_options, checkpoint_rules
 from ..visual_tokenizer.codec import decode_tokens
 from .arguments import Request, check_images, request, speed_options
-from .generate_command import load_for_cli, model_folder, sample_tokens
+from .generate_command import check_model_files, load_for_cli, model_folder, sample_tokens
 
 # A JSONL item's override -> (its rule, the flag it replaces). Item keys are the command line's names (cfg for the
 # guidance scale), so a message names what the user wrote.
@@ -52,15 +52,16 @@ class BatchBase:
     prompts_dir: Path
 
 
-def _sample_request(base: BatchBase, overrides: dict, cache: dict) -> Request:
-    """The request of one sample: the command line's flags with the item's overrides (defaults follow the item's
-    frames), checked (cached per distinct set of overrides)."""
-    key = json.dumps(overrides, sort_keys=True)   # typed: "7" and 7 are different settings (only 7 is a cfg)
+def _sample_request(base: BatchBase, overrides: dict, cache: dict, image_output: bool) -> Request:
+    """The request of one sample: the command line's flags with the item's overrides (defaults follow the model and
+    the item's frames; an image output asks for one frame), checked (cached per distinct set of overrides)."""
+    # typed: "7" and 7 are different settings (only 7 is a cfg)
+    key = json.dumps([overrides, image_output], sort_keys=True)
     if key not in cache:
         changes = {flag: rule(overrides[name]) for name, (rule, flag) in ITEM_RULES.items() if name in overrides}
         paths = {name: str(base.prompts_dir / str(overrides[name])) for name in ("image", "last_image")
                  if overrides.get(name) is not None}   # relative to the prompt file's folder
-        run = request({**base.flags, **changes, **paths}, base.defaults)
+        run = request({**base.flags, **changes, **paths}, base.defaults, image_output)
         check_images(run, checkpoint_rules(base.folder)[1])
         check_clip(base.folder, run.settings, base.speed, base.dtype, base.device)
         for path in paths.values():   # an unreadable image is refused now, not hours into the set
@@ -75,7 +76,8 @@ def plan_samples(jobs: list[Job], base: BatchBase) -> dict:
     plans = {}
     for job in jobs:
         try:
-            plans[job.key] = [_sample_request(base, s.settings, cache) for s in job.samples]
+            plans[job.key] = [_sample_request(base, s.settings, cache, job.out.endswith(".png"))
+                              for s in job.samples]
         except InputError as exc:
             raise InputError(f"item {job.key}: {exc}") from None
         frames = {r.settings.frames for r in plans[job.key]}
@@ -141,13 +143,16 @@ def check_set(args: argparse.Namespace, folder: Path) -> tuple[list[Job], BatchB
         device = rules.rank_device(args.device, 0, launched_world())
     else:
         device = rules.device(args.device)
-    jobs = read_jobs(args.prompts, args.format, args.samples, args.seed, ".png" if args.frames == 1 else ".mp4")
+    config, geometry = checkpoint_rules(folder)
+    check_model_files(args, config)
+    defaults = identify(folder, config.hidden_size, geometry).defaults
+    frames = defaults.frames if args.frames is None else args.frames
+    jobs = read_jobs(args.prompts, args.format, args.samples, args.seed, ".png" if frames == 1 else ".mp4")
     speed = speed_options(args)
     dtype = check_options(args.dtype, speed, args.sampler, device)
     flags = {**vars(args), "image": None, "last_image": None}
     prompts = Path(args.prompts)
-    base = BatchBase(flags, defaults_for(folder, checkpoint_rules(folder)[1]), speed, dtype, device, folder,
-                     prompts if prompts.is_dir() else prompts.parent)
+    base = BatchBase(flags, defaults, speed, dtype, device, folder, prompts if prompts.is_dir() else prompts.parent)
     return jobs, base, plan_samples(jobs, base)
 
 
@@ -161,7 +166,7 @@ def run_batch(args: argparse.Namespace) -> int:
     if rank == 0 and (stale := remove_stale_temporaries(outdir)):
         print(f"removed {stale} unfinished temporary file(s) of an earlier run")
     barrier()   # no rank starts writing before the stale temporaries are gone
-    model = load_for_cli(folder, device, args.dtype, base.speed)
+    model = load_for_cli(folder, device, args.dtype, base.speed, args.transformer_weights)
 
     def render(job: Job, target: Path) -> dict:
         pixels = []

@@ -9,13 +9,15 @@ from typing import Optional
 import torch
 
 from .. import rules
-from ..checkpoint.defaults import defaults_for
+from ..checkpoint.defaults import ModelIdentity, identify
+from ..checkpoint.finetune import check_transformer_weights
 from ..checkpoint.loader import URSAModel, load_model
 from ..checkpoint.tiny import TINY_LABEL, is_tiny, tiny_model_dir
 from ..errors import InputError
 from ..files.atomic import check_writable
 from ..files.media import OUTPUT_SUFFIXES, frame_paths, load_image, write_frames
 from ..files.token_io import model_identity, save_tokens, token_file_path
+from ..model.modeling_ursa import expected_state_shapes
 from ..parallel.distributed import build_layout, init_from_env, launched_world
 from ..path.schedule import FrameSchedule
 from ..runtime.acceleration import accelerate
@@ -84,9 +86,11 @@ def report_written(images: torch.Tensor, paths, started: float) -> None:
     print(f"wrote {len(images)} frame(s) to {shown} ({time.time() - started:.1f} s total)")
 
 
-def load_for_cli(folder: Path, device: torch.device, dtype: str, speed: SpeedOptions) -> URSAModel:
-    """One model load with the speed options and the placement of the tokenizer and the text side."""
-    model = load_model(folder, device=device, dtype=dtype)
+def load_for_cli(folder: Path, device: torch.device, dtype: str, speed: SpeedOptions,
+                 transformer_weights: Optional[str] = None) -> URSAModel:
+    """One model load (with fine-tuned transformer weights over it) with the speed options and the placement of the
+    tokenizer and the text side."""
+    model = load_model(folder, device=device, dtype=dtype, transformer_weights=transformer_weights)
     accelerate(model, attention=speed.attention, compile=speed.compile, low_vram=speed.streams,
                weight_dtype=speed.weight_dtype, blocks_on_gpu=speed.blocks_on_gpu)
     place_parts(model, speed.vq_device, speed.text_device)
@@ -103,41 +107,59 @@ def sample_tokens(model: URSAModel, run: Request, images: dict, prompt: str, cal
                     callback=callback, parallel=parallel).tokens
 
 
-def checked_request(args: argparse.Namespace, folder: Path, speed: SpeedOptions) -> Request:
-    """The flags as a Request with the checkpoint's defaults, every rule and the memory estimate checked before
-    any weight loads."""
+def checked_request(args: argparse.Namespace, folder: Path, speed: SpeedOptions) -> tuple[Request, ModelIdentity]:
+    """The flags as a Request with the checkpoint's defaults (and which model they are), every rule and the memory
+    estimate checked before any weight loads."""
     device = rules.device(args.device)
     dtype = check_options(args.dtype, speed, args.sampler, device)
-    geometry = checkpoint_rules(folder)[1]
-    run = request(vars(args), defaults_for(folder, geometry))
+    config, geometry = checkpoint_rules(folder)
+    check_model_files(args, config)
+    identity = identify(folder, config.hidden_size, geometry)
+    run = request(vars(args), identity.defaults, image_output=Path(args.out).suffix.lower() == ".png")
     check_images(run, geometry)
     check_clip(folder, run.settings, speed, dtype, device)
-    return run
+    return run, identity
+
+
+def check_model_files(args: argparse.Namespace, config) -> None:
+    """--transformer-weights against the checkpoint's transformer (names and shapes only), before any load."""
+    if args.transformer_weights:
+        check_transformer_weights(args.transformer_weights, expected_state_shapes(config))
+
+
+def describe_run(identity: ModelIdentity, run: Request, args: argparse.Namespace) -> str:
+    """What the run uses, and which settings the model's defaults (or --preset) filled in."""
+    s = run.settings
+    tuned = f" with transformer weights {args.transformer_weights}" if args.transformer_weights else ""
+    source = "the model's defaults" + (f" and preset {args.preset}" if args.preset != "none" else "")
+    filled = f" ({', '.join(run.from_model)} from {source})" if run.from_model else ""
+    return (f"model {identity.name} (from the {identity.source}){tuned}; sampling {s.frames} frame(s) "
+            f"{s.width}x{s.height}, {s.steps} steps, cfg {s.guidance:g}{filled}")
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    check_output_path(args.out, args.frames)
+    check_output_path(args.out, args.frames or 1)   # a video's frames are one MP4, an image output's one PNG
     tokens_path: Optional[Path] = None
     if args.save_tokens:
         tokens_path = check_writable(token_file_path(args.save_tokens), "--save-tokens")
     folder = model_folder(args.model)
     speed = speed_options(args)
-    run = checked_request(args, folder, speed)
+    run, identity = checked_request(args, folder, speed)
     kv_heads = checkpoint_rules(folder)[0].num_key_value_heads
     rules.parallel_layout(args.parallel, launched_world(), kv_heads)
     images = read_images(run)
     rank, world, device = init_from_env(args.device)
     layout = build_layout(args.parallel, kv_heads) if world > 1 else None
     started = time.time()
-    model = load_for_cli(folder, device, args.dtype, speed)
+    model = load_for_cli(folder, device, args.dtype, speed, args.transformer_weights)
     if is_tiny(folder) and rank == 0:
         print(f"NOTE: {TINY_LABEL}.")
     settings = run.settings
     latent = model.geometry.latent_shape(settings.frames, settings.height, settings.width)
     if rank == 0:
         print(f"loaded {folder} on {device} in {time.time() - started:.1f} s (attention: "
-              f"{model.transformer.attn_implementation}); sampling {settings.frames} frame(s) "
-              f"{settings.width}x{settings.height} = {latent} latent tokens, {settings.steps} steps"
+              f"{model.transformer.attn_implementation}); {describe_run(identity, run, args)}, "
+              f"{latent} latent tokens"
               + (f", {args.parallel} parallel over {layout.world} ranks" if layout is not None else ""))
     tokens = sample_tokens(model, run, images, args.prompt,
                            ProgressPrinter(settings.steps, "sampling") if rank == 0 else None, layout)

@@ -9,26 +9,34 @@ from typing import Optional
 from .. import __version__, rules
 from ..errors import OutputError, URSAError
 from ..files.media import RESIZE_MODES
+from ..checkpoint.defaults import CHECKPOINT_REPOS, WEIGHTS_REPOS
 from . import arguments
 
-REAL_MODELS = ("BAAI/URSA-1.7B-FSQ320", "BAAI/URSA-1.7B-IBQ1024")
 EXIT_OUTPUT, EXIT_INPUT, EXIT_DOWNLOAD, EXIT_INTERRUPTED = 1, 2, 3, 130
 
 
 def add_sampling_options(parser) -> None:
     """The generation options `ursa generate` and `ursa batch` share (a batch item may override some of them)."""
     parser.add_argument("--model", required=True, help="a model folder in the official layout, or 'tiny'")
+    parser.add_argument("--transformer-weights", metavar="FILE",
+                        help="fine-tuned transformer weights loaded over --model's (e.g. an RL-tuned "
+                             "diffusion_pytorch_model.bin): .safetensors, or a tensors-only .bin/.pt/.pth")
     parser.add_argument("--negative", default="", help="negative prompt (default: empty, as the reference)")
-    parser.add_argument("--frames", type=arguments.FRAMES, default=1,
-                        help="1 for an image, 1+4k for a video (49 = 4 s at 12 fps)")
+    parser.add_argument("--frames", type=arguments.FRAMES,
+                        help="1 for an image, 1+4k for a video (49 = 4 s at 12 fps); default: the model's (49 for "
+                             "FSQ320, 1 for IBQ), 1 for a .png output")
     parser.add_argument("--height", type=arguments.SIZE["height"],
-                        help="default 320 (FSQ) / 1024 (IBQ); 64 for --model tiny")
+                        help="default: the model's (320 FSQ320, 1024 IBQ1024, 512 IBQ512, 64 tiny)")
     parser.add_argument("--width", type=arguments.SIZE["width"],
-                        help="default 512 (FSQ) / 1024 (IBQ); 64 for --model tiny")
+                        help="default: the model's (512 FSQ320, 1024 IBQ1024, 512 IBQ512, 64 tiny)")
     parser.add_argument("--steps", type=arguments.STEPS,
-                        help="default 25 for images, 50 for videos, 8 for --model tiny")
-    parser.add_argument("--cfg", dest="guidance", type=arguments.GUIDANCE, default=7.0,
-                        help="classifier-free guidance scale (<= 1: one branch, no negative prompt)")
+                        help="default: the model's (25 for images, 50 for videos, 8 for tiny) or --preset's")
+    parser.add_argument("--cfg", dest="guidance", type=arguments.GUIDANCE,
+                        help="classifier-free guidance scale (<= 1: one branch, no negative prompt); default: the "
+                             "model's (7) or --preset's")
+    parser.add_argument("--preset", type=arguments.PRESET, default="none",
+                        help="rl_tuned: cfg 1 and 25 steps, as RL-tuned transformers (UDM-GRPO) are sampled; "
+                             "--cfg / --steps given still win")
     parser.add_argument("--guidance-trunc", type=arguments.GUIDANCE_TRUNC, default=0.9)
     parser.add_argument("--shift", type=arguments.SHIFT, help="time shift lambda (default: the checkpoint's)")
     parser.add_argument("--motion", type=arguments.MOTION, help="video motion score prefix (default 9.0 for videos)")
@@ -98,9 +106,17 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--seed", type=int, default=0)
     tiny.add_argument("--vae", choices=("fsq", "ibq"), default="fsq")
     tiny.add_argument("--shard", action="store_true", help="write sharded transformer weights with an index json")
-    dl = sub.add_parser("download", help="fetch a real checkpoint from the Hugging Face Hub")
-    dl.add_argument("repo", help=f"e.g. {REAL_MODELS[0]}")
+    tiny.add_argument("--shape", choices=("tiny", "0.6B", "1.7B"), default="tiny",
+                      help="keep the transformer structure of a released size (name the folder URSA-0.6B-FSQ320, "
+                           "... and it reads that model's defaults)")
+    dl = sub.add_parser("download", help="fetch a real checkpoint (or RL-tuned transformer weights) from the "
+                                         "Hugging Face Hub")
+    dl.add_argument("repo", help="one of " + ", ".join([*CHECKPOINT_REPOS, *WEIGHTS_REPOS]) + " (another id is "
+                                 "fetched too, with a warning)")
     dl.add_argument("--dir", default="models/ursa", help="parent folder (a ComfyUI models/ursa folder works)")
+    conv = sub.add_parser("convert", help="write the tensors of a .bin/.pt/.pth (tensors-only pickle) as safetensors")
+    conv.add_argument("file", help="a tensor file: fine-tuned transformer weights or a LoRA adapter_model.bin")
+    conv.add_argument("--out", help="the .safetensors file to write (default: beside FILE, same name)")
     return parser
 
 
@@ -120,8 +136,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             finally:
                 finish()  # leave torchrun's process group, if this run joined one
         from . import tools
-        return {"decode": tools.run_decode, "make-tiny": tools.run_make_tiny,
-                "download": tools.run_download}[args.command](args)
+        return {"decode": tools.run_decode, "make-tiny": tools.run_make_tiny, "download": tools.run_download,
+                "convert": tools.run_convert}[args.command](args)
     except OutputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_OUTPUT
