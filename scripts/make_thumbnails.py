@@ -3,9 +3,10 @@
 
 Each is a REAL output of the headless CLI on the tiny random checkpoint (``--model tiny``: noise-like pictures, not
 what the real model makes), so every thumbnail is stamped "PREVIEW - tiny random model" with the template's title.
-Videos show three frames side by side. Needs torch (the plugin's venv); about 10 s per template on a CPU.
+Videos show three frames side by side; the LoRA template's run adds a random LoRA made for the tiny checkpoint. Needs
+torch (the plugin's venv); about 10 s per template on a CPU.
 
-    .venv/bin/python scripts/make_thumbnails.py
+    .venv/bin/python scripts/make_thumbnails.py [TEMPLATE_ID ...]     # all templates, or only these
 """
 from __future__ import annotations
 
@@ -26,13 +27,38 @@ LABEL = "PREVIEW - tiny random model"
 MAX_BYTES = 16_000
 
 
+IMAGE_TEMPLATES = ("ursa_t2i", "ursa_t2i_lora")
+
+
+def tiny_lora(tmp: Path) -> Path:
+    """A random single-file LoRA (lora_down/lora_up + alpha) on every projection of the tiny checkpoint."""
+    import torch
+    from safetensors.torch import save_file
+
+    from ursa_core.checkpoint.tiny import tiny_model_dir
+    from ursa_core.lora.patch import projection_shapes
+    from ursa_core.model.config import TransformerConfig
+
+    config = TransformerConfig.from_json(tiny_model_dir() / "transformer" / "config.json")
+    gen, state = torch.Generator().manual_seed(7), {}
+    for name, (out, inp) in projection_shapes(config).items():
+        state[f"diffusion_model.{name}.lora_down.weight"] = torch.randn(4, inp, generator=gen)
+        state[f"diffusion_model.{name}.lora_up.weight"] = torch.randn(out, 4, generator=gen) / out ** 0.5
+        state[f"diffusion_model.{name}.alpha"] = torch.tensor(4.0)
+    path = tmp / "tiny_lora.safetensors"
+    save_file(state, str(path))
+    return path
+
+
 def generate(template: make_workflows.Template, tmp: Path) -> list:
     """Frames (PIL images) of one tiny-model run with the template's prompt and frame count."""
     from PIL import Image
-    video = template.id != "ursa_t2i"
+    video = template.id not in IMAGE_TEMPLATES
     out = tmp / (f"{template.id}.mp4" if video else f"{template.id}.png")
     cmd = [sys.executable, "-m", "ursa_core", "generate", "--model", "tiny", "--prompt", template.title,
            "--frames", "9" if video else "1", "--steps", "4", "--seed", "1", "--out", str(out)]
+    if template.id == "ursa_t2i_lora":
+        cmd += ["--lora", f"{tiny_lora(tmp)}:0.8"]
     subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True, timeout=600)
     if not video:
         return [Image.open(out).convert("RGB")]
@@ -71,9 +97,12 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    only = set(sys.argv[1:] if argv is None else argv)
     with tempfile.TemporaryDirectory() as tmp:
         for template in make_workflows.TEMPLATES:
+            if only and template.id not in only:
+                continue
             data = compose(generate(template, Path(tmp)), template.title)
             path = make_workflows.OUT_DIR / f"{template.title}.jpg"
             write_bytes_atomic(path, data)

@@ -286,8 +286,8 @@ def _base(g: Graph, prompt: str, negative: str = NEGATIVE) -> tuple[Node, Node]:
     return loader, cond
 
 
-def _sampler(g: Graph, loader, cond, cell, frames, steps, **extra) -> Node:
-    return g.node("URSASampler", "URSA Sampler", cell, model=loader["model"], conditioning=cond["conditioning"],
+def _sampler(g: Graph, model: Node, cond, cell, frames, steps, **extra) -> Node:
+    return g.node("URSASampler", "URSA Sampler", cell, model=model["model"], conditioning=cond["conditioning"],
                   seed=42, steps=steps, frames=frames, width=512, height=320, **extra)
 
 
@@ -322,6 +322,28 @@ def wf_t2i(g: Graph) -> None:
     g.group("Generate", sampler)
     decode = g.node("URSATokenizerDecode", "URSA Decode", (0, 1), vq=loader["vq"], tokens=sampler["tokens"])
     save = g.node("SaveImage", "Save Image", (1, 1), images=decode["images"], filename_prefix="URSA/t2i")
+    g.note_cell = (2, 1)
+    g.group("Decode and save", decode, save)
+
+
+LORA_NAME = "my_style/adapter_model.safetensors"
+LORA_NOTE = ("**LoRA**: put it in `ComfyUI/models/loras/`: a PEFT adapter as its folder (`adapter_config.json` + "
+             "`adapter_model.safetensors` or `.bin`, e.g. `models/loras/my_style/`, then pick "
+             f"`{LORA_NAME}`), or a single LoRA file (`lora_down`/`lora_up` + `alpha`). Press **R** so the URSA LoRA "
+             "Loader lists it. Chain more loaders to stack LoRAs; strength 0 turns one off without reloading.")
+
+
+def wf_t2i_lora(g: Graph) -> None:
+    loader = g.node("URSAModelLoader", "URSA Loader", (0, 0), model_name=MODEL_NAME, dtype="auto")
+    lora = g.node("URSALoraLoader", "URSA LoRA", (1, 0), model=loader["model"], lora_name=LORA_NAME, strength=0.8)
+    cond = g.node("URSATextEncode", "URSA Prompt", (2, 0), model=lora["model"],
+                  prompt="a red fox sitting in fresh snow at sunrise, in my style", negative_prompt="",
+                  motion_score=9.0)
+    g.group("Model, LoRA and prompt", loader, lora, cond)
+    sampler = _sampler(g, lora, cond, (3, 0), frames=1, steps=25)
+    g.group("Generate", sampler)
+    decode = g.node("URSATokenizerDecode", "URSA Decode", (0, 1), vq=loader["vq"], tokens=sampler["tokens"])
+    save = g.node("SaveImage", "Save Image", (1, 1), images=decode["images"], filename_prefix="URSA/t2i_lora")
     g.note_cell = (2, 1)
     g.group("Decode and save", decode, save)
 
@@ -385,6 +407,7 @@ class Template:
     title: str         # UI file name = the title the template browser shows
     description: str   # first lines of the read-me note
     build: Callable[[Graph], None]
+    extra_note: str = ""   # after the model note (where other files go)
 
 
 TEMPLATES = [
@@ -399,13 +422,17 @@ TEMPLATES = [
              "are saved so the video can be decoded again without sampling.", wf_long_video),
     Template("ursa_upscale_chain", "URSA Video then 2x Upscale",
              "A text-to-video clip, decoded and upscaled 2x with a core node before it is saved.", wf_upscale_chain),
+    Template("ursa_t2i_lora", "URSA Text to Image with a LoRA",
+             "One 512x320 image from a prompt, with a LoRA added to the model (strength 0.8).", wf_t2i_lora,
+             LORA_NOTE),
 ]
 
 
 def describe(template: Template, specs: dict) -> Graph:
     graph = Graph(template.id, specs)
     template.build(graph)
-    graph.note = (f"## {template.title}\n\n{template.description}\n\n{MODEL_NOTE}\n\n"
+    extra = f"{template.extra_note}\n\n" if template.extra_note else ""
+    graph.note = (f"## {template.title}\n\n{template.description}\n\n{MODEL_NOTE}\n\n{extra}"
                   f"Node help: select a node and press the **?** on it.")
     return graph
 

@@ -14,6 +14,11 @@ The library surface (docs/ARCHITECTURE.md describes the pieces):
     out = model(ursa.build_sequence(model, ids, run.tokens), output_hidden_states=True)
     out.logits, out.hidden_states
 
+    # fine-tuned transformer weights over a checkpoint, LoRAs (PEFT adapter folders or single files) on a handle
+    tuned = ursa.load("models/ursa/URSA-1.7B-IBQ512", transformer_weights="udm_grpo/diffusion_pytorch_model.bin")
+    styled = ursa.with_loras(model, [("loras/my_adapter", 0.8)])  # shares every weight with `model`
+    model.identity.defaults                                       # size, frames, steps, cfg a run gets when unset
+
     # the metric path: beta_t, its derivative, the kinetic-optimal velocity, the time shift of the grid
     ursa.beta(t, c, alpha); ursa.beta_dot(t, c, alpha); ursa.velocity(model.path, x_t, x1, t)
     ursa.time_shift(t, shift); ursa.time_grid(steps, shift)
@@ -24,6 +29,7 @@ from .checkpoint.loader import URSAModel
 from .checkpoint.loader import load_model as load
 from .errors import CheckpointError, InputError, OutputError, URSAError
 from .files.media import write_frames
+from .lora.patch import with_loras
 from .model.modeling_ursa import TransformerOutput
 from .model.sequence import ModelInput, build_sequence
 from .path.metric_path import MetricPath, beta, beta_dot, velocity
@@ -34,4 +40,4 @@ from .visual_tokenizer.codec import decode_tokens
 __all__ = ["CheckpointError", "FrameClocks", "FrameSchedule", "Generation", "InputError", "MetricPath",
            "ModelInput", "OutputError", "StepInfo", "TransformerOutput", "URSAError", "URSAModel", "__version__",
            "beta", "beta_dot", "build_sequence", "decode_tokens", "generate", "load", "time_grid", "time_shift",
-           "velocity", "write_frames"]
+           "velocity", "with_loras", "write_frames"]

@@ -13,6 +13,7 @@ from typing import Any, Mapping, Optional
 from .. import rules
 from ..checkpoint.defaults import ModelDefaults, check_preset, resolve
 from ..errors import InputError
+from ..lora.patch import strength as lora_strength
 from ..model import attention as attention_registry
 from ..runtime.speed import SpeedOptions
 from ..sampling.settings import GenerationSettings
@@ -33,6 +34,21 @@ WEIGHT_DTYPE = rules.arg_type(rules.weight_dtype, str)
 BLOCKS = rules.arg_type(rules.blocks_on_gpu, int)
 PARALLEL = rules.arg_type(lambda v: rules.choice("parallel", v, rules.PARALLEL_MODES), str)
 PRESET = rules.arg_type(check_preset, str)
+
+
+def lora_flag(text: str) -> tuple[str, float]:
+    """--lora FILE[:STRENGTH]: a strength after the last colon when it is a number (a FILE may hold colons)."""
+    path, _, tail = text.rpartition(":")
+    try:
+        value = float(tail) if path else None
+    except ValueError:
+        value = None
+    if value is None:
+        path, value = text, 1.0
+    try:
+        return path, lora_strength(value)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 SAMPLES = rules.arg_type(lambda v: rules.integer("samples", v, 1, rules.MAX_SAMPLES), int)
 PLACEMENT = {name: rules.arg_type(lambda v, n=name: rules.placement(n, v), str) for name in ("vq_device", "text_device")}
 ATTENTION_HELP = f"{', '.join(attention_registry.names())} (only those this machine can run are accepted)"

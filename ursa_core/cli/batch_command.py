@@ -132,8 +132,9 @@ class SetProgress:
         print(f"[batch] {done}/{total} done{rate}", flush=True)
 
 
-def check_set(args: argparse.Namespace, folder: Path) -> tuple[list[Job], BatchBase, dict]:
-    """The jobs of the set, what their samples share and each sample's checked request, before any weight loads."""
+def check_set(args: argparse.Namespace, folder: Path) -> tuple[list[Job], BatchBase, dict, list]:
+    """The jobs of the set, what their samples share, each sample's checked request and the LoRAs as read, before any
+    weight loads."""
     if not (folder / "vae" / "config.json").is_file():
         raise InputError(f"--model {folder}: has no vae/config.json; a batch decodes every output")
     outdir = Path(args.outdir)
@@ -144,7 +145,7 @@ def check_set(args: argparse.Namespace, folder: Path) -> tuple[list[Job], BatchB
     else:
         device = rules.device(args.device)
     config, geometry = checkpoint_rules(folder)
-    check_model_files(args, config)
+    loras = check_model_files(args, config)
     defaults = identify(folder, config.hidden_size, geometry).defaults
     frames = defaults.frames if args.frames is None else args.frames
     jobs = read_jobs(args.prompts, args.format, args.samples, args.seed, ".png" if frames == 1 else ".mp4")
@@ -153,12 +154,12 @@ def check_set(args: argparse.Namespace, folder: Path) -> tuple[list[Job], BatchB
     flags = {**vars(args), "image": None, "last_image": None}
     prompts = Path(args.prompts)
     base = BatchBase(flags, defaults, speed, dtype, device, folder, prompts if prompts.is_dir() else prompts.parent)
-    return jobs, base, plan_samples(jobs, base)
+    return jobs, base, plan_samples(jobs, base), loras
 
 
 def run_batch(args: argparse.Namespace) -> int:
     folder = model_folder(args.model)
-    jobs, base, plans = check_set(args, folder)
+    jobs, base, plans, loras = check_set(args, folder)
     outdir = Path(args.outdir)
     check_writable(outdir / MANIFEST, "--outdir")   # a folder that cannot be written is refused before any load
     rank, world, device = init_from_env(args.device)
@@ -166,7 +167,7 @@ def run_batch(args: argparse.Namespace) -> int:
     if rank == 0 and (stale := remove_stale_temporaries(outdir)):
         print(f"removed {stale} unfinished temporary file(s) of an earlier run")
     barrier()   # no rank starts writing before the stale temporaries are gone
-    model = load_for_cli(folder, device, args.dtype, base.speed, args.transformer_weights)
+    model = load_for_cli(folder, device, args.dtype, base.speed, args.transformer_weights, loras)
 
     def render(job: Job, target: Path) -> dict:
         pixels = []
@@ -177,7 +178,8 @@ def run_batch(args: argparse.Namespace) -> int:
         write_side_files(outdir, job)
         write_frames(grid2x2(pixels) if job.layout == "grid2x2" else pixels[0], target, fps=model.geometry.fps)
         return {"settings": [manifest_settings(r, base.speed, args.dtype) for r in plans[job.key]],
-                "device": str(device)}
+                "device": str(device), "transformer_weights": args.transformer_weights,
+                "lora": [[path, value] for path, value in args.lora]}
 
     if rank == 0:
         print(f"{len(jobs)} outputs in {outdir} from {args.prompts}, {world} rank(s)", flush=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -17,6 +17,8 @@ from ..errors import InputError
 from ..files.atomic import check_writable
 from ..files.media import OUTPUT_SUFFIXES, frame_paths, load_image, write_frames
 from ..files.token_io import model_identity, save_tokens, token_file_path
+from ..lora.files import read_lora
+from ..lora.patch import match, projection_shapes, with_loras
 from ..model.modeling_ursa import expected_state_shapes
 from ..parallel.distributed import build_layout, init_from_env, launched_world
 from ..path.schedule import FrameSchedule
@@ -87,14 +89,14 @@ def report_written(images: torch.Tensor, paths, started: float) -> None:
 
 
 def load_for_cli(folder: Path, device: torch.device, dtype: str, speed: SpeedOptions,
-                 transformer_weights: Optional[str] = None) -> URSAModel:
+                 transformer_weights: Optional[str] = None, loras: Sequence = ()) -> URSAModel:
     """One model load (with fine-tuned transformer weights over it) with the speed options and the placement of the
-    tokenizer and the text side."""
+    tokenizer and the text side, then the LoRAs ((LoRAFile, strength), checked by check_model_files)."""
     model = load_model(folder, device=device, dtype=dtype, transformer_weights=transformer_weights)
     accelerate(model, attention=speed.attention, compile=speed.compile, low_vram=speed.streams,
                weight_dtype=speed.weight_dtype, blocks_on_gpu=speed.blocks_on_gpu)
     place_parts(model, speed.vq_device, speed.text_device)
-    return model
+    return with_loras(model, loras) if loras else model
 
 
 def sample_tokens(model: URSAModel, run: Request, images: dict, prompt: str, callback=None,
@@ -107,30 +109,36 @@ def sample_tokens(model: URSAModel, run: Request, images: dict, prompt: str, cal
                     callback=callback, parallel=parallel).tokens
 
 
-def checked_request(args: argparse.Namespace, folder: Path, speed: SpeedOptions) -> tuple[Request, ModelIdentity]:
-    """The flags as a Request with the checkpoint's defaults (and which model they are), every rule and the memory
-    estimate checked before any weight loads."""
+def checked_request(args: argparse.Namespace, folder: Path, speed: SpeedOptions) -> tuple[Request, ModelIdentity, list]:
+    """The flags as a Request with the checkpoint's defaults (and which model they are, and the LoRAs as read), every
+    rule and the memory estimate checked before any weight loads."""
     device = rules.device(args.device)
     dtype = check_options(args.dtype, speed, args.sampler, device)
     config, geometry = checkpoint_rules(folder)
-    check_model_files(args, config)
+    loras = check_model_files(args, config)
     identity = identify(folder, config.hidden_size, geometry)
     run = request(vars(args), identity.defaults, image_output=Path(args.out).suffix.lower() == ".png")
     check_images(run, geometry)
     check_clip(folder, run.settings, speed, dtype, device)
-    return run, identity
+    return run, identity, loras
 
 
-def check_model_files(args: argparse.Namespace, config) -> None:
-    """--transformer-weights against the checkpoint's transformer (names and shapes only), before any load."""
+def check_model_files(args: argparse.Namespace, config) -> list:
+    """--transformer-weights (names and shapes only) and every --lora against the checkpoint's transformer, before
+    any load; the LoRAs as read, with their strengths."""
     if args.transformer_weights:
         check_transformer_weights(args.transformer_weights, expected_state_shapes(config))
+    loras = [(read_lora(path), value) for path, value in args.lora]
+    for lora, _ in loras:
+        match(lora, projection_shapes(config))
+    return loras
 
 
 def describe_run(identity: ModelIdentity, run: Request, args: argparse.Namespace) -> str:
     """What the run uses, and which settings the model's defaults (or --preset) filled in."""
     s = run.settings
     tuned = f" with transformer weights {args.transformer_weights}" if args.transformer_weights else ""
+    tuned += "".join(f" + LoRA {path} x{value:g}" for path, value in args.lora)
     source = "the model's defaults" + (f" and preset {args.preset}" if args.preset != "none" else "")
     filled = f" ({', '.join(run.from_model)} from {source})" if run.from_model else ""
     return (f"model {identity.name} (from the {identity.source}){tuned}; sampling {s.frames} frame(s) "
@@ -144,14 +152,14 @@ def run_generate(args: argparse.Namespace) -> int:
         tokens_path = check_writable(token_file_path(args.save_tokens), "--save-tokens")
     folder = model_folder(args.model)
     speed = speed_options(args)
-    run, identity = checked_request(args, folder, speed)
+    run, identity, loras = checked_request(args, folder, speed)
     kv_heads = checkpoint_rules(folder)[0].num_key_value_heads
     rules.parallel_layout(args.parallel, launched_world(), kv_heads)
     images = read_images(run)
     rank, world, device = init_from_env(args.device)
     layout = build_layout(args.parallel, kv_heads) if world > 1 else None
     started = time.time()
-    model = load_for_cli(folder, device, args.dtype, speed, args.transformer_weights)
+    model = load_for_cli(folder, device, args.dtype, speed, args.transformer_weights, loras)
     if is_tiny(folder) and rank == 0:
         print(f"NOTE: {TINY_LABEL}.")
     settings = run.settings

@@ -21,6 +21,9 @@ def add_sampling_options(parser) -> None:
     parser.add_argument("--transformer-weights", metavar="FILE",
                         help="fine-tuned transformer weights loaded over --model's (e.g. an RL-tuned "
                              "diffusion_pytorch_model.bin): .safetensors, or a tensors-only .bin/.pt/.pth")
+    parser.add_argument("--lora", action="append", default=[], type=arguments.lora_flag, metavar="FILE[:STRENGTH]",
+                        help="a LoRA (PEFT adapter folder or its adapter_model.safetensors/.bin, or a single LoRA "
+                             "file) at STRENGTH (default 1; finite, -100 to 100); repeat for several")
     parser.add_argument("--negative", default="", help="negative prompt (default: empty, as the reference)")
     parser.add_argument("--frames", type=arguments.FRAMES,
                         help="1 for an image, 1+4k for a video (49 = 4 s at 12 fps); default: the model's (49 for "
