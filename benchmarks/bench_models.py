@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from random_model import IBQ_CODES, IBQ_DIM, random_prompt_ids, random_transformer  # noqa: E402
 
 from ursa_core.checkpoint.loader import URSAModel  # noqa: E402
+from ursa_core.model.attention import resolve as resolve_attention  # noqa: E402
 from ursa_core.model.config import SchedulerConfig, TransformerConfig  # noqa: E402
 from ursa_core.path.metric_path import MetricPath  # noqa: E402
 from ursa_core.sampling.generate import generate, sampling_memory  # noqa: E402
@@ -56,9 +57,10 @@ def config(size: dict, tokenizer: str, quick: bool) -> TransformerConfig:
     return TransformerConfig(**size, vocab_size=text + codes, lm_vocab_size=text, lm_head_size=codes, **extra)
 
 
-def build(size: dict, tokenizer: str, device, dtype, quick: bool) -> URSAModel:
+def build(size: dict, tokenizer: str, device, dtype, quick: bool, attention: str = "auto") -> URSAModel:
     cfg = config(size, tokenizer, quick)
     transformer = random_transformer(cfg, device, dtype)
+    transformer.set_attention(resolve_attention(attention, device))
     if tokenizer == "fsq":
         emb, geometry = code_table(), VisualGeometry()
     else:
@@ -111,13 +113,13 @@ def measure(model: URSAModel, case: tuple, steps: int, guidance: float) -> dict:
             "branches": sorted(clock.branches), "steps": steps}
 
 
-def run(sizes: dict, cases: dict, steps: int, device, dtype, quick: bool) -> dict:
+def run(sizes: dict, cases: dict, steps: int, device, dtype, quick: bool, attention: str = "auto") -> dict:
     report = {"device": torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else "cpu",
               "dtype": str(dtype).replace("torch.", ""), "torch": torch.__version__, "steps": steps,
-              "date": time.strftime("%Y-%m-%d"), "results": {}}
+              "attention": resolve_attention(attention, device), "date": time.strftime("%Y-%m-%d"), "results": {}}
     for size_name, size in sizes.items():
         for tokenizer in sorted({case[0] for case in cases.values()}):
-            model = build(size, tokenizer, device, dtype, quick)
+            model = build(size, tokenizer, device, dtype, quick, attention)
             weights = sum(p.numel() * p.element_size() for p in model.transformer.parameters()) / 2 ** 30
             for case_name, case in cases.items():
                 if case[0] != tokenizer:
@@ -140,13 +142,14 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, help="JSON report")
     parser.add_argument("--quick", action="store_true", help="tiny shapes on the CPU (a smoke test of this script)")
     parser.add_argument("--steps", type=int, default=6, help="sampling steps per run (the median skips step 0)")
+    parser.add_argument("--attention", default="auto", help="attention backend (auto: flash4 when installed)")
     args = parser.parse_args(argv)
     if args.quick:
-        report = run(QUICK_SIZES, QUICK_CASES, 3, torch.device("cpu"), torch.float32, True)
+        report = run(QUICK_SIZES, QUICK_CASES, 3, torch.device("cpu"), torch.float32, True, args.attention)
     else:
         if not torch.cuda.is_available():
             parser.error("needs a CUDA GPU (use --quick for the CPU smoke test)")
-        report = run(SIZES, CASES, args.steps, torch.device("cuda"), torch.bfloat16, False)
+        report = run(SIZES, CASES, args.steps, torch.device("cuda"), torch.bfloat16, False, args.attention)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {args.out}")
     return 0
