@@ -1,12 +1,13 @@
 """Every released checkpoint family loads, samples and decodes through `ursa_core.load`, the CLI and the loader node,
 with its own defaults: tiny random checkpoints with each family's structure (docs/MODELS.md), built at test time."""
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
 import ursa_core
-from ursa_core.checkpoint.defaults import MODEL_DEFAULTS, identify, resolve
+from ursa_core.checkpoint.defaults import CHECKPOINT_REPOS, MODEL_DEFAULTS, WEIGHTS_REPOS, identify, resolve
 from ursa_core.checkpoint.tiny import make_tiny
 from ursa_core import cli
 from ursa_core.errors import CheckpointError
@@ -128,3 +129,37 @@ def test_a_weight_key_the_loader_does_not_know_is_an_error_naming_it(family_dirs
     save_state_dict(state, folder / "transformer")
     with pytest.raises(CheckpointError, match=r"unexpected key 'model\.layers\.0\.self_attn\.q_proj\.bias'"):
         ursa_core.load(folder, dtype="fp32")
+
+
+def fake_download(monkeypatch):
+    import huggingface_hub
+
+    def fake(repo_id, local_dir, **kw):
+        Path(local_dir).mkdir(parents=True, exist_ok=True)
+        return local_dir
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
+
+
+@pytest.mark.parametrize("repo", [*CHECKPOINT_REPOS, *WEIGHTS_REPOS])
+def test_download_knows_every_released_repository(repo, tmp_path, capsys, monkeypatch):
+    fake_download(monkeypatch)
+    assert cli.main(["download", repo, "--dir", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert "warning" not in captured.err and (tmp_path / repo.split("/")[-1]).is_dir()
+    if repo in WEIGHTS_REPOS:
+        assert "--transformer-weights" in captured.out and "--preset rl_tuned" in captured.out
+    else:
+        assert "checkpoint folder: pass it as --model" in captured.out
+    assert CHECKPOINT_REPOS.keys() >= {"BAAI/URSA-0.6B-FSQ320", "BAAI/URSA-0.6B-IBQ1024", "BAAI/URSA-1.7B-IBQ512"}
+
+
+def test_download_of_an_unknown_repository_warns(tmp_path, capsys, monkeypatch):
+    fake_download(monkeypatch)
+    assert cli.main(["download", "someone/other-model", "--dir", str(tmp_path)]) == 0
+    assert "warning: someone/other-model is not one of the URSA repositories" in capsys.readouterr().err
+
+
+def test_the_loaders_missing_model_message_names_every_released_checkpoint(comfy):
+    from nodes import nodes_loader
+    errors = str(comfy.validate(nodes_loader.URSAModelLoader, {"model_name": "URSA-x", "dtype": "auto"}))
+    assert all(repo in errors for repo in CHECKPOINT_REPOS)
