@@ -22,7 +22,7 @@ def env(comfy, tiny_dir):
 
 
 def load(env):
-    model, vq = env.run(env.mods["loader"].URSAModelLoader, model_name="URSA-tiny", dtype="fp32").result
+    model, vq, _ = env.run(env.mods["loader"].URSAModelLoader, model_name="URSA-tiny", dtype="fp32").result
     cond = env.run(env.mods["text"].URSATextEncode, model=model, prompt="a red fox", negative_prompt="",
                    motion_score=9.0).result[0]
     return model, vq, cond
@@ -235,8 +235,8 @@ def test_tokens_from_another_tokenizer_are_refused(env):
 
 
 def test_loader_speed_options(env):
-    model, _ = env.run(env.mods["loader"].URSAModelLoader, model_name="URSA-tiny", dtype="fp32",
-                       attention="math", compile=False).result
+    model, _, _ = env.run(env.mods["loader"].URSAModelLoader, model_name="URSA-tiny", dtype="fp32",
+                          attention="math", compile=False).result
     assert model.model.transformer.attn_implementation == "math"  # pinned SDPA backend
     loader = env.mods["loader"].URSAModelLoader
     assert env.validate(loader, {"model_name": "URSA-tiny", "dtype": "fp32", "attention": "nope"})
