@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from random_model import IBQ_CODES, IBQ_DIM, random_prompt_ids, random_transformer  # noqa: E402
 
 from ursa_core.checkpoint.loader import URSAModel  # noqa: E402
-from ursa_core.model.attention import resolve as resolve_attention  # noqa: E402
+from ursa_core.attention.backends import resolve as resolve_attention  # noqa: E402
 from ursa_core.model.config import SchedulerConfig, TransformerConfig  # noqa: E402
 from ursa_core.path.metric_path import MetricPath  # noqa: E402
 from ursa_core.sampling.generate import generate, sampling_memory  # noqa: E402

@@ -8,7 +8,7 @@ import comfy.model_management as mm
 from comfy_api.latest import io
 
 from ursa_core import rules
-from ursa_core.model import attention as attention_backends
+from ursa_core.attention import backends as attention_backends
 from ursa_core.runtime.loader_options import LOW_VRAM_MODES, MAX_BLOCKS, check_loader_options, device_choices
 from ursa_core.runtime.speed import SpeedOptions
 from ursa_core.runtime.weight_dtype import STORAGE_DTYPES, check_weight_dtype
@@ -47,7 +47,8 @@ class URSAModelLoader(io.ComfyNode):
                                        "FlexAttention (compiled, needs Triton)."),
                 io.Boolean.Input("compile", default=False, optional=True,
                                  tooltip="torch.compile the layers (about 23% faster per step on an H100; the first "
-                                         "run of each size compiles for ~15 s; needs Triton). Not with streaming."),
+                                         "run of each size compiles for ~15 s; needs Triton). Combines with "
+                                         "streaming."),
                 io.Combo.Input("weight_dtype", options=list(STORAGE_DTYPES), default="default", optional=True,
                                tooltip="Weight storage, as core's UNETLoader: default = the compute dtype; "
                                        "fp8_e4m3fn / fp8_e5m2 store the layers' projection weights in fp8 (about "
@@ -102,7 +103,7 @@ class URSAModelLoader(io.ComfyNode):
             return rules.first_problem(lambda: glue.tensor_file_path(glue.WEIGHTS_FOLDER, transformer_weights,
                                                                      "transformer_weights"))
         return ((weight_dtype is not None and check_weight_dtype(weight_dtype))
-                or check_loader_options(low_vram, blocks_on_gpu, vq_device, compile, text_device) or True)
+                or check_loader_options(low_vram, blocks_on_gpu, vq_device, text_device) or True)
 
     @classmethod
     def fingerprint_inputs(cls, model_name=None, transformer_weights=glue.NO_FILE, **options):

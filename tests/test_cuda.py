@@ -124,7 +124,7 @@ def test_low_vram_streaming_matches_on_cuda(cuda_model):
 
 @pytest.mark.parametrize("backend", ["flash", "cudnn", "efficient", "math", "flex"])
 def test_attention_backends_agree(backend):
-    from ursa_core.model import attention
+    from ursa_core.attention import backends as attention
     assert attention.is_available(backend, "cuda")
     gen = torch.Generator(device="cuda").manual_seed(0)
     q = torch.randn(1, 4, 1000, 128, device="cuda", dtype=torch.bfloat16, generator=gen)
@@ -150,7 +150,7 @@ def test_optional_attention_backends_match_sdpa(backend, tolerance, shape):
     """FA4 / SageAttention against PyTorch SDPA: GQA and plain heads, odd lengths, the model's strided layout.
     Relative RMS error of the output (SageAttention quantises QK to int8, hence its looser bound; measured on an
     H100 it exceeds even that below ~1000 tokens, so short sequences are FA4's only: sage is never picked by auto)."""
-    from ursa_core.model import attention
+    from ursa_core.attention import backends as attention
     if backend == "sage" and shape[3] < 1000:
         pytest.skip("SageAttention's int8 blocks are only accurate on long sequences (measured)")
     if not attention.is_available(backend, "cuda"):
@@ -164,7 +164,7 @@ def test_optional_attention_backends_match_sdpa(backend, tolerance, shape):
 
 
 def test_auto_attention_prefers_flash4_when_installed():
-    from ursa_core.model import attention
+    from ursa_core.attention import backends as attention
     picked = attention.resolve("auto", "cuda")
     assert picked == ("flash4" if attention.is_available("flash4", "cuda") else "sdpa")
 
@@ -173,7 +173,7 @@ def test_flash4_layer_outputs_match_sdpa(cuda_model):
     """Every layer of the tiny model in bf16, fed the same input, through FA4 and through SDPA: within 1e-2 relative
     RMS. (Layer by layer, since random weights make end-to-end differences chaotic; the full-size one-forward logit
     error is measured by benchmarks/bench_gpu.py --sections agree_attention.)"""
-    from ursa_core.model import attention
+    from ursa_core.attention import backends as attention
     from ursa_core.model.rope import rotary_cos_sin, sequence_positions
     if not attention.is_available("flash4", "cuda"):
         pytest.skip("flash4 is not installed on this machine")
@@ -205,6 +205,24 @@ def test_compiled_layers_match_eager(cuda_model):
         compile_layers(transformer)
         compiled = transformer(ids, cos, sin).float()
     assert (compiled - eager).abs().max() < 0.05 * eager.abs().max()
+
+
+def test_streamed_and_compiled_layers_match_eager_resident(cuda_model):
+    """Block swap (a layer fetch) and compile (how a layer runs) combine: streamed slots run through the compiled
+    halves with the copies on their side stream (inductor here; the CPU test traces with aot_eager)."""
+    from ursa_core.runtime.speed import Placement, SpeedOptions, with_speed
+    from ursa_core.model.rope import rotary_cos_sin, sequence_positions
+    handle = with_speed(cuda_model, SpeedOptions(compile=True, low_vram="stream", blocks_on_gpu=1),
+                        Placement.single("cuda"))
+    assert handle.transformer.layer_fetch is not None and handle.transformer.layer_call is not None
+    cfg = cuda_model.config
+    pos = sequence_positions(cfg.max_prompt_length, (3, 8, 8), device="cuda")
+    cos, sin = rotary_cos_sin(pos, cfg.head_dim, cfg.rope_theta, cuda_model.transformer.dtype)
+    ids = torch.randint(0, cfg.lm_vocab_size, (2, pos.shape[0]), device="cuda")
+    with torch.no_grad():
+        eager = cuda_model.transformer(ids, cos, sin).float()
+        combined = handle.transformer(ids, cos, sin).float()
+    assert (combined - eager).abs().max() < 0.05 * eager.abs().max()
 
 
 def test_wide_codebook_fused_jump_matches_torch(monkeypatch):

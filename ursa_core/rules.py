@@ -12,8 +12,8 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from .attention import backends as attention_registry
 from .errors import InputError
-from .model import attention as attention_registry
 
 # --- limits ---------------------------------------------------------------------------------------------------------
 VIDEO_STRIDE = 4                   # pixel frames per latent frame of the video tokenizer (1 + 4k frames)
@@ -185,7 +185,7 @@ def rank_device(value: str, local_rank: int, world: int) -> torch.device:
 
 
 def attention(value, on: Optional[torch.device] = None) -> str:
-    """A backend of ursa_core.model.attention's registry that runs on the device the model computes on."""
+    """A backend of ursa_core.attention.backends that runs on the device the model computes on."""
     choice("attention", value, attention_registry.names())
     if on is not None and value != "auto" and not attention_registry.is_available(value, on):
         _fail(f"attention={value!r} is not available on {on.type} ({attention_registry.summary(value)}): use one "
@@ -216,7 +216,7 @@ def placement(name: str, value: str) -> str:
 
 
 def parallel_layout(mode: str, world: int, kv_heads: int) -> tuple[int, int]:
-    """(cfg ranks, sequence ranks) for `mode` on `world` ranks: cfg needs exactly 2, sp any number that divides
+    """(cfg_ranks, sp_ranks) for `mode` on `world` ranks: cfg needs exactly 2, sp any number that divides
     the KV heads (each rank attends with whole KV groups), cfg+sp an even world whose half divides them."""
     choice("parallel", mode, PARALLEL_MODES)
     if mode == "none":
@@ -224,17 +224,17 @@ def parallel_layout(mode: str, world: int, kv_heads: int) -> tuple[int, int]:
             _fail(f"parallel='none' with {world} ranks is not allowed: one generation runs on one rank; use "
                   f"--parallel cfg, sp or cfg+sp, or `ursa batch` to share a prompt set")
         return 1, 1
-    cfg = 2 if mode.startswith("cfg") else 1
+    cfg_ranks = 2 if mode.startswith("cfg") else 1
     if mode == "cfg" and world != 2:
         _fail(f"parallel='cfg' with {world} rank(s) is not allowed: CFG parallel runs on exactly 2 ranks")
-    if mode != "cfg" and (world < 2 * cfg or world % cfg):
+    if mode != "cfg" and (world < 2 * cfg_ranks or world % cfg_ranks):
         _fail(f"parallel={mode!r} with {world} rank(s) is not allowed: use "
-              f"{'an even number of ranks, at least 4' if cfg == 2 else 'at least 2 ranks'}")
-    sp = world // cfg
-    if kv_heads % sp:
-        _fail(f"parallel={mode!r} splits heads over {sp} ranks, but the model's {kv_heads} KV heads do not divide "
-              f"by {sp}: use a sequence-parallel size that divides {kv_heads}")
-    return cfg, sp
+              f"{'an even number of ranks, at least 4' if cfg_ranks == 2 else 'at least 2 ranks'}")
+    sp_ranks = world // cfg_ranks
+    if kv_heads % sp_ranks:
+        _fail(f"parallel={mode!r} splits heads over {sp_ranks} ranks, but the model's {kv_heads} KV heads do not "
+              f"divide by {sp_ranks}: use a sequence-parallel size that divides {kv_heads}")
+    return cfg_ranks, sp_ranks
 
 
 # --- defaults -------------------------------------------------------------------------------------------------------

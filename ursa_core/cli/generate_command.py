@@ -22,9 +22,8 @@ from ..lora.patch import match, projection_shapes, with_loras
 from ..model.modeling_ursa import expected_state_shapes
 from ..parallel.distributed import build_layout, init_from_env, launched_world
 from ..path.schedule import FrameSchedule
-from ..runtime.acceleration import accelerate
-from ..runtime.loader_options import place_parts
-from ..runtime.speed import SpeedOptions
+from ..runtime.loader_options import placement_device
+from ..runtime.speed import Placement, SpeedOptions, with_speed
 from ..sampling.generate import StepInfo, generate
 from ..sampling.preflight import check_clip, check_options, checkpoint_rules
 from ..visual_tokenizer.codec import decode_tokens, encode_images
@@ -90,12 +89,13 @@ def report_written(images: torch.Tensor, paths, started: float) -> None:
 
 def load_for_cli(folder: Path, device: torch.device, dtype: str, speed: SpeedOptions,
                  transformer_weights: Optional[str] = None, loras: Sequence = ()) -> URSAModel:
-    """One model load (with fine-tuned transformer weights over it) with the speed options and the placement of the
-    tokenizer and the text side, then the LoRAs ((LoRAFile, strength), checked by check_model_files)."""
-    model = load_model(folder, device=device, dtype=dtype, transformer_weights=transformer_weights)
-    accelerate(model, attention=speed.attention, compile=speed.compile, low_vram=speed.streams,
-               weight_dtype=speed.weight_dtype, blocks_on_gpu=speed.blocks_on_gpu)
-    place_parts(model, speed.vq_device, speed.text_device)
+    """One model load (with fine-tuned transformer weights over it) with the speed options (the text side's device
+    among them) and the tokenizer on its device, "default" devices being the transformer's; then the LoRAs
+    ((LoRAFile, strength), checked by check_model_files) on that handle."""
+    loaded = load_model(folder, device=device, dtype=dtype, transformer_weights=transformer_weights)
+    model = with_speed(loaded, speed, Placement.single(device))
+    if model.visual_tokenizer is not None:
+        model.visual_tokenizer.to(placement_device(speed.vq_device, device))
     return with_loras(model, loras) if loras else model
 
 
@@ -103,7 +103,7 @@ def sample_tokens(model: URSAModel, run: Request, images: dict, prompt: str, cal
                   parallel=None) -> torch.Tensor:
     """Tokens of one generation of `run` (settings already checked against the checkpoint)."""
     settings = run.settings
-    latent = model.geometry.latent_shape(settings.frames, settings.height, settings.width)
+    latent = settings.latent_shape(model.geometry)
     schedule, given = conditioning(model, images, latent[0], settings.width, settings.height, run.resize)
     return generate(model, prompt, run.negative, settings, schedule=schedule, given_tokens=given,
                     callback=callback, parallel=parallel).tokens
@@ -163,7 +163,7 @@ def run_generate(args: argparse.Namespace) -> int:
     if is_tiny(folder) and rank == 0:
         print(f"NOTE: {TINY_LABEL}.")
     settings = run.settings
-    latent = model.geometry.latent_shape(settings.frames, settings.height, settings.width)
+    latent = settings.latent_shape(model.geometry)
     if rank == 0:
         print(f"loaded {folder} on {device} in {time.time() - started:.1f} s (attention: "
               f"{model.transformer.attn_implementation}); {describe_run(identity, run, args)}, "

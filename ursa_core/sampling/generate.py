@@ -62,7 +62,7 @@ class GenerationPlan:
 
 def plan(model: URSAModel, settings: GenerationSettings, schedule: Optional[FrameSchedule]) -> GenerationPlan:
     """The clip of `settings` on `model` (its strides checked), with every token's start time (shift resolved)."""
-    latent = model.geometry.latent_shape(settings.frames, settings.height, settings.width)
+    latent = settings.latent_shape(model.geometry)
     schedule = schedule or FrameSchedule.generate(latent[0])
     starts = StartTimes.from_schedule(schedule, latent)
     active = torch.nonzero(~starts.held()).squeeze(1)
@@ -134,7 +134,7 @@ def sampling_memory(model: URSAModel, latent_shape: Sequence[int], batch: int = 
     device = device or model.device
     tokens = batch * latent_shape[0] * latent_shape[1] * latent_shape[2]
     return memory.estimate(model.config, tokens, dtype=model.transformer.dtype, device_type=device.type,
-                           cfg_branches=branches(guidance), include_weights=False,
+                           branches=branches(guidance), include_weights=False,
                            math_attention=model.transformer.attn_implementation == "math")
 
 
