@@ -315,15 +315,20 @@ def _encode(g: Graph, loader, which: str, row: int) -> tuple[Node, Node]:
     return image, encode
 
 
+def _image_out(g: Graph, loader: Node, tokens: Out, prefix: str) -> None:
+    """Decode -> save on the second row, the read-me note beside them."""
+    decode = g.node("URSATokenizerDecode", "URSA Decode", (0, 1), vq=loader["vq"], tokens=tokens)
+    save = g.node("SaveImage", "Save Image", (1, 1), images=decode["images"], filename_prefix=f"URSA/{prefix}")
+    g.note_cell = (2, 1)
+    g.group("Decode and save", decode, save)
+
+
 def wf_t2i(g: Graph) -> None:
     loader, cond = _base(g, "a red fox sitting in fresh snow at sunrise, soft golden light, highly detailed",
                          negative="")
     sampler = _sampler(g, loader, cond, (2, 0), frames=1, steps=25)
     g.group("Generate", sampler)
-    decode = g.node("URSATokenizerDecode", "URSA Decode", (0, 1), vq=loader["vq"], tokens=sampler["tokens"])
-    save = g.node("SaveImage", "Save Image", (1, 1), images=decode["images"], filename_prefix="URSA/t2i")
-    g.note_cell = (2, 1)
-    g.group("Decode and save", decode, save)
+    _image_out(g, loader, sampler["tokens"], "t2i")
 
 
 LORA_NAME = "my_style/adapter_model.safetensors"
@@ -342,10 +347,7 @@ def wf_t2i_lora(g: Graph) -> None:
     g.group("Model, LoRA and prompt", loader, lora, cond)
     sampler = _sampler(g, lora, cond, (3, 0), frames=1, steps=25)
     g.group("Generate", sampler)
-    decode = g.node("URSATokenizerDecode", "URSA Decode", (0, 1), vq=loader["vq"], tokens=sampler["tokens"])
-    save = g.node("SaveImage", "Save Image", (1, 1), images=decode["images"], filename_prefix="URSA/t2i_lora")
-    g.note_cell = (2, 1)
-    g.group("Decode and save", decode, save)
+    _image_out(g, loader, sampler["tokens"], "t2i_lora")
 
 
 def wf_t2v(g: Graph) -> None:

@@ -18,24 +18,15 @@ from ursa_core.model.modeling_ursa import build_transformer
 from ursa_core.model.sequence import build_sequence
 
 peft = pytest.importorskip("peft")
+from lora_fixtures import peft_adapter  # noqa: E402 - needs peft
+
 ROOT = Path(__file__).resolve().parents[1]
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 TOL = dict(rtol=0, atol=1e-5)
 
 
 def peft_lora(model, folder, seed, **config):
-    """A PEFT LoRA (upstream's format: .bin) on the transformer's official names, B random; and PEFT's merge."""
-    from peft import LoraConfig, get_peft_model
-    options = dict(r=4, lora_alpha=8, target_modules=TARGETS)
-    options.update(config)
-    wrapped = get_peft_model(copy.deepcopy(model.transformer), LoraConfig(**options))
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in wrapped.named_parameters():
-            if "lora_" in name:
-                param.copy_(0.1 * torch.randn(param.shape, generator=gen))
-    wrapped.save_pretrained(str(folder), safe_serialization=False)
-    return wrapped.merge_and_unload()
+    """A PEFT LoRA in upstream's format (.bin) and PEFT's merged transformer."""
+    return peft_adapter(model, folder, seed, **config).merge_and_unload()
 
 
 @pytest.fixture(scope="module")

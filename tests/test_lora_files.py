@@ -13,23 +13,7 @@ from ursa_core.lora.files import read_lora
 from ursa_core.lora.patch import AppliedLoRA, LoRAFetch, match, projection_shapes, strength
 
 peft = pytest.importorskip("peft")
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-def peft_adapter(model, folder, seed=0, safe=False, **config):
-    """A PEFT LoRA on the transformer's official module names, its B weights random (PEFT starts them at 0)."""
-    from peft import LoraConfig, get_peft_model
-    import copy
-    options = dict(r=4, lora_alpha=8, target_modules=TARGETS)
-    options.update(config)
-    wrapped = get_peft_model(copy.deepcopy(model.transformer).float(), LoraConfig(**options))
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in wrapped.named_parameters():
-            if "lora_" in name:
-                param.copy_(0.3 * torch.randn(param.shape, generator=gen))
-    wrapped.save_pretrained(str(folder), safe_serialization=safe)
-    return wrapped
+from lora_fixtures import TARGETS, peft_adapter  # noqa: E402 - needs peft
 
 
 def merged_layer(model, loras, index=0):
@@ -39,7 +23,7 @@ def merged_layer(model, loras, index=0):
 
 @pytest.mark.parametrize("safe", [False, True])
 def test_peft_folder_merges_as_peft_does(tiny_model, tmp_path, safe):
-    wrapped = peft_adapter(tiny_model, tmp_path / "adapter", safe=safe, alpha_pattern={"down_proj": 2})
+    wrapped = peft_adapter(tiny_model, tmp_path / "adapter", scale=0.3, safe=safe, alpha_pattern={"down_proj": 2})
     assert (tmp_path / "adapter" / ("adapter_model.safetensors" if safe else "adapter_model.bin")).is_file()
     lora = read_lora(tmp_path / "adapter")
     assert len(lora.modules) == 2 * len(TARGETS)
@@ -57,7 +41,7 @@ def test_peft_folder_merges_as_peft_does(tiny_model, tmp_path, safe):
 
 
 def test_rslora_scale_and_strength(tiny_model, tmp_path):
-    wrapped = peft_adapter(tiny_model, tmp_path / "rs", use_rslora=True, r=4, lora_alpha=6)
+    wrapped = peft_adapter(tiny_model, tmp_path / "rs", scale=0.3, use_rslora=True, r=4, lora_alpha=6)
     lora = read_lora(tmp_path / "rs" / "adapter_model.bin")   # the weights file of a folder reads the folder
     assert lora.modules["model.layers.0.mlp.up_proj"].scale == pytest.approx(6 / math.sqrt(4))
     modules = match(lora, projection_shapes(tiny_model.config))

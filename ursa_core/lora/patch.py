@@ -179,7 +179,8 @@ class LoRAFetch:
 def with_loras(model, loras: Sequence[tuple[str | Path | LoRAFile, float]]):
     """A handle of `model` with `loras` ((file or folder or LoRAFile, strength), ...) added to any it has: it shares
     every weight with `model` (nothing is reloaded or written), and `model` itself runs as before. Strength 0 adds
-    nothing; the same LoRA twice adds its strengths."""
+    nothing; the same LoRA twice adds its strengths. Speed options (runtime.speed.with_speed) go on `model` first:
+    the LoRA wraps whatever layer fetch they set up."""
     shapes = projection_shapes(model.config)
     base = getattr(model.transformer, "layer_fetch", None)
     current = base.loras if isinstance(base, LoRAFetch) else ()
