@@ -37,8 +37,8 @@ import make_workflows  # noqa: E402
 
 API_DIR = make_workflows.OUT_DIR / "api"
 
-URSA_NODES = {"URSAModelLoader", "URSATextEncode", "URSATokenizerEncode", "URSATokenizerDecode", "URSAFrameSchedule",
-              "URSASampler", "URSAExtendVideo", "URSASaveTokens", "URSALoadTokens"}
+URSA_NODES = {"URSAModelLoader", "URSALoraLoader", "URSATextEncode", "URSATokenizerEncode", "URSATokenizerDecode",
+              "URSAFrameSchedule", "URSASampler", "URSAExtendVideo", "URSASaveTokens", "URSALoadTokens"}
 PLUGIN_DIR_NAME = "ursa_video"
 MODEL_NAME = "URSA-1.7B-FSQ320"
 TINY = ["URSA Sampler.width=64", "URSA Sampler.height=64", "URSA Sampler.steps=2"]
@@ -56,6 +56,7 @@ CASES = {
                                 "URSA Extend Video.window_frames=5", "URSA Extend Video.overlap=1",
                                 "URSA Extend Video.steps=2"], 9, (64, 64)),
     "ursa_upscale_chain": (TINY + ["URSA Sampler.frames=5"], 5, (128, 128)),
+    "ursa_t2i_lora": (TINY + ["URSA Sampler.frames=1"], 1, (64, 64)),
 }
 TIMINGS: dict[str, float] = {}
 
@@ -73,6 +74,27 @@ def prepare_base(base: Path) -> None:
     (base / "custom_nodes" / PLUGIN_DIR_NAME).symlink_to(ROOT, target_is_directory=True)
     subprocess.run([sys.executable, "-m", "ursa_core", "make-tiny", str(base / "models" / "ursa" / MODEL_NAME)],
                    cwd=ROOT, check=True, capture_output=True, text=True, timeout=120)
+    write_peft_folder(base / "models" / "ursa" / MODEL_NAME,
+                      base / "models" / "loras" / Path(make_workflows.LORA_NAME).parent)
+
+
+def write_peft_folder(model_dir: Path, folder: Path) -> None:
+    """A PEFT adapter folder for the tiny checkpoint as the LoRA template names it (config + safetensors), random."""
+    import torch
+    from safetensors.torch import save_file
+
+    from ursa_core.lora.patch import projection_shapes
+    from ursa_core.model.config import TransformerConfig
+
+    config = TransformerConfig.from_json(model_dir / "transformer" / "config.json")
+    gen, state = torch.Generator().manual_seed(3), {}
+    for name, (out, inp) in projection_shapes(config).items():
+        state[f"base_model.model.{name}.lora_A.weight"] = 0.1 * torch.randn(4, inp, generator=gen)
+        state[f"base_model.model.{name}.lora_B.weight"] = 0.1 * torch.randn(out, 4, generator=gen)
+    folder.mkdir(parents=True)
+    save_file(state, str(folder / "adapter_model.safetensors"))
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 4,
+                                                             "target_modules": ["q_proj", "v_proj"]}))
 
 
 # ComfyUI 0.8.0 refuses `--lowvram` next to `--cpu` (argparse) and, without `--cpu`, stops at start-up on a torch

@@ -85,6 +85,7 @@ def test_no_alpha_means_scale_one_and_unmatched_keys_are_one_warning(tiny_model,
     state["diffusion_model.lm_head.lora_up.weight"] = torch.zeros(100, 2)
     state["diffusion_model.vision.proj.lora_down.weight"] = torch.zeros(2, 8)
     state["diffusion_model.vision.proj.lora_up.weight"] = torch.zeros(8, 2)
+    state["diffusion_model.model.embed_tokens.lora_embedding_A"] = torch.zeros(2, 100)   # not a pair we apply
     save_file(state, str(tmp_path / "lora.safetensors"))
     lora = read_lora(tmp_path / "lora.safetensors")
     assert {pair.scale for pair in lora.modules.values()} == {1.0}
@@ -92,7 +93,7 @@ def test_no_alpha_means_scale_one_and_unmatched_keys_are_one_warning(tiny_model,
         modules = match(lora, projection_shapes(tiny_model.config))
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(modules) == 14 and len(warnings) == 1
-    assert "2 of its 16 modules match no decoder projection" in warnings[0]
+    assert "3 of its keys match no decoder projection" in warnings[0] and "lm_head.lora_down" in warnings[0]
 
 
 def test_a_lora_that_matches_nothing_is_an_error(tiny_model, tmp_path):

@@ -61,9 +61,11 @@ class LowRank:
 
 @dataclass(frozen=True)
 class LoRAFile:
-    """A LoRA as read: module name -> its low-rank pair, before it meets a model."""
+    """A LoRA as read: module name -> its low-rank pair, before it meets a model; `other_keys`: keys of the file that
+    are neither a pair's weight nor its alpha (e.g. an embedding LoRA), which nothing applies."""
     source: str
     modules: dict[str, LowRank]
+    other_keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -161,8 +163,9 @@ def read_lora(path: str | Path) -> LoRAFile:
     source = str(path)
     state = read_tensors(path, "lora")
     _refuse_foreign(state, source)
-    modules = {}
-    for raw, sides in _pairs(state, source).items():
+    modules, pairs = {}, _pairs(state, source)
+    used = {key for sides in pairs.values() for key, _ in sides.values()} | {f"{raw}.alpha" for raw in pairs}
+    for raw, sides in pairs.items():
         (down_key, down), (_, up) = sides["down"], sides["up"]
         name, rank = _module_name(raw), down.shape[0]
         alpha = state.get(f"{raw}.alpha")
@@ -174,4 +177,4 @@ def read_lora(path: str | Path) -> LoRAFile:
     if not modules:
         raise InputError(f"lora {source}: no LoRA weights in it (no lora_A/lora_B or lora_down/lora_up pairs; first "
                          f"key '{next(iter(state))}')")
-    return LoRAFile(source, modules)
+    return LoRAFile(source, modules, tuple(key for key in state if key not in used))

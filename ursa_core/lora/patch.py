@@ -63,9 +63,10 @@ def match(lora: LoRAFile, shapes: Mapping[str, tuple[int, int]]) -> dict[str, Lo
     if not matched:
         raise InputError(f"lora {lora.source}: none of its {len(lora.modules)} modules is a decoder projection of "
                          f"this transformer (first: '{unmatched[0]}')")
-    if unmatched:
-        log.warning("lora %s: %d of its %d modules match no decoder projection of this transformer and are ignored "
-                    "(first: '%s')", lora.source, len(unmatched), len(lora.modules), unmatched[0])
+    ignored = unmatched + list(lora.other_keys)
+    if ignored:
+        log.warning("lora %s: %d of its keys match no decoder projection of this transformer and are ignored "
+                    "(first: '%s')", lora.source, len(ignored), ignored[0])
     return matched
 
 
