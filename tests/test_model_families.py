@@ -163,3 +163,38 @@ def test_the_loaders_missing_model_message_names_every_released_checkpoint(comfy
     from nodes import nodes_loader
     errors = str(comfy.validate(nodes_loader.URSAModelLoader, {"model_name": "URSA-x", "dtype": "auto"}))
     assert all(repo in errors for repo in CHECKPOINT_REPOS)
+
+
+def test_batch_frames_follow_the_model_unless_the_outputs_are_images(family_dirs, tmp_path):
+    from ursa_core.files.media import count_video_frames
+    folder = family_dirs["URSA-0.6B-FSQ320"]
+    fast = ["--height", "32", "--width", "32", "--steps", "2"]
+    (tmp_path / "set.txt").write_text("a fox\n")
+    assert cli.main(["batch", "--model", str(folder), "--prompts", str(tmp_path / "set.txt"),
+                     "--outdir", str(tmp_path / "videos"), *fast]) == 0
+    videos = list((tmp_path / "videos").glob("*.mp4"))
+    assert len(videos) == 1 and count_video_frames(videos[0]) == 49   # FSQ320's clip
+    (tmp_path / "ge").mkdir()
+    (tmp_path / "ge" / "prompts.json").write_text('[{"id": 0, "prompt": "a bench"}]')
+    (tmp_path / "ge" / "metadata.jsonl").write_text('{"tag": "single_object"}\n')
+    assert cli.main(["batch", "--model", str(folder), "--prompts", str(tmp_path / "ge" / "prompts.json"),
+                     "--outdir", str(tmp_path / "ge_out"), *fast]) == 0   # GenEval: images, whatever the model
+    assert (tmp_path / "ge_out" / "00000" / "samples" / "00000.png").is_file()
+
+
+def test_sampler_preset_rl_tuned_runs_one_branch_for_25_steps(comfy, family_dirs, mocker):
+    name = "URSA-1.7B-IBQ512"
+    shutil.copytree(family_dirs[name], f"{comfy.models_dir}/ursa/{name}")
+    from nodes import nodes_loader, nodes_sampler, nodes_text
+    model = comfy.run(nodes_loader.URSAModelLoader, model_name=name, dtype="fp32").result[0]
+    cond = comfy.run(nodes_text.URSATextEncode, model=model, prompt="a fox", negative_prompt="bad",
+                     motion_score=9.0).result[0]
+    memory = mocker.spy(nodes_sampler, "sampling_memory")
+    passes = mocker.spy(model.model.transformer, "hidden_states")
+    clip = comfy.run(nodes_sampler.URSASampler, model=model, conditioning=cond, seed=1, steps=0, cfg=7.0,
+                     guidance_trunc=0.9, frames=1, width=32, height=32, c=0.0, alpha=0.0, shift=0.0,
+                     preview=False, preset="rl_tuned").result[0]
+    assert clip.tokens.shape == (1, 1, 2, 2)
+    assert len(comfy.progress_updates) == 25                          # the preset's steps (the widget was 0)
+    assert {call.args[0].shape[0] for call in passes.call_args_list} == {1}   # cfg 1: never the negative branch
+    assert memory.call_args.args[3] == 1.0                            # the memory check asked for one branch
