@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -14,7 +14,8 @@ import folder_paths
 import torch
 
 from ursa_core.checkpoint.defaults import CHECKPOINT_REPOS
-from ursa_core.checkpoint.loader import URSAModel, is_ursa_folder, load_model, resolve_dtype
+from ursa_core.checkpoint.loader import (URSAModel, is_ursa_folder, layout_gaps, load_model, looks_like_ursa,
+                                        resolve_dtype)
 from ursa_core.errors import InputError
 from ursa_core.files.tensor_files import TENSOR_SUFFIXES
 from ursa_core.files.token_io import model_identity
@@ -25,6 +26,7 @@ from ursa_core.sampling.preview import token_colors
 log = logging.getLogger(__name__)
 MODEL_FOLDER_KEY = "ursa"
 SEARCH_DEPTH = 2  # models/ursa/<name> or models/ursa/<org>/<name>
+PREVIEW_MAX_SIDE = 2048  # the sampler preview at pixel size up to here (a JPEG of flat blocks: cheap per step)
 DOWNLOAD_HINT = ("download one: hf download BAAI/URSA-1.7B-FSQ320 --local-dir ComfyUI/models/ursa/URSA-1.7B-FSQ320 "
                  "(or: python -m ursa_core download BAAI/URSA-1.7B-FSQ320 --dir ComfyUI/models/ursa); the released "
                  "checkpoints: " + ", ".join(CHECKPOINT_REPOS))
@@ -45,32 +47,52 @@ def model_search_dirs() -> list[str]:
     return dirs
 
 
-def list_model_folders() -> list[str]:
-    """URSA checkpoint folders (other diffusers folders are left out), relative to their search dir, with '/'."""
-    found: set[str] = set()
+def _model_folders() -> dict[str, Path]:
+    """Listed name -> folder of every URSA checkpoint folder, complete or not (a half-downloaded one is listed so
+    that choosing it can say what is missing); other diffusers folders are left out. The first search dir wins."""
+    found: dict[str, Path] = {}
     for base in map(Path, model_search_dirs()):
         if not base.is_dir():
             continue
         for depth in range(1, SEARCH_DEPTH + 1):
-            for index in base.glob("/".join(["*"] * depth) + "/model_index.json"):
-                if is_ursa_folder(index.parent):
-                    found.add(index.parent.relative_to(base).as_posix())
-    return sorted(found)
+            for folder in sorted(p for p in base.glob("/".join(["*"] * depth)) if p.is_dir()):
+                if looks_like_ursa(folder):
+                    found.setdefault(folder.relative_to(base).as_posix(), folder)
+    return found
 
 
-def missing_model_message(name: str) -> str:
-    available = list_model_folders()
-    if not available:
-        return f"model folder {name!r}: no URSA checkpoint folder in {model_search_dirs()}; {DOWNLOAD_HINT}"
-    return f"model folder {name!r} not found in {model_search_dirs()}; available: {available}"
+def list_model_folders() -> list[str]:
+    """The loader's model_name options: URSA checkpoint folders relative to their search dir, with '/'."""
+    return sorted(_model_folders())
+
+
+def completion_command(folder: Path) -> str:
+    """The command that fetches what a checkpoint folder lacks (hf download keeps the files already there)."""
+    repo = f"BAAI/{folder.name}" if folder.name.startswith("URSA-") else "<the Hugging Face repo it came from>"
+    return f"hf download {repo} --local-dir {folder}"
+
+
+def model_folder_problem(name: str) -> str | None:
+    """None for a complete URSA checkpoint folder, else one line: not found (with the download command) or
+    incomplete (what is missing and the command that completes it)."""
+    folder = _model_folders().get(name)
+    if folder is None:
+        available = list_model_folders()
+        return (f"model folder {name!r} not found in {model_search_dirs()}; available: {available or 'none yet'}; "
+                f"{DOWNLOAD_HINT}")
+    gaps = layout_gaps(folder)
+    if not gaps and is_ursa_folder(folder):
+        return None
+    shown = ", ".join(gaps[:4]) + (f" and {len(gaps) - 4} more" if len(gaps) > 4 else "")
+    return (f"model folder {name!r} is incomplete (a download that stopped?): missing {shown or 'URSA configs'}; "
+            f"complete it with: {completion_command(folder)}")
 
 
 def model_folder_path(name: str) -> Path:
-    for base in map(Path, model_search_dirs()):
-        candidate = base / name
-        if is_ursa_folder(candidate):
-            return candidate
-    raise InputError(missing_model_message(name))
+    problem = model_folder_problem(name)
+    if problem:
+        raise InputError(problem)
+    return _model_folders()[name]
 
 
 def list_tensor_files(folder_key: str) -> list[str]:
@@ -100,14 +122,24 @@ def load_fully(patcher, memory_required: int = 0) -> None:
 
 @dataclass
 class LoadedURSA:
-    """What URSA_MODEL carries: the model and the ModelPatcher ComfyUI moves between devices."""
+    """What URSA_MODEL carries: the model, the ModelPatcher ComfyUI moves between devices, and whether its layers
+    are compiled (with the latent shapes they were compiled for: a new shape compiles again)."""
     model: URSAModel
     patcher: object
+    compiled: bool = False
+    compiled_shapes: set = field(default_factory=set)
 
     def to_compute_device(self, memory_required: int = 0) -> torch.device:
         """Weights onto the GPU, with `memory_required` bytes made free beside them (ComfyUI unloads other models)."""
         load_fully(self.patcher, memory_required)
         return self.model.device
+
+    def first_compiled_run(self, latent_shape: tuple) -> bool:
+        """True once per shape of a compiled model: its first step compiles (~15-20 s on an H100)."""
+        if not self.compiled or latent_shape in self.compiled_shapes:
+            return False
+        self.compiled_shapes.add(latent_shape)
+        return True
 
 
 @dataclass
@@ -149,7 +181,7 @@ def load_ursa(name: str, dtype: str, options: SpeedOptions = SpeedOptions(low_vr
     vq_device = placement_device(options.vq_device, mm.vae_device())
     vq_patcher = comfy.model_patcher.ModelPatcher(model.visual_tokenizer, load_device=vq_device,
                                                   offload_device=mm.vae_offload_device())
-    return (LoadedURSA(model, patcher),
+    return (LoadedURSA(model, patcher, options.compile),
             LoadedVQ(model.visual_tokenizer, vq_patcher, model.geometry.fps, model_identity(model)))
 
 
@@ -163,13 +195,31 @@ def placement(load_device, offload_device) -> Placement:
                      free, vram)
 
 
-class StepProgress:
-    """ComfyUI progress (and the cancel point: every update raises if the user pressed cancel)."""
+class NodeText:
+    """A line of text drawn on a node: core's progress text (what GetImageSize uses to show a size), which the
+    frontend keeps on the node after the run. Nothing is sent without the node's id (a node run outside a graph)."""
 
-    def __init__(self, total: int, codebook: Optional[torch.Tensor] = None, node_id: Optional[str] = None):
+    def __init__(self, node_id: Optional[str], line: str):
+        self.node_id, self.line = node_id, line
+
+    def show(self, extra: Optional[str] = None) -> None:
+        from server import PromptServer  # ComfyUI's server module: only inside a running ComfyUI
+
+        if self.node_id is not None and PromptServer.instance is not None:
+            PromptServer.instance.send_progress_text(f"{self.line} · {extra}" if extra else self.line, self.node_id)
+
+
+class StepProgress:
+    """ComfyUI progress (and the cancel point: every update raises if the user pressed cancel). The preview is
+    drawn at the clip's pixel size (`pixel_scale` pixels per token, capped at PREVIEW_MAX_SIDE): the frontend
+    labels it with the image's size, which core's upscaling to --preview-size would make wrong."""
+
+    def __init__(self, total: int, codebook: Optional[torch.Tensor] = None, node_id: Optional[str] = None,
+                 pixel_scale: int = 8):
         self.bar = comfy.utils.ProgressBar(total, node_id=node_id)
         self.total = total
         self.codebook = codebook
+        self.pixel_scale = pixel_scale
         self.done = 0
 
     def advance(self, preview_tokens: Optional[torch.Tensor] = None) -> None:
@@ -181,8 +231,10 @@ class StepProgress:
             return None
         from PIL import Image
 
-        rgb = token_colors(self.codebook, tokens[0, 0])
-        return ("JPEG", Image.fromarray((rgb.numpy() * 255).astype("uint8")), 512)
+        h, w = tokens.shape[-2:]
+        scale = max(1, min(self.pixel_scale, PREVIEW_MAX_SIDE // max(h, w)))
+        rgb = token_colors(self.codebook, tokens[0, 0], scale=scale)
+        return ("JPEG", Image.fromarray((rgb.numpy() * 255).astype("uint8")), None)  # None: sent as drawn
 
 
 def check_interrupt() -> None:

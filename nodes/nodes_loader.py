@@ -9,9 +9,10 @@ from comfy_api.latest import io
 
 from ursa_core import rules
 from ursa_core.attention import backends as attention_backends
+from ursa_core.errors import InputError
 from ursa_core.runtime.loader_options import LOW_VRAM_MODES, MAX_BLOCKS, check_loader_options, device_choices
 from ursa_core.runtime.speed import SpeedOptions
-from ursa_core.runtime.weight_dtype import STORAGE_DTYPES, check_weight_dtype
+from ursa_core.runtime.weight_dtype import STORAGE_DTYPES
 
 from . import glue
 from .types import URSAModel, URSAVQ
@@ -35,8 +36,9 @@ class URSAModelLoader(io.ComfyNode):
             inputs=[
                 io.Combo.Input("model_name", options=glue.list_model_folders(),
                                tooltip="URSA checkpoint folder under models/ursa/ (only folders whose configs are "
-                                       "URSA's are listed), e.g. URSA-1.7B-FSQ320 for video or URSA-1.7B-IBQ1024 "
-                                       "for 1024px images. None yet? " + glue.DOWNLOAD_HINT),
+                                       "URSA's are listed; one whose download stopped is listed too, and choosing "
+                                       "it says what is missing), e.g. URSA-1.7B-FSQ320 for video or "
+                                       "URSA-1.7B-IBQ1024 for 1024px images. None yet? " + glue.DOWNLOAD_HINT),
                 io.Combo.Input("dtype", options=DTYPES, default="auto",
                                tooltip="Compute dtype (and storage dtype when weight_dtype is default). auto = bf16 "
                                        "on GPUs that support it, else fp16; fp32 on CPU."),
@@ -86,24 +88,15 @@ class URSAModelLoader(io.ComfyNode):
                                            "Decode."),
                      io.String.Output(display_name="info",
                                       tooltip="Which model this is and the defaults the sampler uses for widgets "
-                                              "left at 0 (connect to Preview as Text to read it).")],
+                                              "left at 0 (also shown on this node after it ran).")],
+            hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
-    def validate_inputs(cls, model_name=None, attention=None, weight_dtype=None, low_vram=None, blocks_on_gpu=None,
-                        vq_device=None, compile=None, text_device=None, transformer_weights=None):
-        # Naming model_name here turns off core's COMBO check, so this checks membership itself (same for the others).
-        if attention is not None:
-            checked = rules.first_problem(lambda: rules.attention(attention, glue.compute_device()))
-            if checked is not True:
-                return checked
-        if model_name is not None and model_name not in glue.list_model_folders():
-            return glue.missing_model_message(model_name)
-        if transformer_weights is not None and transformer_weights not in weight_choices():
-            return rules.first_problem(lambda: glue.tensor_file_path(glue.WEIGHTS_FOLDER, transformer_weights,
-                                                                     "transformer_weights"))
-        return ((weight_dtype is not None and check_weight_dtype(weight_dtype))
-                or check_loader_options(low_vram, blocks_on_gpu, vq_device, text_device) or True)
+    def validate_inputs(cls, model_name=None):
+        # Only model_name: ComfyUI files the answer under every input named here (nodes/widgets.py). The other
+        # combos (transformer_weights included) are core's membership checks.
+        return model_name is None or glue.model_folder_problem(model_name) or True
 
     @classmethod
     def fingerprint_inputs(cls, model_name=None, transformer_weights=glue.NO_FILE, **options):
@@ -117,12 +110,16 @@ class URSAModelLoader(io.ComfyNode):
     def execute(cls, model_name, dtype, attention="auto", compile=False, weight_dtype="default", low_vram="auto",
                 blocks_on_gpu=0, vq_device="default", text_device="default",
                 transformer_weights=glue.NO_FILE) -> io.NodeOutput:
+        problem = check_loader_options(low_vram, blocks_on_gpu, vq_device, text_device)
+        if problem:  # core checked each widget against its own list/range; this is the same rule, before loading
+            raise InputError(problem)
         options = SpeedOptions(attention=attention, compile=compile, weight_dtype=weight_dtype, low_vram=low_vram,
                                blocks_on_gpu=blocks_on_gpu, vq_device=vq_device, text_device=text_device)
         model, vq = glue.load_ursa(model_name, dtype, options, transformer_weights)
         info = model.model.identity.describe() + ("" if transformer_weights == glue.NO_FILE else
                                                    f"; transformer weights {transformer_weights}")
         log.info("URSA Model Loader: %s", info)
+        glue.NodeText(cls.hidden.unique_id, info).show()   # on the node, as the sampler shows its clip's size
         return io.NodeOutput(model, vq, info)
 
 

@@ -6,12 +6,12 @@ from dataclasses import replace
 
 from comfy_api.latest import io
 
-from ursa_core import rules
 from ursa_core.lora.files import CONFIG_NAME, read_lora
 from ursa_core.lora.patch import STRENGTH_RANGE, strength as strength_rule, with_loras
 
 from . import glue
 from .types import URSAModel
+from .widgets import float_input
 
 LORA_FOLDER = "loras"
 
@@ -34,18 +34,14 @@ class URSALoraLoader(io.ComfyNode):
                                tooltip="A file of models/loras/. For a PEFT adapter folder pick its "
                                        "adapter_model.safetensors (or .bin); its adapter_config.json is read beside "
                                        "it."),
-                io.Float.Input("strength", default=1.0, min=STRENGTH_RANGE[0], max=STRENGTH_RANGE[1], step=0.01,
-                               tooltip="How much of the LoRA's change is added: 1 = as trained, 0 = none, negative "
-                                       "= the opposite."),
+                float_input("strength", 1.0, *STRENGTH_RANGE, step=0.01,
+                            tooltip="How much of the LoRA's change is added: 1 = as trained, 0 = none, negative = "
+                                    "the opposite."),
             ],
             outputs=[URSAModel.Output(display_name="model", tooltip="The model with this LoRA (and any before it).")],
         )
 
-    @classmethod
-    def validate_inputs(cls, lora_name=None, strength=None):
-        if lora_name is not None and lora_name not in lora_choices():
-            return rules.first_problem(lambda: glue.tensor_file_path(LORA_FOLDER, lora_name, "lora_name"))
-        return True if strength is None else rules.first_problem(lambda: strength_rule(strength))
+    # No validate_inputs: the file list and the strength's range (NaN included) are core's own checks (widgets.py).
 
     @classmethod
     def fingerprint_inputs(cls, lora_name=None, **others):

@@ -1,12 +1,13 @@
 """URSASampler: metric-path discrete diffusion sampling -> URSA_TOKENS."""
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
+
 from comfy_api.latest import io
 
-import logging
-
 from ursa_core import rules
-from ursa_core.checkpoint.defaults import PRESETS, check_preset, resolve
+from ursa_core.checkpoint.defaults import PRESETS, resolve
 from ursa_core.errors import InputError
 from ursa_core.files.token_io import TokenClip, check_identity, model_identity
 from ursa_core.sampling.generate import StepInfo, generate, sampling_memory
@@ -16,6 +17,8 @@ from . import glue
 from .types import URSACond, URSAModel, URSASchedule, URSATokens
 from .widgets import path_inputs, sampling_inputs, size_inputs
 
+GIVEN_WINS = ("For text-only runs: with a Frame Schedule or given_tokens connected, the clip takes their frame count "
+              "and size (shown on the node after a run).")
 log = logging.getLogger(__name__)
 
 
@@ -23,38 +26,92 @@ def checkpoint_default(value: float):
     return None if value <= 0 else value
 
 
+@dataclass(frozen=True)
+class ClipSize:
+    """What the sampler makes, in pixels, and what set it ("" = its own widgets)."""
+    frames: int
+    width: int
+    height: int
+    source: str = ""
+
+    def describe(self, frames: int, width: int, height: int) -> str:
+        """The line shown on the node; says when the widgets (given here) are not what was used."""
+        line = f"{self.width}×{self.height} px, {self.frames} frame{'s' * (self.frames != 1)}"
+        if (self.frames, self.width, self.height) == (frames, width, height):
+            return line
+        return (f"{line} from {self.source} (wins over this node's {width}×{height}, {frames} frame"
+                f"{'s' * (frames != 1)}, which are for text-only runs)")
+
+
+def clip_size(geometry, frames: int, width: int, height: int, scheduled=None, given_tokens=None) -> ClipSize:
+    """The tokens the sampler is given set the clip, as core's video nodes read a latent's size: the Frame
+    Schedule's frame count and tokens, else given_tokens' size. Its own widgets set what nothing given sets."""
+    stride = geometry.spatial_stride
+    spatial, spatial_from = None, ""
+    if scheduled is not None and scheduled.given is not None:
+        spatial, spatial_from = tuple(scheduled.given.shape[2:]), "the Frame Schedule"
+    if given_tokens is not None:
+        spatial, spatial_from = _given_size(given_tokens.shape, spatial, stride), spatial_from or "given_tokens"
+    if scheduled is not None:
+        latent_frames, frames_from = scheduled.schedule.num_frames, "the Frame Schedule"
+    else:
+        latent_frames, frames_from = rules.latent_frames(frames, geometry.temporal_stride), ""
+    if given_tokens is not None and given_tokens.shape[1] > latent_frames:
+        raise InputError(f"given_tokens have {given_tokens.shape[1]} latent frames but the clip has {latent_frames} "
+                         f"(frames={geometry.pixel_frames(latent_frames)}, set by {frames_from or 'the sampler'}): "
+                         f"use a longer clip or fewer given frames")
+    if spatial is None:
+        geometry.latent_shape(1, height, width)  # the widgets set the size: the model's stride applies to them
+        spatial = (height // stride, width // stride)
+    source = " and ".join(dict.fromkeys(s for s in (frames_from, spatial_from) if s))
+    return ClipSize(geometry.pixel_frames(latent_frames), spatial[1] * stride, spatial[0] * stride, source)
+
+
+def _given_size(shape, schedule_spatial, stride: int) -> tuple[int, int]:
+    if len(shape) != 4:
+        raise InputError(f"given_tokens must be [batch, latent frames, h, w], got {list(shape)}")
+    spatial = tuple(shape[2:])
+    if schedule_spatial is not None and spatial != schedule_spatial:
+        raise InputError(f"given_tokens are {spatial[1] * stride}x{spatial[0] * stride} px but the Frame Schedule's "
+                         f"tokens are {schedule_spatial[1] * stride}x{schedule_spatial[0] * stride} px: encode both "
+                         f"at the same width and height")
+    return spatial
+
+
 def run_sampler(model, conditioning, settings: GenerationSettings, schedule=None, given_tokens=None,
-                preview=False) -> TokenClip:
+                preview=False, node_id=None, note: str = "") -> TokenClip:
+    """`settings` hold the node's widgets; the clip takes its frame count and size from what it is given. `note`
+    (steps, cfg and where they came from) joins the line shown on the node."""
     core = model.model
-    # the model's own strides, before any weight moves
-    latent_shape = settings.latent_shape(core.geometry)
+    size = clip_size(core.geometry, settings.frames, settings.width, settings.height, schedule,  # before weights move
+                     None if given_tokens is None else given_tokens.tokens)
+    used = GenerationSettings.build(settings, frames=size.frames, width=size.width, height=size.height)
+    latent_shape = used.latent_shape(core.geometry)
     sched, given = (None, None) if schedule is None else (schedule.schedule, schedule.given)
     if given_tokens is not None:
         check_identity(given_tokens.identity, model_identity(core), "given_tokens")
         given = _merge_given(given, given_tokens.tokens, latent_shape)
-    prompt_ids = conditioning.ids_for(settings.frames)
-    need = sampling_memory(core, latent_shape, prompt_ids[0].shape[0], settings.guidance, glue.compute_device())
+    prompt_ids = conditioning.ids_for(size.frames)
+    need = sampling_memory(core, latent_shape, prompt_ids[0].shape[0], used.guidance, glue.compute_device())
     model.to_compute_device(memory_required=need.total)
-    progress = glue.StepProgress(settings.steps, core.path.unit if preview else None)
+    shown = size.describe(settings.frames, settings.width, settings.height)
+    status = glue.NodeText(node_id, f"{shown} · {note}" if note else shown)
+    progress = glue.StepProgress(used.steps, core.path.unit if preview else None,
+                                 pixel_scale=core.geometry.spatial_stride)
+    compiling = model.first_compiled_run(latent_shape)
+    status.show("compiling the layers for this size (first run)…" if compiling else None)
 
     def on_step(info: StepInfo) -> None:
+        if compiling and info.step == 0:
+            status.show()
         progress.advance(info.predicted if preview else None)
-    tokens = generate(core, settings=settings, prompt_ids=prompt_ids, schedule=sched, given_tokens=given,
+    tokens = generate(core, settings=used, prompt_ids=prompt_ids, schedule=sched, given_tokens=given,
                       callback=on_step).tokens
     return TokenClip(tokens, core.geometry.fps, model_identity(core))
 
 
 def _merge_given(given, extra, latent_shape):
     """given_tokens fill the clip from frame 0 (a full clip, or its first frames), over the schedule's tokens."""
-    if extra.ndim != 4:
-        raise InputError(f"given_tokens must be [batch, latent frames, h, w], got {list(extra.shape)}")
-    if tuple(extra.shape[2:]) != tuple(latent_shape[1:]):
-        raise InputError(f"given_tokens are {extra.shape[3]}x{extra.shape[2]} latent tokens (w x h) but the sampler's "
-                         f"width x height needs {latent_shape[2]}x{latent_shape[1]}: encode them at the sampler's "
-                         f"size")
-    if extra.shape[1] > latent_shape[0]:
-        raise InputError(f"given_tokens have {extra.shape[1]} latent frames but the sampler's frames make "
-                         f"{latent_shape[0]}: use a longer clip or fewer given frames")
     merged = extra.new_zeros(extra.shape[0], *latent_shape) if given is None else given.clone()
     merged[:, :extra.shape[1]] = extra
     return merged
@@ -73,8 +130,8 @@ class URSASampler(io.ComfyNode):
                 URSACond.Input("conditioning", tooltip="From URSA Text Encode."),
                 *sampling_inputs(follows_model=True),
                 io.Int.Input("frames", default=1, min=1, max=rules.MAX_FRAMES, step=4,
-                             tooltip="Pixel frames: 1 = image, 1 + 4k for video (49 = 4 s at 12 fps)."),
-                *size_inputs(follows_model=True),
+                             tooltip="Pixel frames: 1 = image, 1 + 4k for video (49 = 4 s at 12 fps). " + GIVEN_WINS),
+                *size_inputs(note=GIVEN_WINS, follows_model=True),
                 *path_inputs(),
                 URSASchedule.Input("schedule", optional=True,
                                    tooltip="Frame-wise start times and given frames (URSA Frame Schedule). "
@@ -95,37 +152,38 @@ class URSASampler(io.ComfyNode):
                                                                       "h, w]: decode with URSA Tokenizer Decode, "
                                                                       "extend with URSA Extend Video or keep with "
                                                                       "URSA Save Tokens.")],
+            hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
-    def validate_inputs(cls, frames=None, width=None, height=None, steps=None, cfg=None, guidance_trunc=None, c=None,
-                        alpha=None, shift=None, preset=None):
-        if preset is not None and preset not in PRESETS:   # named here, so core's COMBO check is off: do it
-            return rules.first_problem(lambda: check_preset(preset))
-        return rules.check_node_inputs(frames=frames, sampler_width=width, sampler_height=height,
-                                       sampler_steps=steps, cfg=cfg, guidance_trunc=guidance_trunc, c=c, alpha=alpha,
-                                       shift=shift)
+    def validate_inputs(cls, frames=None):
+        # Only frames: ComfyUI files the answer under every input named here (see widgets.py). Ranges, NaN and the
+        # preset list are core's checks; the size's stride is the checkpoint's, checked when the sampler runs.
+        return frames is None or rules.first_problem(lambda: rules.frames(frames))
 
     @classmethod
     def execute(cls, model, conditioning, seed, steps, cfg, guidance_trunc, frames, width, height, c, alpha,
                 shift, schedule=None, given_tokens=None, preview=True, preset="none") -> io.NodeOutput:
-        settings = node_settings(model.model, preset, frames=frames, width=width, height=height, steps=steps,
-                                 cfg=cfg, seed=seed, guidance_trunc=guidance_trunc, c=c, alpha=alpha, shift=shift)
-        clip = run_sampler(model, conditioning, settings, schedule, given_tokens, preview)
+        settings, note = node_settings(model.model, preset, frames=frames, width=width, height=height, steps=steps,
+                                       cfg=cfg, seed=seed, guidance_trunc=guidance_trunc, c=c, alpha=alpha,
+                                       shift=shift)
+        clip = run_sampler(model, conditioning, settings, schedule, given_tokens, preview, cls.hidden.unique_id,
+                           note)
         return io.NodeOutput(clip)
 
 
 def node_settings(core, preset: str, *, frames, width, height, steps, cfg, seed, guidance_trunc, c, alpha,
-                  shift) -> GenerationSettings:
+                  shift) -> tuple[GenerationSettings, str]:
     """The widgets as settings: 0 for size or steps is the model's default, a preset other than none replaces cfg
-    (and steps left at 0); what was used is logged, as the CLI prints it."""
+    (and steps left at 0); with the note the node shows (and the log gets): steps, cfg and what filled them."""
     used = resolve(core.identity.defaults, preset, frames=frames, width=width or None, height=height or None,
                    steps=steps or None, guidance=cfg if preset == "none" else None)
     filled = [name for name in used.filled if name != "frames"]
-    log.info("URSA Sampler: %s; %d frame(s) %dx%d, %d steps, cfg %g%s", core.identity.name, used.frames, used.width,
-             used.height, used.steps, used.guidance,
-             f" ({', '.join(filled)} from the {'preset ' + preset if preset != 'none' else 'model'})" if filled
-             else "")
-    return GenerationSettings(frames=used.frames, height=used.height, width=used.width, seed=seed, steps=used.steps,
-                              guidance=used.guidance, guidance_trunc=guidance_trunc, c=checkpoint_default(c),
-                              alpha=checkpoint_default(alpha), shift=checkpoint_default(shift))
+    source = f"preset {preset}" if preset != "none" else f"{core.identity.name}'s defaults"
+    note = f"{used.steps} steps, cfg {used.guidance:g}" + (f" ({', '.join(filled)} from {source})" if filled else "")
+    log.info("URSA Sampler: %s, %d frame(s) %dx%d, %s", core.identity.name, used.frames, used.width, used.height, note)
+    settings = GenerationSettings(frames=used.frames, height=used.height, width=used.width, seed=seed,
+                                  steps=used.steps, guidance=used.guidance, guidance_trunc=guidance_trunc,
+                                  c=checkpoint_default(c), alpha=checkpoint_default(alpha),
+                                  shift=checkpoint_default(shift))
+    return settings, note

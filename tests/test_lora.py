@@ -193,10 +193,11 @@ def test_lora_loader_node_chains_and_leaves_the_base_model_alone(comfy, tiny_dir
     assert not torch.equal(sample(two), before)
     assert torch.equal(sample(model), before)
     assert comfy.run(node, model=model, lora_name="style/adapter_model.bin", strength=0.0).result[0] is model
-    assert "strength=nan" in str(comfy.validate(node, {"model": ["1", 0], "lora_name": "style/adapter_model.bin",
-                                                       "strength": float("nan")}))
+    # core's own checks, on their inputs: the strength's range (NaN included) and the file list
+    assert "Value nan smaller than min of -100.0" in str(comfy.validate(
+        node, {"model": ["1", 0], "lora_name": "style/adapter_model.bin", "strength": float("nan")}))
     missing = comfy.validate(node, {"model": ["1", 0], "lora_name": "gone.safetensors", "strength": 1.0})
-    assert "lora_name 'gone.safetensors' not found in models/loras/" in str(missing)
+    assert "gone.safetensors" in str(missing) and "lora_name" in str(missing)
 
 
 def test_a_lora_pickle_with_code_is_refused_untouched(model, tmp_path):

@@ -105,7 +105,8 @@ def test_a_lora_that_matches_nothing_is_an_error(tiny_model, tmp_path):
 
 def test_a_lora_for_another_size_names_the_first_key_and_both_shapes(tiny_model, tmp_path):
     save_file({"model.layers.0.self_attn.q_proj.lora_A.weight": torch.zeros(4, 1024),
-               "model.layers.0.self_attn.q_proj.lora_B.weight": torch.zeros(2048, 4)}, str(tmp_path / "big.safetensors"))
+               "model.layers.0.self_attn.q_proj.lora_B.weight": torch.zeros(2048, 4)},
+              str(tmp_path / "big.safetensors"))
     with pytest.raises(InputError, match=r"'model\.layers\.0\.self_attn\.q_proj\.lora_A\.weight' changes a weight of "
                                          r"shape \(2048, 1024\) but this model's .* is \(256, 64\)"):
         match(read_lora(tmp_path / "big.safetensors"), projection_shapes(tiny_model.config))
