@@ -151,7 +151,8 @@ def test_loader_node_takes_weights_from_the_diffusion_models_folder(comfy, tiny_
     from nodes import nodes_loader
     loader = nodes_loader.URSAModelLoader
     assert loader.GET_SCHEMA().input_by_id("transformer_weights").options == ["none", "evil.bin", "tuned.bin"]
-    assert comfy.validate(loader, {"model_name": "URSA-tiny", "dtype": "fp32", "transformer_weights": "tuned.bin"}) == []
+    good = {"model_name": "URSA-tiny", "dtype": "fp32", "transformer_weights": "tuned.bin"}
+    assert comfy.validate(loader, good) == []
     missing = comfy.validate(loader, {"model_name": "URSA-tiny", "dtype": "fp32", "transformer_weights": "x.bin"})
     assert "transformer_weights: 'x.bin' not in ['none', 'evil.bin', 'tuned.bin']" in str(missing)   # core's list check
     model, _, info = comfy.run(loader, model_name="URSA-tiny", dtype="fp32", transformer_weights="tuned.bin").result
