@@ -175,13 +175,14 @@ class URSASampler(io.ComfyNode):
 def node_settings(core, preset: str, *, frames, width, height, steps, cfg, seed, guidance_trunc, c, alpha,
                   shift) -> tuple[GenerationSettings, str]:
     """The widgets as settings: 0 for size or steps is the model's default, a preset other than none replaces cfg
-    (and steps left at 0); with the note the node shows (and the log gets): steps, cfg and what filled them."""
+    (and steps left at 0); with the note the node shows: the steps and cfg used (the log also says what the model's
+    defaults filled in)."""
     used = resolve(core.identity.defaults, preset, frames=frames, width=width or None, height=height or None,
                    steps=steps or None, guidance=cfg if preset == "none" else None)
     filled = [name for name in used.filled if name != "frames"]
-    source = f"preset {preset}" if preset != "none" else f"{core.identity.name}'s defaults"
-    note = f"{used.steps} steps, cfg {used.guidance:g}" + (f" ({', '.join(filled)} from {source})" if filled else "")
-    log.info("URSA Sampler: %s, %d frame(s) %dx%d, %s", core.identity.name, used.frames, used.width, used.height, note)
+    note = f"{used.steps} steps, cfg {used.guidance:g}" + (f" ({preset})" if preset != "none" else "")
+    log.info("URSA Sampler: %s, %d frame(s) %dx%d, %s%s", core.identity.name, used.frames, used.width, used.height,
+             note, f"; {', '.join(filled)} from the model's defaults" if filled else "")
     settings = GenerationSettings(frames=used.frames, height=used.height, width=used.width, seed=seed,
                                   steps=used.steps, guidance=used.guidance, guidance_trunc=guidance_trunc,
                                   c=checkpoint_default(c), alpha=checkpoint_default(alpha),

@@ -42,7 +42,8 @@ KEPT_OPTIONS = ("default", "control_after_generate", "image_upload", "forceInput
 # the frame schedule: its diagram) and core's progress text (the sampler's clip size, the saved token file).
 PREVIEW_NODES = {"LoadImage": layout.IMAGE_PREVIEW, "SaveImage": layout.IMAGE_PREVIEW,
                  "SaveVideo": layout.VIDEO_PREVIEW, "URSASampler": layout.IMAGE_PREVIEW + layout.NODE_TEXT,
-                 "URSAFrameSchedule": layout.SCHEDULE_PREVIEW, "URSASaveTokens": layout.NODE_TEXT}
+                 "URSAFrameSchedule": layout.SCHEDULE_PREVIEW, "URSASaveTokens": layout.NODE_TEXT,
+                 "URSAModelLoader": layout.NODE_TEXT}
 # Room kept free below a node inside its group, for what it grows into after a run (not part of its saved size).
 GROWTH = {"SaveVideo": layout.VIDEO_SQUARE_GROWTH}
 NOTE_TYPE, NOTE_SIZE, NARROW_NOTE_SIZE = "MarkdownNote", (400, 250), (280, 250)

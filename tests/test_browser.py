@@ -87,7 +87,7 @@ SHRINK = {
 # What each run makes: (width, height) of the sampler's clip (its preview is labelled with it) and of the video.
 MADE = {"ursa_t2i": ((64, 40), None), "ursa_t2v": ((64, 64), (64, 64)), "ursa_i2v": ((64, 40), (64, 40)),
         "ursa_interpolation": ((64, 40), (64, 40)), "ursa_long_video": ((64, 40), (64, 40)),
-        "ursa_upscale_chain": ((64, 40), (128, 80))}
+        "ursa_upscale_chain": ((64, 40), (128, 80)), "ursa_t2i_lora": ((64, 40), None)}
 OUTPUT_NODES = {"SaveImage", "SaveVideo"}
 TIMINGS: dict[str, float] = {}
 VIEWS: dict[str, list] = {}  # template id -> [initial scale, LiteGraph low-quality (no text) rendering]

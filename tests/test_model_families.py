@@ -71,6 +71,7 @@ def test_identity_from_configs_and_from_a_hub_cache_path(family_dirs, tmp_path):
     model = ursa_core.load(renamed, dtype="fp32", load_vae=False)
     # no name, no tiny label: the tokenizer says IBQ (1024 unless the name says 512); this width is no released size
     assert (model.identity.variant, model.identity.size, model.identity.source) == ("IBQ1024", None, "configs")
+    assert model.identity.describe() == "URSA-?-IBQ1024 (read from its configs): 1024×1024, 1 frame, 25 steps, cfg 7"
     geometry = model.geometry
     snapshot = tmp_path / "models--BAAI--URSA-1.7B-IBQ512" / "snapshots" / "0123abc"
     assert identify(snapshot, 2048, geometry).name == "URSA-1.7B-IBQ512"
@@ -107,7 +108,9 @@ def test_each_family_through_the_loader_node_with_the_models_size(comfy, family_
     from nodes import nodes_loader, nodes_sampler, nodes_text, nodes_tokenizer
     assert name in nodes_loader.URSAModelLoader.GET_SCHEMA().input_by_id("model_name").options
     model, vq, info = comfy.run(nodes_loader.URSAModelLoader, model_name=name, dtype="fp32").result
-    assert info.startswith(f"{name} (from the folder name; defaults ")
+    expected = {"URSA-0.6B-IBQ1024": "1024×1024, 1 frame, 25 steps, cfg 7",
+                "URSA-1.7B-FSQ320": "512×320, 49 frames, 50 steps, cfg 7"}
+    assert info == f"{name}: {expected[name]}"
     cond = comfy.run(nodes_text.URSATextEncode, model=model, prompt="a fox", negative_prompt="",
                      motion_score=9.0).result[0]
     # width / height 0: the model's size (FSQ320 512x320, IBQ1024 1024^2); steps 0 would be the model's too

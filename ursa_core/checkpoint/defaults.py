@@ -86,9 +86,11 @@ class ModelIdentity:
         return MODEL_DEFAULTS[self.variant]
 
     def describe(self) -> str:
+        """One short line (shown on the loader node): the model, and the defaults a run gets."""
         d = self.defaults
-        return (f"{self.name} (from the {self.source}; defaults {d.width}x{d.height}, {d.frames} frame(s), "
-                f"{d.steps(d.frames)} steps, cfg {d.guidance:g})")
+        guessed = " (read from its configs)" if self.source == "configs" else ""
+        return (f"{self.name}{guessed}: {d.width}×{d.height}, {d.frames} frame{'s' * (d.frames != 1)}, "
+                f"{d.steps(d.frames)} steps, cfg {d.guidance:g}")
 
 
 def _official_name(folder: Path) -> Optional[re.Match]:
