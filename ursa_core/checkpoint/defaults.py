@@ -11,11 +11,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from ..errors import InputError
-from ..visual_tokenizer.geometry import VisualGeometry
-from .tiny import is_tiny
+
+if TYPE_CHECKING:   # importing this table needs no torch: the CLI's help shows its values
+    from ..visual_tokenizer.geometry import VisualGeometry
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,8 @@ def identify(folder: str | Path, hidden_size: int, geometry: VisualGeometry) -> 
     and `ursa download` name it), else the tiny label, else the configs: the size from the transformer's width, the
     tokenizer from vae/config.json. The configs cannot tell IBQ512 from IBQ1024 (the same tokenizer; no resolution is
     written in the released configs that we know of), so an IBQ folder without the name reads as IBQ1024."""
+    from .tiny import is_tiny   # tiny.py needs torch; this table does not
+
     folder = Path(folder)
     match = _official_name(folder)
     if match:
@@ -149,7 +152,3 @@ def resolve(defaults: ModelDefaults, preset: str = "none", *, frames: Optional[i
     values.setdefault("steps", defaults.steps(values["frames"]))
     values.setdefault("guidance", defaults.guidance)
     return Resolved(filled=filled, **values)
-
-
-def defaults_for(folder: Path, hidden_size: int, geometry: VisualGeometry) -> ModelDefaults:
-    return identify(folder, hidden_size, geometry).defaults

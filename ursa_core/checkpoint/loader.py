@@ -20,6 +20,7 @@ from ..path.metric_path import MetricPath
 from ..visual_tokenizer.geometry import VisualGeometry
 from .defaults import ModelIdentity, identify
 from .prompts import PromptEncoder
+from .tiny import model_folder
 
 log = logging.getLogger(__name__)
 
@@ -225,17 +226,18 @@ def read_geometry(vae_dir: Path) -> VisualGeometry:
 def load_model(folder: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype = "auto",
                load_vae: bool = True, attention: str = "auto", fuse_projections: bool = False,
                transformer_weights: Optional[str | Path] = None) -> URSAModel:
-    """Load transformer, scheduler path, tokenizer (and the visual tokenizer when present) from `folder`.
+    """Load transformer, scheduler path, tokenizer (and the visual tokenizer when present) from `folder`, or the tiny
+    random checkpoint for "tiny" (as `--model tiny`; built on first use, outputs noise).
 
     `attention` names a backend of the attention registry (checked against the device before any weight is
     read); `fuse_projections` loads each layer's q/k/v and gate/up weights into single fused matmuls;
     `transformer_weights` is a fine-tuned transformer's tensor file loaded over the folder's (safetensors, or a
     tensors-only .bin/.pt/.pth).
     """
-    folder = Path(folder)
     device = torch.device(device)
     dtype = resolve_dtype(dtype, device)
     attention = resolve_attention(attention, device)
+    folder = model_folder(folder)
     check_layout(folder)
     transformer = load_transformer(folder / "transformer", device, dtype, fuse_projections, transformer_weights)
     transformer.set_attention(attention)

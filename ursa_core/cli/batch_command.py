@@ -16,6 +16,7 @@ import torch
 from .. import rules
 from ..batch.prompt_sets import MANIFEST, Claims, Job, distributed_store, read_jobs, run_jobs
 from ..checkpoint.defaults import ModelDefaults, identify
+from ..checkpoint.tiny import model_folder
 from ..errors import InputError
 from ..files.atomic import TEMP_MARK, atomic_file, check_writable
 from ..files.media import load_image, write_frames
@@ -24,7 +25,7 @@ from ..runtime.speed import SpeedOptions
 from ..sampling.preflight import check_clip, check_options, checkpoint_rules
 from ..visual_tokenizer.codec import decode_tokens
 from .arguments import Request, check_images, request, speed_options
-from .generate_command import check_model_files, load_for_cli, model_folder, sample_tokens
+from .generate_command import check_model_files, load_for_cli, sample_tokens
 
 # A JSONL item's override -> (its rule, the flag it replaces). Item keys are the command line's names (cfg for the
 # guidance scale), so a message names what the user wrote.
@@ -179,7 +180,7 @@ def run_batch(args: argparse.Namespace) -> int:
         write_frames(grid2x2(pixels) if job.layout == "grid2x2" else pixels[0], target, fps=model.geometry.fps)
         return {"settings": [manifest_settings(r, base.speed, args.dtype) for r in plans[job.key]],
                 "device": str(device), "transformer_weights": args.transformer_weights,
-                "lora": [[path, value] for path, value in args.lora]}
+                "lora": [[path, value] for path, value in args.lora or ()]}
 
     if rank == 0:
         print(f"{len(jobs)} outputs in {outdir} from {args.prompts}, {world} rank(s)", flush=True)

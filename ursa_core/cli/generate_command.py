@@ -12,7 +12,7 @@ from .. import rules
 from ..checkpoint.defaults import ModelIdentity, identify
 from ..checkpoint.finetune import check_transformer_weights
 from ..checkpoint.loader import URSAModel, load_model
-from ..checkpoint.tiny import TINY_LABEL, is_tiny, tiny_model_dir
+from ..checkpoint.tiny import TINY_LABEL, is_tiny, model_folder
 from ..errors import InputError
 from ..files.atomic import check_writable
 from ..files.media import OUTPUT_SUFFIXES, frame_paths, load_image, write_frames
@@ -28,10 +28,6 @@ from ..sampling.generate import StepInfo, generate
 from ..sampling.preflight import check_clip, check_options, checkpoint_rules
 from ..visual_tokenizer.codec import decode_tokens, encode_images
 from .arguments import Request, check_images, request, speed_options
-
-
-def model_folder(name: str) -> Path:
-    return tiny_model_dir() if name == "tiny" else Path(name)
 
 
 def check_output_path(out: str, frames: int = 1) -> Path:
@@ -68,7 +64,8 @@ def conditioning(model: URSAModel, images: dict[int, torch.Tensor], latent_frame
 
 
 class ProgressPrinter:
-    """A tqdm bar over sampling steps."""
+    """A tqdm bar over sampling steps; close() ends its line also when sampling stops early (Ctrl-C, an error), so
+    the message after it starts on a line of its own."""
 
     def __init__(self, total: int, desc: str):
         self.total, self.desc, self.bar = total, desc, None
@@ -79,6 +76,10 @@ class ProgressPrinter:
             self.bar = tqdm(total=self.total, desc=self.desc, unit="step")
         self.bar.update(1)
         if info.step + 1 == info.steps:
+            self.bar.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
             self.bar.close()
 
 
@@ -128,7 +129,7 @@ def check_model_files(args: argparse.Namespace, config) -> list:
     any load; the LoRAs as read, with their strengths."""
     if args.transformer_weights:
         check_transformer_weights(args.transformer_weights, expected_state_shapes(config))
-    loras = [(read_lora(path), value) for path, value in args.lora]
+    loras = [(read_lora(path), value) for path, value in args.lora or ()]
     for lora, _ in loras:
         match(lora, projection_shapes(config))
     return loras
@@ -138,7 +139,7 @@ def describe_run(identity: ModelIdentity, run: Request, args: argparse.Namespace
     """What the run uses, and which settings the model's defaults (or --preset) filled in."""
     s = run.settings
     tuned = f" with transformer weights {args.transformer_weights}" if args.transformer_weights else ""
-    tuned += "".join(f" + LoRA {path} x{value:g}" for path, value in args.lora)
+    tuned += "".join(f" + LoRA {path} x{value:g}" for path, value in args.lora or ())
     source = "the model's defaults" + (f" and preset {args.preset}" if args.preset != "none" else "")
     filled = f" ({', '.join(run.from_model)} from {source})" if run.from_model else ""
     return (f"model {identity.name} (from the {identity.source}){tuned}; sampling {s.frames} frame(s) "
@@ -169,8 +170,12 @@ def run_generate(args: argparse.Namespace) -> int:
               f"{model.transformer.attn_implementation}); {describe_run(identity, run, args)}, "
               f"{latent} latent tokens"
               + (f", {args.parallel} parallel over {layout.world} ranks" if layout is not None else ""))
-    tokens = sample_tokens(model, run, images, args.prompt,
-                           ProgressPrinter(settings.steps, "sampling") if rank == 0 else None, layout)
+    progress = ProgressPrinter(settings.steps, "sampling") if rank == 0 else None
+    try:
+        tokens = sample_tokens(model, run, images, args.prompt, progress, layout)
+    finally:
+        if progress is not None:
+            progress.close()
     if rank != 0:  # the other ranks of a parallel run hold the same tokens; rank 0 writes them
         return 0
     if tokens_path is not None:

@@ -28,7 +28,7 @@ from .files import LoRAFile, LowRank, read_lora
 
 log = logging.getLogger(__name__)
 
-STRENGTH_RANGE = (-100.0, 100.0)   # as core's LoraLoaderModelOnly
+STRENGTH_RANGE = rules.LORA_STRENGTH_RANGE
 NORMS = ("input_layernorm", "post_attention_layernorm", "self_attn.q_norm", "self_attn.k_norm")
 PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
                "mlp.up_proj", "mlp.down_proj")
@@ -36,7 +36,7 @@ _LAYER_MODULE = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 
 
 def strength(value) -> float:
-    return rules.number("strength", value, *STRENGTH_RANGE)
+    return rules.lora_strength(value)
 
 
 def projection_shapes(config: TransformerConfig) -> dict[str, tuple[int, int]]:
