@@ -44,9 +44,11 @@ class URSAModelLoader(io.ComfyNode):
                                        "on GPUs that support it, else fp16; fp32 on CPU."),
                 io.Combo.Input("attention", options=attention_choices(), default="auto", optional=True,
                                tooltip="Attention kernel; only those that run on this machine are listed. auto = "
-                                       "the fastest available (cuDNN through PyTorch SDPA on H100 unless a faster "
-                                       "one is installed); flash/cudnn/efficient/math pin one SDPA kernel; flex = "
-                                       "FlexAttention (compiled, needs Triton)."),
+                                       "the fastest exact one available (FlashAttention-4 where installed, else "
+                                       "cuDNN through PyTorch SDPA on H100); flash/cudnn/efficient/math pin one SDPA "
+                                       "kernel; flex = FlexAttention (compiled, needs Triton); sage2 = SageAttention "
+                                       "2's 8-bit kernel (Hopper, built from source: faster, ~4-5 % error on the "
+                                       "attention output, never picked by auto)."),
                 io.Boolean.Input("compile", default=False, optional=True,
                                  tooltip="torch.compile the layers (about 23% faster per step on an H100; the first "
                                          "run of each size compiles for ~15 s; needs Triton). Combines with "

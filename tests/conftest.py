@@ -12,6 +12,13 @@ import sys
 from unittest import mock
 
 import pytest
+import torch
+
+# Triton kernels run on CPU tensors through Triton's interpreter (tests/test_fused_ops.py). Triton reads the switch when
+# it is imported (torch.compile imports it), so it is set before any test runs; only on machines without a GPU, where
+# no kernel would run compiled.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:

@@ -98,7 +98,8 @@ def test_top_level_help_describes_the_tool_one_line_per_command(capsys, monkeypa
     out = capsys.readouterr().out
     assert out.split("\n\n")[1].startswith("URSA (uniform discrete diffusion with a metric path) on the command line")
     commands = re.findall(r"^    (\S+) +(\S.*)$", out, flags=re.M)
-    assert [name for name, _ in commands] == ["generate", "batch", "decode", "make-tiny", "download", "convert"]
+    assert [name for name, _ in commands] == ["generate", "batch", "launch", "decode", "make-tiny", "download",
+                                              "convert"]
     assert "Exit codes: 0 done; 1" in " ".join(out.split())
 
 

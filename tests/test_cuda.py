@@ -1,4 +1,5 @@
-"""CUDA paths: fused Triton sampler, low-VRAM streaming, attention backends. Skipped without a GPU."""
+"""CUDA paths: fused Triton sampler and kernels, CUDA-graph steps, low-VRAM streaming, attention backends. Skipped
+without a GPU."""
 import copy
 
 import pytest
@@ -144,14 +145,14 @@ def _qkv_as_the_model_passes_them(batch, q_heads, kv_heads, seq, gen):
     return make(q_heads), make(kv_heads), make(kv_heads)
 
 
-@pytest.mark.parametrize("backend, tolerance", [("flash4", 1e-2), ("sage", 5e-2)])
+@pytest.mark.parametrize("backend, tolerance", [("flash4", 1e-2), ("sage", 5e-2), ("sage2", 8e-2)])
 @pytest.mark.parametrize("shape", [(1, 16, 8, 1000), (2, 16, 8, 4097), (1, 8, 8, 333), (2, 4, 1, 77)])
 def test_optional_attention_backends_match_sdpa(backend, tolerance, shape):
     """FA4 / SageAttention against PyTorch SDPA: GQA and plain heads, odd lengths, the model's strided layout.
     Relative RMS error of the output (SageAttention quantises QK to int8, hence its looser bound; measured on an
     H100 it exceeds even that below ~1000 tokens, so short sequences are FA4's only: sage is never picked by auto)."""
     from ursa_core.attention import backends as attention
-    if backend == "sage" and shape[3] < 1000:
+    if backend in ("sage", "sage2") and shape[3] < 1000:
         pytest.skip("SageAttention's int8 blocks are only accurate on long sequences (measured)")
     if not attention.is_available(backend, "cuda"):
         pytest.skip(f"{backend} is not installed on this machine ({attention.summary(backend)})")
@@ -244,6 +245,139 @@ def test_wide_path_follows_jump_law(monkeypatch):
     import ursa_core.solver.euler as solver
     monkeypatch.setattr(solver, "FUSED_MAX_DIM", 0)  # force the distance-row kernel on a small codebook
     test_fused_jump_law_statistical()
+
+
+# --- issue 22: fused kernels, CUDA graphs, block swap overlap, SageAttention 2 ---------------------------------------
+
+def _cuda_layer_inputs(transformer, latent=(3, 8, 8), batch=2):
+    from ursa_core.model.rope import rotary_cos_sin, sequence_positions
+    cfg = transformer.config
+    pos = sequence_positions(cfg.max_prompt_length, latent, device="cuda")
+    cos, sin = rotary_cos_sin(pos, cfg.head_dim, cfg.rope_theta, transformer.dtype)
+    ids = torch.randint(0, cfg.lm_vocab_size, (batch, pos.shape[0]), device="cuda",
+                        generator=torch.Generator(device="cuda").manual_seed(0))
+    return ids, cos, sin
+
+
+def _rel(out, ref):
+    return ((out.float() - ref.float()).norm() / ref.float().norm()).item()
+
+
+@pytest.mark.parametrize("fuse_projections", [False, True])
+def test_fused_kernels_match_the_eager_layers_per_layer(cuda_model, fuse_projections):
+    """Every layer of the tiny model in bf16 with all fused kernels (norms, QK-norm + RoPE, SwiGLU) against the same
+    eager layer on the same input: the kernels round where the eager modules round, so within bf16 rounding."""
+    pytest.importorskip("triton")
+    from ursa_core.model import fused_ops
+    from ursa_core.model.modeling_ursa import build_transformer
+    eager = build_transformer(cuda_model.config, cuda_model.transformer.state_dict(), torch.bfloat16,
+                              fuse_projections).to("cuda")
+    fused = copy.deepcopy(eager)
+    fused.set_fused_kernels(fused_ops.KINDS)
+    ids, cos, sin = _cuda_layer_inputs(eager)
+    with torch.no_grad():
+        x = eager.model.embed_tokens(ids)
+        for mine, theirs in zip(fused.model.layers, eager.model.layers):
+            expected = theirs(x, cos, sin)
+            assert _rel(mine(x, cos, sin), expected) < 5e-3
+            x = expected
+
+
+def test_qk_norm_rope_kernel_matches_eager_at_the_model_head_shape():
+    """The 1.7B model's q (16 heads) and k (8 heads) as strided views of a fused projection, on a real 3-axis
+    position layout: within a few bf16 units in the last place of the eager ops (a wrong position, half or head would
+    be off by the values themselves)."""
+    pytest.importorskip("triton")
+    from ursa_core.model import fused_ops
+    from ursa_core.model.modeling_ursa import RMSNorm
+    from ursa_core.model.rope import apply_rotary, rotary_cos_sin, sequence_positions
+    pos = sequence_positions(320, (2, 8, 12), device="cuda")
+    cos, sin = rotary_cos_sin(pos, 128, 1e6, torch.bfloat16)
+    gen = torch.Generator(device="cuda").manual_seed(2)
+    qkv = torch.randn(2, pos.shape[0], 32 * 128, device="cuda", generator=gen).to(torch.bfloat16)
+    for x in (qkv[..., :2048].unflatten(-1, (16, 128)), qkv[..., 2048:3072].unflatten(-1, (8, 128))):
+        norm = RMSNorm(128, 1e-6).to("cuda", torch.bfloat16).requires_grad_(False)
+        norm.weight.data.uniform_(0.5, 1.5)
+        expected = apply_rotary(norm(x), cos.unsqueeze(1), sin.unsqueeze(1)).float()
+        out = fused_ops.qk_norm_rope_kernel(x, norm.weight, cos, sin, norm.eps).float()
+        assert out.is_contiguous() and _rel(out, expected) < 4e-3
+        # a unit in the last place of the O(1) rotary terms, where the two terms of a sum cancel
+        assert ((out - expected).abs() <= 2 ** -6 * (expected.abs() + 1)).float().mean() > 0.999
+
+
+def _generate_with_graphs(model, mocker, **kw):
+    """generate() with the model's graph_steps on, returning the tokens and the StepGraphs that ran the steps."""
+    from ursa_core.sampling import generate as generation
+    made = []
+    real = generation._step_runner
+
+    def spy(*args):
+        made.append(real(*args))
+        return made[-1]
+    mocker.patch.object(generation, "_step_runner", side_effect=spy)
+    tokens = generate_tokens(model, "a fox", **kw)
+    mocker.stopall()
+    return tokens, made[0]
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_cuda_graph_steps_are_bit_identical_to_eager_steps(cuda_model, mocker, compiled):
+    """Whole steps captured and replayed (guided, then one-branch steps, several replays of each) give exactly the
+    tokens of the eager loop, eager or compiled layers alike."""
+    from ursa_core.runtime.graphs import StepGraphs
+    from ursa_core.runtime.speed import Placement, SpeedOptions, with_speed
+    handle = with_speed(cuda_model, SpeedOptions(compile=compiled), Placement.single("cuda"))
+    kw = dict(height=64, width=64, frames=9, steps=10, seed=5, guidance=6.0, guidance_trunc=0.5)
+    expected = generate_tokens(handle, "a fox", **kw)
+    handle.transformer.graph_steps = True
+    tokens, graphs = _generate_with_graphs(handle, mocker, **kw)
+    assert isinstance(graphs, StepGraphs) and graphs.replays >= 4 and not graphs.failed
+    assert torch.equal(tokens, expected)
+
+
+def test_cuda_graph_steps_with_the_auto_attention_kernel(cuda_model, mocker):
+    """The same with whatever `auto` runs on this machine (FlashAttention-4 where installed)."""
+    from ursa_core.attention.backends import resolve
+    from ursa_core.runtime.speed import Placement, SpeedOptions, with_speed
+    handle = with_speed(cuda_model, SpeedOptions(attention="auto"), Placement.single("cuda"))
+    handle.transformer.set_attention(resolve("auto", "cuda"))
+    kw = dict(height=64, width=64, frames=9, steps=8, seed=6)
+    expected = generate_tokens(handle, "a fox", **kw)
+    handle.transformer.graph_steps = True
+    tokens, graphs = _generate_with_graphs(handle, mocker, **kw)
+    assert graphs.replays >= 2 and not graphs.failed, handle.transformer.attn_implementation
+    assert torch.equal(tokens, expected)
+
+
+def test_block_swap_with_resident_layers_matches_on_cuda(cuda_model):
+    """Resident layers first, the streamed ones' copies started with the forward (overlapping the resident ones)."""
+    from ursa_core.runtime.speed import Placement, SpeedOptions, with_speed
+    kw = dict(height=64, width=64, frames=5, steps=4, seed=2)
+    handle = with_speed(cuda_model, SpeedOptions(low_vram="stream", blocks_on_gpu=1), Placement.single("cuda"))
+    assert len(handle.transformer.model.layers) == 1 and len(handle.transformer.layer_fetch.host) >= 1
+    assert torch.equal(generate_tokens(handle, "a fox", **kw), generate_tokens(cuda_model, "a fox", **kw))
+
+
+def test_sage2_is_opt_in_and_matches_sdpa_per_layer(cuda_model):
+    """SageAttention 2's SM90 kernel (8-bit): never picked by auto; on a sequence long enough for its blocks
+    (1 049 tokens), each layer's state after o_proj and the residual within a few percent of SDPA's (a wrong layout
+    or scale would be off by ~100 %)."""
+    from ursa_core.attention import backends as attention
+    if not attention.is_available("sage2", "cuda"):
+        pytest.skip("sage2 is not built here (scripts/sage2_build.sh) or the GPU is not SM90")
+    assert "sage2" not in attention.AUTO_ORDER and attention.resolve("auto", "cuda") != "sage2"
+    transformer = copy.deepcopy(cuda_model.transformer).to(torch.bfloat16)
+    ids, cos, sin = _cuda_layer_inputs(transformer, latent=(4, 16, 16), batch=1)
+    with torch.no_grad():
+        x = transformer.model.embed_tokens(ids)
+        for layer in transformer.model.layers:
+            attended = {}
+            for name in ("sdpa", "sage2"):
+                transformer.set_attention(name)
+                attended[name] = layer.self_attn.attend(*layer.attention_inputs(x, cos, sin))
+            after = {name: x + layer.self_attn.output(out) for name, out in attended.items()}
+            assert _rel(after["sage2"], after["sdpa"]) < 0.1
+            x = layer.after_attention(x, attended["sdpa"])
 
 
 def test_lora_with_fp8_storage_block_swap_and_compile_matches_its_merged_weights(cuda_model):

@@ -209,18 +209,26 @@ def test_a_lora_pickle_with_code_is_refused_untouched(model, tmp_path):
     assert not (tmp_path / "ran").exists() and path.read_bytes() == before
 
 
-def test_batch_applies_loras_and_records_them(tiny_dir, adapters, tmp_path):
+def test_batch_applies_loras_records_them_and_a_changed_lora_makes_outputs_stale(tiny_dir, adapters, tmp_path):
+    import hashlib
     import json
     folder, _ = adapters["style"]
     (tmp_path / "set.txt").write_text("a fox\n")
     common = [sys.executable, "-m", "ursa_core", "batch", "--model", str(tiny_dir), "--prompts",
               str(tmp_path / "set.txt"), "--height", "32", "--width", "32", "--steps", "2", "--seed", "5"]
+
+    def batch(outdir, *extra):
+        return subprocess.run([*common, "--outdir", str(tmp_path / outdir), *extra], capture_output=True, text=True,
+                              timeout=300, cwd=ROOT)
     runs = {}
     for name, extra in (("base", []), ("lora", ["--lora", f"{folder}:0.9"])):
-        done = subprocess.run([*common, "--outdir", str(tmp_path / name), *extra], capture_output=True, text=True,
-                              timeout=300, cwd=ROOT)
+        done = batch(name, *extra)
         assert done.returncode == 0, done.stderr
         runs[name] = json.loads((tmp_path / name / "manifest.jsonl").read_text().splitlines()[0])
-    assert runs["lora"]["lora"] == [[str(folder), 0.9]] and runs["base"]["lora"] == []
+    digest = hashlib.sha256((folder / "adapter_model.bin").read_bytes()).hexdigest()[:16]
+    assert runs["lora"]["model"]["lora"] == [[digest, 0.9]] and "lora" not in runs["base"]["model"]
     outputs = [(tmp_path / name / runs[name]["out"]).read_bytes() for name in ("base", "lora")]
     assert outputs[0] != outputs[1]
+    # another strength changes the pixels: the finished output is stale, refused unless --overwrite-stale
+    again = batch("lora", "--lora", f"{folder}:0.5")
+    assert again.returncode == 2 and "finished output(s) there were made under another" in again.stderr

@@ -32,7 +32,8 @@ class AttentionBackend:
 _REGISTRY: dict[str, AttentionBackend] = {}
 _BUILT: dict[str, AttentionFunction] = {}
 # Fastest first, as measured on an H100 at the 49-frame shape (docs/PERFORMANCE.md): FlashAttention-4 ~700
-# TFLOP/s, cuDNN through SDPA ~580. SageAttention (446, int8 QK: 1.3 % error) is never picked by itself.
+# TFLOP/s, cuDNN through SDPA ~580. The SageAttention kernels quantise (8-bit: approximate attention), so they run
+# only when named: `sage` (v1, 446 TFLOP/s, 1.3 % error) and `sage2` (v2's SM90 kernel, ~830, 4-5 %).
 AUTO_ORDER = ["flash4", "sdpa"]
 
 
@@ -169,6 +170,41 @@ def _sage() -> AttentionFunction:
     return attend
 
 
+def _sage2_extensions_built() -> bool:
+    """Whether the installed sageattention package holds the two compiled SM90 modules the sage2 backend calls
+    (scripts/sage2_build.sh builds exactly these); looked up as files, without importing the package."""
+    import importlib.util
+    from pathlib import Path
+    try:
+        spec = importlib.util.find_spec("sageattention")
+    except (ImportError, ValueError):
+        return False
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    return any(all(any(Path(folder).glob(f"{module}*.so")) for module in ("_qattn_sm90", "_fused"))
+               for folder in folders)
+
+
+def _has_sage2(device: torch.device) -> bool:
+    """SageAttention 2's kernel for Hopper (SM90) only; never picked by `auto` (8-bit: approximate attention)."""
+    return _cuda(device) and torch.cuda.get_device_capability(device) == (9, 0) and _sage2_extensions_built()
+
+
+def _sage2() -> AttentionFunction:
+    from sageattention import sageattn_qk_int8_pv_fp8_cuda_sm90
+
+    def attend(q, k, v):
+        if q.dtype not in HALF:  # 8-bit kernels take fp16/bf16 inputs only
+            return sdpa(q, k, v)
+        # INT8 Q/K with per-warp scales after subtracting K's mean (smooth_k), FP8 P.V with fp32 accumulation: the
+        # configuration measured in ../shared/spec/fp8-attention.md (833 TFLOP/s, 4-5 % error on the output). NHD
+        # on the model's [B, S, H, D] tensors (the transposes are free views); grouped KV heads are native.
+        out = sageattn_qk_int8_pv_fp8_cuda_sm90(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                               tensor_layout="NHD", is_causal=False, qk_quant_gran="per_warp",
+                                               pv_accum_dtype="fp32+fp32", smooth_k=True)
+        return out.transpose(1, 2)
+    return attend
+
+
 def _has_flex(device: torch.device) -> bool:
     return _cuda(device) and _installed("torch.nn.attention.flex_attention")
 
@@ -180,7 +216,10 @@ register("efficient", _sdpa_pinned("EFFICIENT_ATTENTION"), _cuda, "SDPA pinned t
 register("math", _sdpa_pinned("MATH"), lambda device: True, "SDPA's reference math kernel")
 register("flex", _flex, _has_flex, "FlexAttention (torch.compile); CUDA only")
 register("flash4", _flash4, _has_flash4, "FlashAttention-4 (pip install .[hopper]); SM90/SM100 GPUs, fp16/bf16")
-register("sage", _sage, _has_sage, "SageAttention 1 (int8 QK, Triton; pip install sageattention); CUDA only")
+register("sage", _sage, _has_sage, "SageAttention's own dispatch (sageattn; v1: int8 QK in Triton, pip install "
+         "sageattention); CUDA only")
+register("sage2", _sage2, _has_sage2, "SageAttention 2 SM90 kernel (INT8 QK, FP8 PV: approximate; opt-in, built by "
+         "scripts/sage2_build.sh); Hopper (SM90) GPUs, fp16/bf16")
 
 
 def _ulysses() -> AttentionFunction:

@@ -66,6 +66,13 @@ def attention_help() -> str:
     return f"{', '.join(registry.names())}; only those this machine runs are accepted (default: %(default)s)"
 
 
+# The flags' defaults where no checkpoint sets one (frames, size, steps, cfg and motion are the model's: request()).
+# `ursa batch` takes an evaluation preset's values instead where it has one (ursa_core.batch.presets).
+DEFAULTS = {"negative": "", "dtype": "auto", "samples": 1}
+# The flags a preset sets (by their argparse names: --cfg is `guidance`); given on the command line, they win.
+PRESET_OPTIONS = ("samples", "height", "width", "steps", "guidance", "frames", "negative", "motion", "dtype")
+
+
 @contextlib.contextmanager
 def warnings_on_stderr():
     """ursa_core's logged warnings (a prompt that will be cut, ...) as plain `warning: ...` lines on the CLI."""

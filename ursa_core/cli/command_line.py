@@ -10,15 +10,16 @@ from typing import Callable, Optional
 from .. import __version__, rules
 from ..batch.prompt_sets import FORMATS
 from ..checkpoint.defaults import CHECKPOINT_REPOS, MODEL_DEFAULTS, PRESETS, WEIGHTS_REPOS, ModelDefaults
-from ..errors import OutputError, URSAError
+from ..errors import LaunchError, OutputError, URSAError
 from ..files import image_file
 from . import arguments
-from .exits import EXIT_INPUT, EXIT_OUTPUT
+from .exits import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OUTPUT, EXIT_TERMINATED
 
 DESCRIPTION = ("URSA (uniform discrete diffusion with a metric path) on the command line: text to image or video, "
                "image to video, first/last-frame interpolation and prompt sets, on one GPU, several, or the CPU.")
-EXIT_CODES = ("Exit codes: 0 done; 1 an output could not be written; 2 bad input or no torch (one line, before any "
-              "model loads); 3 a download failed; 130 cancelled (Ctrl-C; existing files are left as they were).")
+EXIT_CODES = ("Exit codes: 0 done; 1 an output could not be written (or a rank of a torchrun launch failed: every "
+              "rank stops, one line); 2 bad input or no torch (one line, before any model loads); 3 a download "
+              "failed; 130 cancelled (Ctrl-C; existing files are left as they were).")
 NEEDS_TORCH = ("`ursa {command}` needs PyTorch, {why}. Install the build for this machine first (CPU: pip install "
                "torch; NVIDIA GPU: the command from https://pytorch.org/get-started/locally/). ComfyUI users already "
                "have it: install ursa into ComfyUI's Python environment and run it from there.")
@@ -41,7 +42,8 @@ def add_sampling_options(parser) -> None:
     parser.add_argument("--lora", action="append", type=arguments.lora_flag, metavar="FILE[:STRENGTH]",
                         help="a LoRA (PEFT adapter folder or its adapter_model.safetensors/.bin, or a single LoRA "
                              "file) at STRENGTH (default 1; finite, -100 to 100); repeat for several")
-    parser.add_argument("--negative", default="", help="negative prompt (default: empty, as the reference)")
+    parser.add_argument("--negative", default=arguments.DEFAULTS["negative"],
+                        help="negative prompt (default: empty, as the reference)")
     parser.add_argument("--frames", type=arguments.FRAMES,
                         help=f"1 for an image, 1 + 4k for a video (49 = 4 s at 12 fps) (default: "
                              f"{per_checkpoint(lambda d: d.frames)}; 1 for a .png output)")
@@ -70,7 +72,7 @@ def add_sampling_options(parser) -> None:
     parser.add_argument("--resize", choices=image_file.RESIZE_MODES, default="crop",
                         help="how --image/--last-image fit the frame: crop (cover, cut the middle), pad (fit, black "
                              "bars) or stretch (default: %(default)s)")
-    parser.add_argument("--dtype", type=arguments.DTYPE, default="auto",
+    parser.add_argument("--dtype", type=arguments.DTYPE, default=arguments.DEFAULTS["dtype"],
                         help="auto (bf16 or fp16 on GPUs, fp32 on the CPU), fp32, fp16 or bf16 (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...; under torchrun auto is "
                                                          "cuda:LOCAL_RANK (default: %(default)s)")
@@ -115,16 +117,48 @@ def _add_generate(sub) -> None:
 def _add_batch(sub) -> None:
     bat = sub.add_parser("batch", help="a prompt set, resumable, on one GPU or many", description=(
         "A prompt set (txt, JSONL, GenEval, DPG-Bench, VBench) with one model load; resumable; under torchrun the "
-        "ranks share the set."), epilog=EXIT_CODES)
-    bat.add_argument("--prompts", required=True, help="a .txt (one prompt a line), .jsonl, GenEval prompts.json, "
-                                                      "DPG-Bench prompts.json or a VBench folder of <track>.txt")
+        "ranks share the set. An evaluation set (GenEval, DPG-Bench, VBench) takes its reference protocol's "
+        "samples, size, steps, cfg, frames, negative prompt and dtype (README, 'Presets') unless given here."),
+        epilog=EXIT_CODES)
+    bat.add_argument("--prompts", required=True, help="a .txt (one prompt a line), .jsonl, GenEval's "
+                                                      "evaluation_metadata.jsonl or prompts.json, DPG-Bench "
+                                                      "prompts.json or a VBench folder of <track>.txt")
     bat.add_argument("--format", choices=FORMATS, default="auto",
-                     help="auto: from the file name (default: %(default)s)")
+                     help="auto: from the file name and content; geneval, dpgbench and vbench follow the reference "
+                          "protocol (samples, size, steps, cfg, negative, dtype) unless an option says otherwise "
+                          "(default: %(default)s)")
+    bat.add_argument("--prompt-field", choices=("dense_prompt", "prompt", "longer", "short"),
+                     help="GenEval: dense_prompt (the reference's, default) or prompt; VBench: longer (the "
+                          "reference's, default) or short")
     bat.add_argument("--outdir", required=True, help="output folder (finished outputs there are skipped)")
-    bat.add_argument("--samples", type=arguments.SAMPLES, default=1,
-                     help="samples per prompt, seeds seed, seed+1, ... (DPG-Bench: 4, one 2x2 grid) "
+    bat.add_argument("--overwrite-stale", action="store_true",
+                     help="regenerate outputs in --outdir made under another seed rule or other settings "
+                          "(without it such a folder is refused)")
+    bat.add_argument("--samples", type=arguments.SAMPLES, default=arguments.DEFAULTS["samples"],
+                     help="samples per prompt (GenEval: 4, VBench: 5, DPG-Bench: 4, one 2x2 grid) "
                           "(default: %(default)s)")
     add_sampling_options(bat)
+    _preset_defaults(bat)
+
+
+def _preset_defaults(bat) -> None:
+    """A preset's option is None until the command line gives it (ursa_core.cli.batch_command.apply_protocol);
+    help still shows the plain default."""
+    for action in bat._actions:
+        if action.dest in arguments.PRESET_OPTIONS:
+            if action.help and "%(default)s" in action.help:
+                action.help = action.help.replace("%(default)s", str(action.default))
+            action.default = None
+
+
+def _add_launch(sub) -> None:
+    launch = sub.add_parser("launch", help="torchrun for batch / generate, ending in one line and an exit code",
+                            description="`ursa launch [torchrun options] batch|generate [options]`: torchrun's own "
+                                        "launcher with the same options; a failing or interrupted rank stops every "
+                                        "rank within seconds, with one line.", epilog=EXIT_CODES)
+    launch.add_argument("torchrun_and_command", nargs=argparse.REMAINDER,
+                        help="torchrun's options (--nproc-per-node, --nnodes, --rdzv-*, ...), then batch or "
+                             "generate and its options")
 
 
 def _add_tools(sub) -> None:
@@ -166,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, title="commands")
     _add_generate(sub)
     _add_batch(sub)
+    _add_launch(sub)
     _add_tools(sub)
     return parser
 
@@ -189,6 +224,8 @@ def needs_torch(command: str, why: str) -> int:
 def run(argv: Optional[list[str]] = None) -> int:
     """Parse, check for torch, run the command; an error is one line and an exit code (Ctrl-C: cli.main)."""
     words = sys.argv[1:] if argv is None else list(argv)
+    if words[:1] == ["launch"] and "-h" not in words[1:2] and "--help" not in words[1:2]:
+        return _launch(words[1:])   # torchrun's options are its own: they pass through unparsed
     try:
         args = build_parser().parse_args(words)
     except SystemExit as exc:  # a bad argument (one line already printed), --help or --version: return its code
@@ -203,7 +240,7 @@ def run(argv: Optional[list[str]] = None) -> int:
         return needs_torch(args.command, problem)
     try:
         return _dispatch(args)
-    except OutputError as exc:
+    except (OutputError, LaunchError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_OUTPUT
     except URSAError as exc:
@@ -211,17 +248,74 @@ def run(argv: Optional[list[str]] = None) -> int:
         return EXIT_INPUT
 
 
+def _launch(words: list[str]) -> int:
+    problem = torch_problem()
+    if problem is not None:
+        return needs_torch("launch", problem)
+    from .launch_command import run_launch
+    try:
+        return run_launch(words, build_parser())
+    except URSAError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command in ("generate", "batch"):
-        from ..parallel.distributed import finish
-        from .batch_command import run_batch
-        from .generate_command import run_generate
-
-        try:
-            with arguments.warnings_on_stderr():
-                return (run_generate if args.command == "generate" else run_batch)(args)
-        finally:
-            finish()  # leave torchrun's process group, if this run joined one
+        return _run_sampling(args)
     from . import tools
     return {"decode": tools.run_decode, "make-tiny": tools.run_make_tiny, "download": tools.run_download,
             "convert": tools.run_convert}[args.command](args)
+
+
+def _exit_of(exc: BaseException, rank: int) -> tuple[int, str]:
+    """The exit code and one line of a rank's own failure."""
+    from ..parallel.ranks import Terminated
+
+    if isinstance(exc, Terminated):
+        return EXIT_TERMINATED, "terminated (SIGTERM)"
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED, "cancelled"
+    if isinstance(exc, (OutputError, LaunchError)):
+        return EXIT_OUTPUT, str(exc)
+    if isinstance(exc, URSAError):
+        return EXIT_INPUT, str(exc)
+    first_line = (str(exc).strip().splitlines() or [""])[0]
+    return EXIT_OUTPUT, f"rank {rank}: {type(exc).__name__}: {first_line}"
+
+
+def _stop_ranks(session, exc: BaseException) -> int:
+    """A rank of a torchrun launch fails or is interrupted: one line for the whole launch and an exit code, never a
+    traceback (ursa_core.parallel.ranks decides which rank prints)."""
+    if not isinstance(exc, (URSAError, KeyboardInterrupt)):
+        session.settle()   # a collective that failed may mean a peer vanished: the watch names it
+    if session.stopped_by_peer or (session.abort is not None and session.abort.origin != session.rank):
+        abort = session.fail(session.abort.code, session.abort.message)   # stopped for another rank's failure
+        if session.prints(abort):
+            session.say(session.line(abort))
+        return abort.code
+    code, message = _exit_of(exc, session.rank)
+    abort = session.fail(code, message)
+    quiet = code in (EXIT_INTERRUPTED, EXIT_TERMINATED)
+    if abort.reporter == session.rank or (not quiet and abort.message != message):
+        session.say(f"\n{message}" if quiet else f"error: {message}")   # cancelled: on a line of its own (cli)
+    return code
+
+
+def _run_sampling(args) -> int:
+    """`generate` / `batch`, in a torchrun launch's session when there is one."""
+    from .batch_command import run_batch
+    from .generate_command import run_generate
+    from ..parallel.distributed import finish, join_launch
+
+    session = None
+    try:
+        with arguments.warnings_on_stderr():
+            session = join_launch()
+            return (run_generate if args.command == "generate" else run_batch)(args, session)
+    except BaseException as exc:
+        if session is None or isinstance(exc, SystemExit):
+            raise
+        return _stop_ranks(session, exc)
+    finally:
+        finish(session)  # leave torchrun's process group and the launch, if this run joined one

@@ -76,6 +76,11 @@ class ProgressPrinter:
             self.bar = tqdm(total=self.total, desc=self.desc, unit="step")
         self.bar.update(1)
         if info.step + 1 == info.steps:
+            self.close()
+
+    def close(self) -> None:
+        """End the bar's line (also when sampling stops early, so an error message gets a line of its own)."""
+        if self.bar is not None:
             self.bar.close()
 
     def close(self) -> None:
@@ -146,7 +151,9 @@ def describe_run(identity: ModelIdentity, run: Request, args: argparse.Namespace
             f"{s.width}x{s.height}, {s.steps} steps, cfg {s.guidance:g}{filled}")
 
 
-def run_generate(args: argparse.Namespace) -> int:
+def run_generate(args: argparse.Namespace, session=None) -> int:
+    """`ursa generate`; `session`: this rank's ursa_core.parallel.ranks.RankSession under torchrun (None: one
+    process)."""
     check_output_path(args.out, args.frames or 1)   # a video's frames are one MP4, an image output's one PNG
     tokens_path: Optional[Path] = None
     if args.save_tokens:
@@ -157,7 +164,7 @@ def run_generate(args: argparse.Namespace) -> int:
     kv_heads = checkpoint_rules(folder)[0].num_key_value_heads
     rules.parallel_layout(args.parallel, launched_world(), kv_heads)
     images = read_images(run)
-    rank, world, device = init_from_env(args.device)
+    rank, world, device = init_from_env(args.device, session)
     layout = build_layout(args.parallel, kv_heads) if world > 1 else None
     started = time.time()
     model = load_for_cli(folder, device, args.dtype, speed, args.transformer_weights, loras)

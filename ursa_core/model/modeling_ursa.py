@@ -7,7 +7,7 @@ token at p + 1. `lm_head` covers only the K visual codes. Parameter names match 
 from __future__ import annotations
 
 import copy
-from typing import Callable, Iterator, NamedTuple, Optional
+from typing import Callable, Iterable, Iterator, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -25,8 +25,11 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
+        self.fused_kernel = False  # one Triton kernel instead (URSATransformer.set_fused_kernels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused_kernel:
+            return torch.ops.ursa.rms_norm(x, self.weight, self.eps)
         dtype = x.dtype
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -52,6 +55,7 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
         self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
         self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+        self.fused_qk_rope = False  # QK-norm and RoPE in one Triton kernel (URSATransformer.set_fused_kernels)
 
     def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         """q, k, v as [B, S, heads, D] tensors; QK-norm is applied per head before the rotary embedding.
@@ -63,6 +67,9 @@ class Attention(nn.Module):
         q = q.unflatten(-1, (self.num_heads, self.head_dim))
         k = k.unflatten(-1, (self.num_kv_heads, self.head_dim))
         v = v.unflatten(-1, (self.num_kv_heads, self.head_dim))
+        if self.fused_qk_rope:
+            return (torch.ops.ursa.qk_norm_rope(q, self.q_norm.weight, cos, sin, self.q_norm.eps),
+                    torch.ops.ursa.qk_norm_rope(k, self.k_norm.weight, cos, sin, self.k_norm.eps), v)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         return apply_rotary(self.q_norm(q), cos, sin), apply_rotary(self.k_norm(k), cos, sin), v
 
@@ -98,6 +105,7 @@ class MLP(nn.Module):
             self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
             self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.fused_swiglu = False  # the SwiGLU product in one Triton kernel (URSATransformer.set_fused_kernels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] <= self.chunk_tokens:
@@ -109,6 +117,8 @@ class MLP(nn.Module):
             gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
         else:
             gate, up = self.gate_proj(x), self.up_proj(x)
+        if self.fused_swiglu:
+            return self.down_proj(torch.ops.ursa.swiglu(gate, up))
         # SwiGLU product in fp32, as the reference's jiterator kernel does.
         return self.down_proj((F.silu(gate.float()) * up.float()).to(x.dtype))
 
@@ -125,8 +135,12 @@ class DecoderLayer(nn.Module):
         return self.self_attn.project(self.input_layernorm(x), cos, sin)
 
     def after_attention(self, x, attended):
+        norm = self.post_attention_layernorm
+        if norm.fused_kernel:  # the residual add and the norm in one pass
+            x, normed = torch.ops.ursa.add_rms_norm(x, self.self_attn.output(attended), norm.weight, norm.eps)
+            return x + self.mlp(normed)
         x = x + self.self_attn.output(attended)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        return x + self.mlp(norm(x))
 
     def forward(self, x, cos, sin):
         return self.after_attention(x, self.self_attn.attend(*self.attention_inputs(x, cos, sin)))
@@ -161,7 +175,10 @@ class URSATransformer(nn.Module):
         # sets the first (runtime/lowvram.py), compile the second (runtime/compiled.py): they combine.
         self.layer_fetch = None
         self.layer_call: Optional[Callable] = None
+        # Whether sampling steps may replay as CUDA graphs (runtime/graphs.py decides where they can).
+        self.graph_steps = False
         self._attention = "sdpa"
+        self._fused_kernels: frozenset = frozenset()
 
     @property
     def dtype(self) -> torch.dtype:
@@ -199,6 +216,32 @@ class URSATransformer(nn.Module):
         for module in self.modules():  # low-VRAM slots are submodules too (transformer.stream_slots)
             if isinstance(module, Attention):
                 module.attn_implementation = name
+
+    @property
+    def fused_kernels(self) -> frozenset:
+        """The kinds of fused Triton kernels the layers run (model/fused_ops.KINDS); empty: the eager modules."""
+        return self._fused_kernels
+
+    def set_fused_kernels(self, kinds: Iterable[str]) -> None:
+        """Run the layers' norms ("norm": input, post-attention with its residual add, final), QK-norm + RoPE
+        ("qk_rope") and SwiGLU ("swiglu") through the fused Triton kernels of model/fused_ops.py; an empty `kinds`
+        restores the eager modules. The kernels run on CUDA tensors (CPU ones only under Triton's interpreter)."""
+        from . import fused_ops
+
+        kinds = frozenset(kinds)
+        if kinds - set(fused_ops.KINDS):
+            raise ValueError(f"unknown fused kernels {sorted(kinds - set(fused_ops.KINDS))}; "
+                             f"kinds: {fused_ops.KINDS}")
+        if kinds:
+            fused_ops.register()
+        for module in self.modules():  # the low-VRAM slots too
+            if isinstance(module, RMSNorm):
+                module.fused_kernel = "norm" in kinds
+            elif isinstance(module, Attention):
+                module.fused_qk_rope = "qk_rope" in kinds
+            elif isinstance(module, MLP):
+                module.fused_swiglu = "swiglu" in kinds
+        self._fused_kernels = kinds
 
     def hidden_states(self, input_ids: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                       keep: Optional[torch.Tensor] = None, collect: Optional[list] = None) -> torch.Tensor:

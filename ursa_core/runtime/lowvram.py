@@ -1,9 +1,9 @@
 """Low-VRAM mode (block swap): the first `blocks_on_gpu` decoder layers stay resident, the others live in (pinned)
 host memory and stream through two device slots.
 
-Streaming is a layer *fetch* (URSATransformer.decoder_layers), not a loop of its own: while layer i computes on the
-default stream, layer i+1's weights are copied into the other slot on a side stream, so the copy hides behind
-compute; however a layer then runs (eagerly, or through the compiled halves of runtime/compiled.py) is the caller's
+Streaming is a layer *fetch* (URSATransformer.decoder_layers), not a loop of its own: the weights of the next
+streamed layer are copied into the other slot on a side stream while a layer computes on the default stream, and the
+first two copies start with the forward, behind the resident layers, so the copies hide behind compute; however a layer then runs (eagerly, or through the compiled halves of runtime/compiled.py) is the caller's
 business, so block swap and compile combine. Resident: embeddings, final norm, lm_head, the kept layers and the two
 slots. The streamed layers leave the module tree (only their host copies remain), so whoever moves or measures the
 transformer (ComfyUI's ModelPatcher, `.to()`) sees exactly what occupies the device; the slots are a submodule and
@@ -66,27 +66,31 @@ class LayerStreamer:
             ready[slot].record(copy_stream)
 
     def layers(self, transformer) -> Iterator[nn.Module]:
-        """The resident layers, then every streamed one copied into a slot (the next copy already on its way while
-        the caller runs the one yielded)."""
-        yield from transformer.model.layers
+        """The resident layers, then every streamed one copied into a slot. The slots start filling when the forward
+        starts, so the first streamed layers' copies overlap the resident layers' compute; after that the copy of
+        layer i + SLOTS goes into layer i's slot as soon as layer i has run (while layer i + 1 computes)."""
         count = len(self.host)
         if count == 0:
+            yield from transformer.model.layers
             return
         device = next(self.slots[0].parameters()).device  # wherever the model's owner put the slots
         sync = self._cuda_sync(device)
-        if sync is not None:
-            for event in sync[2]:  # nothing uses the slots before the first streamed layer
+        if sync is not None:  # the slots are free once the work queued so far (the previous forward) is done
+            for event in sync[2]:
                 event.record(torch.cuda.current_stream(device))
-        self._load(0, 0, sync)
+        slots = len(self.slots)
+        for i in range(min(slots, count)):
+            self._load(i, i, sync)
+        yield from transformer.model.layers
         for i in range(count):
-            slot = i % len(self.slots)
-            if i + 1 < count:
-                self._load(i + 1, (i + 1) % len(self.slots), sync)
+            slot = i % slots
             if sync is not None:
                 torch.cuda.current_stream(device).wait_event(sync[1][slot])
             yield self.slots[slot]
             if sync is not None:  # the caller ran the layer: the slot may be refilled once that work is done
                 sync[2][slot].record(torch.cuda.current_stream(device))
+            if i + slots < count:
+                self._load(i + slots, slot, sync)
 
 
 def enable_low_vram(transformer: nn.Module, device: str | torch.device, blocks_on_gpu: int = 0) -> LayerStreamer | None:

@@ -28,6 +28,8 @@ class SpeedOptions:
     blocks_on_gpu: int = 0           # with stream: decoder layers that stay on the GPU
     vq_device: str = "default"       # where the visual tokenizer runs; default: the front end's choice
     text_device: str = "default"     # where the token embedding table lives; default: the front end's choice
+    fused_kernels: bool = False      # norms, QK-norm + RoPE, SwiGLU as fused Triton kernels (model/fused_ops.py)
+    cuda_graphs: bool = False        # sampling steps replayed as CUDA graphs where they can be (runtime/graphs.py)
 
     def __post_init__(self):
         rules.attention(self.attention)
@@ -66,11 +68,14 @@ class Placement:
 def with_speed(model: URSAModel, options: SpeedOptions, placement: Placement) -> URSAModel:
     """A handle of `model` that runs with `options`: its transformer is a clone sharing the loaded weights, so
     `model` itself is left as loaded (as ComfyUI's model.clone() before a patch). In one order for every front end:
-    the attention kernel (resolved where the model computes), fp8 weight storage, the text side's device, block
-    swap, compiled layers. The visual tokenizer is shared; its device is the front end's to manage."""
+    the attention kernel (resolved where the model computes), fp8 weight storage, fused kernels, the text side's
+    device, block swap, compiled layers, CUDA graphs. The visual tokenizer is shared; its device is the front end's
+    to manage."""
     transformer = model.transformer.clone()
     transformer.set_attention(resolve_attention(options.attention, placement.compute))
     store_weights(transformer, options.weight_dtype)
+    if options.fused_kernels:
+        _fuse_kernels(transformer, placement.compute)
     text = placement_device(options.text_device, placement.text)
     if text != placement.compute:
         place_embeddings(transformer, text)
@@ -78,7 +83,18 @@ def with_speed(model: URSAModel, options: SpeedOptions, placement: Placement) ->
     if options.compile:
         from .compiled import compile_layers  # imports torch._dynamo: only when asked for
         compile_layers(transformer)
+    transformer.graph_steps = options.cuda_graphs
     return replace(model, transformer=transformer)
+
+
+def _fuse_kernels(transformer, device: torch.device) -> None:
+    """Every fused kernel kind, where they can run: Triton kernels on a CUDA GPU (said, not silently skipped)."""
+    from ..model import fused_ops
+
+    if device.type != "cuda" or not fused_ops.available():
+        log.warning("URSA: fused_kernels needs Triton on a CUDA GPU; on %s the layers run their usual kernels", device)
+        return
+    transformer.set_fused_kernels(fused_ops.KINDS)
 
 
 def _block_swap(transformer, options: SpeedOptions, placement: Placement) -> None:

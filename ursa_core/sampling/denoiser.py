@@ -64,6 +64,7 @@ class Denoiser:
 
     @torch.no_grad()
     def __call__(self, tokens: torch.Tensor, branches: int, guidance: float) -> LogitsSource:
+        """The logits of the step's branches for `tokens` ([B, T, h, w] or flat [B, T*h*w])."""
         ids = [sequence_ids(self.config, prompt, tokens) for prompt in self.prompts[:branches]]
         return LogitsSource(self.transformer, self.runner.hidden_states(self.transformer, ids, self.cos, self.sin),
                             guidance)

@@ -1,7 +1,9 @@
 """The one entry point that turns a prompt into visual tokens: `generate(model, prompt, ...)` -> `Generation`."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -11,12 +13,14 @@ from ..checkpoint.loader import URSAModel
 from ..errors import InputError
 from ..path.metric_path import MetricPath
 from ..path.schedule import FrameClocks, FrameSchedule, StartTimes, time_grid
-from ..runtime import memory
+from ..runtime import graphs, memory
+from ..runtime.graphs import to_device
 from ..solver.euler import euler_step
 from .denoiser import Denoiser
 from .runners import BranchRunner, RunnerFactory, SingleDevice
 from .settings import GenerationSettings, RunSettings, branches
 
+log = logging.getLogger(__name__)
 _MASK64 = (1 << 64) - 1
 
 
@@ -212,10 +216,15 @@ def generate(model: URSAModel, prompt: str | Sequence[str] = "", negative_prompt
 def _sample(model: URSAModel, path: MetricPath, plan_: GenerationPlan, denoiser: Denoiser, runner: BranchRunner,
             tokens: torch.Tensor, settings: RunSettings, callback) -> torch.Tensor:
     """The step loop: every token's clock, the branches the step runs, the transformer pass and the jump of the
-    tokens sampled here, every token's new value; the callback after each step."""
+    tokens sampled here, every token's new value; the callback after each step.
+
+    A step's inputs reach the device before its work is queued, so the host never waits inside a step; the step
+    itself (`_device_step`) runs eagerly or, with the cuda_graphs speed option, replays as a CUDA graph."""
     batch, steps = tokens.shape[0], settings.steps
     flat_active = tokens.flatten(1)[:, plan_.active]
     token_starts = plan_.starts.per_token[plan_.active]
+    run_step = _step_runner(model, runner)
+    host = torch.device("cpu")
     for step in range(steps):
         final = step == steps - 1
         clocks = FrameClocks.at_step(token_starts, plan_.starts.hold, plan_.grid, step, path)
@@ -226,16 +235,38 @@ def _sample(model: URSAModel, path: MetricPath, plan_: GenerationPlan, denoiser:
             count = branches(settings.guidance, t, settings.guidance_trunc)
             here = runner.sampled_here(count)
             u = uniforms(settings.seed, TAG_STEP, step, (3, batch, tokens[0].numel()))[:, :, plan_.active][:, :, here]
-            new, x1 = euler_step(path, denoiser(tokens, count, settings.guidance),
-                                 flat_active[:, here].reshape(-1).to(model.device),
-                                 clocks.for_batch(here, batch, model.device), u.reshape(3, -1).to(model.device),
-                                 final, settings.chunk_tokens, fused=settings.sampler == "triton")
+            sampled = clocks.for_batch(here, batch, host)
+            inputs = to_device(model.device, tokens.flatten(1), flat_active[:, here].reshape(-1), sampled.beta,
+                               sampled.beta_dot, sampled.h, u.reshape(3, -1))
+            new, x1 = run_step((count, final), partial(_device_step, path, denoiser, settings, count, final), inputs)
             flat_active = runner.gather(new.view(batch, -1), count)
             tokens = _scatter(tokens, plan_.active, flat_active)
             predicted = _scatter(tokens, plan_.active, runner.gather(x1.view(batch, -1), count))
         if callback is not None:
             callback(StepInfo(step, steps, t, tokens, predicted))
     return tokens
+
+
+def _device_step(path: MetricPath, denoiser: Denoiser, settings: RunSettings, count: int, final: bool,
+                 tokens: torch.Tensor, x_t: torch.Tensor, beta: torch.Tensor, beta_dot: torch.Tensor,
+                 h: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step on the device, from device tensors only (what a CUDA graph can capture): the transformer pass of
+    `count` branches on `tokens` [B, T*h*w], then the jump of the sampled tokens x_t -> (new tokens, x1)."""
+    logits = denoiser(tokens, count, settings.guidance)
+    return euler_step(path, logits, x_t, FrameClocks(beta, beta_dot, h), u, final, settings.chunk_tokens,
+                      fused=settings.sampler == "triton")
+
+
+def _step_runner(model: URSAModel, runner: BranchRunner):
+    """How each step runs: replayed CUDA graphs where the handle asks for them and they can be captured, else
+    eagerly (runtime/graphs.py)."""
+    if not model.transformer.graph_steps:
+        return graphs.eager
+    reason = graphs.unsupported(model.transformer, runner, model.device)
+    if reason is not None:
+        (log.info if model.device.type == "cuda" else log.debug)("URSA: cuda_graphs off for this run: %s", reason)
+        return graphs.eager
+    return graphs.StepGraphs(model.device)
 
 
 def _scatter(tokens: torch.Tensor, active: torch.Tensor, values: torch.Tensor) -> torch.Tensor:

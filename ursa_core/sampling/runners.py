@@ -40,6 +40,9 @@ class RunnerFactory(Protocol):
 class SingleDeviceRunner:
     """Every branch in one batch on the model's device; every active token is sampled here."""
 
+    # Nothing inside a step talks to another device, so a step may be captured as a CUDA graph (runtime/graphs.py).
+    capturable = True
+
     def __init__(self, keep: torch.Tensor):
         self.keep = keep  # the sequence rows whose outputs predict the active tokens
 
