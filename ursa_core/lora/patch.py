@@ -124,6 +124,8 @@ def _fused_rows(layer: nn.Module, fused: str, parts: Sequence[str]) -> list[tupl
 class LoRAFetch:
     """A `layer_fetch` (see URSATransformer.decoder_layers): the inner fetch's layers, each one a LoRA changes handed
     over as a scratch layer holding the merged weights."""
+    # runtime/graphs.py: steps with LoRAs run eagerly (the merges are device work, but capturing them is untested)
+    not_capturable = "LoRA weights are merged into each layer during a step"
 
     def __init__(self, inner, config: TransformerConfig, loras: Sequence[AppliedLoRA]):
         self.inner, self.config, self.loras = inner, config, tuple(loras)
