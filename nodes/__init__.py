@@ -4,13 +4,14 @@ from comfy_api.latest import ComfyExtension, io
 from .nodes_extend import URSAExtendVideo
 from .nodes_loader import URSAModelLoader
 from .nodes_mask import URSAMaskSchedule, URSAPadForOutpaint, URSARepaintComposite
+from .nodes_lora import URSALoraLoader
 from .nodes_sampler import URSASampler
 from .nodes_schedule import URSAFrameSchedule
 from .nodes_text import URSATextEncode
 from .nodes_tokenizer import URSATokenizerDecode, URSATokenizerEncode
 from .nodes_tokens_io import URSALoadTokens, URSASaveTokens
 
-NODES = [URSAModelLoader, URSATextEncode, URSATokenizerEncode, URSATokenizerDecode, URSAFrameSchedule,
+NODES = [URSAModelLoader, URSALoraLoader, URSATextEncode, URSATokenizerEncode, URSATokenizerDecode, URSAFrameSchedule,
          URSASampler, URSAExtendVideo, URSASaveTokens, URSALoadTokens, URSAMaskSchedule, URSAPadForOutpaint,
          URSARepaintComposite]
 

@@ -13,9 +13,11 @@ import comfy.utils
 import folder_paths
 import torch
 
+from ursa_core.checkpoint.defaults import CHECKPOINT_REPOS
 from ursa_core.checkpoint.loader import (URSAModel, is_ursa_folder, layout_gaps, load_model, looks_like_ursa,
                                         resolve_dtype)
 from ursa_core.errors import InputError
+from ursa_core.files.tensor_files import TENSOR_SUFFIXES
 from ursa_core.files.token_io import model_identity
 from ursa_core.runtime.loader_options import placement_device
 from ursa_core.runtime.speed import Placement, SpeedOptions, with_speed
@@ -26,7 +28,10 @@ MODEL_FOLDER_KEY = "ursa"
 SEARCH_DEPTH = 2  # models/ursa/<name> or models/ursa/<org>/<name>
 PREVIEW_MAX_SIDE = 2048  # the sampler preview at pixel size up to here (a JPEG of flat blocks: cheap per step)
 DOWNLOAD_HINT = ("download one: hf download BAAI/URSA-1.7B-FSQ320 --local-dir ComfyUI/models/ursa/URSA-1.7B-FSQ320 "
-                 "(or: python -m ursa_core download BAAI/URSA-1.7B-FSQ320 --dir ComfyUI/models/ursa)")
+                 "(or: python -m ursa_core download BAAI/URSA-1.7B-FSQ320 --dir ComfyUI/models/ursa); the released "
+                 "checkpoints: " + ", ".join(CHECKPOINT_REPOS))
+WEIGHTS_FOLDER = "diffusion_models"   # core's folder for transformer / UNet weights (UNETLoader's)
+NO_FILE = "none"
 
 
 def model_search_dirs() -> list[str]:
@@ -90,6 +95,23 @@ def model_folder_path(name: str) -> Path:
     return _model_folders()[name]
 
 
+def list_tensor_files(folder_key: str) -> list[str]:
+    """Tensor files (safetensors, tensors-only pickles) of one of ComfyUI's model folders, as its loaders list them."""
+    if folder_key not in folder_paths.folder_names_and_paths:
+        return []
+    return [name for name in folder_paths.get_filename_list(folder_key)
+            if Path(name).suffix.lower() in TENSOR_SUFFIXES]
+
+
+def tensor_file_path(folder_key: str, name: str, what: str) -> Path:
+    """The file `name` of a model folder; one line (never a path outside those folders) when it is not there."""
+    path = folder_paths.get_full_path(folder_key, name) if name in list_tensor_files(folder_key) else None
+    if path is None:
+        raise InputError(f"{what} {name!r} not found in models/{folder_key}/: put the file there (available: "
+                         f"{list_tensor_files(folder_key) or 'none'})")
+    return Path(path)
+
+
 def load_fully(patcher, memory_required: int = 0) -> None:
     """Move a patcher's module onto its load device, whole (other models are unloaded to make room, as for core's
     text encoders). A partial load by ComfyUI would leave our plain torch layers (they lack comfy.ops' weight casting)
@@ -139,14 +161,18 @@ def compute_device() -> torch.device:
     return torch.device(mm.get_torch_device())
 
 
-def load_ursa(name: str, dtype: str, options: SpeedOptions = SpeedOptions(low_vram="auto")
-              ) -> tuple[LoadedURSA, LoadedVQ]:
+def load_ursa(name: str, dtype: str, options: SpeedOptions = SpeedOptions(low_vram="auto"),
+              transformer_weights: str = NO_FILE) -> tuple[LoadedURSA, LoadedVQ]:
     """Load on the offload device, then a handle with the speed options (ursa_core.runtime.speed); ComfyUI's model
     management moves weights to the GPU when a node runs (with block swap, only the resident part: streamed layers
-    stay in host memory)."""
+    stay in host memory). `transformer_weights`: a file of models/diffusion_models/ loaded over the folder's
+    transformer."""
     folder = model_folder_path(name)
+    tuned = None if transformer_weights == NO_FILE else tensor_file_path(WEIGHTS_FOLDER, transformer_weights,
+                                                                          "transformer_weights")
     load_device, offload_device = mm.get_torch_device(), mm.unet_offload_device()
-    loaded = load_model(folder, device=offload_device, dtype=resolve_dtype(dtype, torch.device(load_device)))
+    loaded = load_model(folder, device=offload_device, dtype=resolve_dtype(dtype, torch.device(load_device)),
+                        transformer_weights=tuned)
     if loaded.visual_tokenizer is None:
         raise InputError(f"{folder}: no vae/ folder; URSA needs its visual tokenizer to encode and decode")
     model = with_speed(loaded, options, placement(load_device, offload_device))

@@ -1,6 +1,7 @@
 """URSAModelLoader: a checkpoint folder from models/ursa/ -> URSA_MODEL + URSA_VQ."""
 from __future__ import annotations
 
+import logging
 import os
 
 import comfy.model_management as mm
@@ -17,6 +18,7 @@ from . import glue
 from .types import URSAModel, URSAVQ
 
 DTYPES = list(rules.DTYPES)
+log = logging.getLogger(__name__)
 
 
 def attention_choices() -> list[str]:
@@ -73,33 +75,55 @@ class URSAModelLoader(io.ComfyNode):
                                        "visual codes, 0.9 GB in bf16 for URSA-1.7B). default = ComfyUI's text "
                                        "encoder device (the CPU under --lowvram); cpu keeps it in RAM and sends only "
                                        "the embedded tokens to the GPU each step; or another GPU."),
+                io.Combo.Input("transformer_weights", options=weight_choices(), default=glue.NO_FILE, optional=True,
+                               tooltip="Fine-tuned transformer weights from models/diffusion_models/ loaded over "
+                                       "the checkpoint's (e.g. the RL-tuned URSA-1.7B-IBQ512 transformers of "
+                                       "UDM-GRPO: use them with the IBQ512 checkpoint and the sampler's rl_tuned "
+                                       "preset). .safetensors, or tensors-only .bin/.pt/.pth; none = the "
+                                       "checkpoint's own."),
             ],
             outputs=[URSAModel.Output(display_name="model",
                                       tooltip="The URSA transformer, its metric path and prompt tokenizer: connect "
                                               "to URSA Text Encode, URSA Sampler, URSA Extend Video."),
                      URSAVQ.Output(display_name="vq",
                                    tooltip="The visual tokenizer (FSQ or IBQ): connect to URSA Tokenizer Encode / "
-                                           "Decode.")],
+                                           "Decode."),
+                     io.String.Output(display_name="info",
+                                      tooltip="Which model this is and the defaults the sampler uses for widgets "
+                                              "left at 0 (also shown on this node after it ran).")],
+            hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
     def validate_inputs(cls, model_name=None):
         # Only model_name: ComfyUI files the answer under every input named here (nodes/widgets.py). The other
-        # combos are core's membership checks (their options are what this machine can run).
+        # combos (transformer_weights included) are core's membership checks.
         return model_name is None or glue.model_folder_problem(model_name) or True
 
     @classmethod
-    def fingerprint_inputs(cls, model_name=None, **options):
+    def fingerprint_inputs(cls, model_name=None, transformer_weights=glue.NO_FILE, **options):
         folder = glue.model_folder_path(model_name)
-        return max(os.path.getmtime(p) for p in folder.rglob("*") if p.is_file())
+        files = [p for p in folder.rglob("*") if p.is_file()]
+        if transformer_weights != glue.NO_FILE:
+            files.append(glue.tensor_file_path(glue.WEIGHTS_FOLDER, transformer_weights, "transformer_weights"))
+        return max(os.path.getmtime(p) for p in files)
 
     @classmethod
     def execute(cls, model_name, dtype, attention="auto", compile=False, weight_dtype="default", low_vram="auto",
-                blocks_on_gpu=0, vq_device="default", text_device="default") -> io.NodeOutput:
+                blocks_on_gpu=0, vq_device="default", text_device="default",
+                transformer_weights=glue.NO_FILE) -> io.NodeOutput:
         problem = check_loader_options(low_vram, blocks_on_gpu, vq_device, text_device)
         if problem:  # core checked each widget against its own list/range; this is the same rule, before loading
             raise InputError(problem)
         options = SpeedOptions(attention=attention, compile=compile, weight_dtype=weight_dtype, low_vram=low_vram,
                                blocks_on_gpu=blocks_on_gpu, vq_device=vq_device, text_device=text_device)
-        model, vq = glue.load_ursa(model_name, dtype, options)
-        return io.NodeOutput(model, vq)
+        model, vq = glue.load_ursa(model_name, dtype, options, transformer_weights)
+        info = model.model.identity.describe() + ("" if transformer_weights == glue.NO_FILE else
+                                                   f"; transformer weights {transformer_weights}")
+        log.info("URSA Model Loader: %s", info)
+        glue.NodeText(cls.hidden.unique_id, info).show()   # on the node, as the sampler shows its clip's size
+        return io.NodeOutput(model, vq, info)
+
+
+def weight_choices() -> list[str]:
+    return [glue.NO_FILE, *glue.list_tensor_files(glue.WEIGHTS_FOLDER)]

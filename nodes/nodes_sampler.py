@@ -1,11 +1,13 @@
 """URSASampler: metric-path discrete diffusion sampling -> URSA_TOKENS."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from comfy_api.latest import io
 
 from ursa_core import rules
+from ursa_core.checkpoint.defaults import PRESETS, resolve
 from ursa_core.errors import InputError
 from ursa_core.files.token_io import TokenClip, check_identity, model_identity
 from ursa_core.path.schedule import StartTimes, as_start_times
@@ -18,6 +20,7 @@ from .widgets import path_inputs, sampling_inputs, size_inputs
 
 GIVEN_WINS = ("For text-only runs: with a Frame or Mask Schedule or given_tokens connected, the clip takes their "
               "frame count and size (shown on the node after a run).")
+log = logging.getLogger(__name__)
 
 
 def checkpoint_default(value: float):
@@ -80,8 +83,9 @@ def _given_size(shape, schedule_spatial, stride: int) -> tuple[int, int]:
 
 
 def run_sampler(model, conditioning, settings: GenerationSettings, schedule=None, given_tokens=None,
-                preview=False, node_id=None) -> TokenClip:
-    """`settings` hold the node's widgets; the clip takes its frame count and size from what it is given."""
+                preview=False, node_id=None, note: str = "") -> TokenClip:
+    """`settings` hold the node's widgets; the clip takes its frame count and size from what it is given. `note`
+    (steps, cfg and where they came from) joins the line shown on the node."""
     core = model.model
     size = clip_size(core.geometry, settings.frames, settings.width, settings.height, schedule,  # before weights move
                      None if given_tokens is None else given_tokens.tokens)
@@ -97,7 +101,8 @@ def run_sampler(model, conditioning, settings: GenerationSettings, schedule=None
     if not bool(as_start_times(sched, latent_shape).held().all()):  # else the given tokens come back: no weights move
         need = sampling_memory(core, latent_shape, prompt_ids[0].shape[0], used.guidance, glue.compute_device())
         model.to_compute_device(memory_required=need.total)
-    status = glue.NodeText(node_id, size.describe(settings.frames, settings.width, settings.height))
+    shown = size.describe(settings.frames, settings.width, settings.height)
+    status = glue.NodeText(node_id, f"{shown} · {note}" if note else shown)
     progress = glue.StepProgress(used.steps, core.path.unit if preview else None,
                                  pixel_scale=core.geometry.spatial_stride)
     compiling = model.first_compiled_run(latent_shape)
@@ -131,10 +136,10 @@ class URSASampler(io.ComfyNode):
             inputs=[
                 URSAModel.Input("model", tooltip="From URSA Model Loader."),
                 URSACond.Input("conditioning", tooltip="From URSA Text Encode."),
-                *sampling_inputs(),
+                *sampling_inputs(follows_model=True),
                 io.Int.Input("frames", default=1, min=1, max=rules.MAX_FRAMES, step=4,
                              tooltip="Pixel frames: 1 = image, 1 + 4k for video (49 = 4 s at 12 fps). " + GIVEN_WINS),
-                *size_inputs(note=GIVEN_WINS),
+                *size_inputs(note=GIVEN_WINS, follows_model=True),
                 *path_inputs(),
                 URSASchedule.Input("schedule", optional=True,
                                    tooltip="Start times and given tokens: frame-wise (URSA Frame Schedule) or "
@@ -146,6 +151,11 @@ class URSASampler(io.ComfyNode):
                 io.Boolean.Input("preview", default=True, optional=True,
                                  tooltip="Show a cheap colour preview of the predicted tokens of frame 0 at every "
                                          "step (no decoder run)."),
+                io.Combo.Input("preset", options=list(PRESETS), default="none", optional=True,
+                               tooltip="none = the widgets as set. rl_tuned = how RL-tuned transformers (UDM-GRPO, "
+                                       "loaded with the loader's transformer_weights) are sampled: cfg 1 (one "
+                                       "branch, no negative prompt; the cfg widget is not used) and 25 steps "
+                                       "unless steps is set (not 0)."),
             ],
             outputs=[URSATokens.Output(display_name="tokens", tooltip="The generated visual tokens [1, latent frames, "
                                                                       "h, w]: decode with URSA Tokenizer Decode, "
@@ -156,15 +166,34 @@ class URSASampler(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, frames=None):
-        # Only frames: ComfyUI files the answer under every input named here (see widgets.py). Ranges and NaN are
-        # core's check; the size's stride is the checkpoint's, checked when the sampler runs.
+        # Only frames: ComfyUI files the answer under every input named here (see widgets.py). Ranges, NaN and the
+        # preset list are core's checks; the size's stride is the checkpoint's, checked when the sampler runs.
         return frames is None or rules.first_problem(lambda: rules.frames(frames))
 
     @classmethod
     def execute(cls, model, conditioning, seed, steps, cfg, guidance_trunc, frames, width, height, c, alpha,
-                shift, schedule=None, given_tokens=None, preview=True) -> io.NodeOutput:
-        settings = GenerationSettings(frames=frames, height=height, width=width, seed=seed, steps=steps,
-                                      guidance=cfg, guidance_trunc=guidance_trunc, c=checkpoint_default(c),
-                                      alpha=checkpoint_default(alpha), shift=checkpoint_default(shift))
-        clip = run_sampler(model, conditioning, settings, schedule, given_tokens, preview, cls.hidden.unique_id)
+                shift, schedule=None, given_tokens=None, preview=True, preset="none") -> io.NodeOutput:
+        settings, note = node_settings(model.model, preset, frames=frames, width=width, height=height, steps=steps,
+                                       cfg=cfg, seed=seed, guidance_trunc=guidance_trunc, c=c, alpha=alpha,
+                                       shift=shift)
+        clip = run_sampler(model, conditioning, settings, schedule, given_tokens, preview, cls.hidden.unique_id,
+                           note)
         return io.NodeOutput(clip)
+
+
+def node_settings(core, preset: str, *, frames, width, height, steps, cfg, seed, guidance_trunc, c, alpha,
+                  shift) -> tuple[GenerationSettings, str]:
+    """The widgets as settings: 0 for size or steps is the model's default, a preset other than none replaces cfg
+    (and steps left at 0); with the note the node shows: the steps and cfg used (the log also says what the model's
+    defaults filled in)."""
+    used = resolve(core.identity.defaults, preset, frames=frames, width=width or None, height=height or None,
+                   steps=steps or None, guidance=cfg if preset == "none" else None)
+    filled = [name for name in used.filled if name != "frames"]
+    note = f"{used.steps} steps, cfg {used.guidance:g}" + (f" ({preset})" if preset != "none" else "")
+    log.info("URSA Sampler: %s, %d frame(s) %dx%d, %s%s", core.identity.name, used.frames, used.width, used.height,
+             note, f"; {', '.join(filled)} from the model's defaults" if filled else "")
+    settings = GenerationSettings(frames=used.frames, height=used.height, width=used.width, seed=seed,
+                                  steps=used.steps, guidance=used.guidance, guidance_trunc=guidance_trunc,
+                                  c=checkpoint_default(c), alpha=checkpoint_default(alpha),
+                                  shift=checkpoint_default(shift))
+    return settings, note

@@ -38,25 +38,36 @@ def float_input(name: str, default: float, low: float, high: float, step: float,
                           tooltip=tooltip, **options)
 
 
-def size_inputs(width: int = 512, height: int = 320, note: str = "") -> list:
-    """Width and height, as the sampler and the tokenizer encoder name them (`note`: what else sets them)."""
+MODEL_DEFAULT = 0  # a sampler widget at 0 follows the model (checkpoint/defaults.py), as c/alpha/shift at 0 do
+MODEL_SIZES = "0 = the model's default (512x320 FSQ320, 1024 IBQ1024, 512 IBQ512)."
+
+
+def size_inputs(width: int = 512, height: int = 320, note: str = "", follows_model: bool = False) -> list:
+    """Width and height, as the sampler and the tokenizer encoder name them (`note`: what else sets them); with
+    `follows_model`, 0 (the default) is the model's size (its stride is checked when the node runs)."""
     stride = rules.MIN_SIZE_STRIDE
-    rule = "a multiple of the tokenizer stride (8 for FSQ320, 16 for IBQ1024)."
+    rule = "a multiple of the tokenizer stride (8 for FSQ320, 16 for IBQ)."
+    low, first = (MODEL_DEFAULT, MODEL_SIZES) if follows_model else (stride, "")
+    if follows_model:
+        width = height = MODEL_DEFAULT
     return [
-        io.Int.Input("width", default=width, min=stride, max=rules.MAX_SIZE, step=stride,
-                     tooltip=" ".join(filter(None, ["Pixel width;", rule, note]))),
-        io.Int.Input("height", default=height, min=stride, max=rules.MAX_SIZE, step=stride,
-                     tooltip=" ".join(filter(None, ["Pixel height;", rule, note]))),
+        io.Int.Input("width", default=width, min=low, max=rules.MAX_SIZE, step=stride,
+                     tooltip=" ".join(filter(None, [first, "Pixel width;", rule, note]))),
+        io.Int.Input("height", default=height, min=low, max=rules.MAX_SIZE, step=stride,
+                     tooltip=" ".join(filter(None, [first, "Pixel height;", rule, note]))),
     ]
 
 
-def sampling_inputs(steps: int = 25) -> list:
-    """The widgets shared by the sampler and the extender (same names, ranges and tooltips)."""
+def sampling_inputs(steps: int = 25, follows_model: bool = False) -> list:
+    """The widgets shared by the sampler and the extender (same names, ranges and tooltips); with
+    `follows_model`, steps 0 (the default) is the model's."""
+    low = MODEL_DEFAULT if follows_model else 1
+    note = "0 = the model's default (or the preset's). " if follows_model else ""
     return [
         io.Int.Input("seed", default=0, min=0, max=rules.SEED_MAX, control_after_generate=True,
                      tooltip="Same seed + same settings = same tokens on the same device."),
-        io.Int.Input("steps", default=steps, min=1, max=rules.MAX_STEPS,
-                     tooltip="Sampling steps. URSA uses 25 for images and 50 for videos."),
+        io.Int.Input("steps", default=low if follows_model else steps, min=low, max=rules.MAX_STEPS,
+                     tooltip=note + "Sampling steps. URSA uses 25 for images and 50 for videos."),
         float_input("cfg", 7.0, *rules.GUIDANCE_RANGE, step=0.1, round=0.01,
                     tooltip="Classifier-free guidance scale in logit space (URSA default 7). <= 1 runs one branch "
                             "only (faster, no negative prompt)."),

@@ -3,11 +3,12 @@
 
 Each is a REAL output of the headless CLI on the tiny random checkpoint (``--model tiny``: noise-like pictures, not
 what the real model makes), so every thumbnail is stamped "PREVIEW - tiny random model" with the template's title.
-Videos show three frames side by side. The paint-with-a-mask templates show before | after (``ursa_core.repaint``
-on a drawn test picture, the repainted tokens outlined): with random weights the point is which region changed.
-Needs torch (the plugin's venv); about 10 s per template on a CPU.
+Videos show three frames side by side; the LoRA template's run adds a random LoRA made for the tiny checkpoint. The
+paint-with-a-mask templates show before | after (``ursa_core.repaint`` on a drawn test picture, the repainted tokens
+outlined): with random weights the point is which region changed. Needs torch (the plugin's venv); about 10 s per
+template on a CPU.
 
-    .venv/bin/python scripts/make_thumbnails.py
+    .venv/bin/python scripts/make_thumbnails.py [TEMPLATE_ID ...]     # all templates, or only these
     .venv/bin/python scripts/make_thumbnails.py --before-after out/before_after   # also full-size PNGs
 """
 from __future__ import annotations
@@ -122,13 +123,38 @@ def before_after_tiles(template: make_workflows.Template, tmp: Path) -> list:
     return tiles
 
 
+IMAGE_TEMPLATES = ("ursa_t2i", "ursa_t2i_lora")
+
+
+def tiny_lora(tmp: Path) -> Path:
+    """A random single-file LoRA (lora_down/lora_up + alpha) on every projection of the tiny checkpoint."""
+    import torch
+    from safetensors.torch import save_file
+
+    from ursa_core.checkpoint.tiny import tiny_model_dir
+    from ursa_core.lora.patch import projection_shapes
+    from ursa_core.model.config import TransformerConfig
+
+    config = TransformerConfig.from_json(tiny_model_dir() / "transformer" / "config.json")
+    gen, state = torch.Generator().manual_seed(7), {}
+    for name, (out, inp) in projection_shapes(config).items():
+        state[f"diffusion_model.{name}.lora_down.weight"] = torch.randn(4, inp, generator=gen)
+        state[f"diffusion_model.{name}.lora_up.weight"] = torch.randn(out, 4, generator=gen) / out ** 0.5
+        state[f"diffusion_model.{name}.alpha"] = torch.tensor(4.0)
+    path = tmp / "tiny_lora.safetensors"
+    save_file(state, str(path))
+    return path
+
+
 def generate(template: make_workflows.Template, tmp: Path) -> list:
     """Frames (PIL images) of one tiny-model run with the template's prompt and frame count."""
     from PIL import Image
-    video = template.id != "ursa_t2i"
+    video = template.id not in IMAGE_TEMPLATES
     out = tmp / (f"{template.id}.mp4" if video else f"{template.id}.png")
     cmd = [sys.executable, "-m", "ursa_core", "generate", "--model", "tiny", "--prompt", template.title,
            "--frames", "9" if video else "1", "--steps", "4", "--seed", "1", "--out", str(out)]
+    if template.id == "ursa_t2i_lora":
+        cmd += ["--lora", f"{tiny_lora(tmp)}:0.8"]
     subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True, timeout=600)
     if not video:
         return [Image.open(out).convert("RGB")]
@@ -188,7 +214,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before-after", type=Path, metavar="DIR",
                         help="also write each paint-with-a-mask template's before | after as a PNG in DIR")
-    parser.add_argument("--only", nargs="*", help="template ids (default: all)")
+    parser.add_argument("only", nargs="*", metavar="TEMPLATE_ID", help="template ids (default: all)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         for template in make_workflows.TEMPLATES:

@@ -47,7 +47,7 @@ PREVIEW_NODES = {"LoadImage": layout.IMAGE_PREVIEW, "SaveImage": layout.IMAGE_PR
                  "SaveVideo": layout.VIDEO_PREVIEW, "URSASampler": layout.IMAGE_PREVIEW + layout.NODE_TEXT,
                  "URSAFrameSchedule": layout.SCHEDULE_PREVIEW, "URSASaveTokens": layout.NODE_TEXT,
                  "URSAMaskSchedule": layout.IMAGE_PREVIEW, "LoadImageMask": layout.IMAGE_PREVIEW,
-                 "LoadVideo": layout.VIDEO_PREVIEW}
+                 "LoadVideo": layout.VIDEO_PREVIEW, "URSAModelLoader": layout.NODE_TEXT}
 # Room kept free below a node inside its group, for what it grows into after a run (not part of its saved size).
 GROWTH = {"SaveVideo": layout.VIDEO_SQUARE_GROWTH}
 NOTE_TYPE, NOTE_SIZE, NARROW_NOTE_SIZE = "MarkdownNote", (400, 250), (280, 250)
@@ -319,8 +319,8 @@ def _base(g: Graph, prompt: str, negative: str = NEGATIVE, model: str = MODEL_NA
     return loader, cond
 
 
-def _sampler(g: Graph, loader, cond, cell, frames, steps, **extra) -> Node:
-    return g.node("URSASampler", "URSA Sampler", cell, model=loader["model"], conditioning=cond["conditioning"],
+def _sampler(g: Graph, model: Node, cond, cell, frames, steps, **extra) -> Node:
+    return g.node("URSASampler", "URSA Sampler", cell, model=model["model"], conditioning=cond["conditioning"],
                   seed=42, steps=steps, frames=frames, width=512, height=320, **extra)
 
 
@@ -343,14 +343,38 @@ def _encode(g: Graph, loader, which: str, image: Out, cell: tuple) -> Node:
                   height=320, resize_mode="crop")
 
 
+def _image_out(g: Graph, loader: Node, tokens: Out, prefix: str) -> None:
+    """Decode -> save, stacked in the column after the sampler's."""
+    decode = g.node("URSATokenizerDecode", "URSA Decode", (3, 0, 2), vq=loader["vq"], tokens=tokens)
+    save = g.node("SaveImage", "Save Image", (3, 0, 2), images=decode["images"], filename_prefix=f"URSA/{prefix}")
+    g.group("Decode and save", decode, save)
+
+
 def wf_t2i(g: Graph) -> None:
     loader, cond = _base(g, "a red fox sitting in fresh snow at sunrise, soft golden light, highly detailed",
                          negative="")
     sampler = _sampler(g, loader, cond, (2, 0, 2), frames=1, steps=25)
     g.group("Generate", sampler)
-    decode = g.node("URSATokenizerDecode", "URSA Decode", (3, 0, 2), vq=loader["vq"], tokens=sampler["tokens"])
-    save = g.node("SaveImage", "Save Image", (3, 0, 2), images=decode["images"], filename_prefix="URSA/t2i")
-    g.group("Decode and save", decode, save)
+    _image_out(g, loader, sampler["tokens"], "t2i")
+
+
+LORA_NAME = "my_style/adapter_model.safetensors"
+LORA_NOTE = ("**LoRA**: put it in `ComfyUI/models/loras/`: a PEFT adapter as its folder (`adapter_config.json` + "
+             "`adapter_model.safetensors` or `.bin`, e.g. `models/loras/my_style/`, then pick "
+             f"`{LORA_NAME}`), or a single LoRA file (`lora_down`/`lora_up` + `alpha`). Press **R** so the URSA LoRA "
+             "Loader lists it. Chain more loaders to stack LoRAs; strength 0 turns one off without reloading.")
+
+
+def wf_t2i_lora(g: Graph) -> None:
+    loader = g.node("URSAModelLoader", "URSA Loader", (0, 0), model_name=MODEL_NAME, dtype="auto")
+    lora = g.node("URSALoraLoader", "URSA LoRA", (0, 0), model=loader["model"], lora_name=LORA_NAME, strength=0.8)
+    cond = g.node("URSATextEncode", "URSA Prompt", (1, 0), model=lora["model"],
+                  prompt="a red fox sitting in fresh snow at sunrise, in my style", negative_prompt="",
+                  motion_score=9.0)
+    g.group("Model, LoRA and prompt", loader, lora, cond)
+    sampler = _sampler(g, lora, cond, (2, 0, 2), frames=1, steps=25)
+    g.group("Generate", sampler)
+    _image_out(g, loader, sampler["tokens"], "t2i_lora")
 
 
 def wf_t2v(g: Graph) -> None:
@@ -508,6 +532,7 @@ class Template:
     description: str   # first lines of the read-me note
     build: Callable[[Graph], None]
     model: str = MODEL_NAME  # the checkpoint folder its loader names (and its read-me note downloads)
+    extra_note: str = ""   # after the model note (where other files go)
 
 
 TEMPLATES = [
@@ -540,13 +565,17 @@ TEMPLATES = [
              "Re-roll part of a clip you generated (tokens saved with URSA Save Tokens or `--save-tokens`) at "
              "strength 0.5: the region keeps its layout and colours and gets new detail; the rest is held. Move "
              "and size the region with the two masks (x, y, width, height).", wf_reroll_region),
+    Template("ursa_t2i_lora", "URSA Text to Image with a LoRA",
+             "One 512x320 image from a prompt, with a LoRA added to the model (strength 0.8).", wf_t2i_lora,
+             extra_note=LORA_NOTE),
 ]
 
 
 def describe(template: Template, specs: dict) -> Graph:
     graph = Graph(template.id, specs)
     template.build(graph)
-    graph.note = (f"## {template.title}\n\n{template.description}\n\n{model_note(template.model)}\n\n"
+    extra = f"{template.extra_note}\n\n" if template.extra_note else ""
+    graph.note = (f"## {template.title}\n\n{template.description}\n\n{model_note(template.model)}\n\n{extra}"
                   f"Node help: select a node and press the **?** on it.")
     return graph
 

@@ -11,7 +11,9 @@ PY="$VENV/bin/python"
 "$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install -q torch==2.13.0
 # setuptools: the build backend, also for the offline wheel test (pip wheel --no-build-isolation). triton: the fused
 # kernels' tests run their source on the CPU through Triton's interpreter (tests/test_fused_ops.py); the version the
-# GPU machines have. It brings no torch of its own.
-"$PY" -m pip install -q -r requirements.txt pytest pytest-mock "setuptools>=77" "triton==3.6.0; platform_system == 'Linux'"
+# GPU machines have. It brings no torch of its own. peft: the LoRA tests compare against PEFT's own merge (its torch
+# requirement is met by the torch above, so pip keeps that one).
+"$PY" -m pip install -q -r requirements.txt pytest pytest-mock "setuptools>=77" "triton==3.6.0; platform_system == 'Linux'" \
+    "peft>=0.13"
 "$PY" -m pip install -q --no-build-isolation --no-deps -e .
 echo "setup done: $("$PY" -c 'import torch, ursa_core; print("torch", torch.__version__, "| ursa", ursa_core.__version__)')"

@@ -139,6 +139,17 @@ CLI_CASES = {
     "out-is-a-directory": CliCase([], ("folder.png",), loads=True, codes=(1, 2), out="{tmp}/folder.png"),
     "save-tokens-unwritable": CliCase(["--save-tokens", "/proc/ursa_tokens.safetensors"],
                                       ("/proc/ursa_tokens.safetensors",), loads=True, codes=(1, 2)),
+    # Models, fine-tunes and LoRAs (issue 23): all refused before the model loads.
+    "preset-unknown": CliCase(["--preset", "fast"], ("preset='fast'", "none, rl_tuned")),
+    "lora-strength-nan": CliCase(["--lora", "{lora}:nan"], ("strength=nan", "finite")),
+    "lora-strength-inf": CliCase(["--lora", "{lora}:inf"], ("strength=inf", "finite")),
+    "lora-not-tensors": CliCase(["--lora", "{lora_ckpt}"], ("lora.ckpt", "not a tensor file")),
+    "lora-another-size": CliCase(["--lora", "{big_lora}"], ("lora_down.weight", "(512, 256)", "another model size")),
+    "lora-pickle-with-code": CliCase(["--lora", "{evil}"], ("evil.bin", "refused: not a tensors-only file")),
+    "weights-pickle-with-code": CliCase(["--transformer-weights", "{evil}"], ("evil.bin", "refused")),
+    "weights-other-tokenizer": CliCase(["--transformer-weights", "{ibq_weights}"],
+                                       ("made for a visual tokenizer of 512 codes", "64000")),
+    "weights-not-tensors": CliCase(["--transformer-weights", "{gguf}"], (".gguf", "not a tensor file")),
 }
 
 
@@ -168,8 +179,29 @@ def cli_places(tmp_path_factory, tiny_dir, tiny_ibq_dir):
             "not_an_image": str(root / "not_an_image.png"), "huge": str(huge_png(root / "huge.png")),
             "big_header": str(truncated_png(root / "big_header.png")), "truncated": str(root / "truncated.png"),
             "empty": str(root / "empty.png"), "mask": str(root / "mask.png"), **videos,
+            **_model_files(root, tiny_ibq_dir),
             "bad_rope": str(_broken_copy(tiny_dir, root / "rope", "transformer/config.json", "rope_theta", "abc")),
             "bad_stride": str(_broken_copy(tiny_dir, root / "stride", "vae/config.json", "spatial_stride", "eight"))}
+
+
+def _model_files(root: Path, ibq_dir: Path) -> dict:
+    """A LoRA for the tiny model, one for a wider model, a pickle that runs code, IBQ transformer weights."""
+    from safetensors.torch import save_file
+
+    from ursa_core.files.safetensors_io import load_state_dict
+    from test_transformer_weights import malicious
+
+    def lora(path, width, rows):
+        save_file({"model.layers.0.mlp.up_proj.lora_down.weight": torch.zeros(2, width),
+                   "model.layers.0.mlp.up_proj.lora_up.weight": torch.zeros(rows, 2)}, str(path))
+        return str(path)
+    save_file(load_state_dict(ibq_dir / "transformer"), str(root / "ibq_weights.safetensors"))
+    (root / "lora.ckpt").write_bytes(b"x")
+    (root / "weights.gguf").write_bytes(b"x")
+    return {"lora": lora(root / "lora.safetensors", 64, 128), "big_lora": lora(root / "big.safetensors", 256, 512),
+            "evil": str(malicious(root / "evil.bin", root / "payload_ran")),
+            "ibq_weights": str(root / "ibq_weights.safetensors"), "lora_ckpt": str(root / "lora.ckpt"),
+            "gguf": str(root / "weights.gguf")}
 
 
 def _error_lines(stderr: str) -> list[str]:
@@ -314,7 +346,7 @@ NODE_VALIDATION_CASES = {
     "sampler-frames-6": ("sampler", dict(frames=6), "frames=6 is not allowed"),
     "sampler-frames-4001": ("sampler", dict(frames=4001), "frames=4001 is not allowed"),
     "sampler-height-99999": ("sampler", dict(height=99999), "Value 99999 bigger than max of 4096"),
-    "sampler-steps-0": ("sampler", dict(steps=0), "Value 0 smaller than min of 1"),
+    "sampler-steps-negative": ("sampler", dict(steps=-1), "Value -1 smaller than min of 0"),   # 0: the model's
     "sampler-cfg-nan": ("sampler", dict(cfg=math.nan), "Value nan smaller than min"),
     "sampler-guidance-trunc-nan": ("sampler", dict(guidance_trunc=math.nan), "Value nan smaller than min"),
     "sampler-c-nan": ("sampler", dict(c=math.nan), "Value nan smaller than min"),

@@ -96,8 +96,9 @@ def test_an_option_given_beats_the_preset_and_is_said(tmp_path):
         describe_protocol(protocol, overridden)
     plain, none, _ = apply_protocol(protocol_args(), "txt")
     assert none is None
+    # without a protocol, cfg and frames follow the model (and an image output asks for one frame)
     assert (plain.samples, plain.guidance, plain.frames, plain.negative, plain.dtype, plain.height) == \
-        (1, 7.0, 1, "", "auto", None)
+        (1, None, None, "", "auto", None)
 
 
 def reference_dpgbench(prompt_list: list, sample_size: int = 4) -> dict:

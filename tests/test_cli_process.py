@@ -46,14 +46,16 @@ def test_the_blocker_hides_torch():
 
 
 @pytest.mark.parametrize("args", [["--version"], ["--help"], ["generate", "--help"], ["batch", "--help"],
-                                  ["decode", "--help"], ["make-tiny", "--help"], ["download", "--help"]],
+                                  ["decode", "--help"], ["make-tiny", "--help"], ["download", "--help"],
+                                  ["convert", "--help"]],
                          ids=lambda a: " ".join(a))
 def test_help_and_version_work_without_torch(args):
     result = ursa(*args, no_torch=True)
     assert result.returncode == 0 and result.stderr == "", result.stderr
     assert result.stdout.startswith("ursa 0.") if args == ["--version"] else "usage: ursa" in result.stdout
     if args == ["generate", "--help"]:
-        assert "(default: 7.0)" in " ".join(result.stdout.split())
+        # cfg follows the model (issue 23): help shows each checkpoint family's default
+        assert "(default: 7.0 for FSQ320, 7.0 for IBQ1024" in " ".join(result.stdout.split())
 
 
 @pytest.mark.parametrize("command", [
@@ -96,7 +98,8 @@ def test_top_level_help_describes_the_tool_one_line_per_command(capsys, monkeypa
     out = capsys.readouterr().out
     assert out.split("\n\n")[1].startswith("URSA (uniform discrete diffusion with a metric path) on the command line")
     commands = re.findall(r"^    (\S+) +(\S.*)$", out, flags=re.M)
-    assert [name for name, _ in commands] == ["generate", "batch", "launch", "decode", "make-tiny", "download"]
+    assert [name for name, _ in commands] == ["generate", "batch", "launch", "decode", "make-tiny", "download",
+                                              "convert"]
     assert "Exit codes: 0 done; 1" in " ".join(out.split())
 
 
@@ -110,12 +113,15 @@ def test_every_option_with_a_default_shows_it():
 
 
 @pytest.mark.parametrize("command,shown", [
-    ("generate", ["--cfg CFG classifier-free guidance scale; <= 1: one branch, no negative prompt (default: 7.0)",
+    # frames, size, steps and cfg follow the model (issue 23): each checkpoint family's default is shown
+    ("generate", ["--cfg CFG classifier-free guidance scale; <= 1: one branch, no negative prompt (default: 7.0 for "
+                  "FSQ320, 7.0 for IBQ1024, 7.0 for IBQ512, 7.0 for --model tiny, or --preset's)",
                   "(default: 0)", "--guidance-trunc GUIDANCE_TRUNC guidance applies while the clock t < this "
-                  "(default: 0.9)", "(default: 1)", "pixels (default: 320 for URSA-1.7B-FSQ320, 1024 for "
-                  "URSA-1.7B-IBQ1024, 64 for --model tiny)", "sampling steps, images/videos (default: 25/50 for "
-                  "URSA-1.7B-FSQ320, 25/50 for URSA-1.7B-IBQ1024, 8/8 for --model tiny)"]),
-    ("batch", ["one 2x2 grid) (default: 1)", "(default: 7.0)"]),
+                  "(default: 0.9)", "(default: 49 for FSQ320, 1 for IBQ1024, 1 for IBQ512, 1 for --model tiny; 1 "
+                  "for a .png output)", "pixels (default: 320 for FSQ320, 1024 for IBQ1024, 512 for IBQ512, 64 for "
+                  "--model tiny)", "sampling steps, images/videos (default: 25/50 for FSQ320, 25/50 for IBQ1024, "
+                  "25/50 for IBQ512, 8/8 for --model tiny, or --preset's)", "--preset PRESET none, rl_tuned"]),
+    ("batch", ["one 2x2 grid) (default: 1)", "(default: 7.0 for FSQ320"]),
     ("download", ["(default: models/ursa)"])])
 def test_help_shows_the_defaults_the_issue_named(capsys, command, shown):
     text = help_text(capsys, command)

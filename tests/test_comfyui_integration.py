@@ -37,9 +37,9 @@ import make_workflows  # noqa: E402
 
 API_DIR = make_workflows.OUT_DIR / "api"
 
-URSA_NODES = {"URSAModelLoader", "URSATextEncode", "URSATokenizerEncode", "URSATokenizerDecode", "URSAFrameSchedule",
-              "URSASampler", "URSAExtendVideo", "URSASaveTokens", "URSALoadTokens", "URSAMaskSchedule",
-              "URSAPadForOutpaint", "URSARepaintComposite"}
+URSA_NODES = {"URSAModelLoader", "URSALoraLoader", "URSATextEncode", "URSATokenizerEncode", "URSATokenizerDecode",
+              "URSAFrameSchedule", "URSASampler", "URSAExtendVideo", "URSASaveTokens", "URSALoadTokens",
+              "URSAMaskSchedule", "URSAPadForOutpaint", "URSARepaintComposite"}
 PLUGIN_DIR_NAME = "ursa_video"
 MODEL_NAME = "URSA-1.7B-FSQ320"
 IMAGE_MODEL_NAME = make_workflows.IMAGE_MODEL_NAME  # the inpainting template's (a tiny IBQ checkpoint here)
@@ -69,6 +69,7 @@ CASES = {
     "ursa_reroll_region": (["Canvas (keep).width=64", "Canvas (keep).height=40", "Region (repaint).width=24",
                             "Region (repaint).height=16", "Place Region.x=16", "Place Region.y=8",
                             "URSA Sampler.steps=2"], 5, (64, 40)),
+    "ursa_t2i_lora": (TINY + ["URSA Sampler.frames=1"], 1, (64, 64)),
 }
 TIMINGS: dict[str, float] = {}
 
@@ -111,6 +112,27 @@ def write_repaint_inputs(folder: Path, model: Path) -> None:
                     "--frames", "5", "--width", "64", "--height", "40", "--steps", "1", "--save-tokens",
                     str(folder / "example.safetensors"), "--out", str(folder.parent / "clip.mp4")],
                    cwd=ROOT, check=True, capture_output=True, text=True, timeout=120)
+    write_peft_folder(base / "models" / "ursa" / MODEL_NAME,
+                      base / "models" / "loras" / Path(make_workflows.LORA_NAME).parent)
+
+
+def write_peft_folder(model_dir: Path, folder: Path) -> None:
+    """A PEFT adapter folder for the tiny checkpoint as the LoRA template names it (config + safetensors), random."""
+    import torch
+    from safetensors.torch import save_file
+
+    from ursa_core.lora.patch import projection_shapes
+    from ursa_core.model.config import TransformerConfig
+
+    config = TransformerConfig.from_json(model_dir / "transformer" / "config.json")
+    gen, state = torch.Generator().manual_seed(3), {}
+    for name, (out, inp) in projection_shapes(config).items():
+        state[f"base_model.model.{name}.lora_A.weight"] = 0.1 * torch.randn(4, inp, generator=gen)
+        state[f"base_model.model.{name}.lora_B.weight"] = 0.1 * torch.randn(out, 4, generator=gen)
+    folder.mkdir(parents=True)
+    save_file(state, str(folder / "adapter_model.safetensors"))
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 4,
+                                                             "target_modules": ["q_proj", "v_proj"]}))
 
 
 # ComfyUI 0.8.0 refuses `--lowvram` next to `--cpu` (argparse) and, without `--cpu`, stops at start-up on a torch

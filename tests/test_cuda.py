@@ -403,3 +403,37 @@ def test_sage2_is_opt_in_and_matches_sdpa_per_layer(cuda_model):
             after = {name: x + layer.self_attn.output(out) for name, out in attended.items()}
             assert _rel(after["sage2"], after["sdpa"]) < 0.1
             x = layer.after_attention(x, attended["sdpa"])
+
+
+def test_lora_with_fp8_storage_block_swap_and_compile_matches_its_merged_weights(cuda_model):
+    """A LoRA on a handle with every speed option at once (fp8 weights, streamed layers, inductor-compiled layers)
+    against a plain bf16 transformer holding the same merged weights: upcast fp8 weight + the LoRA's delta."""
+    from ursa_core.lora.files import LoRAFile, LowRank
+    from ursa_core.lora.patch import dense_weight, projection_shapes, with_loras
+    from ursa_core.model.modeling_ursa import build_transformer
+    from ursa_core.model.rope import rotary_cos_sin, sequence_positions
+    from ursa_core.runtime.speed import Placement, SpeedOptions, with_speed
+    gen = torch.Generator().manual_seed(5)
+    pairs = {name: LowRank(0.05 * torch.randn(4, inp, generator=gen), 0.05 * torch.randn(out, 4, generator=gen),
+                           2.0, f"{name}.lora_A.weight")
+             for name, (out, inp) in projection_shapes(cuda_model.config).items()}
+    lora = LoRAFile("random", pairs)
+    fp8 = with_speed(cuda_model, SpeedOptions(weight_dtype="fp8_e4m3fn"), Placement.single("cuda"))
+    everything = with_speed(cuda_model, SpeedOptions(weight_dtype="fp8_e4m3fn", compile=True, low_vram="stream",
+                                                     blocks_on_gpu=1), Placement.single("cuda"))
+    state = {k: v.float() for k, v in cuda_model.transformer.state_dict().items()}
+    for name, module in fp8.transformer.named_modules():
+        if name in pairs:
+            pair = pairs[name]
+            state[f"{name}.weight"] = dense_weight(module, torch.float32) + 2.0 * (pair.up @ pair.down).cuda()
+    merged = build_transformer(cuda_model.config, state, torch.bfloat16).cuda()
+    cfg = cuda_model.config
+    pos = sequence_positions(cfg.max_prompt_length, (3, 8, 8), device="cuda")
+    cos, sin = rotary_cos_sin(pos, cfg.head_dim, cfg.rope_theta, torch.bfloat16)
+    ids = torch.randint(0, cfg.lm_vocab_size, (2, pos.shape[0]), device="cuda")
+    with torch.no_grad():
+        expected = merged(ids, cos, sin).float()
+        got = with_loras(everything, [(lora, 1.0)]).transformer(ids, cos, sin).float()
+        base = everything.transformer(ids, cos, sin).float()
+    assert (got - expected).abs().max() < 0.05 * expected.abs().max()
+    assert (got - base).abs().max() > 0.1 * expected.abs().max()   # the LoRA changed the logits

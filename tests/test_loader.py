@@ -180,7 +180,7 @@ def env(comfy, tiny_dir):
 
 
 def run_t2i(env, **options):
-    model, vq = env.run(env.mods["loader"].URSAModelLoader, model_name="URSA-tiny", dtype="fp32", **options).result
+    model, vq, _ = env.run(env.mods["loader"].URSAModelLoader, model_name="URSA-tiny", dtype="fp32", **options).result
     cond = env.run(env.mods["text"].URSATextEncode, model=model, prompt="a fox", negative_prompt="",
                    motion_score=9.0).result[0]
     tokens = env.run(env.mods["sampler"].URSASampler, model=model, conditioning=cond, seed=1, steps=2, cfg=5.0,
@@ -305,11 +305,11 @@ def test_node_compile_stays_when_auto_has_to_stream(env, monkeypatch):
     mm = env.modules["comfy.model_management"]
     loader = env.mods["loader"].URSAModelLoader
     monkeypatch.setattr(mm, "vram_state", mm.VRAMState.LOW_VRAM)  # everything fits in the stand-ins' 8 GiB
-    model, _ = env.run(loader, model_name="URSA-tiny", dtype="fp32", compile=True).result
+    model, _, _ = env.run(loader, model_name="URSA-tiny", dtype="fp32", compile=True).result
     assert model.model.transformer.layer_call is not None   # the compiled layers (not run here)
     assert model.compiled  # the sampler says "compiling…" on the first step of each size
     monkeypatch.setattr(mm, "vram_state", mm.VRAMState.NO_VRAM)
-    model, _ = env.run(loader, model_name="URSA-tiny", dtype="fp32", compile=True).result
+    model, _, _ = env.run(loader, model_name="URSA-tiny", dtype="fp32", compile=True).result
     assert isinstance(model.model.transformer.layer_fetch, LayerStreamer)
     assert model.model.transformer.layer_call is not None and model.compiled
 

@@ -22,7 +22,7 @@ def env(comfy, tiny_dir):
 
 
 def load(env):
-    model, vq = env.run(env.mods["loader"].URSAModelLoader, model_name="URSA-tiny", dtype="fp32").result
+    model, vq, _ = env.run(env.mods["loader"].URSAModelLoader, model_name="URSA-tiny", dtype="fp32").result
     cond = env.run(env.mods["text"].URSATextEncode, model=model, prompt="a red fox", negative_prompt="",
                    motion_score=9.0).result[0]
     return model, vq, cond
@@ -80,7 +80,9 @@ def test_sampler_says_compiling_on_the_first_step_of_each_size(env):
     """A compiled model's first step at a new size compiles for a while: the node says so until that step ends."""
     model, _, cond = load(env)
     model.compiled = True  # as the loader marks a model it compiled (torch.compile itself does not run here)
-    line, compiling = "32×32 px, 1 frame", "32×32 px, 1 frame · compiling the layers for this size (first run)…"
+    # the line shows the clip, then the steps and cfg used (issue 23: widgets at 0 follow the model)
+    line = "32×32 px, 1 frame · 3 steps, cfg 5"
+    compiling = f"{line} · compiling the layers for this size (first run)…"
     sample(env, model, cond, hidden={"unique_id": "3"})
     assert env.node_texts == [("3", compiling), ("3", line)]
     env.node_texts.clear()
@@ -88,8 +90,9 @@ def test_sampler_says_compiling_on_the_first_step_of_each_size(env):
     assert env.node_texts == [("3", line)]
     env.node_texts.clear()
     sample(env, model, cond, frames=5, hidden={"unique_id": "3"})  # a new size compiles again
-    assert [t for _, t in env.node_texts] == ["32×32 px, 5 frames · compiling the layers for this size (first run)…",
-                                             "32×32 px, 5 frames"]
+    assert [t for _, t in env.node_texts] == [
+        "32×32 px, 5 frames · 3 steps, cfg 5 · compiling the layers for this size (first run)…",
+        "32×32 px, 5 frames · 3 steps, cfg 5"]
 
 
 def test_sampler_cancel_stops_at_next_step(env):
@@ -98,6 +101,17 @@ def test_sampler_cancel_stops_at_next_step(env):
     with pytest.raises(env.InterruptProcessingException):
         sample(env, model, cond, steps=5)
     assert len(env.progress_updates) == 1
+
+
+def test_sampler_zero_is_the_models_default_and_the_preset_is_a_list(env):
+    sampler = env.mods["sampler"].URSASampler
+    base = {"model": ["1", 0], "conditioning": ["2", 0], "seed": 0, "steps": 4, "cfg": 7.0, "guidance_trunc": 0.9,
+            "frames": 1, "width": 32, "height": 32, "c": 0.0, "alpha": 0.0, "shift": 0.0}
+    # 0 is the model's default for steps and size (issue 23); below 0 is core's range check; presets are a list
+    assert env.validate(sampler, {**base, "steps": 0, "width": 0, "height": 0}) == []
+    assert "Value -1 smaller than min of 0" in str(env.validate(sampler, {**base, "steps": -1}))
+    assert env.validate(sampler, {**base, "preset": "rl_tuned"}) == []
+    assert "fast" in str(env.validate(sampler, {**base, "preset": "fast"}))
 
 
 def encode(env, vq, image, **kw):
@@ -152,13 +166,15 @@ def test_sampler_takes_frames_and_size_from_what_it_is_given(env):
     clip = sample(env, model, cond, frames=5, width=64, height=48, schedule=scheduled, hidden={"unique_id": "7"})
     assert clip.tokens.shape == (1, 3, 4, 4) and torch.equal(clip.tokens[:, 0], first.tokens[:, 0])
     assert env.node_texts[-1] == ("7", "32×32 px, 9 frames from the Frame Schedule (wins over this node's 64×48, "
-                                       "5 frames, which are for text-only runs)")
+                                       "5 frames, which are for text-only runs) · 3 steps, cfg 5")
     same = sample(env, model, cond, frames=9, schedule=scheduled, hidden={"unique_id": "7"})  # widgets agree
-    assert env.node_texts[-1] == ("7", "32×32 px, 9 frames") and torch.equal(same.tokens, clip.tokens)
+    assert env.node_texts[-1] == ("7", "32×32 px, 9 frames · 3 steps, cfg 5")
+    assert torch.equal(same.tokens, clip.tokens)
     given = sample(env, model, cond, frames=9, width=64, height=64, given_tokens=first, hidden={"unique_id": "7"})
     assert given.tokens.shape == (1, 3, 4, 4) and "from given_tokens" in env.node_texts[-1][1]
     text_only = sample(env, model, cond, frames=5, width=64, height=48, hidden={"unique_id": "7"})
-    assert text_only.tokens.shape == (1, 2, 6, 8) and env.node_texts[-1] == ("7", "64×48 px, 5 frames")
+    assert text_only.tokens.shape == (1, 2, 6, 8)
+    assert env.node_texts[-1] == ("7", "64×48 px, 5 frames · 3 steps, cfg 5")
 
 
 def test_schedule_validation_and_custom_keyframes(env):
@@ -259,8 +275,8 @@ def test_tokens_from_another_tokenizer_are_refused(env):
 
 
 def test_loader_speed_options(env):
-    model, _ = env.run(env.mods["loader"].URSAModelLoader, model_name="URSA-tiny", dtype="fp32",
-                       attention="math", compile=False).result
+    model, _, _ = env.run(env.mods["loader"].URSAModelLoader, model_name="URSA-tiny", dtype="fp32",
+                          attention="math", compile=False).result
     assert model.model.transformer.attn_implementation == "math"  # pinned SDPA backend
     loader = env.mods["loader"].URSAModelLoader
     assert env.validate(loader, {"model_name": "URSA-tiny", "dtype": "fp32", "attention": "nope"})

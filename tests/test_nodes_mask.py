@@ -15,7 +15,7 @@ def env(comfy, tiny_dir):
     from nodes import nodes_loader, nodes_mask, nodes_sampler, nodes_schedule, nodes_text, nodes_tokenizer
     comfy.mods = dict(loader=nodes_loader, text=nodes_text, tok=nodes_tokenizer, sched=nodes_schedule,
                       sampler=nodes_sampler, mask=nodes_mask)
-    model, vq = comfy.run(nodes_loader.URSAModelLoader, model_name="URSA-tiny", dtype="fp32").result
+    model, vq, _ = comfy.run(nodes_loader.URSAModelLoader, model_name="URSA-tiny", dtype="fp32").result
     cond = comfy.run(nodes_text.URSATextEncode, model=model, prompt="a red fox", negative_prompt="",
                      motion_score=9.0).result[0]
     comfy.handles = (model, vq, cond)

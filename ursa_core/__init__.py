@@ -18,6 +18,11 @@ The library surface (docs/ARCHITECTURE.md describes the pieces):
     out = model(ursa.build_sequence(model, ids, run.tokens), output_hidden_states=True)
     out.logits, out.hidden_states
 
+    # fine-tuned transformer weights over a checkpoint, LoRAs (PEFT adapter folders or single files) on a handle
+    tuned = ursa.load("models/ursa/URSA-1.7B-IBQ512", transformer_weights="udm_grpo/diffusion_pytorch_model.bin")
+    styled = ursa.with_loras(model, [("loras/my_adapter", 0.8)])  # shares every weight with `model`
+    model.identity.defaults                                       # size, frames, steps, cfg a run gets when unset
+
     # the metric path: beta_t, its derivative, the kinetic-optimal velocity, the time shift of the grid
     ursa.beta(t, c, alpha); ursa.beta_dot(t, c, alpha); ursa.velocity(model.path, x_t, x1, t)
     ursa.time_shift(t, shift); ursa.time_grid(steps, shift)
@@ -48,6 +53,7 @@ _PUBLIC = {
     "Generation": "sampling.generate", "StepInfo": "sampling.generate", "generate": "sampling.generate",
     "repaint": "sampling.repaint",
     "GenerationSettings": "sampling.settings",
+    "with_loras": "lora.patch",
     "decode_tokens": "visual_tokenizer.codec",
 }
 

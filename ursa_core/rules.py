@@ -28,6 +28,7 @@ SEED_MAX = 0xFFFFFFFFFFFFFFFF
 GUIDANCE_RANGE = (0.0, 100.0)
 MOTION_RANGE = (0.0, 10.0)
 UNIT_RANGE = (0.0, 1.0)            # guidance_trunc, start times, carry_start
+LORA_STRENGTH_RANGE = (-100.0, 100.0)  # as core's LoraLoaderModelOnly
 PATH_MAX = {"c": 100.0, "alpha": 10.0, "shift": 20.0}  # metric-path scale, exponent and time shift (all > 0)
 MAX_GROW = 64                      # tokens a repaint mask may grow by (64 IBQ tokens = 1024 px)
 MAX_FEATHER = 512                  # pixels a composite may feather over
@@ -90,6 +91,11 @@ def unit(name: str, value) -> float:
 
 def motion(value) -> Optional[float]:
     return None if value is None else number("motion", value, *MOTION_RANGE)
+
+
+def lora_strength(value) -> float:
+    """How much of a LoRA's change is added: finite, within LORA_STRENGTH_RANGE (as core's LoraLoaderModelOnly)."""
+    return number("strength", value, *LORA_STRENGTH_RANGE)
 
 
 def path_param(name: str, value) -> float:

@@ -18,6 +18,7 @@ from ..model.modeling_ursa import URSATransformer, build_transformer, expected_s
 from ..model.sequence import ModelInput
 from ..path.metric_path import MetricPath
 from ..visual_tokenizer.geometry import VisualGeometry
+from .defaults import ModelIdentity, identify
 from .prompts import PromptEncoder
 from .tiny import model_folder
 
@@ -53,6 +54,11 @@ class URSAModel:
     prompts: PromptEncoder
     geometry: VisualGeometry
     visual_tokenizer: Optional[torch.nn.Module] = None
+    identity: Optional[ModelIdentity] = None   # which model this is (checkpoint/defaults.py); found when not given
+
+    def __post_init__(self):
+        if self.identity is None:
+            self.identity = identify(self.folder, self.config.hidden_size, self.geometry)
 
     @property
     def device(self) -> torch.device:
@@ -149,11 +155,19 @@ def is_ursa_folder(folder: Path) -> bool:
     return isinstance(config, dict) and all(key in config for key in URSA_CONFIG_KEYS) and has_path
 
 
-def load_transformer(folder: Path, device: torch.device, dtype: torch.dtype,
-                     fuse_projections: bool = False) -> URSATransformer:
+def load_transformer(folder: Path, device: torch.device, dtype: torch.dtype, fuse_projections: bool = False,
+                     transformer_weights: Optional[str | Path] = None) -> URSATransformer:
+    """The folder's transformer; `transformer_weights` (a fine-tune's tensor file) replaces the tensors it holds,
+    checked against the base's keys and shapes before the base's weights are read (checkpoint/finetune.py)."""
     folder = Path(folder)
     config = TransformerConfig.from_json(folder / "config.json")
+    tuned = None
+    if transformer_weights is not None:
+        from .finetune import read_transformer_weights
+        tuned = read_transformer_weights(transformer_weights, expected_state_shapes(config))
     state = load_state_dict(folder)
+    if tuned is not None:
+        state.update(tuned)
     q = state.get("model.layers.0.self_attn.q_proj.weight")
     if q is not None and q.shape[0] != config.num_attention_heads * config.head_dim:
         raise CheckpointError(f"{folder}: 'model.layers.0.self_attn.q_proj.weight' has shape {tuple(q.shape)}, "
@@ -210,19 +224,22 @@ def read_geometry(vae_dir: Path) -> VisualGeometry:
 
 
 def load_model(folder: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype = "auto",
-               load_vae: bool = True, attention: str = "auto", fuse_projections: bool = False) -> URSAModel:
+               load_vae: bool = True, attention: str = "auto", fuse_projections: bool = False,
+               transformer_weights: Optional[str | Path] = None) -> URSAModel:
     """Load transformer, scheduler path, tokenizer (and the visual tokenizer when present) from `folder`, or the tiny
     random checkpoint for "tiny" (as `--model tiny`; built on first use, outputs noise).
 
     `attention` names a backend of the attention registry (checked against the device before any weight is
-    read); `fuse_projections` loads each layer's q/k/v and gate/up weights into single fused matmuls.
+    read); `fuse_projections` loads each layer's q/k/v and gate/up weights into single fused matmuls;
+    `transformer_weights` is a fine-tuned transformer's tensor file loaded over the folder's (safetensors, or a
+    tensors-only .bin/.pt/.pth).
     """
     device = torch.device(device)
     dtype = resolve_dtype(dtype, device)
     attention = resolve_attention(attention, device)
     folder = model_folder(folder)
     check_layout(folder)
-    transformer = load_transformer(folder / "transformer", device, dtype, fuse_projections)
+    transformer = load_transformer(folder / "transformer", device, dtype, fuse_projections, transformer_weights)
     transformer.set_attention(attention)
     config = transformer.config
     sched = SchedulerConfig.from_json(folder / "scheduler" / "scheduler_config.json")

@@ -42,9 +42,24 @@ def build_tokenizer(folder: Path, vocab_size: int = 400) -> int:
     return len(fast)
 
 
-def tiny_transformer_config(lm_vocab_size: int, bov_token_id: int, codebook_size: int) -> TransformerConfig:
-    return TransformerConfig(hidden_size=64, intermediate_size=128, num_attention_heads=2, num_key_value_heads=1,
-                             num_hidden_layers=2, vocab_size=lm_vocab_size + codebook_size,
+# Transformer shapes of the tiny checkpoints. head_dim is always 128 (docs/MODELS.md), so the released sizes'
+# structure is kept in their ratios: URSA-1.7B has heads x head_dim = hidden (16 x 128 = 2048), URSA-0.6B twice the
+# hidden size (16 x 128 = 2048 = 2 x 1024); both have intermediate = 3 x hidden and 2 query heads per KV head.
+TINY_SHAPES = {
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_attention_heads=2, num_key_value_heads=1),
+    "0.6B": dict(hidden_size=128, intermediate_size=384, num_attention_heads=2, num_key_value_heads=1),
+    "1.7B": dict(hidden_size=256, intermediate_size=768, num_attention_heads=2, num_key_value_heads=1),
+}
+# Keys a config.json may carry that the reference drops (diffusers keeps only the init arguments): the 0.6B fixture
+# carries those of Qwen3-0.6B's own config, so the loader is tested to tolerate them (tie_word_embeddings cannot
+# apply: lm_head has K visual rows, the embedding table text + visual rows).
+QWEN3_EXTRA_KEYS = {"head_dim": 128, "tie_word_embeddings": True, "max_window_layers": 28, "rms_norm_eps": 1e-6,
+                    "max_position_embeddings": 40960}
+
+
+def tiny_transformer_config(lm_vocab_size: int, bov_token_id: int, codebook_size: int,
+                            shape: str = "tiny") -> TransformerConfig:
+    return TransformerConfig(**TINY_SHAPES[shape], num_hidden_layers=2, vocab_size=lm_vocab_size + codebook_size,
                              lm_vocab_size=lm_vocab_size, lm_head_size=codebook_size, bov_token_id=bov_token_id,
                              max_prompt_length=24)
 
@@ -65,16 +80,20 @@ def write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
-def make_tiny(folder: str | Path, seed: int = 0, vae: str = "fsq", shard: bool = False) -> Path:
+def make_tiny(folder: str | Path, seed: int = 0, vae: str = "fsq", shard: bool = False, shape: str = "tiny") -> Path:
     """Write the tiny checkpoint to `folder` (official layout) and return the folder. The folder appears complete
-    or not at all (an existing one is replaced only once the new one is finished)."""
+    or not at all (an existing one is replaced only once the new one is finished). `shape` keeps the structure of a
+    released size (TINY_SHAPES); name the folder after a released model (URSA-0.6B-FSQ320, ...) and it reads that
+    model's defaults (checkpoint/defaults.py)."""
+    if shape not in TINY_SHAPES:
+        raise ValueError(f"shape={shape!r}: expected one of {sorted(TINY_SHAPES)}")
     folder = Path(folder)
     with atomic_dir(folder) as work:
-        _write_tiny(work, seed, vae, shard)
+        _write_tiny(work, seed, vae, shard, shape)
     return folder
 
 
-def _write_tiny(folder: Path, seed: int, vae: str, shard: bool) -> None:
+def _write_tiny(folder: Path, seed: int, vae: str, shard: bool, shape: str = "tiny") -> None:
     from transformers import AutoTokenizer
 
     from ..visual_tokenizer.fsq import code_table
@@ -84,11 +103,12 @@ def _write_tiny(folder: Path, seed: int, vae: str, shard: bool) -> None:
     bov = AutoTokenizer.from_pretrained(str(folder / "tokenizer")).convert_tokens_to_ids("<|vision_start|>")
     write_tiny_visual_tokenizer(folder / "vae", kind=vae, seed=seed)
     emb = code_table() if vae == "fsq" else _ibq_embedding(folder / "vae")
-    config = tiny_transformer_config(lm_vocab, bov, emb.shape[0])
+    config = tiny_transformer_config(lm_vocab, bov, emb.shape[0], shape)
     tdir = folder / "transformer"
     write_json(tdir / "config.json", {"_class_name": "URSATransformer3DModel", "_diffusers_version": "0.32.0",
                                       "attn_implementation": None, **config.to_json_dict(),
-                                      "max_prompt_length": config.max_prompt_length})
+                                      "max_prompt_length": config.max_prompt_length,
+                                      **(QWEN3_EXTRA_KEYS if shape == "0.6B" else {})})
     save_state_dict(random_transformer_state(config, seed), tdir, max_shard_bytes=(8 << 20) if shard else None)
     write_json(folder / "scheduler" / "scheduler_config.json",
                {"_class_name": "KineticOptimalScheduler", "alpha": 0.9, "c": 3.0, "shift": 1.0, "eps": 1e-5})

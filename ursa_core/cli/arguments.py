@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 from .. import rules
-from ..checkpoint.defaults import ModelDefaults
+from ..checkpoint.defaults import ModelDefaults, check_preset, resolve
 from ..errors import InputError
 
 if TYPE_CHECKING:
@@ -39,6 +39,22 @@ PARALLEL = rules.arg_type(lambda v: rules.choice("parallel", v, rules.PARALLEL_M
 SAMPLES = rules.arg_type(lambda v: rules.integer("samples", v, 1, rules.MAX_SAMPLES), int)
 PLACEMENT = {name: rules.arg_type(lambda v, n=name: rules.placement(n, v), str)
              for name in ("vq_device", "text_device")}
+PRESET = rules.arg_type(check_preset, str)
+
+
+def lora_flag(text: str) -> tuple[str, float]:
+    """--lora FILE[:STRENGTH]: a strength after the last colon when it is a number (a FILE may hold colons)."""
+    path, _, tail = text.rpartition(":")
+    try:
+        value = float(tail) if path else None
+    except ValueError:
+        value = None
+    if value is None:
+        path, value = text, 1.0
+    try:
+        return path, rules.lora_strength(value)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def attention_help() -> str:
@@ -49,9 +65,10 @@ def attention_help() -> str:
         return "auto or a backend name; the list needs torch installed (default: %(default)s)"
     return f"{', '.join(registry.names())}; only those this machine runs are accepted (default: %(default)s)"
 
-# The flags' defaults where no checkpoint sets one (size, steps and motion are the checkpoint's: request()).
+
+# The flags' defaults where no checkpoint sets one (frames, size, steps, cfg and motion are the model's: request()).
 # `ursa batch` takes an evaluation preset's values instead where it has one (ursa_core.batch.presets).
-DEFAULTS = {"negative": "", "frames": 1, "guidance": 7.0, "dtype": "auto", "samples": 1}
+DEFAULTS = {"negative": "", "dtype": "auto", "samples": 1}
 # The flags a preset sets (by their argparse names: --cfg is `guidance`); given on the command line, they win.
 PRESET_OPTIONS = ("samples", "height", "width", "steps", "guidance", "frames", "negative", "motion", "dtype")
 
@@ -98,6 +115,7 @@ class Request:
     last_image: Optional[str] = None   # last frame (interpolation)
     resize: str = "crop"
     repaint: Optional[RepaintFlags] = None
+    from_model: tuple[str, ...] = ()  # the settings the model's defaults (or --preset) filled in
 
 
 def repaint_flags(flags: Mapping[str, Any]) -> Optional[RepaintFlags]:
@@ -134,21 +152,22 @@ def speed_options(args: argparse.Namespace) -> SpeedOptions:
                         vq_device=args.vq_device, text_device=args.text_device)
 
 
-def request(flags: Mapping[str, Any], defaults: ModelDefaults) -> Request:
-    """The flag values (`vars(args)`, or a batch item's over them) as one Request; a size or step count left out is
-    the checkpoint's default (checkpoint/defaults.py), a video's motion score the reference's."""
+def request(flags: Mapping[str, Any], defaults: ModelDefaults, image_output: bool = False) -> Request:
+    """The flag values (`vars(args)`, or a batch item's over them) as one Request. A setting left out follows the
+    model (checkpoint/defaults.py: its row, after --preset), except that an image output (`--out x.png`, an image
+    benchmark) asks for one frame; a video's motion score is the reference's."""
     from ..sampling.settings import GenerationSettings
 
-    frames = 1 if flags["frames"] is None else flags["frames"]
+    frames = flags["frames"] if flags["frames"] is not None else (1 if image_output else None)
+    used = resolve(defaults, flags.get("preset") or "none", frames=frames, height=flags["height"],
+                   width=flags["width"], steps=flags["steps"], guidance=flags["guidance"])
     settings = GenerationSettings(
-        frames=frames, height=defaults.height if flags["height"] is None else flags["height"],
-        width=defaults.width if flags["width"] is None else flags["width"],
-        steps=defaults.steps(frames) if flags["steps"] is None else flags["steps"], guidance=flags["guidance"],
+        frames=used.frames, height=used.height, width=used.width, steps=used.steps, guidance=used.guidance,
         guidance_trunc=flags["guidance_trunc"], shift=flags["shift"], seed=flags["seed"], sampler=flags["sampler"],
-        motion=rules.default_motion(frames) if flags["motion"] is None else flags["motion"])
+        motion=rules.default_motion(used.frames) if flags["motion"] is None else flags["motion"])
     repaint = repaint_flags(flags)
     return Request(settings, flags["negative"], None if repaint else flags.get("image"), flags.get("last_image"),
-                   flags["resize"], repaint)
+                   flags["resize"], repaint=repaint, from_model=used.filled)
 
 
 def check_images(run: Request, geometry: VisualGeometry) -> None:

@@ -24,7 +24,7 @@ from ..batch.presets import PROTOCOLS, Protocol
 from ..batch.prompt_sets import (MANIFEST, Claims, Job, PromptSet, prompt_format, read_prompt_set, run_jobs,
                                  stale_outputs)
 from ..batch.run_lock import acquire
-from ..checkpoint.defaults import ModelDefaults, defaults_for
+from ..checkpoint.defaults import ModelDefaults, identify
 from ..checkpoint.tiny import model_folder
 from ..errors import InputError
 from ..files.atomic import TEMP_MARK, atomic_file, check_writable
@@ -34,7 +34,7 @@ from ..runtime.speed import SpeedOptions
 from ..sampling.preflight import check_clip, check_options, checkpoint_rules
 from ..visual_tokenizer.codec import decode_tokens
 from .arguments import DEFAULTS, PRESET_OPTIONS, Request, check_first_frame, check_images, request, speed_options
-from .generate_command import load_for_cli, sample_tokens
+from .generate_command import check_model_files, load_for_cli, sample_tokens
 
 # A JSONL item's override -> (its rule, the flag it replaces). Item keys are the command line's names (cfg for the
 # guidance scale), so a message names what the user wrote.
@@ -64,17 +64,19 @@ class BatchBase:
     device: torch.device
     folder: Path
     prompts_dir: Path
+    loras: tuple = ()    # (LoRAFile, strength) of every --lora, read and matched before any weight loads
 
 
-def _sample_request(base: BatchBase, overrides: dict, cache: dict) -> Request:
-    """The request of one sample: the command line's flags with the item's overrides (defaults follow the item's
-    frames), checked (cached per distinct set of overrides)."""
-    key = json.dumps(overrides, sort_keys=True)   # typed: "7" and 7 are different settings (only 7 is a cfg)
+def _sample_request(base: BatchBase, overrides: dict, cache: dict, image_output: bool) -> Request:
+    """The request of one sample: the command line's flags with the item's overrides (defaults follow the model and
+    the item's frames; an image output asks for one frame), checked (cached per distinct set of overrides)."""
+    # typed: "7" and 7 are different settings (only 7 is a cfg)
+    key = json.dumps([overrides, image_output], sort_keys=True)
     if key not in cache:
         changes = {flag: rule(overrides[name]) for name, (rule, flag) in ITEM_RULES.items() if name in overrides}
         paths = {name: str(base.prompts_dir / str(overrides[name])) for name in ("image", "last_image")
                  if overrides.get(name) is not None}   # relative to the prompt file's folder
-        run = request({**base.flags, **changes, **paths}, base.defaults)
+        run = request({**base.flags, **changes, **paths}, base.defaults, image_output)
         check_images(run, checkpoint_rules(base.folder)[1])
         check_clip(base.folder, run.settings, base.speed, base.dtype, base.device)
         for path in paths.values():   # an unreadable image is refused now, not hours into the set
@@ -90,7 +92,8 @@ def plan_samples(jobs: list[Job], base: BatchBase) -> dict:
     plans = {}
     for job in jobs:
         try:
-            plans[job.key] = [_sample_request(base, s.settings, cache) for s in job.samples]
+            plans[job.key] = [_sample_request(base, s.settings, cache, job.out.endswith(".png"))
+                              for s in job.samples]
         except InputError as exc:
             raise InputError(f"item {_shown(job)}: {exc}") from None
         frames = {r.settings.frames for r in plans[job.key]}
@@ -110,16 +113,24 @@ def _file_sha256(path: Optional[str]) -> Optional[str]:
     return None if not path else hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def model_fingerprint(folder: Path) -> dict:
-    """The checkpoint as its outputs record it: its name and the hashes of its two configs (read before loading)."""
-    return {"name": folder.name, **{f"{part}_config": _file_sha256(str(folder / part / "config.json"))[:16]
-                                    for part in ("transformer", "vae")}}
+def model_fingerprint(folder: Path, flags: dict, loras: tuple = ()) -> dict:
+    """The checkpoint as its outputs record it: its name and the hashes of its two configs (read before loading),
+    and what changes its transformer: fine-tuned weights (name and size: hashing gigabytes would stall the start)
+    and each LoRA (its file's hash, its strength)."""
+    found = {"name": folder.name, **{f"{part}_config": _file_sha256(str(folder / part / "config.json"))[:16]
+                                     for part in ("transformer", "vae")}}
+    weights = flags.get("transformer_weights")
+    if weights:
+        found["transformer_weights"] = {"name": Path(weights).name, "bytes": Path(weights).stat().st_size}
+    if loras:
+        found["lora"] = [[_file_sha256(lora.source)[:16], value] for lora, value in loras]
+    return found
 
 
 def describer(plans: dict, base: "BatchBase", protocol: Optional[Protocol]):
     """describe(job) for ursa_core.batch.prompt_sets.run_jobs: the model, the protocol and each sample's settings
     that change its pixels, under the command line's names."""
-    model, cache = model_fingerprint(base.folder), {}
+    model, cache = model_fingerprint(base.folder, base.flags, base.loras), {}
     dtype = str(base.dtype).replace("torch.", "")
 
     def settings(run: Request) -> dict:
@@ -218,14 +229,18 @@ def check_set(args: argparse.Namespace, folder: Path, device: torch.device
         raise InputError(f"--outdir {outdir}: is a file; give a folder")
     fmt = prompt_format(args.prompts, args.format)
     args, protocol, overridden = apply_protocol(args, fmt)
-    prompt_set = read_prompt_set(args.prompts, fmt, args.samples, args.seed, ".png" if args.frames == 1 else ".mp4",
+    config, geometry = checkpoint_rules(folder)
+    loras = check_model_files(args, config)
+    defaults = identify(folder, config.hidden_size, geometry).defaults
+    frames = defaults.frames if args.frames is None else args.frames   # unset: the model's clip (an image set: 1)
+    prompt_set = read_prompt_set(args.prompts, fmt, args.samples, args.seed, ".png" if frames == 1 else ".mp4",
                                  args.prompt_field)
     speed = speed_options(args)
     dtype = check_options(args.dtype, speed, args.sampler, device)
     flags = {**vars(args), "image": None, "last_image": None}
     prompts = Path(args.prompts)
-    base = BatchBase(flags, defaults_for(folder, checkpoint_rules(folder)[1]), speed, dtype, device, folder,
-                     prompts if prompts.is_dir() else prompts.parent)
+    base = BatchBase(flags, defaults, speed, dtype, device, folder, prompts if prompts.is_dir() else prompts.parent,
+                     tuple(loras))
     plans = plan_samples(prompt_set.jobs, base)
     _check_square(protocol, plans)
     return prompt_set, base, plans, protocol, overridden
@@ -278,7 +293,8 @@ def _render_set(args, prompt_set: PromptSet, plans: dict, base: "BatchBase", pro
     if rank == 0 and (stale := remove_stale_temporaries(outdir)):
         print(f"removed {stale} unfinished temporary file(s) of an earlier run")
     barrier()   # no rank starts writing before the stale temporaries are gone
-    model = load_for_cli(base.folder, device, base.dtype, base.speed)   # the preset's dtype, resolved
+    model = load_for_cli(base.folder, device, base.dtype, base.speed, args.transformer_weights,   # the preset's dtype
+                         base.loras)
     fps = protocol.fps if protocol is not None and protocol.fps else model.geometry.fps
 
     def render(job: Job, target: Path, publish) -> None:

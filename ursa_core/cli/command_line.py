@@ -9,13 +9,12 @@ from typing import Callable, Optional
 
 from .. import __version__, rules
 from ..batch.prompt_sets import FORMATS
-from ..checkpoint.defaults import MODEL_DEFAULTS, ModelDefaults
+from ..checkpoint.defaults import CHECKPOINT_REPOS, MODEL_DEFAULTS, PRESETS, WEIGHTS_REPOS, ModelDefaults
 from ..errors import LaunchError, OutputError, URSAError
 from ..files import image_file
 from . import arguments
 from .exits import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OUTPUT, EXIT_TERMINATED
 
-REAL_MODELS = ("BAAI/URSA-1.7B-FSQ320", "BAAI/URSA-1.7B-IBQ1024")
 DESCRIPTION = ("URSA (uniform discrete diffusion with a metric path) on the command line: text to image or video, "
                "image to video, first/last-frame interpolation and prompt sets, on one GPU, several, or the CPU.")
 EXIT_CODES = ("Exit codes: 0 done; 1 an output could not be written (or a rank of a torchrun launch failed: every "
@@ -27,7 +26,7 @@ NEEDS_TORCH = ("`ursa {command}` needs PyTorch, {why}. Install the build for thi
 
 
 def per_checkpoint(value: Callable[[ModelDefaults], object]) -> str:
-    """'320 for URSA-1.7B-FSQ320, ...': a default of each checkpoint (checkpoint/defaults.py), as help shows it."""
+    """'320 for FSQ320, ...': a default of each checkpoint family (checkpoint/defaults.py), as help shows it."""
     return ", ".join(f"{value(defaults)} for {'--model tiny' if name == 'tiny' else name}"
                      for name, defaults in MODEL_DEFAULTS.items())
 
@@ -37,21 +36,30 @@ def add_sampling_options(parser) -> None:
     parser.add_argument("--model", required=True,
                         help="a model folder in the official layout, or 'tiny' (a tiny random checkpoint built on "
                              "first use: noise, for trying the pipeline)")
+    parser.add_argument("--transformer-weights", metavar="FILE",
+                        help="fine-tuned transformer weights loaded over --model's (e.g. an RL-tuned "
+                             "diffusion_pytorch_model.bin): .safetensors, or a tensors-only .bin/.pt/.pth")
+    parser.add_argument("--lora", action="append", type=arguments.lora_flag, metavar="FILE[:STRENGTH]",
+                        help="a LoRA (PEFT adapter folder or its adapter_model.safetensors/.bin, or a single LoRA "
+                             "file) at STRENGTH (default 1; finite, -100 to 100); repeat for several")
     parser.add_argument("--negative", default=arguments.DEFAULTS["negative"],
                         help="negative prompt (default: empty, as the reference)")
-    parser.add_argument("--frames", type=arguments.FRAMES, default=arguments.DEFAULTS["frames"],
-                        help="1 for an image, 1 + 4k for a video (49 = 4 s at 12 fps) (default: %(default)s)")
+    parser.add_argument("--frames", type=arguments.FRAMES,
+                        help=f"1 for an image, 1 + 4k for a video (49 = 4 s at 12 fps) (default: "
+                             f"{per_checkpoint(lambda d: d.frames)}; 1 for a .png output)")
     parser.add_argument("--height", type=arguments.SIZE["height"],
                         help=f"pixels (default: {per_checkpoint(lambda d: d.height)})")
     parser.add_argument("--width", type=arguments.SIZE["width"],
                         help=f"pixels (default: {per_checkpoint(lambda d: d.width)})")
     parser.add_argument("--steps", type=arguments.STEPS,
                         help=f"sampling steps, images/videos (default: "
-                             f"{per_checkpoint(lambda d: f'{d.image_steps}/{d.video_steps}')})")
+                             f"{per_checkpoint(lambda d: f'{d.image_steps}/{d.video_steps}')}, or --preset's)")
     parser.add_argument("--cfg", dest="guidance", metavar="CFG", type=arguments.GUIDANCE,
-                        default=arguments.DEFAULTS["guidance"],
-                        help="classifier-free guidance scale; <= 1: one branch, no negative prompt "
-                             "(default: %(default)s)")
+                        help=f"classifier-free guidance scale; <= 1: one branch, no negative prompt (default: "
+                             f"{per_checkpoint(lambda d: d.guidance)}, or --preset's)")
+    parser.add_argument("--preset", type=arguments.PRESET, default="none",
+                        help=f"{', '.join(PRESETS)}; rl_tuned: cfg 1 and 25 steps, as RL-tuned transformers (UDM-GRPO) "
+                             f"are sampled; --cfg / --steps given still win (default: %(default)s)")
     parser.add_argument("--guidance-trunc", type=arguments.GUIDANCE_TRUNC, default=0.9,
                         help="guidance applies while the clock t < this (default: %(default)s)")
     parser.add_argument("--shift", type=arguments.SHIFT,
@@ -190,12 +198,21 @@ def _add_tools(sub) -> None:
     tiny.add_argument("--vae", choices=("fsq", "ibq"), default="fsq",
                       help="video tokenizer (FSQ) or image tokenizer (IBQ) (default: %(default)s)")
     tiny.add_argument("--shard", action="store_true", help="write sharded transformer weights with an index json")
-    dl = sub.add_parser("download", help="fetch a checkpoint from the Hugging Face Hub",
+    tiny.add_argument("--shape", choices=("tiny", "0.6B", "1.7B"), default="tiny",
+                      help="keep the transformer structure of a released size; name the folder URSA-0.6B-FSQ320, "
+                           "... and it reads that model's defaults (default: %(default)s)")
+    dl = sub.add_parser("download", help="fetch a checkpoint (or RL-tuned weights) from the Hugging Face Hub",
                         description="Download a checkpoint; an interrupted download resumes, and the folder appears "
                                     "only when complete.")
-    dl.add_argument("repo", help=f"{' or '.join(REAL_MODELS)}")
+    dl.add_argument("repo", help="one of " + ", ".join([*CHECKPOINT_REPOS, *WEIGHTS_REPOS]) + " (another id is "
+                                 "fetched too, with a warning)")
     dl.add_argument("--dir", default="models/ursa",
                     help="parent folder; a ComfyUI models/ursa folder works (default: %(default)s)")
+    conv = sub.add_parser("convert", help="a tensors-only .bin/.pt/.pth as safetensors",
+                          description="Write the tensors of a fine-tune or LoRA pickle (read with torch.load "
+                                      "weights_only=True: a file with code is refused) as safetensors, atomically.")
+    conv.add_argument("file", help="a tensor file: fine-tuned transformer weights or a LoRA adapter_model.bin")
+    conv.add_argument("--out", help="the .safetensors file to write (default: beside FILE, same name)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -269,8 +286,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command in ("generate", "batch"):
         return _run_sampling(args)
     from . import tools
-    return {"decode": tools.run_decode, "make-tiny": tools.run_make_tiny,
-            "download": tools.run_download}[args.command](args)
+    return {"decode": tools.run_decode, "make-tiny": tools.run_make_tiny, "download": tools.run_download,
+            "convert": tools.run_convert}[args.command](args)
 
 
 def _exit_of(exc: BaseException, rank: int) -> tuple[int, str]:

@@ -4,18 +4,22 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
 from .. import rules
-from ..checkpoint.defaults import defaults_for
+from ..checkpoint.defaults import ModelIdentity, identify
+from ..checkpoint.finetune import check_transformer_weights
 from ..checkpoint.loader import URSAModel, load_model
 from ..checkpoint.tiny import TINY_LABEL, is_tiny, model_folder
 from ..errors import InputError
 from ..files.atomic import check_writable
 from ..files.media import OUTPUT_SUFFIXES, frame_paths, load_image, write_frames
 from ..files.token_io import model_identity, save_tokens, token_file_path
+from ..lora.files import read_lora
+from ..lora.patch import match, projection_shapes, with_loras
+from ..model.modeling_ursa import expected_state_shapes
 from ..parallel.distributed import build_layout, init_from_env, launched_world
 from ..path.schedule import FrameSchedule
 from ..runtime.loader_options import placement_device
@@ -91,13 +95,16 @@ def report_written(images: torch.Tensor, paths, started: float) -> None:
     print(f"wrote {len(images)} frame(s) to {shown} ({time.time() - started:.1f} s total)")
 
 
-def load_for_cli(folder: Path, device: torch.device, dtype: str, speed: SpeedOptions) -> URSAModel:
-    """One model load with the speed options (the text side's device among them) and the tokenizer on its device;
-    "default" devices are the transformer's."""
-    model = with_speed(load_model(folder, device=device, dtype=dtype), speed, Placement.single(device))
+def load_for_cli(folder: Path, device: torch.device, dtype: str, speed: SpeedOptions,
+                 transformer_weights: Optional[str] = None, loras: Sequence = ()) -> URSAModel:
+    """One model load (with fine-tuned transformer weights over it) with the speed options (the text side's device
+    among them) and the tokenizer on its device, "default" devices being the transformer's; then the LoRAs
+    ((LoRAFile, strength), checked by check_model_files) on that handle."""
+    loaded = load_model(folder, device=device, dtype=dtype, transformer_weights=transformer_weights)
+    model = with_speed(loaded, speed, Placement.single(device))
     if model.visual_tokenizer is not None:
         model.visual_tokenizer.to(placement_device(speed.vq_device, device))
-    return model
+    return with_loras(model, loras) if loras else model
 
 
 def sample_tokens(model: URSAModel, run: Request, images: dict, prompt: str, callback=None,
@@ -110,33 +117,58 @@ def sample_tokens(model: URSAModel, run: Request, images: dict, prompt: str, cal
                     callback=callback, parallel=parallel).tokens
 
 
-def checked_request(args: argparse.Namespace, folder: Path, speed: SpeedOptions) -> tuple[Request, Optional[Canvas]]:
-    """The flags as a Request with the checkpoint's defaults, and the canvas of a repaint, every rule and the memory
-    estimate checked before any weight loads."""
+def checked_request(args: argparse.Namespace, folder: Path,
+                    speed: SpeedOptions) -> tuple[Request, ModelIdentity, list, Optional[Canvas]]:
+    """The flags as a Request with the checkpoint's defaults, which model they are, the LoRAs as read and the canvas
+    of a repaint (None without one), every rule and the memory estimate checked before any weight loads."""
     device = rules.device(args.device)
     dtype = check_options(args.dtype, speed, args.sampler, device)
-    geometry = checkpoint_rules(folder)[1]
+    config, geometry = checkpoint_rules(folder)
+    loras = check_model_files(args, config)
+    identity = identify(folder, config.hidden_size, geometry)
     flags, canvas = vars(args), None
     repaint = repaint_flags(flags)
     if repaint is not None:
         canvas = read_canvas(repaint, args.frames, args.resize)
         flags = canvas_flags(flags, canvas, geometry)
-    run = request(flags, defaults_for(folder, geometry))
+    run = request(flags, identity.defaults, image_output=Path(args.out).suffix.lower() == ".png")
     check_images(run, geometry)
     check_clip(folder, run.settings, speed, dtype, device)
-    return run, canvas
+    return run, identity, loras, canvas
+
+
+def check_model_files(args: argparse.Namespace, config) -> list:
+    """--transformer-weights (names and shapes only) and every --lora against the checkpoint's transformer, before
+    any load; the LoRAs as read, with their strengths."""
+    if args.transformer_weights:
+        check_transformer_weights(args.transformer_weights, expected_state_shapes(config))
+    loras = [(read_lora(path), value) for path, value in args.lora or ()]
+    for lora, _ in loras:
+        match(lora, projection_shapes(config))
+    return loras
+
+
+def describe_run(identity: ModelIdentity, run: Request, args: argparse.Namespace) -> str:
+    """What the run uses, and which settings the model's defaults (or --preset) filled in."""
+    s = run.settings
+    tuned = f" with transformer weights {args.transformer_weights}" if args.transformer_weights else ""
+    tuned += "".join(f" + LoRA {path} x{value:g}" for path, value in args.lora or ())
+    source = "the model's defaults" + (f" and preset {args.preset}" if args.preset != "none" else "")
+    filled = f" ({', '.join(run.from_model)} from {source})" if run.from_model else ""
+    return (f"model {identity.name} (from the {identity.source}){tuned}; sampling {s.frames} frame(s) "
+            f"{s.width}x{s.height}, {s.steps} steps, cfg {s.guidance:g}{filled}")
 
 
 def run_generate(args: argparse.Namespace, session=None) -> int:
     """`ursa generate`; `session`: this rank's ursa_core.parallel.ranks.RankSession under torchrun (None: one
     process)."""
-    check_output_path(args.out, args.frames or 1)
+    check_output_path(args.out, args.frames or 1)   # a video's frames are one MP4, an image output's one PNG
     tokens_path: Optional[Path] = None
     if args.save_tokens:
         tokens_path = check_writable(token_file_path(args.save_tokens), "--save-tokens")
     folder = model_folder(args.model)
     speed = speed_options(args)
-    run, canvas = checked_request(args, folder, speed)
+    run, identity, loras, canvas = checked_request(args, folder, speed)
     check_output_path(args.out, run.settings.frames)
     kv_heads = checkpoint_rules(folder)[0].num_key_value_heads
     rules.parallel_layout(args.parallel, launched_world(), kv_heads)
@@ -145,15 +177,15 @@ def run_generate(args: argparse.Namespace, session=None) -> int:
     rank, world, device = init_from_env(args.device, session)
     layout = build_layout(args.parallel, kv_heads) if world > 1 else None
     started = time.time()
-    model = load_for_cli(folder, device, args.dtype, speed)
+    model = load_for_cli(folder, device, args.dtype, speed, args.transformer_weights, loras)
     if is_tiny(folder) and rank == 0:
         print(f"NOTE: {TINY_LABEL}.")
     settings = run.settings
     latent = settings.latent_shape(model.geometry)
     if rank == 0:
         print(f"loaded {folder} on {device} in {time.time() - started:.1f} s (attention: "
-              f"{model.transformer.attn_implementation}); sampling {settings.frames} frame(s) "
-              f"{settings.width}x{settings.height} = {latent} latent tokens, {settings.steps} steps"
+              f"{model.transformer.attn_implementation}); {describe_run(identity, run, args)}, "
+              f"{latent} latent tokens"
               + (f", {args.parallel} parallel over {layout.world} ranks" if layout is not None else ""))
     progress = ProgressPrinter(settings.steps, "sampling") if rank == 0 else None
     try:

@@ -1,4 +1,4 @@
-"""`ursa decode`, `ursa make-tiny`, `ursa download`: the jobs around generation."""
+"""`ursa decode`, `ursa make-tiny`, `ursa download`, `ursa convert`: the jobs around generation."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +9,9 @@ from pathlib import Path
 from .. import rules
 from ..checkpoint.tiny import model_folder
 from ..errors import InputError
+from ..checkpoint.defaults import CHECKPOINT_REPOS, WEIGHTS_REPOS
 from ..files.atomic import partial_dir, replace_dir
+from ..files.tensor_files import convert_to_safetensors
 from ..files.media import write_frames
 from ..files.token_io import check_identity, load_tokens, tokenizer_identity
 from ..visual_tokenizer.codec import decode_images
@@ -46,7 +48,7 @@ def run_decode(args: argparse.Namespace) -> int:
 def run_make_tiny(args: argparse.Namespace) -> int:
     from ..checkpoint.tiny import make_tiny
 
-    folder = make_tiny(args.dir, seed=args.seed, vae=args.vae, shard=args.shard)
+    folder = make_tiny(args.dir, seed=args.seed, vae=args.vae, shard=args.shard, shape=args.shape)
     if not (folder / "model_index.json").is_file():
         raise InputError(f"{folder}: the tiny checkpoint was not written")
     print(f"wrote {folder}")
@@ -65,6 +67,10 @@ def run_download(args: argparse.Namespace) -> int:
     except HFValidationError as exc:
         raise InputError(f"download {args.repo!r}: not a Hugging Face repo id such as BAAI/URSA-1.7B-FSQ320 "
                          f"({str(exc).splitlines()[0]})") from None
+    known = known_repo(args.repo)
+    if known is None:
+        print(f"warning: {args.repo} is not one of the URSA repositories this pack knows "
+              f"({', '.join([*CHECKPOINT_REPOS, *WEIGHTS_REPOS])}); downloading it anyway", file=sys.stderr)
     target = Path(args.dir) / args.repo.split("/")[-1]
     work = partial_dir(target)
     started = time.time()
@@ -76,5 +82,23 @@ def run_download(args: argparse.Namespace) -> int:
               f"--local-dir {target}) and copy the folder to {target}.", file=sys.stderr)
         return EXIT_DOWNLOAD
     replace_dir(work, target)
-    print(f"downloaded {args.repo} to {target} in {time.time() - started:.0f} s")
+    print(f"downloaded {args.repo} to {target} in {time.time() - started:.0f} s" + (f"; {known}" if known else ""))
+    return 0
+
+
+def known_repo(repo: str) -> str | None:
+    """What a known repository holds, as one phrase; None for an id this pack does not know."""
+    if repo in CHECKPOINT_REPOS:
+        size, variant = CHECKPOINT_REPOS[repo]
+        return f"a {size} {variant} checkpoint folder: pass it as --model"
+    if repo in WEIGHTS_REPOS:
+        return (f"RL-tuned transformer weights over {WEIGHTS_REPOS[repo]}: pass its weights file as "
+                f"--transformer-weights with --model {WEIGHTS_REPOS[repo].split('/')[-1]} --preset rl_tuned")
+    return None
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    """A tensors-only pickle (or a safetensors file) rewritten as safetensors, atomically; the source is only read."""
+    target = convert_to_safetensors(args.file, args.out)
+    print(f"wrote {target}")
     return 0

@@ -32,8 +32,9 @@ def unsupported(transformer, runner, device: torch.device) -> Optional[str]:
     """Why steps cannot be captured here, or None."""
     if device.type != "cuda":
         return f"steps run on {device}, not a CUDA GPU"
-    if transformer.layer_fetch is not None:
-        return "block swap copies layers from host memory during a step"
+    if transformer.layer_fetch is not None:   # a fetch says why it cannot be captured (LoRA merges, block swap)
+        return getattr(transformer.layer_fetch, "not_capturable",
+                       "block swap copies layers from host memory during a step")
     if transformer.model.embed_tokens.weight.device != transformer.lm_head.weight.device:
         return "the token embedding table lives on another device than the layers (text_device)"
     if not getattr(runner, "capturable", False):

@@ -39,9 +39,12 @@ class UpcastLinear(nn.Module):
         self.register_buffer("weight_scale", scale)
         self.in_features, self.out_features = linear.in_features, linear.out_features
 
+    def dense_weight(self, dtype: torch.dtype) -> torch.Tensor:
+        """The weight upcast to `dtype` (what every call computes with; LoRA merges add to this)."""
+        return self.weight.to(dtype) * self.weight_scale.to(dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.weight.to(x.dtype) * self.weight_scale.to(x.dtype)
-        return F.linear(x, weight)
+        return F.linear(x, self.dense_weight(x.dtype))
 
 
 def store_weights(transformer: nn.Module, weight_dtype: str) -> int:

@@ -181,18 +181,20 @@ def generate(model: URSAModel, prompt: str | Sequence[str] = "", negative_prompt
     """Sample visual tokens [B, T, H/s, W/s] for `prompt` (a string or a list: B prompts) -> `Generation`.
 
     `settings` (a GenerationSettings) says how; keywords change single fields of it (`frames=49, seed=7`: the
-    fields and their defaults are GenerationSettings'). `c`, `alpha`, `shift` default to the checkpoint's scheduler
-    config. `schedule` gives each latent frame (a FrameSchedule) or each token (a StartTimes map, e.g. from a repaint
-    mask) a start time (default: all from noise); tokens with start > 0 take their values from `given_tokens`
-    [B|1, T, h, w]. When every token is held the given tokens are the result, with one warning line and no model
-    call (a mask that repaints nothing). `prompt_ids` (cond, uncond) [B, L] bypasses tokenization.
+    fields and their defaults are GenerationSettings'). Frames, size, steps and guidance left unset follow the model
+    (`model.identity.defaults`); `c`, `alpha`, `shift` default to the checkpoint's scheduler config. `schedule` gives
+    each latent frame (a FrameSchedule) or each token (a StartTimes map, e.g. from a repaint mask) a start time
+    (default: all from noise); tokens with start > 0 take their values from `given_tokens` [B|1, T, h, w]. When every
+    token is held the given tokens are the result, with one warning line and no model call (a mask that repaints
+    nothing). `prompt_ids` (cond, uncond) [B, L] bypasses tokenization.
     `callback(StepInfo)` runs after every step; an exception raised there stops generation (cancel).
     The result depends only on the seed (and device numerics), not on `chunk_tokens`. `sampler` picks the jump
     step's implementation: "torch" (chunked tensors), "triton" (fused CUDA kernels) or "auto" (triton on CUDA).
     `parallel` (a runners.RunnerFactory, e.g. a parallel.distributed.Layout, the same call on every rank) shares
     this one generation between ranks or devices; every rank returns the same tokens. Default: one device.
     """
-    settings = GenerationSettings.build(settings, **changes).with_checkpoint_path(model.scheduler)
+    settings = GenerationSettings.build(settings, **changes).with_model_defaults(model.identity.defaults)
+    settings = settings.with_checkpoint_path(model.scheduler)
     plan_ = plan(model, settings, schedule)
     cond_ids, uncond_ids = prompt_ids if prompt_ids is not None else _prompt_ids(model, prompt, negative_prompt,
                                                                                   settings.motion)

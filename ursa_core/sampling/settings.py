@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, Iterator, Optional
 
 from .. import rules
+from ..checkpoint.defaults import ModelDefaults, resolve
 from ..model.config import SchedulerConfig
 from ..visual_tokenizer.geometry import VisualGeometry
 
@@ -41,13 +42,15 @@ class FieldMapping(Mapping):
 
 @dataclass(frozen=True, eq=True)
 class GenerationSettings(FieldMapping):
-    """How one clip is sampled. `c`, `alpha`, `shift` None = the checkpoint's scheduler values; frames and sizes
-    are checked against the checkpoint's strides when the clip is planned (they depend on its tokenizer)."""
-    frames: int = 1
-    height: int = 320
-    width: int = 512
-    steps: int = 25
-    guidance: float = 7.0
+    """How one clip is sampled. `c`, `alpha`, `shift` None = the checkpoint's scheduler values; frames, size, steps
+    and guidance None = the model's defaults (checkpoint/defaults.py, filled in by `with_model_defaults`); frames
+    and sizes are checked against the checkpoint's strides when the clip is planned (they depend on its
+    tokenizer)."""
+    frames: Optional[int] = None
+    height: Optional[int] = None
+    width: Optional[int] = None
+    steps: Optional[int] = None
+    guidance: Optional[float] = None
     guidance_trunc: float = 0.9
     c: Optional[float] = None
     alpha: Optional[float] = None
@@ -59,10 +62,12 @@ class GenerationSettings(FieldMapping):
     chunk_tokens: Optional[int] = None  # tokens per solver chunk; None: sized to the device's logit budget
 
     def __post_init__(self):
-        rules.steps(self.steps)
+        if self.steps is not None:
+            rules.steps(self.steps)
         rules.seed(self.seed)
         rules.motion(self.motion)
-        rules.guidance(self.guidance, "guidance")
+        if self.guidance is not None:
+            rules.guidance(self.guidance, "guidance")
         rules.unit("guidance_trunc", self.guidance_trunc)
         for name in ("c", "alpha", "shift"):
             if getattr(self, name) is not None:
@@ -88,6 +93,13 @@ class GenerationSettings(FieldMapping):
     def max_branches(self) -> int:
         """The branches the widest step runs (what memory must hold): 2 whenever guidance > 1."""
         return branches(self.guidance)
+
+    def with_model_defaults(self, defaults: ModelDefaults) -> "GenerationSettings":
+        """frames, size, steps and guidance filled in from the model's row of defaults where they are None."""
+        used = resolve(defaults, frames=self.frames, height=self.height, width=self.width, steps=self.steps,
+                       guidance=self.guidance)
+        return replace(self, frames=used.frames, height=used.height, width=used.width, steps=used.steps,
+                       guidance=used.guidance)
 
     def with_checkpoint_path(self, scheduler: SchedulerConfig) -> "GenerationSettings":
         """c, alpha and shift filled in from the checkpoint's scheduler config where they are None."""
