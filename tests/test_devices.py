@@ -200,3 +200,24 @@ def test_bad_launch_and_strategy_are_one_line():
         BranchSplit(None, launch="fast")
     with pytest.raises(InputError, match="strategy='ring' is not allowed"):
         sample_rounds(2, 2, True, "ring")
+
+
+def test_split_benchmark_cpu_path(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_split.py"
+    out = tmp_path / "split.json"
+    done = subprocess.run([sys.executable, str(bench), "--quick", "--steps", "3", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert set(report["modes"]) == {"single", "split_one_gpu_threads", "split_one_gpu_inline"}
+    for mode in report["modes"].values():
+        assert mode["tokens_equal_to_single"] == 1.0 and mode["total_s"] > 0 and mode["median_step_s"] > 0
+    assert report["samples_two_devices"]["tokens_equal"] is True
+    launches = report["launches"]   # the reason for a thread per device: thousands of launches per forward
+    assert launches["layers"] == 28 and launches["launching_calls"] > 1000
+    assert launches["aten_calls"] == launches["views"] + launches["launching_calls"]

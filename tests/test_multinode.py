@@ -1,0 +1,70 @@
+"""Across machines: `ursa generate --parallel` and `ursa batch` under multi-node torchrun, as two "nodes" on this host
+(two torchrun launchers with --nnodes 2 meeting at a c10d rendezvous on localhost, gloo on the CPU); the files
+they write equal the one-process run's, byte for byte."""
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+from test_parallel import _free_port
+
+ROOT = Path(__file__).resolve().parents[1]   # this checkout's ursa_core, not an installed one
+FAST = ["--height", "32", "--width", "32", "--steps", "3"]
+
+
+def two_nodes(command: list, nproc_per_node: int = 1, timeout: float = 240) -> list[subprocess.CompletedProcess]:
+    """`torchrun --nnodes 2 ... -m ursa_core <command>` started twice, as on two machines; each launcher's result."""
+    rendezvous = ["--nnodes", "2", "--nproc-per-node", str(nproc_per_node), "--rdzv-backend", "c10d",
+                  "--rdzv-endpoint", f"127.0.0.1:{_free_port()}", "--rdzv-id", uuid.uuid4().hex[:8]]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    launchers = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *rendezvous, "-m", "ursa_core",
+                                   *map(str, command)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = []
+    for launcher in launchers:
+        try:
+            out, err = launcher.communicate(timeout=timeout)
+        finally:
+            launcher.kill()
+        results.append(subprocess.CompletedProcess(launcher.args, launcher.returncode, out, err))
+    return results
+
+
+def one_process(command: list) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ursa_core", *map(str, command)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=240)
+
+
+def test_generate_cfg_parallel_on_two_nodes_equals_one_process(tiny_dir, tmp_path):
+    def command(name: str) -> list:
+        return ["generate", "--model", tiny_dir, "--prompt", "a red fox", "--frames", "5", "--seed", "4", *FAST,
+                "--out", tmp_path / f"{name}.mp4", "--save-tokens", tmp_path / f"{name}.safetensors"]
+    alone = one_process(command("alone"))
+    assert alone.returncode == 0, alone.stderr
+    nodes = two_nodes([*command("nodes"), "--parallel", "cfg"])   # (sp: the tiny model has one KV head)
+    assert [n.returncode for n in nodes] == [0, 0], [n.stderr[-1500:] for n in nodes]
+    assert sum("cfg parallel over 2 ranks" in n.stdout for n in nodes) == 1   # rank 0 (either node) reports
+    assert load_file(tmp_path / "nodes.safetensors")["tokens"].equal(load_file(tmp_path / "alone.safetensors")["tokens"])
+    assert (tmp_path / "nodes.mp4").read_bytes() == (tmp_path / "alone.mp4").read_bytes()
+
+
+def test_batch_on_two_nodes_equals_one_process(tiny_dir, tmp_path):
+    prompts = tmp_path / "set.txt"
+    prompts.write_text("a red fox\na grey wolf\na brown bear\n")
+
+    def command(outdir: str) -> list:
+        return ["batch", "--model", tiny_dir, "--prompts", prompts, "--samples", "2", "--outdir", tmp_path / outdir,
+                *FAST]
+    alone = one_process(command("alone"))
+    assert alone.returncode == 0, alone.stderr
+    nodes = two_nodes(command("nodes"))
+    assert [n.returncode for n in nodes] == [0, 0], [n.stderr[-1500:] for n in nodes]
+    made = sorted(p.name for p in (tmp_path / "alone").glob("*.png"))
+    assert len(made) == 6 and sorted(p.name for p in (tmp_path / "nodes").glob("*.png")) == made
+    for name in made:
+        assert (tmp_path / "nodes" / name).read_bytes() == (tmp_path / "alone" / name).read_bytes()
+    ranks = " ".join(n.stdout for n in nodes)
+    assert all(f"rank {r}:" in ranks for r in range(2))   # every rank of both machines took part
