@@ -128,14 +128,14 @@ def run_baseline(model, case, steps) -> dict:
     _, frames, height, width, _ = case
     ids = random_prompt_ids(model.config)
     transformer = model.transformer
-    saved = transformer.layer_runner, transformer.attn_implementation
-    transformer.layer_runner = None
+    saved = transformer.layer_call, transformer.attn_implementation
+    transformer.layer_call = None
     transformer.set_attention("sdpa")
     try:
         result = measure(lambda timer: reference_generate(model, ids, frames, height, width, steps,
                                                           step_callback=timer), model.device)
     finally:
-        transformer.layer_runner = saved[0]
+        transformer.layer_call = saved[0]
         transformer.set_attention(saved[1])
     result["tflops"] = executed_flops(model, frames, height, width, steps, 0.9, 7.0, False) / result["total_s"] / 1e12
     return result
@@ -208,8 +208,8 @@ def attention_agreement_section(model, case, backends=("flash4", "sage", "cudnn"
     tokens = torch.randint(0, cfg.lm_head_size, (1, *p.latent_shape), generator=torch.Generator().manual_seed(0))
     sequence = build_sequence(model, random_prompt_ids(cfg)[0], tokens)
     keep = predicting_positions(cfg, p.active).to(model.device)
-    saved = transformer.attn_implementation, transformer.layer_runner
-    transformer.layer_runner = None
+    saved = transformer.attn_implementation, transformer.layer_call
+    transformer.layer_call = None
     transformer.set_attention("sdpa")
     ref = model(sequence, keep, output_hidden_states=True)
     result = {"tokens": int(sequence.input_ids.shape[1])}
@@ -228,7 +228,7 @@ def attention_agreement_section(model, case, backends=("flash4", "sage", "cudnn"
         result[name] = {"logits_rel_rms": _rel_rms(logits, ref.logits), "layer_rel_rms_max": max(per_layer),
                         "layer_rel_rms_mean": sum(per_layer) / len(per_layer)}
     transformer.set_attention(saved[0])
-    transformer.layer_runner = saved[1]
+    transformer.layer_call = saved[1]
     return result
 
 
@@ -240,7 +240,7 @@ def compile_section(model, case, steps) -> dict:
     compile_s = time.perf_counter() - start
     result = summarize(run_optimized(model, case, steps))
     result["step_s"] = [round(t, 4) for t in run_optimized(model, case, 4)["step_s"]]
-    model.transformer.layer_runner = None
+    model.transformer.layer_call = None
     return {"compile_and_first_run_s": compile_s, **result}
 
 
@@ -284,13 +284,17 @@ def agreement_section(model, case, steps) -> dict:
             "skip_vs_no_skip_torch": token_agreement(torch_path, slow_no_skip)}
 
 
-def prepare(model, args, report) -> None:
+def prepare(model, args, report):
     """The optimized configuration: fastest attention kernel and compiled layers (unless --eager)."""
-    from ursa_core.runtime.acceleration import accelerate
+    from ursa_core.runtime.compiled import compile_layers
+    from ursa_core.runtime.speed import Placement, SpeedOptions, with_speed
     if args.fuse:
         model.transformer = with_fused_projections(model.transformer)
-    accelerate(model, attention=report.get("attention_choice", "auto"),
-               compile=not args.eager and model.device.type == "cuda", compile_mode=args.compile_mode)
+    model = with_speed(model, SpeedOptions(attention=report.get("attention_choice", "auto")),
+                       Placement.single(model.device))
+    if not args.eager and model.device.type == "cuda":
+        compile_layers(model.transformer, mode=args.compile_mode)
+    return model
 
 
 def run_cases(args, device, report) -> None:
@@ -301,7 +305,7 @@ def run_cases(args, device, report) -> None:
             model, kind = None, None
             torch.cuda.empty_cache() if torch.cuda.is_available() else None
             model, kind = random_model(case[0], device), case[0]
-            prepare(model, args, report)
+            model = prepare(model, args, report)
         steps = case[4] if not args.steps else args.steps
         if not args.eager:
             # Compile outside the timed run (reported separately): 3 steps with trunc 0.5 hit both the guided
@@ -364,7 +368,7 @@ def extra_sections(args, device, report, sections) -> None:
         torch.cuda.empty_cache() if device.type == "cuda" else None
         model = random_model(big[0], device)
     model.transformer.set_attention(attention.resolve(report["attention_choice"], device))
-    model.transformer.layer_runner = None  # ablations below start from the eager model
+    model.transformer.layer_call = None  # ablations below start from the eager model
     if "ablate" in sections:
         report["ablation_49f"] = {"eager": summarize(run_optimized(model, big, few)),
                                   "eager_torch_sampler": summarize(run_optimized(model, big, few, sampler="torch"))}
@@ -386,10 +390,10 @@ def extra_sections(args, device, report, sections) -> None:
         from ursa_core.runtime.compiled import compile_layers
         compile_layers(model.transformer)
         report["profile_49f_compiled"] = profile_section(model, big, "compiled")
-        model.transformer.layer_runner = None
+        model.transformer.layer_call = None
     if "profile_t2i" in sections and device.type == "cuda":
         ibq = random_model("ibq", device)
-        prepare(ibq, args, report)
+        ibq = prepare(ibq, args, report)
         report["profile_t2i_compiled"] = profile_section(ibq, CASES["t2i1024"], "t2i compiled")
         del ibq
     if "decode" in sections and device.type == "cuda":

@@ -16,11 +16,8 @@ import torch
 from ursa_core.checkpoint.loader import URSAModel, is_ursa_folder, load_model, resolve_dtype
 from ursa_core.errors import InputError
 from ursa_core.files.token_io import model_identity
-from ursa_core.runtime.acceleration import accelerate
-from ursa_core.runtime.loader_options import blocks_to_keep, placement_device
-from ursa_core.runtime.lowvram import enable_low_vram, place_embeddings
-from ursa_core.runtime.speed import SpeedOptions
-from ursa_core.runtime.weight_dtype import weight_bytes
+from ursa_core.runtime.loader_options import placement_device
+from ursa_core.runtime.speed import Placement, SpeedOptions, with_speed
 from ursa_core.sampling.preview import token_colors
 
 log = logging.getLogger(__name__)
@@ -112,15 +109,15 @@ def compute_device() -> torch.device:
 
 def load_ursa(name: str, dtype: str, options: SpeedOptions = SpeedOptions(low_vram="auto")
               ) -> tuple[LoadedURSA, LoadedVQ]:
-    """Load on the offload device; ComfyUI's model management moves weights to the GPU when a node runs (with
-    block swap, only the resident part: streamed layers stay in host memory)."""
+    """Load on the offload device, then a handle with the speed options (ursa_core.runtime.speed); ComfyUI's model
+    management moves weights to the GPU when a node runs (with block swap, only the resident part: streamed layers
+    stay in host memory)."""
     folder = model_folder_path(name)
     load_device, offload_device = mm.get_torch_device(), mm.unet_offload_device()
-    model = load_model(folder, device=offload_device, dtype=resolve_dtype(dtype, torch.device(load_device)))
-    if model.visual_tokenizer is None:
+    loaded = load_model(folder, device=offload_device, dtype=resolve_dtype(dtype, torch.device(load_device)))
+    if loaded.visual_tokenizer is None:
         raise InputError(f"{folder}: no vae/ folder; URSA needs its visual tokenizer to encode and decode")
-    accelerate(model, attention=options.attention, weight_dtype=options.weight_dtype, compute_device=load_device)
-    place_transformer(model, options, load_device, offload_device)
+    model = with_speed(loaded, options, placement(load_device, offload_device))
     patcher = comfy.model_patcher.ModelPatcher(model.transformer, load_device=load_device,
                                                offload_device=offload_device)
     vq_device = placement_device(options.vq_device, mm.vae_device())
@@ -130,33 +127,14 @@ def load_ursa(name: str, dtype: str, options: SpeedOptions = SpeedOptions(low_vr
             LoadedVQ(model.visual_tokenizer, vq_patcher, model.geometry.fps, model_identity(model)))
 
 
-def place_transformer(model: URSAModel, options: SpeedOptions, load_device, offload_device) -> None:
-    """Text side on its device, then block swap (or compile, which replaces the same layer loop)."""
-    text_device = placement_device(options.text_device, mm.text_encoder_device())
-    if torch.device(text_device) != torch.device(load_device):
-        place_embeddings(model.transformer, text_device)
-    keep = resident_blocks(model.transformer, options, load_device)
-    streamer = None if keep is None else enable_low_vram(model.transformer, offload_device, keep)
-    if streamer is not None:  # as core logs a partial load: users see why a step is slower
-        log.info("URSA: %d decoder layers stay on %s, %d stream from RAM (low_vram=%s)", keep, load_device,
-                 len(streamer.host), options.low_vram)
-        if options.compile:
-            log.warning("URSA: not compiling the layers: VRAM is short, so layers stream (both replace the layer "
-                        "loop)")
-    elif options.compile:
-        from ursa_core.runtime.compiled import compile_layers  # imports torch._dynamo: only when asked for
-        compile_layers(model.transformer)
-
-
-def resident_blocks(transformer: torch.nn.Module, options: SpeedOptions, load_device) -> int | None:
-    """Block swap decision from ComfyUI's VRAM state (--lowvram/--novram) and free memory, as core models do."""
+def placement(load_device, offload_device) -> Placement:
+    """ComfyUI's devices and memory state as the speed options read them: block swap decided as core models decide
+    it (--lowvram / --novram, free memory), none when ComfyUI runs on the CPU."""
     state = mm.vram_state
-    if options.low_vram == "auto" and state == mm.VRAMState.DISABLED:
-        return None  # no VRAM (ComfyUI runs on the CPU): streaming saves nothing
-    layers = [weight_bytes(layer) for layer in transformer.model.layers]
-    other = weight_bytes(transformer) - sum(layers)
-    return blocks_to_keep(options.low_vram, options.blocks_on_gpu, layers, other, mm.get_free_memory(load_device),
-                          state == mm.VRAMState.LOW_VRAM, state == mm.VRAMState.NO_VRAM)
+    free = None if state == mm.VRAMState.DISABLED else mm.get_free_memory(load_device)
+    vram = {mm.VRAMState.LOW_VRAM: "low", mm.VRAMState.NO_VRAM: "none"}.get(state, "normal")
+    return Placement(torch.device(load_device), torch.device(offload_device), torch.device(mm.text_encoder_device()),
+                     free, vram)
 
 
 class StepProgress:

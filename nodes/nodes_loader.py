@@ -45,7 +45,7 @@ class URSAModelLoader(io.ComfyNode):
                                        "FlexAttention (compiled, needs Triton)."),
                 io.Boolean.Input("compile", default=False, optional=True,
                                  tooltip="torch.compile the layers (about 23% faster per step on an H100; the first "
-                                         "run of each size compiles for ~15 s; needs Triton). Not with streaming."),
+                                         "run of each size compiles for ~15 s; needs Triton). Combines with streaming."),
                 io.Combo.Input("weight_dtype", options=list(STORAGE_DTYPES), default="default", optional=True,
                                tooltip="Weight storage, as core's UNETLoader: default = the compute dtype; "
                                        "fp8_e4m3fn / fp8_e5m2 store the layers' projection weights in fp8 (about "
@@ -88,7 +88,7 @@ class URSAModelLoader(io.ComfyNode):
         if model_name is not None and model_name not in glue.list_model_folders():
             return glue.missing_model_message(model_name)
         return ((weight_dtype is not None and check_weight_dtype(weight_dtype))
-                or check_loader_options(low_vram, blocks_on_gpu, vq_device, compile, text_device) or True)
+                or check_loader_options(low_vram, blocks_on_gpu, vq_device, text_device) or True)
 
     @classmethod
     def fingerprint_inputs(cls, model_name=None, **options):

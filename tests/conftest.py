@@ -10,6 +10,10 @@ import os
 import sys
 
 import pytest
+# Imported once for the session, before any test patches sys.modules: the `comfy` fixture drops every module first
+# imported under it, and importing torch._dynamo a second time registers torch's own test operators twice (a
+# RuntimeError), e.g. when the first compile of a session happens inside a node test.
+import torch._dynamo  # noqa: F401
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:

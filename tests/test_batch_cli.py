@@ -120,14 +120,16 @@ def test_placement_options_follow_the_loader_rule(tiny_dir, tmp_path):
     assert Image.open(tmp_path / "x.png").size == (64, 64)
 
 
-def test_place_parts_moves_the_text_side_and_the_tokenizer(tiny_dir):
-    from ursa_core.checkpoint.loader import load_model
-    from ursa_core.runtime.loader_options import place_parts
-    from ursa_core.runtime.lowvram import DetachedEmbedding
+def test_cli_load_places_the_text_side_and_the_tokenizer(tiny_dir, monkeypatch):
+    import torch
 
-    model = load_model(tiny_dir, device="cpu", dtype="fp32")
-    place_parts(model, "default", "default")            # default: the transformer's device, nothing detached
+    from ursa_core.cli.generate_command import load_for_cli
+    from ursa_core.runtime.lowvram import DetachedEmbedding
+    from ursa_core.runtime.speed import SpeedOptions
+
+    model = load_for_cli(tiny_dir, torch.device("cpu"), "fp32", SpeedOptions())  # default: the transformer's device
     assert not isinstance(model.transformer.model.embed_tokens, DetachedEmbedding)
-    place_parts(model, "meta", "meta")                   # another device than the transformer's
+    monkeypatch.setattr("ursa_core.rules.placement", lambda name, value: value)   # a device this machine lacks
+    model = load_for_cli(tiny_dir, torch.device("cpu"), "fp32", SpeedOptions(vq_device="meta", text_device="meta"))
     assert model.transformer.model.embed_tokens.weight.device.type == "meta"
     assert model.visual_tokenizer.device.type == "meta" and model.device.type == "cpu"

@@ -399,7 +399,7 @@ def test_lowvram_server_runs_with_loader_options(lowvram_server, workflow, optio
 
 def test_lowvram_server_rejects_bad_loader_options(lowvram_server):
     status, body = post_prompt(lowvram_server["url"], "ursa_t2i", TINY + ["URSA Loader.low_vram=stream",
-                                                                          "URSA Loader.compile=true"])
+                                                                          "URSA Loader.blocks_on_gpu=-1"])
     assert status == 400, body
     loader = node_id_by_title("ursa_t2i", "URSA Loader")
-    assert "compile=True with low_vram='stream'" in json.dumps(body["node_errors"][loader]["errors"])
+    assert "blocks_on_gpu=-1 is not allowed" in json.dumps(body["node_errors"][loader]["errors"])

@@ -27,7 +27,7 @@ def test_compiling_layers_leaves_dynamo_settings_alone():
     before = (config.cache_size_limit, config.accumulated_cache_size_limit)
     transformer = URSATransformer(tiny_transformer_config(100, 99, 64))
     compile_layers(transformer)
-    assert transformer.layer_runner is not None
+    assert transformer.layer_call is not None
     assert (config.cache_size_limit, config.accumulated_cache_size_limit) == before
     with _cache_limits():  # what the compiled forward runs under
         assert config.cache_size_limit >= CACHE_ENTRIES

@@ -207,6 +207,24 @@ def test_compiled_layers_match_eager(cuda_model):
     assert (compiled - eager).abs().max() < 0.05 * eager.abs().max()
 
 
+def test_streamed_and_compiled_layers_match_eager_resident(cuda_model):
+    """Block swap (a layer fetch) and compile (how a layer runs) combine: streamed slots run through the compiled
+    halves with the copies on their side stream (inductor here; the CPU test traces with aot_eager)."""
+    from ursa_core.runtime.speed import Placement, SpeedOptions, with_speed
+    from ursa_core.model.rope import rotary_cos_sin, sequence_positions
+    handle = with_speed(cuda_model, SpeedOptions(compile=True, low_vram="stream", blocks_on_gpu=1),
+                        Placement.single("cuda"))
+    assert handle.transformer.layer_fetch is not None and handle.transformer.layer_call is not None
+    cfg = cuda_model.config
+    pos = sequence_positions(cfg.max_prompt_length, (3, 8, 8), device="cuda")
+    cos, sin = rotary_cos_sin(pos, cfg.head_dim, cfg.rope_theta, cuda_model.transformer.dtype)
+    ids = torch.randint(0, cfg.lm_vocab_size, (2, pos.shape[0]), device="cuda")
+    with torch.no_grad():
+        eager = cuda_model.transformer(ids, cos, sin).float()
+        combined = handle.transformer(ids, cos, sin).float()
+    assert (combined - eager).abs().max() < 0.05 * eager.abs().max()
+
+
 def test_wide_codebook_fused_jump_matches_torch(monkeypatch):
     """IBQ-like codes (D=256): distances from an fp16 matmul, then the distance-row kernel."""
     pytest.importorskip("triton")

@@ -104,7 +104,7 @@ def test_block_swap_keeps_count_and_matches_resident(keep):
 def test_block_swap_with_every_block_kept_streams_nothing_and_fp8_streams_fp8():
     model = transformer()
     assert enable_low_vram(model, "cpu", blocks_on_gpu=CFG.num_hidden_layers) is None
-    assert model.layer_runner is None and len(model.model.layers) == CFG.num_hidden_layers
+    assert model.layer_fetch is None and len(model.model.layers) == CFG.num_hidden_layers
     fp8 = transformer()
     store_weights(fp8, "fp8_e4m3fn")
     ref = forward(fp8)
@@ -139,12 +139,11 @@ def test_automatic_block_count_like_core():
 
 
 def test_loader_option_rules_name_value_and_rule():
-    assert check_loader_options("auto", 0, "default", False) is None
+    assert check_loader_options("auto", 0, "default", "default") is None
     assert "low_vram='half'" in check_loader_options(low_vram="half")
     assert "blocks_on_gpu=-1" in check_loader_options(blocks_on_gpu=-1)
     assert "vq_device='cuda:7'" in check_loader_options(vq_device="cuda:7") and "'cpu'" in \
         check_loader_options(vq_device="cuda:7")
-    assert "compile=True with low_vram='stream'" in check_loader_options(low_vram="stream", compile=True)
     assert "text_device='cuda:9'" in check_loader_options(text_device="cuda:9")
 
 
@@ -219,14 +218,14 @@ def test_node_validates_new_options(env):
     assert "weight_dtype='int4'" in str(env.validate(loader, {**base, "weight_dtype": "int4"}))
     assert "vq_device='cuda:3'" in str(env.validate(loader, {**base, "vq_device": "cuda:3"}))
     assert "text_device='gpu'" in str(env.validate(loader, {**base, "text_device": "gpu"}))
-    assert "compile=True with low_vram='stream'" in str(env.validate(loader, {**base, "low_vram": "stream",
-                                                                              "compile": True}))
+    # compile and block swap combine (issue 16: streaming is a layer fetch, compile how a layer runs)
+    assert env.validate(loader, {**base, "low_vram": "stream", "compile": True}) == []
 
 
 def test_node_stream_fp8_and_vq_device_run_the_graph(env):
     _, _, ref_tokens, ref_images = run_t2i(env)
     model, vq, tokens, images = run_t2i(env, low_vram="stream", blocks_on_gpu=1, vq_device="cpu")
-    assert len(model.model.transformer.model.layers) == 1 and model.model.transformer.layer_runner is not None
+    assert len(model.model.transformer.model.layers) == 1 and model.model.transformer.layer_fetch is not None
     assert torch.equal(tokens.tokens, ref_tokens.tokens) and torch.equal(images, ref_images)  # streaming is exact
     assert env.patchers[-1].load_device == torch.device("cpu") and env.patchers[-1].model is vq.vq
     # ComfyUI never half-loads our plain torch modules: the block swap above is the partial load
@@ -251,38 +250,39 @@ def test_node_text_side_on_another_device(env, monkeypatch):
 def test_node_auto_streams_under_lowvram_like_core(env, monkeypatch):
     mm = env.modules["comfy.model_management"]
     model, *_ = run_t2i(env)  # ComfyUI on the CPU (vram state DISABLED): auto never streams
-    assert model.model.transformer.layer_runner is None
+    assert model.model.transformer.layer_fetch is None
     layer = weight_bytes(model.model.transformer.model.layers[0])
     other = weight_bytes(model.model.transformer) - 2 * layer  # the tiny model has 2 layers
     monkeypatch.setattr(mm, "vram_state", mm.VRAMState.NO_VRAM)  # as ComfyUI sets it for --novram on a GPU
     model, *_ = run_t2i(env)
-    assert len(model.model.transformer.model.layers) == 0 and model.model.transformer.layer_runner is not None
+    assert len(model.model.transformer.model.layers) == 0 and model.model.transformer.layer_fetch is not None
     free = {"bytes": ACTIVATION_RESERVE + other + 3 * layer}  # everything + one layer, or two slots + one layer
     monkeypatch.setattr(mm, "get_free_memory", lambda dev=None, torch_free_too=False: free["bytes"])
     monkeypatch.setattr(mm, "vram_state", mm.VRAMState.LOW_VRAM)  # --lowvram: as many layers as fit stay
     model, *_ = run_t2i(env)
-    assert len(model.model.transformer.model.layers) == 1 and model.model.transformer.layer_runner is not None
+    assert len(model.model.transformer.model.layers) == 1 and model.model.transformer.layer_fetch is not None
     monkeypatch.setattr(mm, "vram_state", mm.VRAMState.NORMAL_VRAM)
     model, *_ = run_t2i(env)
-    assert model.model.transformer.layer_runner is None  # normal state and everything fits: no streaming
+    assert model.model.transformer.layer_fetch is None  # normal state and everything fits: no streaming
     free["bytes"] = ACTIVATION_RESERVE + other + layer
     model, *_ = run_t2i(env)
     assert len(model.model.transformer.model.layers) == 0  # VRAM short: streams although the state is normal
 
 
 
-def test_node_compile_unless_auto_has_to_stream(env, monkeypatch):
-    """compile and block swap replace the same layer loop: auto keeps compile when nothing streams."""
+def test_node_compile_stays_when_auto_has_to_stream(env, monkeypatch):
+    """Block swap is where a layer's weights come from, compile how a layer runs: auto keeps compile whether or not
+    it streams (issue 16; before, streaming dropped compile)."""
     from ursa_core.runtime.lowvram import LayerStreamer
     mm = env.modules["comfy.model_management"]
     loader = env.mods["loader"].URSAModelLoader
     monkeypatch.setattr(mm, "vram_state", mm.VRAMState.LOW_VRAM)  # everything fits in the stand-ins' 8 GiB
     model, _ = env.run(loader, model_name="URSA-tiny", dtype="fp32", compile=True).result
-    runner = model.model.transformer.layer_runner
-    assert runner is not None and not isinstance(runner, LayerStreamer)  # the compiled loop (not run here)
+    assert model.model.transformer.layer_call is not None   # the compiled layers (not run here)
     monkeypatch.setattr(mm, "vram_state", mm.VRAMState.NO_VRAM)
     model, _ = env.run(loader, model_name="URSA-tiny", dtype="fp32", compile=True).result
-    assert isinstance(model.model.transformer.layer_runner, LayerStreamer)
+    assert isinstance(model.model.transformer.layer_fetch, LayerStreamer)
+    assert model.model.transformer.layer_call is not None
 
 
 def test_fp8_storage_reaches_fused_projections_too():

@@ -18,9 +18,8 @@ from ..files.media import OUTPUT_SUFFIXES, frame_paths, load_image, write_frames
 from ..files.token_io import model_identity, save_tokens, token_file_path
 from ..parallel.distributed import build_layout, init_from_env, launched_world
 from ..path.schedule import FrameSchedule
-from ..runtime.acceleration import accelerate
-from ..runtime.loader_options import place_parts
-from ..runtime.speed import SpeedOptions
+from ..runtime.loader_options import placement_device
+from ..runtime.speed import Placement, SpeedOptions, with_speed
 from ..sampling.generate import StepInfo, generate
 from ..sampling.preflight import check_clip, check_options, checkpoint_rules
 from ..visual_tokenizer.codec import decode_tokens, encode_images
@@ -85,11 +84,11 @@ def report_written(images: torch.Tensor, paths, started: float) -> None:
 
 
 def load_for_cli(folder: Path, device: torch.device, dtype: str, speed: SpeedOptions) -> URSAModel:
-    """One model load with the speed options and the placement of the tokenizer and the text side."""
-    model = load_model(folder, device=device, dtype=dtype)
-    accelerate(model, attention=speed.attention, compile=speed.compile, low_vram=speed.streams,
-               weight_dtype=speed.weight_dtype, blocks_on_gpu=speed.blocks_on_gpu)
-    place_parts(model, speed.vq_device, speed.text_device)
+    """One model load with the speed options (the text side's device among them) and the tokenizer on its device;
+    "default" devices are the transformer's."""
+    model = with_speed(load_model(folder, device=device, dtype=dtype), speed, Placement.single(device))
+    if model.visual_tokenizer is not None:
+        model.visual_tokenizer.to(placement_device(speed.vq_device, device))
     return model
 
 

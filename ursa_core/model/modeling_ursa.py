@@ -6,7 +6,8 @@ token at p + 1. `lm_head` covers only the K visual codes. Parameter names match 
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional
+import copy
+from typing import Callable, Iterator, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -155,14 +156,32 @@ class URSATransformer(nn.Module):
         self.model = Qwen3Stack(cfg, fuse_projections)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.lm_head_size, bias=False)
         self.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope_theta, cfg.max_prompt_length)
-        # Hook for low-VRAM streaming / compiled layers: runner(transformer, x, cos, sin, collect) -> x, appending
-        # each layer's output to `collect` when it is a list. None = the plain loop over resident layers.
-        self.layer_runner: Optional[Callable] = None
+        # Where each layer's weights come from (`layers(transformer)` -> the layers in order, ready to run; None: the
+        # resident layers as they are) and how a layer runs (`call(layer, x, cos, sin)`; None: eagerly). Block swap
+        # sets the first (runtime/lowvram.py), compile the second (runtime/compiled.py): they combine.
+        self.layer_fetch = None
+        self.layer_call: Optional[Callable] = None
         self._attention = "sdpa"
 
     @property
     def dtype(self) -> torch.dtype:
         return self.lm_head.weight.dtype
+
+    def clone(self) -> "URSATransformer":
+        """A transformer with modules of its own that shares every weight tensor with this one (as ComfyUI's
+        model.clone()): options applied to the clone (attention, fp8 storage, block swap, compile) leave this one as
+        it was. Only a transformer as loaded can be cloned (no layer fetch or compiled call attached)."""
+        if self.layer_fetch is not None or self.layer_call is not None:
+            raise ValueError("clone the transformer as loaded, before block swap or compile are attached")
+        shared = {id(p): nn.Parameter(p.detach(), requires_grad=p.requires_grad) for p in self.parameters()}
+        shared.update({id(b): b for b in self.buffers()})
+        return copy.deepcopy(self, memo=shared)
+
+    def decoder_layers(self) -> Iterator[nn.Module]:
+        """Every decoder layer in order, its weights ready on the layers' device: the one place a layer's weights are
+        fetched. Block swap copies a streamed layer into a device slot here (runtime/lowvram.py); per-layer weight
+        patches (LoRA deltas, an upcast of stored weights) join here too, as a `layer_fetch` wrapping another."""
+        return iter(self.model.layers) if self.layer_fetch is None else self.layer_fetch.layers(self)
 
     def rotary_tables(self, latent_shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin [S, head_dim] of the prompt + BOV + a [T, h, w] clip, in the layers' dtype and on their device."""
@@ -192,13 +211,10 @@ class URSATransformer(nn.Module):
         x = self.model.embed_tokens(input_ids).to(self.lm_head.weight.device)
         if collect is not None:
             collect.append(x)
-        if self.layer_runner is not None:
-            x = self.layer_runner(self, x, cos, sin, collect)
-        else:
-            for layer in self.model.layers:
-                x = layer(x, cos, sin)
-                if collect is not None:
-                    collect.append(x)
+        for layer in self.decoder_layers():
+            x = layer(x, cos, sin) if self.layer_call is None else self.layer_call(layer, x, cos, sin)
+            if collect is not None:
+                collect.append(x)
         if keep is not None:
             x = x[:, keep]
         return self.model.norm(x)

@@ -2,7 +2,9 @@
 fuse into few kernels); attention itself stays an eager call of the registered backend, so it keeps the fastest
 kernel and layout.
 
-One compiled graph serves every layer (modules are graph inputs), so compile time does not grow with depth.
+One compiled graph serves every layer (modules are graph inputs), so compile time does not grow with depth, and a
+block-swapped layer (a stream slot refilled in place, runtime/lowvram.py) runs through the same graph: compile is
+how a layer runs (URSATransformer.layer_call), block swap where its weights come from, and the two combine.
 """
 from __future__ import annotations
 
@@ -32,16 +34,13 @@ def _cache_limits():
                         accumulated_cache_size_limit=max(config.accumulated_cache_size_limit, 4 * CACHE_ENTRIES))
 
 
-def compile_layers(transformer, mode: str | None = None) -> None:
-    """Route the layer loop through the compiled halves (static shapes per clip size)."""
-    before = torch.compile(_before, dynamic=False, mode=mode)
-    after = torch.compile(_after, dynamic=False, mode=mode)
+def compile_layers(transformer, mode: str | None = None, backend: str = "inductor") -> None:
+    """Run every layer through the compiled halves (static shapes per clip size). `backend` is torch.compile's
+    (tests trace with "aot_eager": the same graphs without code generation)."""
+    before = torch.compile(_before, dynamic=False, mode=mode, backend=backend)
+    after = torch.compile(_after, dynamic=False, mode=mode, backend=backend)
 
-    def runner(model, x, cos, sin, collect=None):
+    def call(layer, x, cos, sin):
         with _cache_limits():
-            for layer in model.model.layers:
-                x = after(layer, x, layer.self_attn.attend(*before(layer, x, cos, sin)))
-                if collect is not None:
-                    collect.append(x)
-        return x
-    transformer.layer_runner = runner
+            return after(layer, x, layer.self_attn.attend(*before(layer, x, cos, sin)))
+    transformer.layer_call = call

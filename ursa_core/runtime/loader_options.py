@@ -22,20 +22,8 @@ def placement_device(option: str, default) -> torch.device:
     return torch.device(default) if option == "default" else torch.device(option)
 
 
-def place_parts(model, vq_device: str = "default", text_device: str = "default") -> None:
-    """Outside ComfyUI (the CLI): the visual tokenizer and the token embedding table (the text side) on their
-    devices, "default" being the transformer's. The loader node does the same through ComfyUI's patchers."""
-    from .lowvram import place_embeddings
-
-    if model.visual_tokenizer is not None:
-        model.visual_tokenizer.to(placement_device(vq_device, model.device))
-    text = placement_device(text_device, model.device)
-    if text != model.device:
-        place_embeddings(model.transformer, text)
-
-
 def check_loader_options(low_vram: str | None = None, blocks_on_gpu: int | None = None, vq_device: str | None = None,
-                         compile: bool | None = None, text_device: str | None = None) -> str | None:
+                         text_device: str | None = None) -> str | None:
     """None when the options are allowed, else one line naming the value and the rule."""
     checked = rules.first_problem(*(lambda rule=rule, v=v: rule(v) for rule, v in
                                     ((rules.low_vram_mode, low_vram), (rules.blocks_on_gpu, blocks_on_gpu))
@@ -44,11 +32,7 @@ def check_loader_options(low_vram: str | None = None, blocks_on_gpu: int | None 
         return checked
     placed = rules.first_problem(*(lambda n=name, v=value: rules.placement(n, v) for name, value in
                                    (("vq_device", vq_device), ("text_device", text_device)) if value is not None))
-    if placed is not True:
-        return placed
-    if compile and low_vram == "stream":
-        return "compile=True with low_vram='stream' is not allowed: both replace the layer loop; turn one off"
-    return None
+    return None if placed is True else placed
 
 
 def blocks_to_keep(mode: str, blocks_on_gpu: int, layer_bytes: list[int], other_bytes: int, free_bytes: int,

@@ -1,15 +1,18 @@
 """Low-VRAM mode (block swap): the first `blocks_on_gpu` decoder layers stay resident, the others live in (pinned)
 host memory and stream through two device slots.
 
-While layer i computes on the default stream, layer i+1's weights are copied into the other slot on a side stream,
-so the copy hides behind compute. Resident: embeddings, final norm, lm_head, the kept layers and the two slots.
-The streamed layers leave the module tree (only their host copies remain), so whoever moves or measures the
+Streaming is a layer *fetch* (URSATransformer.decoder_layers), not a loop of its own: while layer i computes on the
+default stream, layer i+1's weights are copied into the other slot on a side stream, so the copy hides behind
+compute; however a layer then runs (eagerly, or through the compiled halves of runtime/compiled.py) is the caller's
+business, so block swap and compile combine. Resident: embeddings, final norm, lm_head, the kept layers and the two
+slots. The streamed layers leave the module tree (only their host copies remain), so whoever moves or measures the
 transformer (ComfyUI's ModelPatcher, `.to()`) sees exactly what occupies the device; the slots are a submodule and
 move with it.
 """
 from __future__ import annotations
 
 import copy
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -23,7 +26,7 @@ def layer_tensors(layer: nn.Module) -> list[torch.Tensor]:
 
 
 class LayerStreamer:
-    """A `layer_runner` for URSATransformer (see modeling_ursa.URSATransformer.hidden_states)."""
+    """The `layer_fetch` of a block-swapped URSATransformer (see modeling_ursa.URSATransformer.decoder_layers)."""
 
     def __init__(self, streamed: list[nn.Module], slots: nn.ModuleList):
         self.host = [[t.detach().cpu() for t in layer_tensors(layer)] for layer in streamed]
@@ -62,15 +65,13 @@ class LayerStreamer:
                 dst.data.copy_(src, non_blocking=True)
             ready[slot].record(copy_stream)
 
-    def __call__(self, transformer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                 collect: list | None = None) -> torch.Tensor:
-        for layer in transformer.model.layers:  # the resident blocks
-            x = layer(x, cos, sin)
-            if collect is not None:
-                collect.append(x)
+    def layers(self, transformer) -> Iterator[nn.Module]:
+        """The resident layers, then every streamed one copied into a slot (the next copy already on its way while
+        the caller runs the one yielded)."""
+        yield from transformer.model.layers
         count = len(self.host)
         if count == 0:
-            return x
+            return
         device = next(self.slots[0].parameters()).device  # wherever the model's owner put the slots
         sync = self._cuda_sync(device)
         if sync is not None:
@@ -83,12 +84,9 @@ class LayerStreamer:
                 self._load(i + 1, (i + 1) % len(self.slots), sync)
             if sync is not None:
                 torch.cuda.current_stream(device).wait_event(sync[1][slot])
-            x = self.slots[slot](x, cos, sin)
-            if collect is not None:
-                collect.append(x)
-            if sync is not None:
+            yield self.slots[slot]
+            if sync is not None:  # the caller ran the layer: the slot may be refilled once that work is done
                 sync[2][slot].record(torch.cuda.current_stream(device))
-        return x
 
 
 def enable_low_vram(transformer: nn.Module, device: str | torch.device, blocks_on_gpu: int = 0) -> LayerStreamer | None:
@@ -107,7 +105,7 @@ def enable_low_vram(transformer: nn.Module, device: str | torch.device, blocks_o
     transformer.model.layers = nn.ModuleList(layers[:keep])
     transformer.stream_slots = slots
     transformer.to(device)
-    transformer.layer_runner = streamer
+    transformer.layer_fetch = streamer
     return streamer
 
 
