@@ -16,8 +16,8 @@ from ursa_core.sampling.settings import GenerationSettings
 
 @torch.no_grad()
 def reference_step(model, x, text, cos, sin, t, h, last, guidance, trunc, emb16, sumsq16):
-    cfg, n = model.config, x.numel()
-    ids = torch.cat([sequence_ids(cfg, ids, x.view(1, -1)) for ids in text], 0)
+    config, n = model.config, x.numel()
+    ids = torch.cat([sequence_ids(config, ids, x.view(1, -1)) for ids in text], 0)
     hidden = model.transformer.hidden_states(ids, cos, sin)
     logits = model.transformer.visual_logits(hidden)[:, -(n + 1):-1]  # every position's logits, then the slice
     z = logits[1] + guidance * (logits[0] - logits[1]) if t < trunc else logits[0]

@@ -53,13 +53,13 @@ def matmul_tflops(device, n: int = 8192, reps: int = 20) -> float:
     return 2 * n ** 3 * reps / (time.perf_counter() - start) / 1e12
 
 
-def forward_flops(cfg, seq: int, logit_rows: int) -> float:
+def forward_flops(config, seq: int, logit_rows: int) -> float:
     """One branch's forward: projections + attention (QK^T and PV) + the visual head on `logit_rows` rows."""
-    hd, h = cfg.head_dim, cfg.hidden_size
-    per_token = 2 * (h * cfg.num_attention_heads * hd * 2 + h * cfg.num_key_value_heads * hd * 2
-                     + 3 * h * cfg.intermediate_size)
-    attention = 4 * seq * seq * cfg.num_attention_heads * hd
-    return cfg.num_hidden_layers * (seq * per_token + attention) + 2 * logit_rows * h * cfg.lm_head_size
+    hd, h = config.head_dim, config.hidden_size
+    per_token = 2 * (h * config.num_attention_heads * hd * 2 + h * config.num_key_value_heads * hd * 2
+                     + 3 * h * config.intermediate_size)
+    attention = 4 * seq * seq * config.num_attention_heads * hd
+    return config.num_hidden_layers * (seq * per_token + attention) + 2 * logit_rows * h * config.lm_head_size
 
 
 class StepTimer:
@@ -204,10 +204,10 @@ def attention_agreement_section(model, case, backends=("flash4", "sage", "cudnn"
     from ursa_core.sampling.settings import GenerationSettings
     _, frames, height, width, _ = case
     p = plan(model, GenerationSettings(frames=frames, height=height, width=width, steps=2, shift=1.0), None)
-    cfg, transformer = model.config, model.transformer
-    tokens = torch.randint(0, cfg.lm_head_size, (1, *p.latent_shape), generator=torch.Generator().manual_seed(0))
-    sequence = build_sequence(model, random_prompt_ids(cfg)[0], tokens)
-    keep = predicting_positions(cfg, p.active).to(model.device)
+    config, transformer = model.config, model.transformer
+    tokens = torch.randint(0, config.lm_head_size, (1, *p.latent_shape), generator=torch.Generator().manual_seed(0))
+    sequence = build_sequence(model, random_prompt_ids(config)[0], tokens)
+    keep = predicting_positions(config, p.active).to(model.device)
     saved = transformer.attn_implementation, transformer.layer_call
     transformer.layer_call = None
     transformer.set_attention("sdpa")

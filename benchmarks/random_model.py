@@ -21,10 +21,10 @@ TINY = TransformerConfig(hidden_size=64, intermediate_size=128, num_attention_he
 
 
 @torch.no_grad()
-def random_transformer(cfg: TransformerConfig, device, dtype, seed: int = 0) -> URSATransformer:
+def random_transformer(config: TransformerConfig, device, dtype, seed: int = 0) -> URSATransformer:
     torch.manual_seed(seed)
     with torch.device("meta"):
-        model = URSATransformer(cfg)
+        model = URSATransformer(config)
     model = model.to_empty(device=device)
     for name, param in model.named_parameters():
         if name.endswith("norm.weight"):
@@ -43,19 +43,19 @@ def with_fused_projections(transformer: URSATransformer) -> URSATransformer:
 
 def random_model(kind: str, device, dtype=torch.bfloat16) -> URSAModel:
     """kind: 'fsq' (1.7B, K=64000, 6-D FSQ codes), 'ibq' (1.7B, K=131072) or 'tiny' (CPU smoke test)."""
-    cfg = {"fsq": FSQ320, "ibq": IBQ1024, "tiny": TINY}[kind]
-    transformer = random_transformer(cfg, device, dtype)
+    config = {"fsq": FSQ320, "ibq": IBQ1024, "tiny": TINY}[kind]
+    transformer = random_transformer(config, device, dtype)
     if kind == "ibq":
         emb = torch.randn(IBQ_CODES, IBQ_DIM, generator=torch.Generator().manual_seed(1))
         geometry = VisualGeometry(temporal_stride=1, spatial_stride=16, image_only=True)
     else:
         emb, geometry = code_table(), VisualGeometry()
     path = MetricPath(emb, c=3.0, alpha=0.9).to(device)
-    return URSAModel(Path(f"random-{kind}"), cfg, SchedulerConfig(shift=1.0), transformer, path, None, geometry)
+    return URSAModel(Path(f"random-{kind}"), config, SchedulerConfig(shift=1.0), transformer, path, None, geometry)
 
 
-def random_prompt_ids(cfg: TransformerConfig, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def random_prompt_ids(config: TransformerConfig, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
-    cond = torch.randint(0, cfg.lm_vocab_size - 200, (1, cfg.max_prompt_length), generator=gen)
-    uncond = torch.full_like(cond, 151_643 if cfg.lm_vocab_size > 151_643 else 0)  # "" = all pad tokens
+    cond = torch.randint(0, config.lm_vocab_size - 200, (1, config.max_prompt_length), generator=gen)
+    uncond = torch.full_like(cond, 151_643 if config.lm_vocab_size > 151_643 else 0)  # "" = all pad tokens
     return cond, uncond

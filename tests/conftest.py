@@ -9,11 +9,9 @@ from __future__ import annotations
 import os
 import sys
 
+from unittest import mock
+
 import pytest
-# Imported once for the session, before any test patches sys.modules: the `comfy` fixture drops every module first
-# imported under it, and importing torch._dynamo a second time registers torch's own test operators twice (a
-# RuntimeError), e.g. when the first compile of a session happens inside a node test.
-import torch._dynamo  # noqa: F401
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:
@@ -79,14 +77,20 @@ class ComfyFixture:
 
 
 @pytest.fixture
-def comfy(mocker, tmp_path):
+def comfy(tmp_path):
     """Install fake ComfyUI modules for one test; modules imported under them are dropped afterwards."""
     state = comfy_stubs.ComfyStubState(tmp_path / "comfy")
     modules = comfy_stubs.build_modules(state)
+    before = set(sys.modules)
     # patch.dict restores sys.modules on teardown; that also drops plugin modules imported during the test,
     # so no later test sees a plugin module bound to this test's fakes.
-    mocker.patch.dict(sys.modules, modules)
-    return ComfyFixture(state, modules)
+    with mock.patch.dict(sys.modules, modules):
+        yield ComfyFixture(state, modules)
+        torch_parts = {name: module for name, module in sys.modules.items()
+                       if name not in before and (name == "torch" or name.startswith("torch."))}
+    # ...except torch's own submodules (a first torch.compile imports dynamo and inductor): they register global
+    # state once per process, and importing them again fails.
+    sys.modules.update(torch_parts)
 
 
 @pytest.fixture(scope="module")

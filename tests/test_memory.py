@@ -36,7 +36,7 @@ def test_weights_follow_the_dtype_and_branches_the_activations():
     fp32 = memory.estimate(URSA_1_7B, TOKENS_13, dtype=torch.float32, device_type="cuda")
     assert fp32.weights == 2 * bf16.weights
     assert 3.5 * GiB < bf16.weights < 4 * GiB  # ~2.0 B parameters in bf16
-    assert bf16_cuda(TOKENS_13, cfg_branches=1).activations < bf16.activations
+    assert bf16_cuda(TOKENS_13, branches=1).activations < bf16.activations
     assert bf16_cuda(TOKENS_13, include_weights=False).weights == 0
 
 

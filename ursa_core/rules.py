@@ -238,7 +238,7 @@ def placement(name: str, value: str) -> str:
 
 
 def parallel_layout(mode: str, world: int, kv_heads: int) -> tuple[int, int]:
-    """(cfg ranks, sequence ranks) for `mode` on `world` ranks: cfg needs exactly 2, sp any number that divides
+    """(cfg_ranks, sp_ranks) for `mode` on `world` ranks: cfg needs exactly 2, sp any number that divides
     the KV heads (each rank attends with whole KV groups), cfg+sp an even world whose half divides them."""
     choice("parallel", mode, PARALLEL_MODES)
     if mode == "none":
@@ -246,17 +246,17 @@ def parallel_layout(mode: str, world: int, kv_heads: int) -> tuple[int, int]:
             _fail(f"parallel='none' with {world} ranks is not allowed: one generation runs on one rank; use "
                   f"--parallel cfg, sp or cfg+sp, or `ursa batch` to share a prompt set")
         return 1, 1
-    cfg = 2 if mode.startswith("cfg") else 1
+    cfg_ranks = 2 if mode.startswith("cfg") else 1
     if mode == "cfg" and world != 2:
         _fail(f"parallel='cfg' with {world} rank(s) is not allowed: CFG parallel runs on exactly 2 ranks")
-    if mode != "cfg" and (world < 2 * cfg or world % cfg):
+    if mode != "cfg" and (world < 2 * cfg_ranks or world % cfg_ranks):
         _fail(f"parallel={mode!r} with {world} rank(s) is not allowed: use "
-              f"{'an even number of ranks, at least 4' if cfg == 2 else 'at least 2 ranks'}")
-    sp = world // cfg
-    if kv_heads % sp:
-        _fail(f"parallel={mode!r} splits heads over {sp} ranks, but the model's {kv_heads} KV heads do not divide "
-              f"by {sp}: use a sequence-parallel size that divides {kv_heads}")
-    return cfg, sp
+              f"{'an even number of ranks, at least 4' if cfg_ranks == 2 else 'at least 2 ranks'}")
+    sp_ranks = world // cfg_ranks
+    if kv_heads % sp_ranks:
+        _fail(f"parallel={mode!r} splits heads over {sp_ranks} ranks, but the model's {kv_heads} KV heads do not "
+              f"divide by {sp_ranks}: use a sequence-parallel size that divides {kv_heads}")
+    return cfg_ranks, sp_ranks
 
 
 # --- defaults -------------------------------------------------------------------------------------------------------

@@ -113,15 +113,15 @@ def is_ursa_folder(folder: Path) -> bool:
 def load_transformer(folder: Path, device: torch.device, dtype: torch.dtype,
                      fuse_projections: bool = False) -> URSATransformer:
     folder = Path(folder)
-    cfg = TransformerConfig.from_json(folder / "config.json")
+    config = TransformerConfig.from_json(folder / "config.json")
     state = load_state_dict(folder)
     q = state.get("model.layers.0.self_attn.q_proj.weight")
-    if q is not None and q.shape[0] != cfg.num_attention_heads * cfg.head_dim:
+    if q is not None and q.shape[0] != config.num_attention_heads * config.head_dim:
         raise CheckpointError(f"{folder}: 'model.layers.0.self_attn.q_proj.weight' has shape {tuple(q.shape)}, "
-                              f"expected ({cfg.num_attention_heads * cfg.head_dim}, {cfg.hidden_size}) "
-                              f"= num_attention_heads x head_dim {cfg.head_dim}")
-    check_state_dict(expected_state_shapes(cfg), state, folder)
-    return build_transformer(cfg, state, dtype, fuse_projections).to(device)
+                              f"expected ({config.num_attention_heads * config.head_dim}, {config.hidden_size}) "
+                              f"= num_attention_heads x head_dim {config.head_dim}")
+    check_state_dict(expected_state_shapes(config), state, folder)
+    return build_transformer(config, state, dtype, fuse_projections).to(device)
 
 
 def load_path_embedding(folder: Path) -> torch.Tensor:
@@ -160,12 +160,12 @@ def read_geometry(vae_dir: Path) -> VisualGeometry:
     reading any weight (the tokenizer is built on the meta device)."""
     from ..visual_tokenizer.loading import tokenizer_class
 
-    cfg_path = vae_dir / "config.json"
-    if not cfg_path.is_file():
+    config_path = vae_dir / "config.json"
+    if not config_path.is_file():
         return VisualGeometry()
-    raw = read_json(cfg_path)
-    check_types(raw, VAE_CONFIG_TYPES, cfg_path)
-    cls = tokenizer_class(raw, cfg_path)
+    raw = read_json(config_path)
+    check_types(raw, VAE_CONFIG_TYPES, config_path)
+    cls = tokenizer_class(raw, config_path)
     with torch.device("meta"):
         return cls(raw).geometry
 
@@ -184,15 +184,15 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu", dtype: st
     check_layout(folder)
     transformer = load_transformer(folder / "transformer", device, dtype, fuse_projections)
     transformer.set_attention(attention)
-    cfg = transformer.config
+    config = transformer.config
     sched = SchedulerConfig.from_json(folder / "scheduler" / "scheduler_config.json")
     emb = load_path_embedding(folder / "scheduler")
-    if emb.shape[0] != cfg.lm_head_size:
+    if emb.shape[0] != config.lm_head_size:
         raise CheckpointError(f"{folder / 'scheduler'}: 'path.emb' has {emb.shape[0]} codes but the transformer's "
-                              f"lm_head_size is {cfg.lm_head_size}")
+                              f"lm_head_size is {config.lm_head_size}")
     path = MetricPath(emb, c=sched.c, alpha=sched.alpha, eps=sched.eps).to(device)
-    prompts = PromptEncoder(folder / "tokenizer", cfg)
-    model = URSAModel(folder, cfg, sched, transformer, path, prompts, read_geometry(folder / "vae"))
+    prompts = PromptEncoder(folder / "tokenizer", config)
+    model = URSAModel(folder, config, sched, transformer, path, prompts, read_geometry(folder / "vae"))
     if load_vae and (folder / "vae" / "config.json").is_file():
         model.visual_tokenizer = _load_visual_tokenizer(folder / "vae", device, emb)
         model.geometry = model.visual_tokenizer.geometry  # its own rule (e.g. IBQ stride from its levels)

@@ -49,10 +49,10 @@ def tiny_transformer_config(lm_vocab_size: int, bov_token_id: int, codebook_size
                              max_prompt_length=24)
 
 
-def random_transformer_state(cfg: TransformerConfig, seed: int) -> dict[str, torch.Tensor]:
+def random_transformer_state(config: TransformerConfig, seed: int) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     state = {}
-    for key, shape in expected_state_shapes(cfg).items():
+    for key, shape in expected_state_shapes(config).items():
         if key.endswith("norm.weight"):
             state[key] = 1 + 0.1 * torch.randn(shape, generator=gen)
         else:
@@ -84,12 +84,12 @@ def _write_tiny(folder: Path, seed: int, vae: str, shard: bool) -> None:
     bov = AutoTokenizer.from_pretrained(str(folder / "tokenizer")).convert_tokens_to_ids("<|vision_start|>")
     write_tiny_visual_tokenizer(folder / "vae", kind=vae, seed=seed)
     emb = code_table() if vae == "fsq" else _ibq_embedding(folder / "vae")
-    cfg = tiny_transformer_config(lm_vocab, bov, emb.shape[0])
+    config = tiny_transformer_config(lm_vocab, bov, emb.shape[0])
     tdir = folder / "transformer"
     write_json(tdir / "config.json", {"_class_name": "URSATransformer3DModel", "_diffusers_version": "0.32.0",
-                                      "attn_implementation": None, **cfg.to_json_dict(),
-                                      "max_prompt_length": cfg.max_prompt_length})
-    save_state_dict(random_transformer_state(cfg, seed), tdir, max_shard_bytes=(8 << 20) if shard else None)
+                                      "attn_implementation": None, **config.to_json_dict(),
+                                      "max_prompt_length": config.max_prompt_length})
+    save_state_dict(random_transformer_state(config, seed), tdir, max_shard_bytes=(8 << 20) if shard else None)
     write_json(folder / "scheduler" / "scheduler_config.json",
                {"_class_name": "KineticOptimalScheduler", "alpha": 0.9, "c": 3.0, "shift": 1.0, "eps": 1e-5})
     torch.save({"path.emb": emb.float()}, str(folder / "scheduler" / "scheduler_model.pth"))

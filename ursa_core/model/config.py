@@ -63,9 +63,9 @@ class TransformerConfig:
                     "max_prompt_length"):
             if key in values and values[key] <= 0:
                 raise CheckpointError(f"{path}: '{key}' must be a positive integer, found {values[key]!r}")
-        cfg = cls(**values)
-        cfg.check(path)
-        return cfg
+        config = cls(**values)
+        config.check(path)
+        return config
 
     def check(self, where: Path | str) -> None:
         if self.num_attention_heads % self.num_key_value_heads:
@@ -109,7 +109,7 @@ class SchedulerConfig:
             # path the released models use, so say so instead of sampling something else.
             raise CheckpointError(f"{path}: 'alpha' and 'c' are required (the metric probability path); "
                                   f"found alpha={raw.get('alpha')!r}, c={raw.get('c')!r}")
-        cfg = cls(**values)
-        if cfg.alpha <= 0 or cfg.c <= 0 or cfg.shift <= 0:
-            raise CheckpointError(f"{path}: alpha, c and shift must be > 0, found {cfg}")
-        return cfg
+        config = cls(**values)
+        if config.alpha <= 0 or config.c <= 0 or config.shift <= 0:
+            raise CheckpointError(f"{path}: alpha, c and shift must be > 0, found {config}")
+        return config

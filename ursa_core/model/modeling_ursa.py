@@ -37,21 +37,21 @@ class Attention(nn.Module):
     """Grouped-query attention with QK-norm and 3-axis RoPE. With `fused`, q/k/v come from one [q; k; v] matmul
     (larger GEMMs run closer to peak; the loader concatenates the official weights, see `fuse_state_dict`)."""
 
-    def __init__(self, cfg: TransformerConfig, fused: bool = False):
+    def __init__(self, config: TransformerConfig, fused: bool = False):
         super().__init__()
-        self.num_heads = cfg.num_attention_heads
-        self.num_kv_heads = cfg.num_key_value_heads
-        self.head_dim = cfg.head_dim
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
         self.attn_implementation = "sdpa"  # a name of the attention registry (URSATransformer.set_attention)
         self.qkv_sizes = [self.num_heads * self.head_dim] + 2 * [self.num_kv_heads * self.head_dim]
         if fused:
-            self.qkv_proj = nn.Linear(cfg.hidden_size, sum(self.qkv_sizes), bias=False)
+            self.qkv_proj = nn.Linear(config.hidden_size, sum(self.qkv_sizes), bias=False)
         else:
-            self.q_proj, self.k_proj, self.v_proj = (nn.Linear(cfg.hidden_size, n, bias=False)
+            self.q_proj, self.k_proj, self.v_proj = (nn.Linear(config.hidden_size, n, bias=False)
                                                      for n in self.qkv_sizes)
-        self.o_proj = nn.Linear(self.num_heads * self.head_dim, cfg.hidden_size, bias=False)
-        self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
-        self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
+        self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+        self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
 
     def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         """q, k, v as [B, S, heads, D] tensors; QK-norm is applied per head before the rotary embedding.
@@ -90,14 +90,14 @@ class MLP(nn.Module):
     # (1.6 GiB per CFG branch for a 49-frame video); chunking over tokens is exact and caps it.
     chunk_tokens = 8192
 
-    def __init__(self, cfg: TransformerConfig, fused: bool = False):
+    def __init__(self, config: TransformerConfig, fused: bool = False):
         super().__init__()
         if fused:  # gate and up in one matmul (see Attention)
-            self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
+            self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
         else:
-            self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-            self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+            self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+            self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] <= self.chunk_tokens:
@@ -114,12 +114,12 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: TransformerConfig, fused: bool = False):
+    def __init__(self, config: TransformerConfig, fused: bool = False):
         super().__init__()
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.self_attn = Attention(cfg, fused)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.mlp = MLP(cfg, fused)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config, fused)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MLP(config, fused)
 
     def attention_inputs(self, x, cos, sin):
         return self.self_attn.project(self.input_layernorm(x), cos, sin)
@@ -135,11 +135,11 @@ class DecoderLayer(nn.Module):
 class Qwen3Stack(nn.Module):
     """`model.*` in the state dict: embeddings, decoder layers, final norm."""
 
-    def __init__(self, cfg: TransformerConfig, fused: bool = False):
+    def __init__(self, config: TransformerConfig, fused: bool = False):
         super().__init__()
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(cfg, fused) for _ in range(cfg.num_hidden_layers))
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config, fused) for _ in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
 
 class TransformerOutput(NamedTuple):
@@ -150,12 +150,12 @@ class TransformerOutput(NamedTuple):
 
 
 class URSATransformer(nn.Module):
-    def __init__(self, cfg: TransformerConfig, fuse_projections: bool = False):
+    def __init__(self, config: TransformerConfig, fuse_projections: bool = False):
         super().__init__()
-        self.config = cfg
-        self.model = Qwen3Stack(cfg, fuse_projections)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.lm_head_size, bias=False)
-        self.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope_theta, cfg.max_prompt_length)
+        self.config = config
+        self.model = Qwen3Stack(config, fuse_projections)
+        self.lm_head = nn.Linear(config.hidden_size, config.lm_head_size, bias=False)
+        self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta, config.max_prompt_length)
         # Where each layer's weights come from (`layers(transformer)` -> the layers in order, ready to run; None: the
         # resident layers as they are) and how a layer runs (`call(layer, x, cos, sin)`; None: eagerly). Block swap
         # sets the first (runtime/lowvram.py), compile the second (runtime/compiled.py): they combine.
@@ -249,36 +249,36 @@ def fuse_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def build_transformer(cfg: TransformerConfig, state: dict[str, torch.Tensor], dtype: torch.dtype,
+def build_transformer(config: TransformerConfig, state: dict[str, torch.Tensor], dtype: torch.dtype,
                       fuse_projections: bool = False) -> URSATransformer:
     """A transformer holding `state` (official names) in `dtype`, without ever allocating random weights."""
     with torch.device("meta"):
-        model = URSATransformer(cfg, fuse_projections)
+        model = URSATransformer(config, fuse_projections)
     if fuse_projections:
         state = fuse_state_dict(state)
     model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, assign=True, strict=True)
     return model.eval().requires_grad_(False)
 
 
-def expected_state_shapes(cfg: TransformerConfig) -> dict[str, tuple[int, ...]]:
+def expected_state_shapes(config: TransformerConfig) -> dict[str, tuple[int, ...]]:
     """Every key of the official transformer state dict with its shape (docs/ARCHITECTURE.md, "Checkpoint layout")."""
-    hd = cfg.head_dim
-    shapes = {"model.embed_tokens.weight": (cfg.vocab_size, cfg.hidden_size),
-              "model.norm.weight": (cfg.hidden_size,),
-              "lm_head.weight": (cfg.lm_head_size, cfg.hidden_size)}
-    for i in range(cfg.num_hidden_layers):
+    hd = config.head_dim
+    shapes = {"model.embed_tokens.weight": (config.vocab_size, config.hidden_size),
+              "model.norm.weight": (config.hidden_size,),
+              "lm_head.weight": (config.lm_head_size, config.hidden_size)}
+    for i in range(config.num_hidden_layers):
         p = f"model.layers.{i}."
         shapes.update({
-            p + "input_layernorm.weight": (cfg.hidden_size,),
-            p + "post_attention_layernorm.weight": (cfg.hidden_size,),
-            p + "self_attn.q_proj.weight": (cfg.num_attention_heads * hd, cfg.hidden_size),
-            p + "self_attn.k_proj.weight": (cfg.num_key_value_heads * hd, cfg.hidden_size),
-            p + "self_attn.v_proj.weight": (cfg.num_key_value_heads * hd, cfg.hidden_size),
-            p + "self_attn.o_proj.weight": (cfg.hidden_size, cfg.num_attention_heads * hd),
+            p + "input_layernorm.weight": (config.hidden_size,),
+            p + "post_attention_layernorm.weight": (config.hidden_size,),
+            p + "self_attn.q_proj.weight": (config.num_attention_heads * hd, config.hidden_size),
+            p + "self_attn.k_proj.weight": (config.num_key_value_heads * hd, config.hidden_size),
+            p + "self_attn.v_proj.weight": (config.num_key_value_heads * hd, config.hidden_size),
+            p + "self_attn.o_proj.weight": (config.hidden_size, config.num_attention_heads * hd),
             p + "self_attn.q_norm.weight": (hd,),
             p + "self_attn.k_norm.weight": (hd,),
-            p + "mlp.gate_proj.weight": (cfg.intermediate_size, cfg.hidden_size),
-            p + "mlp.up_proj.weight": (cfg.intermediate_size, cfg.hidden_size),
-            p + "mlp.down_proj.weight": (cfg.hidden_size, cfg.intermediate_size),
+            p + "mlp.gate_proj.weight": (config.intermediate_size, config.hidden_size),
+            p + "mlp.up_proj.weight": (config.intermediate_size, config.hidden_size),
+            p + "mlp.down_proj.weight": (config.hidden_size, config.intermediate_size),
         })
     return shapes

@@ -1,6 +1,6 @@
 """One generation on several ranks of torch.distributed: CFG parallel and Ulysses sequence parallel.
 
-Ranks form a (cfg x sp) grid: rank r is guidance branch r // sp (0 conditional, 1 unconditional) and sequence
+Ranks form a (cfg_ranks x sp_ranks) grid: rank r is guidance branch r // sp (0 conditional, 1 unconditional) and sequence
 shard r % sp. Each rank embeds and runs only its shard of the rows `[prompt, BOV, visual]` (the whole sequence is
 split evenly, prompt rows included: the prompt is a few hundred of ~33 600 rows, so splitting it costs nothing and
 keeps shards equal). Around attention, the "ulysses" backend swaps sequence for heads with one
@@ -10,7 +10,7 @@ process. After the stack, each rank holds the final hidden states of the tokens 
 ranks of a shard exchange them (all_gather) and both apply guidance, draw the same CPU uniforms and take the same
 jump on that shard; the shards then all_gather the new tokens. Unguided steps (t >= guidance_trunc: about a tenth
 of a video's steps) have one branch: instead of running it twice, every rank of the grid takes a shard of it
-(cfg x sp ranks, when the KV heads divide by that many; else the branch ranks repeat their sp shard).
+(cfg_ranks x sp_ranks ranks, when the KV heads divide by that many; else the branch ranks repeat their sp shard).
 """
 from __future__ import annotations
 
@@ -29,17 +29,17 @@ from ..sampling.runners import SingleDevice
 
 @dataclass
 class Layout:
-    """This rank's place in the (cfg x sp) grid and the process groups of its row and column."""
-    cfg: int = 1
-    sp: int = 1
-    cfg_rank: int = 0
-    sp_rank: int = 0
-    cfg_group: Optional[object] = None
-    sp_group: Optional[object] = None
+    """This rank's place in the (cfg_ranks x sp_ranks) grid and the process groups of its row and column."""
+    cfg_ranks: int = 1                    # CFG-parallel ranks: 2 (one guidance branch each) or 1
+    sp_ranks: int = 1                     # sequence-parallel ranks of each branch
+    branch: int = 0                       # this rank's guidance branch (0 conditional, 1 unconditional)
+    shard: int = 0                        # this rank's sequence shard
+    branch_group: Optional[object] = None  # the ranks of this shard's branches (exchange hidden states)
+    shard_group: Optional[object] = None   # the ranks of this branch's shards (Ulysses all-to-all)
 
     @property
     def world(self) -> int:
-        return self.cfg * self.sp
+        return self.cfg_ranks * self.sp_ranks
 
     def runner(self, model, plan):
         """This rank's branch runner for one planned clip (sampling.runners.RunnerFactory)."""
@@ -48,7 +48,7 @@ class Layout:
         return ParallelRunner(self, model.config, plan.active, plan.latent_shape, model.device)
 
     def describe(self) -> dict | None:
-        return dict(cfg=self.cfg, sp=self.sp) if self.world > 1 else None
+        return dict(cfg_ranks=self.cfg_ranks, sp_ranks=self.sp_ranks) if self.world > 1 else None
 
 
 def world_size() -> int:
@@ -58,17 +58,17 @@ def world_size() -> int:
 def build_layout(mode: str, kv_heads: int) -> Layout:
     """The grid for `mode` (rules.PARALLEL_MODES) over the initialised process group; every rank must call this
     in the same order (new_group is collective). A world size or head split the mode cannot use is an InputError."""
-    cfg, sp = rules.parallel_layout(mode, world_size(), kv_heads)
-    rank = dist.get_rank() if cfg * sp > 1 else 0
-    layout = Layout(cfg, sp, rank // sp, rank % sp)
-    for c in range(cfg if sp > 1 else 0):
-        group = dist.new_group([c * sp + s for s in range(sp)])
-        if c == layout.cfg_rank:
-            layout.sp_group = group
-    for s in range(sp if cfg > 1 else 0):
-        group = dist.new_group([c * sp + s for c in range(cfg)])
-        if s == layout.sp_rank:
-            layout.cfg_group = group
+    cfg_ranks, sp_ranks = rules.parallel_layout(mode, world_size(), kv_heads)
+    rank = dist.get_rank() if cfg_ranks * sp_ranks > 1 else 0
+    layout = Layout(cfg_ranks, sp_ranks, rank // sp_ranks, rank % sp_ranks)
+    for branch in range(cfg_ranks if sp_ranks > 1 else 0):
+        group = dist.new_group([branch * sp_ranks + shard for shard in range(sp_ranks)])
+        if branch == layout.branch:
+            layout.shard_group = group
+    for shard in range(sp_ranks if cfg_ranks > 1 else 0):
+        group = dist.new_group([branch * sp_ranks + shard for branch in range(cfg_ranks)])
+        if shard == layout.shard:
+            layout.branch_group = group
     return layout
 
 
@@ -112,11 +112,11 @@ def row_split(group, parts: int, index: int, rows: int, positions: torch.Tensor,
 
 
 class ParallelRunner:
-    """The branch runner (sampling.runners.BranchRunner) of a (cfg x sp) grid: runs this rank's branch on its rows,
+    """The branch runner (sampling.runners.BranchRunner) of a (cfg_ranks x sp_ranks) grid: runs this rank's branch on its rows,
     exchanges hidden states with the other branch, and gathers the tokens every shard sampled.
 
     Guided steps split the rows over the sp ranks of each branch. Unguided steps (t >= guidance_trunc, or no
-    guidance at all) have one branch, so the whole grid splits the rows instead (cfg x sp ranks) when the KV heads
+    guidance at all) have one branch, so the whole grid splits the rows instead (every rank) when the KV heads
     divide by that many; otherwise both branch ranks run the same shard.
     """
 
@@ -124,10 +124,10 @@ class ParallelRunner:
         self.layout, self.device = layout, device
         rows = config.max_prompt_length + 1 + latent_shape[0] * latent_shape[1] * latent_shape[2]
         positions = predicting_positions(config, active)
-        self.guided = row_split(layout.sp_group, layout.sp, layout.sp_rank, rows, positions, device)
+        self.guided = row_split(layout.shard_group, layout.sp_ranks, layout.shard, rows, positions, device)
         self.unguided = self.guided
-        if layout.cfg > 1 and config.num_key_value_heads % layout.world == 0:
-            self.unguided = row_split(None, layout.world, layout.cfg_rank * layout.sp + layout.sp_rank, rows,
+        if layout.cfg_ranks > 1 and config.num_key_value_heads % layout.world == 0:
+            self.unguided = row_split(None, layout.world, layout.branch * layout.sp_ranks + layout.shard, rows,
                                       positions, device)
 
     def split(self, branches: int) -> RowSplit:
@@ -147,10 +147,10 @@ class ParallelRunner:
     def hidden_states(self, transformer, ids: list, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """[branches, B * local tokens, hidden] for the branches `ids` (cond, uncond) of this rank's shard."""
         split = self.split(len(ids))
-        if len(ids) == 2 and self.layout.cfg == 2:
-            mine = self._forward(transformer, ids[self.layout.cfg_rank], cos, sin, split).flatten(0, 1).contiguous()
+        if len(ids) == 2 and self.layout.cfg_ranks == 2:
+            mine = self._forward(transformer, ids[self.layout.branch], cos, sin, split).flatten(0, 1).contiguous()
             both = [torch.empty_like(mine) for _ in range(2)]
-            dist.all_gather(both, mine, group=self.layout.cfg_group)
+            dist.all_gather(both, mine, group=self.layout.branch_group)
             return torch.stack(both)
         hidden = self._forward(transformer, torch.cat(ids, 0), cos, sin, split)
         return hidden.reshape(len(ids), -1, hidden.shape[-1])

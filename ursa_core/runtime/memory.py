@@ -43,33 +43,33 @@ class MemoryEstimate:
         return f"{self.total / GiB:.1f} GiB (" + ", ".join(f"{n} {v / GiB:.1f}" for n, v in parts if v) + ")"
 
 
-def layer_params(cfg: TransformerConfig) -> int:
-    q_out, kv_out = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
-    attn = cfg.hidden_size * (2 * q_out + 2 * kv_out)
-    return attn + 3 * cfg.hidden_size * cfg.intermediate_size + 4 * cfg.head_dim + 2 * cfg.hidden_size
+def layer_params(config: TransformerConfig) -> int:
+    q_out, kv_out = config.num_attention_heads * config.head_dim, config.num_key_value_heads * config.head_dim
+    attn = config.hidden_size * (2 * q_out + 2 * kv_out)
+    return attn + 3 * config.hidden_size * config.intermediate_size + 4 * config.head_dim + 2 * config.hidden_size
 
 
-def estimate(cfg: TransformerConfig, latent_tokens: int, *, dtype: torch.dtype, device_type: str,
-             cfg_branches: int = 2, low_vram: bool = False, math_attention: bool = False,
+def estimate(config: TransformerConfig, latent_tokens: int, *, dtype: torch.dtype, device_type: str,
+             branches: int = 2, low_vram: bool = False, math_attention: bool = False,
              include_weights: bool = True, blocks_on_gpu: int = 0, fp8_weights: bool = False,
              embeddings_on_device: bool = True) -> MemoryEstimate:
-    """Peak bytes of one sampling step: `latent_tokens` visual tokens, `cfg_branches` (2 with guidance > 1).
+    """Peak bytes of one sampling step: `latent_tokens` visual tokens, `branches` (2 with guidance > 1).
     The loader's options change the weights on the device: with low_vram only `blocks_on_gpu` layers plus the
     streaming slots stay; fp8 storage halves the layers' bf16 bytes; the embedding table may live elsewhere."""
     size = BYTES[dtype]
-    table = cfg.vocab_size if embeddings_on_device else 0
-    outer = (table + cfg.lm_head_size + 1) * cfg.hidden_size   # embedding table, lm_head, final norm
-    layers = min(cfg.num_hidden_layers, blocks_on_gpu + SLOTS) if low_vram else cfg.num_hidden_layers
+    table = config.vocab_size if embeddings_on_device else 0
+    outer = (table + config.lm_head_size + 1) * config.hidden_size   # embedding table, lm_head, final norm
+    layers = min(config.num_hidden_layers, blocks_on_gpu + SLOTS) if low_vram else config.num_hidden_layers
     layer_size = 1 if fp8_weights else size
-    weights = outer * size + layers * layer_params(cfg) * layer_size if include_weights else 0
-    seq = cfg.max_prompt_length + 1 + latent_tokens
-    rows = cfg_branches * seq
-    activations = rows * cfg.hidden_size * size * ACTIVATION_COPIES
-    activations += cfg_branches * min(seq, MLP_CHUNK_TOKENS) * cfg.intermediate_size * 4
+    weights = outer * size + layers * layer_params(config) * layer_size if include_weights else 0
+    seq = config.max_prompt_length + 1 + latent_tokens
+    rows = branches * seq
+    activations = rows * config.hidden_size * size * ACTIVATION_COPIES
+    activations += branches * min(seq, MLP_CHUNK_TOKENS) * config.intermediate_size * 4
     # Fused SDPA kernels never hold the [S, S] scores; PyTorch's math kernel holds them for every head (fp32).
-    attention = cfg_branches * cfg.num_attention_heads * seq * seq * 4 if math_attention else 0
+    attention = branches * config.num_attention_heads * seq * seq * 4 if math_attention else 0
     budget = LOGIT_BUDGET["cuda" if device_type == "cuda" else "cpu"]
-    logits = min(budget, latent_tokens * cfg_branches * cfg.lm_head_size * 4 * 6)
+    logits = min(budget, latent_tokens * branches * config.lm_head_size * 4 * 6)
     return MemoryEstimate(weights, activations, attention, logits)
 
 

@@ -134,7 +134,7 @@ def sampling_memory(model: URSAModel, latent_shape: Sequence[int], batch: int = 
     device = device or model.device
     tokens = batch * latent_shape[0] * latent_shape[1] * latent_shape[2]
     return memory.estimate(model.config, tokens, dtype=model.transformer.dtype, device_type=device.type,
-                           cfg_branches=branches(guidance), include_weights=False,
+                           branches=branches(guidance), include_weights=False,
                            math_attention=model.transformer.attn_implementation == "math")
 
 

@@ -39,7 +39,7 @@ def check_clip(folder: Path, settings: GenerationSettings, speed: SpeedOptions, 
     config, geometry = checkpoint_rules(Path(folder))
     latent = geometry.latent_shape(settings.frames, settings.height, settings.width)
     need = memory.estimate(config, latent[0] * latent[1] * latent[2], dtype=dtype, device_type=device.type,
-                           cfg_branches=settings.max_branches, low_vram=speed.streams,
+                           branches=settings.max_branches, low_vram=speed.streams,
                            math_attention=speed.attention == "math", blocks_on_gpu=speed.blocks_on_gpu,
                            fp8_weights=speed.weight_dtype != "default",
                            embeddings_on_device=speed.text_device in ("default", str(device)))
