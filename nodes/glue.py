@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -68,23 +68,34 @@ def model_folder_path(name: str) -> Path:
     raise InputError(missing_model_message(name))
 
 
-def load_fully(patcher, memory_required: int = 0) -> None:
-    """Move a patcher's module onto its load device, whole (other models are unloaded to make room, as for core's
-    text encoders). A partial load by ComfyUI would leave our plain torch layers (they lack comfy.ops' weight casting)
-    on the offload device and fail in the forward pass; URSA's partial loading is its own block swap, already sized
-    to the free memory when the loader ran."""
-    mm.load_models_gpu([patcher], memory_required=memory_required, force_full_load=True)
+def load_fully(patchers: list, memory_required: int = 0) -> None:
+    """Move patchers' modules onto their load devices, whole (other models are unloaded to make room, per device, as
+    for core's text encoders). A partial load by ComfyUI would leave our plain torch layers (they lack comfy.ops'
+    weight casting) on the offload device and fail in the forward pass; URSA's partial loading is its own block
+    swap, already sized to the free memory when the handle was made."""
+    mm.load_models_gpu(patchers, memory_required=memory_required, force_full_load=True)
 
 
 @dataclass
 class LoadedURSA:
-    """What URSA_MODEL carries: the model and the ModelPatcher ComfyUI moves between devices."""
+    """What URSA_MODEL carries: a handle of the model (the loader's speed options applied) and the ModelPatcher
+    ComfyUI moves between devices; the model as loaded and the options, to make handles on other devices; and,
+    after URSA Devices, the handles on its other devices and how work is shared between them."""
     model: URSAModel
     patcher: object
+    loaded: Optional[URSAModel] = None   # the handles share its weights (runtime/speed.with_speed)
+    options: SpeedOptions = SpeedOptions()
+    copies: tuple = ()                   # LoadedURSA handles on the other listed devices, in list order
+    strategy: str = "auto"               # rules.DEVICE_STRATEGIES
+
+    @property
+    def handles(self) -> tuple:
+        return (self, *self.copies)
 
     def to_compute_device(self, memory_required: int = 0) -> torch.device:
-        """Weights onto the GPU, with `memory_required` bytes made free beside them (ComfyUI unloads other models)."""
-        load_fully(self.patcher, memory_required)
+        """Every handle's weights onto its device, with `memory_required` bytes made free beside them on each
+        (ComfyUI unloads other models there)."""
+        load_fully([handle.patcher for handle in self.handles], memory_required)
         return self.model.device
 
 
@@ -98,7 +109,7 @@ class LoadedVQ:
     identity: Optional[dict] = None
 
     def to_compute_device(self) -> torch.nn.Module:
-        load_fully(self.patcher)
+        load_fully([self.patcher])
         return self.vq
 
 
@@ -117,14 +128,33 @@ def load_ursa(name: str, dtype: str, options: SpeedOptions = SpeedOptions(low_vr
     loaded = load_model(folder, device=offload_device, dtype=resolve_dtype(dtype, torch.device(load_device)))
     if loaded.visual_tokenizer is None:
         raise InputError(f"{folder}: no vae/ folder; URSA needs its visual tokenizer to encode and decode")
-    model = with_speed(loaded, options, placement(load_device, offload_device))
-    patcher = comfy.model_patcher.ModelPatcher(model.transformer, load_device=load_device,
-                                               offload_device=offload_device)
+    handle = handle_on(loaded, options, load_device)
     vq_device = placement_device(options.vq_device, mm.vae_device())
-    vq_patcher = comfy.model_patcher.ModelPatcher(model.visual_tokenizer, load_device=vq_device,
+    vq_patcher = comfy.model_patcher.ModelPatcher(loaded.visual_tokenizer, load_device=vq_device,
                                                   offload_device=mm.vae_offload_device())
-    return (LoadedURSA(model, patcher),
-            LoadedVQ(model.visual_tokenizer, vq_patcher, model.geometry.fps, model_identity(model)))
+    return handle, LoadedVQ(loaded.visual_tokenizer, vq_patcher, loaded.geometry.fps, model_identity(loaded))
+
+
+def handle_on(loaded: URSAModel, options: SpeedOptions, device) -> LoadedURSA:
+    """A handle of `loaded` that computes on `device` with `options` (block swap sized to that device's free
+    memory), with a ModelPatcher of its own: ComfyUI loads, frees and unloads it per device like any model."""
+    offload_device = mm.unet_offload_device()
+    model = with_speed(loaded, options, placement(device, offload_device))
+    patcher = comfy.model_patcher.ModelPatcher(model.transformer, load_device=device, offload_device=offload_device)
+    return LoadedURSA(model, patcher, loaded, options)
+
+
+def on_devices(handle: LoadedURSA, devices: list[torch.device], strategy: str) -> LoadedURSA:
+    """URSA Devices: a handle per listed device (the given one reused for its own device, once), the first leading;
+    each is a weight copy of its own once ComfyUI loads it."""
+    handles, reused = [], False
+    for device in devices:
+        if not reused and device == torch.device(handle.patcher.load_device):
+            handles.append(replace(handle, copies=()))
+            reused = True
+        else:
+            handles.append(handle_on(handle.loaded, handle.options, device))
+    return replace(handles[0], copies=tuple(handles[1:]), strategy=strategy)
 
 
 def placement(load_device, offload_device) -> Placement:
@@ -133,8 +163,10 @@ def placement(load_device, offload_device) -> Placement:
     state = mm.vram_state
     free = None if state == mm.VRAMState.DISABLED else mm.get_free_memory(load_device)
     vram = {mm.VRAMState.LOW_VRAM: "low", mm.VRAMState.NO_VRAM: "none"}.get(state, "normal")
-    return Placement(torch.device(load_device), torch.device(offload_device), torch.device(mm.text_encoder_device()),
-                     free, vram)
+    text = torch.device(mm.text_encoder_device())
+    if text == torch.device(mm.get_torch_device()):
+        text = torch.device(load_device)  # core keeps the text side on its GPU: a handle on another GPU, on that one
+    return Placement(torch.device(load_device), torch.device(offload_device), text, free, vram)
 
 
 class StepProgress:

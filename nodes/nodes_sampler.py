@@ -1,12 +1,14 @@
 """URSASampler: metric-path discrete diffusion sampling -> URSA_TOKENS."""
 from __future__ import annotations
 
+import torch
 from comfy_api.latest import io
 
 from ursa_core import rules
 from ursa_core.errors import InputError
 from ursa_core.files.token_io import TokenClip, check_identity, model_identity
-from ursa_core.sampling.generate import StepInfo, generate, sampling_memory
+from ursa_core.parallel.devices import generate_samples
+from ursa_core.sampling.generate import StepInfo, sampling_memory
 from ursa_core.sampling.settings import GenerationSettings
 
 from . import glue
@@ -18,7 +20,8 @@ def checkpoint_default(value: float):
 
 
 def run_sampler(model, conditioning, settings: GenerationSettings, schedule=None, given_tokens=None,
-                preview=False) -> TokenClip:
+                preview=False, batch_size: int = 1) -> TokenClip:
+    """`batch_size` samples (sample i with seed + i) over the model's devices (URSA Devices; one device without)."""
     core = model.model
     # the model's own strides, before any weight moves
     latent_shape = core.geometry.latent_shape(settings.frames, settings.height, settings.width)
@@ -29,13 +32,13 @@ def run_sampler(model, conditioning, settings: GenerationSettings, schedule=None
     prompt_ids = conditioning.ids_for(settings.frames)
     need = sampling_memory(core, latent_shape, prompt_ids[0].shape[0], settings.guidance, glue.compute_device())
     model.to_compute_device(memory_required=need.total)
-    progress = glue.StepProgress(settings.steps, core.path.unit if preview else None)
+    progress = glue.StepProgress(settings.steps * batch_size, core.path.unit if preview else None)
 
-    def on_step(info: StepInfo) -> None:
+    def on_step(sample: int, info: StepInfo) -> None:
         progress.advance(info.predicted if preview else None)
-    tokens = generate(core, settings=settings, prompt_ids=prompt_ids, schedule=sched, given_tokens=given,
-                      callback=on_step).tokens
-    return TokenClip(tokens, core.geometry.fps, model_identity(core))
+    runs = generate_samples([handle.model for handle in model.handles], batch_size, settings, strategy=model.strategy,
+                            prompt_ids=prompt_ids, schedule=sched, given_tokens=given, callback=on_step)
+    return TokenClip(torch.cat([run.tokens for run in runs]), core.geometry.fps, model_identity(core))
 
 
 def _merge_given(given, extra, latent_shape):
@@ -63,7 +66,7 @@ class URSASampler(io.ComfyNode):
                         "discrete Euler (CTMC jump) solver. Connect a Frame Schedule for image-to-video, "
                         "interpolation, extension or keyframes. Decode the tokens with URSA Tokenizer Decode.",
             inputs=[
-                URSAModel.Input("model", tooltip="From URSA Model Loader."),
+                URSAModel.Input("model", tooltip="From URSA Model Loader (or URSA Devices: several GPUs)."),
                 URSACond.Input("conditioning", tooltip="From URSA Text Encode."),
                 *sampling_inputs(),
                 io.Int.Input("frames", default=1, min=1, max=rules.MAX_FRAMES, step=4,
@@ -79,24 +82,29 @@ class URSASampler(io.ComfyNode):
                 io.Boolean.Input("preview", default=True, optional=True,
                                  tooltip="Show a cheap colour preview of the predicted tokens of frame 0 at every "
                                          "step (no decoder run)."),
+                io.Int.Input("batch_size", default=1, min=1, max=rules.MAX_BATCH, optional=True,
+                             tooltip="Samples to generate: sample i uses seed + i, so each equals a single run "
+                                     "with that seed. With URSA Devices they spread over the GPUs."),
             ],
-            outputs=[URSATokens.Output(display_name="tokens", tooltip="The generated visual tokens [1, latent frames, "
-                                                                      "h, w]: decode with URSA Tokenizer Decode, "
+            outputs=[URSATokens.Output(display_name="tokens", tooltip="The generated visual tokens [batch, latent "
+                                                                      "frames, h, w]: decode with URSA Tokenizer "
+                                                                      "Decode (one IMAGE batch, samples in order), "
                                                                       "extend with URSA Extend Video or keep with "
                                                                       "URSA Save Tokens.")],
         )
 
     @classmethod
     def validate_inputs(cls, frames=None, width=None, height=None, cfg=None, guidance_trunc=None, c=None, alpha=None,
-                        shift=None):
+                        shift=None, batch_size=None):
         return rules.check_node_inputs(frames=frames, width=width, height=height, cfg=cfg,
-                                       guidance_trunc=guidance_trunc, c=c, alpha=alpha, shift=shift)
+                                       guidance_trunc=guidance_trunc, c=c, alpha=alpha, shift=shift,
+                                       batch_size=batch_size)
 
     @classmethod
     def execute(cls, model, conditioning, seed, steps, cfg, guidance_trunc, frames, width, height, c, alpha,
-                shift, schedule=None, given_tokens=None, preview=True) -> io.NodeOutput:
+                shift, schedule=None, given_tokens=None, preview=True, batch_size=1) -> io.NodeOutput:
         settings = GenerationSettings(frames=frames, height=height, width=width, seed=seed, steps=steps,
                                       guidance=cfg, guidance_trunc=guidance_trunc, c=checkpoint_default(c),
                                       alpha=checkpoint_default(alpha), shift=checkpoint_default(shift))
-        clip = run_sampler(model, conditioning, settings, schedule, given_tokens, preview)
+        clip = run_sampler(model, conditioning, settings, schedule, given_tokens, preview, batch_size)
         return io.NodeOutput(clip)

@@ -297,6 +297,7 @@ NODE_INPUT_RULES: dict[str, Callable[[object], object]] = {
     "height": lambda v: size("height", v),
     "steps": steps,
     "seed": seed,
+    "batch_size": lambda v: integer("batch_size", v, 1, MAX_BATCH),
     "cfg": lambda v: guidance(v, "cfg"),
     "guidance_trunc": lambda v: unit("guidance_trunc", v),
     "start_time": lambda v: unit("start_time", v),

@@ -29,6 +29,7 @@ from typing import Callable, Optional, Sequence, TypeVar
 import torch
 
 from .. import rules
+from ..errors import InputError
 from ..model.sequence import predicting_positions
 
 T = TypeVar("T")
@@ -223,32 +224,43 @@ def run_places(calls: Sequence[Callable[[Callable], T]], devices: Sequence[torch
 _DONE = object()
 
 
+def placed(handles: Sequence, place: SamplePlace) -> tuple:
+    """(the handle `generate` runs on, its placement: a BranchSplit over the place's pair, or None) of a place."""
+    first = handles[place.devices[0]]
+    return first, BranchSplit(handles[place.devices[1]]) if len(place.devices) == 2 else None
+
+
+def one_sample(handles: Sequence, guided: bool, strategy: str = "auto") -> tuple:
+    """Where a single generation runs on `handles` (the extender's windows): `placed` of its one place."""
+    return placed(handles, sample_rounds(1, len(handles), guided, strategy)[0][0])
+
+
 def generate_samples(handles: Sequence, count: int, settings, *, strategy: str = "auto",
                      callback: Optional[Callable] = None, given_tokens: Optional[torch.Tensor] = None,
                      **generate_args) -> list:
     """`count` samples of one generation spread over `handles` (URSAModel handles, one per device):
     sample i is `generate(handle, settings with seed + i, ...)` on the device(s) `sample_rounds` gives it.
     `callback(sample, StepInfo)` after every step of any sample (on this thread; raising cancels every sample);
-    `given_tokens` [1 | count, T, h, w] (row i for sample i). Returns the Generations in sample order."""
+    `given_tokens` [1 | count, T, h, w]: shared, or row i for sample i. Returns the Generations in sample order."""
     from ..sampling.generate import generate
 
+    if given_tokens is not None and given_tokens.shape[0] not in (1, count):
+        raise InputError(f"given tokens hold {given_tokens.shape[0]} samples but the batch has {count}: give 1 "
+                         f"(shared by every sample) or {count}")
     results: list = [None] * count
-    devices = [handle.device for handle in handles]
     relay = None if callback is None else (lambda event: callback(*event))
     for round_ in sample_rounds(count, len(handles), settings.max_branches == 2, strategy):
         def call(place: SamplePlace) -> Callable[[Callable], object]:
-            first = handles[place.devices[0]]
-            split = BranchSplit(handles[place.devices[1]]) if len(place.devices) == 2 else None
-            given = given_tokens
-            if given is not None and given.shape[0] > 1:
-                given = given[place.sample:place.sample + 1]
+            first, split = placed(handles, place)
+            given = given_tokens if given_tokens is None or given_tokens.shape[0] == 1 else \
+                given_tokens[place.sample:place.sample + 1]
+            seed = sample_seed(settings.seed, place.sample)
 
             def run(report: Callable) -> object:
-                return generate(first, settings=replace(settings, seed=sample_seed(settings.seed, place.sample)),
-                                given_tokens=given, parallel=split,
+                return generate(first, settings=replace(settings, seed=seed), given_tokens=given, parallel=split,
                                 callback=lambda info: report((place.sample, info)), **generate_args)
             return run
-        done = run_places([call(p) for p in round_], [devices[p.devices[0]] for p in round_], relay)
+        done = run_places([call(p) for p in round_], [handles[p.devices[0]].device for p in round_], relay)
         for place, generation in zip(round_, done):
             results[place.sample] = generation
     return results
