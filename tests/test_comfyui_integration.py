@@ -37,7 +37,7 @@ import make_workflows  # noqa: E402
 
 API_DIR = make_workflows.OUT_DIR / "api"
 
-URSA_NODES = {"URSAModelLoader", "URSATextEncode", "URSATokenizerEncode", "URSATokenizerDecode", "URSAFrameSchedule",
+URSA_NODES = {"URSAModelLoader", "URSADevices", "URSATextEncode", "URSATokenizerEncode", "URSATokenizerDecode", "URSAFrameSchedule",
               "URSASampler", "URSAExtendVideo", "URSASaveTokens", "URSALoadTokens"}
 PLUGIN_DIR_NAME = "ursa_video"
 MODEL_NAME = "URSA-1.7B-FSQ320"
@@ -302,6 +302,52 @@ def test_bad_values_rejected_before_queueing(server, setting, expected):
     node = node_id_by_title("ursa_t2i", setting.split(".")[0])
     messages = json.dumps(body["node_errors"][node]["errors"])
     assert expected in messages, messages
+
+
+def t2i_on_devices(devices: str, sets: list[str]) -> dict:
+    """The ursa_t2i graph with URSA Devices between the loader and the sampler."""
+    graph = comfy_queue.load_workflow(str(API_DIR / "ursa_t2i.json"), sets, {})
+    loader, sampler = node_id_by_title("ursa_t2i", "URSA Loader"), node_id_by_title("ursa_t2i", "URSA Sampler")
+    graph["900"] = {"inputs": {"model": [loader, 0], "devices": devices, "strategy": "auto"},
+                    "class_type": "URSADevices", "_meta": {"title": "URSA Devices"}}
+    graph[sampler]["inputs"]["model"] = ["900", 0]
+    return graph
+
+
+def run_graph(url: str, graph: dict, out_dir: Path) -> list[bytes]:
+    """Queue an API graph, wait, download its image outputs; their pixels (SaveImage's PNGs also carry the graph
+    as text, which differs between graphs) in output order."""
+    from PIL import Image
+    status, body = comfy_queue.http_json(url, "/prompt", {"prompt": graph, "client_id": uuid.uuid4().hex})
+    assert status == 200, body
+    entry = comfy_queue.wait_for(url, body["prompt_id"], timeout=120, poll=0.2)
+    assert entry is not None and entry["status"]["status_str"] == "success", entry
+    return [Image.open(comfy_queue.download(url, item, str(out_dir))).tobytes()
+            for item in comfy_queue.collect_outputs(entry)]
+
+
+def test_devices_node_batch_equals_single_runs(server, tmp_path):
+    """URSA Devices with two CPU "devices" through the real server: a batch of two, one sample per device, saves the
+    images of the same batch on one device, and (within the decoder's rounding of a batch of two against a batch
+    of one: one level of 255) those of single runs with seed and seed + 1."""
+    sets = TINY + ["URSA Sampler.frames=1", "URSA Sampler.batch_size=2", "URSA Sampler.seed=5"]
+    spread = run_graph(server["url"], t2i_on_devices("cpu, cpu", sets), tmp_path / "spread")
+    one_device = run_graph(server["url"], comfy_queue.load_workflow(str(API_DIR / "ursa_t2i.json"), sets, {}),
+                           tmp_path / "one")
+    assert len(spread) == 2 and spread == one_device
+    for seed, pixels in zip((5, 6), spread):
+        single = run_graph(server["url"], comfy_queue.load_workflow(
+            str(API_DIR / "ursa_t2i.json"), TINY + ["URSA Sampler.frames=1", f"URSA Sampler.seed={seed}"], {}),
+            tmp_path / f"single{seed}")[0]
+        assert max(abs(a - b) for a, b in zip(pixels, single)) <= 1
+
+
+def test_devices_node_rejects_a_device_that_does_not_exist(server):
+    graph = t2i_on_devices("cpu, cuda:1", TINY)
+    status, body = comfy_queue.http_json(server["url"], "/prompt", {"prompt": graph, "client_id": uuid.uuid4().hex})
+    assert status == 400 and set(body["node_errors"]) == {"900"}, body
+    message = body["node_errors"]["900"]["errors"][0]["details"]
+    assert "devices='cpu, cuda:1': device='cuda:1' is not available" in message and "\n" not in message
 
 
 def test_missing_model_rejected(server, tmp_path):

@@ -221,3 +221,24 @@ def test_split_benchmark_cpu_path(tmp_path):
     launches = report["launches"]   # the reason for a thread per device: thousands of launches per forward
     assert launches["layers"] == 28 and launches["launching_calls"] > 1000
     assert launches["aten_calls"] == launches["views"] + launches["launching_calls"]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch._dynamo's own import-time warnings
+def test_branch_split_with_every_speed_option_on_each_handle(tiny_model):
+    """Each device's handle carries the loader's options of its own (runtime/speed.with_speed): fp8 storage, block
+    swap and compiled layers (aot_eager, traced on the worker thread too) give the one-handle tokens."""
+    from ursa_core.runtime.compiled import compile_layers
+    from ursa_core.runtime.speed import Placement, SpeedOptions, with_speed
+
+    options = SpeedOptions(weight_dtype="fp8_e4m3fn", low_vram="stream", blocks_on_gpu=1)
+
+    def handle():
+        made = with_speed(tiny_model, options, Placement.single("cpu"))
+        compile_layers(made.transformer, backend="aot_eager")
+        return made
+    first, second = handle(), handle()
+    assert first.transformer.layer_fetch is not second.transformer.layer_fetch   # a streamer per device
+    one = generate(first, "a red fox", settings=SETTINGS).tokens
+    counter = CountingForwards(second.transformer)
+    split = generate(first, "a red fox", settings=SETTINGS, parallel=BranchSplit(second)).tokens
+    assert torch.equal(split, one) and counter.calls == 3 and counter.threads == {"ursa-device"}
