@@ -37,8 +37,8 @@ import make_workflows  # noqa: E402
 
 API_DIR = make_workflows.OUT_DIR / "api"
 
-URSA_NODES = {"URSAModelLoader", "URSADevices", "URSATextEncode", "URSATokenizerEncode", "URSATokenizerDecode", "URSAFrameSchedule",
-              "URSASampler", "URSAExtendVideo", "URSASaveTokens", "URSALoadTokens"}
+URSA_NODES = {"URSAModelLoader", "URSADevices", "URSATextEncode", "URSATokenizerEncode", "URSATokenizerDecode",
+              "URSAFrameSchedule", "URSASampler", "URSAExtendVideo", "URSASaveTokens", "URSALoadTokens"}
 PLUGIN_DIR_NAME = "ursa_video"
 MODEL_NAME = "URSA-1.7B-FSQ320"
 TINY = ["URSA Sampler.width=64", "URSA Sampler.height=64", "URSA Sampler.steps=2"]

@@ -37,6 +37,11 @@ class CountingForwards:
         return self._forward(*args, **kwargs)
 
 
+def fox(model, **kw) -> torch.Tensor:
+    """The tokens of the test's generation on `model` (keywords: generate's)."""
+    return generate(model, "a red fox", settings=SETTINGS, **kw).tokens
+
+
 @pytest.fixture(scope="module")
 def single(tiny_model):
     return generate(tiny_model, "a red fox", settings=SETTINGS).tokens
@@ -57,22 +62,22 @@ def test_branch_split_gives_the_single_device_tokens(tiny_model, single, launch)
 def test_branch_split_really_uses_the_second_copy(tiny_model, single):
     broken = second_copy(tiny_model)
     broken.transformer.model.layers[0].mlp.down_proj.weight.data.mul_(-3.0)
-    assert not torch.equal(generate(tiny_model, "a red fox", settings=SETTINGS, parallel=BranchSplit(broken)).tokens, single)
+    assert not torch.equal(fox(tiny_model, parallel=BranchSplit(broken)), single)
 
 
 def test_unguided_runs_never_touch_the_second_copy(tiny_model):
     second = second_copy(tiny_model)
     counter = CountingForwards(second.transformer)
-    split = generate(tiny_model, "a red fox", settings=SETTINGS, guidance=1.0, parallel=BranchSplit(second)).tokens
-    assert counter.calls == 0 and torch.equal(split, generate(tiny_model, "a red fox", settings=SETTINGS, guidance=1.0).tokens)
+    split = fox(tiny_model, guidance=1.0, parallel=BranchSplit(second))
+    assert counter.calls == 0 and torch.equal(split, fox(tiny_model, guidance=1.0))
 
 
 def test_branch_split_with_given_frames_and_a_schedule(tiny_model):
     latent = tiny_model.geometry.latent_shape(9, 32, 32)
     given = torch.randint(0, tiny_model.codebook_size, (1, *latent), generator=torch.Generator().manual_seed(2))
     args = dict(frames=9, schedule=FrameSchedule.keyframes(3, {0: 1.0, 2: 0.6}), given_tokens=given)
-    one = generate(tiny_model, "a red fox", settings=SETTINGS, **args).tokens
-    split = generate(tiny_model, "a red fox", settings=SETTINGS, parallel=BranchSplit(second_copy(tiny_model)), **args).tokens
+    one = fox(tiny_model, **args)
+    split = fox(tiny_model, parallel=BranchSplit(second_copy(tiny_model)), **args)
     assert torch.equal(one, split) and torch.equal(split[:, 0], given[:, 0])
 
 
@@ -161,7 +166,7 @@ def test_cancel_during_a_branch_split_run(tiny_model):
         if len(steps) == 2:
             raise KeyboardInterrupt
     with pytest.raises(KeyboardInterrupt):
-        generate(tiny_model, "a red fox", settings=SETTINGS, parallel=BranchSplit(second_copy(tiny_model)), callback=cancel)
+        fox(tiny_model, parallel=BranchSplit(second_copy(tiny_model)), callback=cancel)
     assert steps == [0, 1]
 
 

@@ -7,9 +7,10 @@ import sys
 import uuid
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file
 
-from test_parallel import _free_port
+from test_parallel import _free_port, finished
 
 ROOT = Path(__file__).resolve().parents[1]   # this checkout's ursa_core, not an installed one
 FAST = ["--height", "32", "--width", "32", "--steps", "3"]
@@ -23,14 +24,7 @@ def two_nodes(command: list, nproc_per_node: int = 1, timeout: float = 240) -> l
     launchers = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *rendezvous, "-m", "ursa_core",
                                    *map(str, command)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    results = []
-    for launcher in launchers:
-        try:
-            out, err = launcher.communicate(timeout=timeout)
-        finally:
-            launcher.kill()
-        results.append(subprocess.CompletedProcess(launcher.args, launcher.returncode, out, err))
-    return results
+    return finished(launchers, timeout)
 
 
 def one_process(command: list) -> subprocess.CompletedProcess:
@@ -47,7 +41,8 @@ def test_generate_cfg_parallel_on_two_nodes_equals_one_process(tiny_dir, tmp_pat
     nodes = two_nodes([*command("nodes"), "--parallel", "cfg"])   # (sp: the tiny model has one KV head)
     assert [n.returncode for n in nodes] == [0, 0], [n.stderr[-1500:] for n in nodes]
     assert sum("cfg parallel over 2 ranks" in n.stdout for n in nodes) == 1   # rank 0 (either node) reports
-    assert load_file(tmp_path / "nodes.safetensors")["tokens"].equal(load_file(tmp_path / "alone.safetensors")["tokens"])
+    tokens = [load_file(tmp_path / f"{name}.safetensors")["tokens"] for name in ("nodes", "alone")]
+    assert torch.equal(*tokens)
     assert (tmp_path / "nodes.mp4").read_bytes() == (tmp_path / "alone.mp4").read_bytes()
 
 

@@ -10,13 +10,14 @@ model (its own weight copy, its own speed options), and work is shared two ways.
   on a pair, branch split); the tokens of sample i are those of a single run of sample i, whatever the batch size
   or the number of devices.
 
-Why threads. One eager forward of URSA-1.7B launches about 2 800 kernels (5 302 ATen calls at 49x320x512, ~2 400
-of them views, counted on the meta device with a dispatch mode). CUDA queues only so many launches per device before
-the launching call blocks, so one Python thread that enqueues device 0's whole forward before device 1's would start
-device 1 late, after device 0 has drained most of its queue. A branch on another device therefore runs in a thread
-of its own (PyTorch releases the GIL inside every operator, so both threads keep their device busy); `launch=
-"inline"` keeps the one-thread way, and benchmarks/bench_split.py measures both on the GPU. Samples on different
-devices always need threads: every step ends by reading the new tokens on the CPU, which waits for that device.
+Why threads. One eager forward of URSA-1.7B launches about 2 900 kernels at 49x320x512 (5 302 ATen calls, 2 436 of
+them views: benchmarks/bench_split.py counts them on the meta device; docs/PERFORMANCE.md). CUDA queues only so many
+launches per device before the launching call blocks, so one Python thread that enqueues device 0's whole forward
+before device 1's would start device 1 late, once device 0 has drained most of its queue. A branch on another device
+therefore runs in a thread of its own (PyTorch releases the GIL inside every operator, so both threads keep their
+device busy); `launch="inline"` keeps the one-thread way, and the benchmark measures both on the GPU. Samples on
+different devices always need threads: every step ends by reading the new tokens on the CPU, which waits for that
+device.
 """
 from __future__ import annotations
 
