@@ -113,3 +113,20 @@ def test_sampler_batch_size_rule(denv):
             "frames": 1, "width": 32, "height": 32, "c": 0.0, "alpha": 0.0, "shift": 0.0}
     assert denv.validate(sampler, {**base, "batch_size": 4}) == []
     assert "batch_size=0 is not allowed" in str(denv.validate(sampler, {**base, "batch_size": 0}))
+
+
+@pytest.mark.parametrize("state, streamed", [("NORMAL_VRAM", [False, True]), ("LOW_VRAM", [False, True]),
+                                             ("NO_VRAM", [True, True])])
+def test_block_swap_is_decided_per_device(denv, monkeypatch, state, streamed):
+    """Each device's handle reads that device's free memory and ComfyUI's VRAM state (--lowvram / --novram), as
+    core decides a partial load per model: a roomy cuda:0 keeps every layer (--lowvram: as many as fit, here all),
+    a nearly full cuda:1 streams them, and --novram streams on both."""
+    from nodes import glue
+    model, _, _ = load(denv)
+    mm = denv.modules["comfy.model_management"]
+    monkeypatch.setattr(mm, "vram_state", mm.VRAMState[state])
+    free = {torch.device("cuda", 0): 40 << 30, torch.device("cuda", 1): 1 << 20}
+    monkeypatch.setattr(mm, "get_free_memory", lambda dev=None, torch_free_too=False: free[torch.device(dev)])
+    spread = glue.on_devices(model, [torch.device("cuda", 0), torch.device("cuda", 1)], "auto")
+    assert [h.model.transformer.layer_fetch is not None for h in spread.handles] == streamed
+    assert [str(h.patcher.load_device) for h in spread.handles] == ["cuda:0", "cuda:1"]
