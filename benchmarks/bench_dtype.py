@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from random_model import FSQ320, TINY, random_model, random_prompt_ids, random_transformer  # noqa: E402
 
+from ursa_core.attention.backends import resolve as resolve_attention  # noqa: E402
 from ursa_core.files.atomic import atomic_file  # noqa: E402
-from ursa_core.model.attention import resolve as resolve_attention  # noqa: E402
 from ursa_core.sampling.generate import generate  # noqa: E402
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}

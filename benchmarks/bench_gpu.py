@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baseline_reference import reference_generate  # noqa: E402
 from random_model import random_model, random_prompt_ids, with_fused_projections  # noqa: E402
 
-from ursa_core.model import attention  # noqa: E402
+from ursa_core.attention import backends as attention  # noqa: E402
 from ursa_core.sampling.generate import generate  # noqa: E402
 
 CASES = {  # name: (model kind, frames, height, width, steps)

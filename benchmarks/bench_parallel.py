@@ -35,10 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from comm_timer import CommTimer  # noqa: E402
 from random_model import random_model, random_prompt_ids, random_transformer  # noqa: E402
 
+from ursa_core.attention import backends as attention  # noqa: E402
 from ursa_core.batch.prompt_sets import Claims, distributed_store  # noqa: E402
 from ursa_core.errors import InputError  # noqa: E402
 from ursa_core.files.atomic import atomic_file  # noqa: E402
-from ursa_core.model import attention  # noqa: E402
 from ursa_core.parallel.distributed import build_layout  # noqa: E402
 from ursa_core.sampling.generate import generate  # noqa: E402
 

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from random_model import FSQ320, random_model, random_prompt_ids  # noqa: E402
 
 from ursa_core.files.atomic import atomic_file  # noqa: E402
-from ursa_core.model import attention  # noqa: E402
+from ursa_core.attention import backends as attention  # noqa: E402
 from ursa_core.model.modeling_ursa import URSATransformer  # noqa: E402
 from ursa_core.parallel.devices import BranchSplit, generate_samples  # noqa: E402
 from ursa_core.sampling.generate import generate  # noqa: E402

@@ -7,7 +7,7 @@ import comfy.model_management as mm
 from comfy_api.latest import io
 
 from ursa_core import rules
-from ursa_core.model import attention as attention_backends
+from ursa_core.attention import backends as attention_backends
 from ursa_core.runtime.loader_options import LOW_VRAM_MODES, MAX_BLOCKS, check_loader_options, device_choices
 from ursa_core.runtime.speed import SpeedOptions
 from ursa_core.runtime.weight_dtype import STORAGE_DTYPES, check_weight_dtype
@@ -45,7 +45,8 @@ class URSAModelLoader(io.ComfyNode):
                                        "FlexAttention (compiled, needs Triton)."),
                 io.Boolean.Input("compile", default=False, optional=True,
                                  tooltip="torch.compile the layers (about 23% faster per step on an H100; the first "
-                                         "run of each size compiles for ~15 s; needs Triton). Combines with streaming."),
+                                         "run of each size compiles for ~15 s; needs Triton). Combines with "
+                                         "streaming."),
                 io.Combo.Input("weight_dtype", options=list(STORAGE_DTYPES), default="default", optional=True,
                                tooltip="Weight storage, as core's UNETLoader: default = the compute dtype; "
                                        "fp8_e4m3fn / fp8_e5m2 store the layers' projection weights in fp8 (about "

@@ -24,7 +24,7 @@ def run_sampler(model, conditioning, settings: GenerationSettings, schedule=None
     """`batch_size` samples (sample i with seed + i) over the model's devices (URSA Devices; one device without)."""
     core = model.model
     # the model's own strides, before any weight moves
-    latent_shape = core.geometry.latent_shape(settings.frames, settings.height, settings.width)
+    latent_shape = settings.latent_shape(core.geometry)
     sched, given = (None, None) if schedule is None else (schedule.schedule, schedule.given)
     if given_tokens is not None:
         check_identity(given_tokens.identity, model_identity(core), "given_tokens")

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
+from ursa_core.attention import backends as attention
 from ursa_core.errors import InputError
-from ursa_core.model import attention
 
 
 def test_writing_a_tiny_tokenizer_leaves_the_callers_rng_alone(tmp_path):

@@ -124,7 +124,7 @@ def test_low_vram_streaming_matches_on_cuda(cuda_model):
 
 @pytest.mark.parametrize("backend", ["flash", "cudnn", "efficient", "math", "flex"])
 def test_attention_backends_agree(backend):
-    from ursa_core.model import attention
+    from ursa_core.attention import backends as attention
     assert attention.is_available(backend, "cuda")
     gen = torch.Generator(device="cuda").manual_seed(0)
     q = torch.randn(1, 4, 1000, 128, device="cuda", dtype=torch.bfloat16, generator=gen)
@@ -150,7 +150,7 @@ def test_optional_attention_backends_match_sdpa(backend, tolerance, shape):
     """FA4 / SageAttention against PyTorch SDPA: GQA and plain heads, odd lengths, the model's strided layout.
     Relative RMS error of the output (SageAttention quantises QK to int8, hence its looser bound; measured on an
     H100 it exceeds even that below ~1000 tokens, so short sequences are FA4's only: sage is never picked by auto)."""
-    from ursa_core.model import attention
+    from ursa_core.attention import backends as attention
     if backend == "sage" and shape[3] < 1000:
         pytest.skip("SageAttention's int8 blocks are only accurate on long sequences (measured)")
     if not attention.is_available(backend, "cuda"):
@@ -164,7 +164,7 @@ def test_optional_attention_backends_match_sdpa(backend, tolerance, shape):
 
 
 def test_auto_attention_prefers_flash4_when_installed():
-    from ursa_core.model import attention
+    from ursa_core.attention import backends as attention
     picked = attention.resolve("auto", "cuda")
     assert picked == ("flash4" if attention.is_available("flash4", "cuda") else "sdpa")
 
@@ -173,7 +173,7 @@ def test_flash4_layer_outputs_match_sdpa(cuda_model):
     """Every layer of the tiny model in bf16, fed the same input, through FA4 and through SDPA: within 1e-2 relative
     RMS. (Layer by layer, since random weights make end-to-end differences chaotic; the full-size one-forward logit
     error is measured by benchmarks/bench_gpu.py --sections agree_attention.)"""
-    from ursa_core.model import attention
+    from ursa_core.attention import backends as attention
     from ursa_core.model.rope import rotary_cos_sin, sequence_positions
     if not attention.is_available("flash4", "cuda"):
         pytest.skip("flash4 is not installed on this machine")
@@ -300,7 +300,7 @@ def test_branch_split_with_block_swap_and_fp8_on_each_device(cuda_model, second)
 
 
 def test_branch_split_with_flash4(cuda_model):
-    from ursa_core.model import attention
+    from ursa_core.attention import backends as attention
     from ursa_core.parallel.devices import BranchSplit
     from ursa_core.sampling.runners import SingleDevice
     if not attention.is_available("flash4", "cuda"):

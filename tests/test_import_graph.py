@@ -1,4 +1,5 @@
-"""ursa_core's import graph has no cycle: every import is read from the source (ast), function-level ones too."""
+"""ursa_core's import graph: no cycle, and every room (subpackage, or a module at the top) imports only rooms below
+it in ROOMS. Every import is read from the source (ast), function-level ones too."""
 import ast
 from pathlib import Path
 
@@ -55,6 +56,43 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 # Cycles whose removal is another piece of work in flight (issue 9 merges cli.py and headless.py into one CLI
 # home). Strict: once the cycle is gone the test fails until its entry is deleted here, so this list only shrinks.
 PENDING: list[list[str]] = []
+
+
+# The rooms of ursa_core from the ground up (docs/ARCHITECTURE.md, "Module map"): a module may import its own room and
+# the rooms before its own, never one after it. A new room is placed here, or the test fails.
+ROOMS = ("errors", "files", "attention", "model", "rules", "path", "solver", "visual_tokenizer", "checkpoint",
+         "runtime", "sampling", "parallel", "batch", "__init__", "cli", "__main__")  # cli reads __version__ there
+
+
+def room(module: str) -> str:
+    """ursa_core.sampling.generate -> sampling; ursa_core.rules -> rules; ursa_core (the face) -> __init__."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def upward_imports(graph: dict[str, set[str]], rooms: tuple[str, ...]) -> list[tuple[str, str]]:
+    floor = {name: i for i, name in enumerate(rooms)}
+    return sorted((a, b) for a, targets in graph.items() for b in targets if floor[room(b)] > floor[room(a)])
+
+
+def test_every_room_imports_only_rooms_below_it():
+    graph = import_graph(PACKAGE_DIR)
+    assert {room(module) for module in graph} == set(ROOMS), "a room is missing from ROOMS (or gone)"
+    assert upward_imports(graph, ROOMS) == []
+
+
+def test_upward_import_finder_sees_a_lower_room_importing_a_higher_one(tmp_path):
+    pkg = tmp_path / "pkg"
+    for sub in ("low", "high"):
+        (pkg / sub).mkdir(parents=True)
+        (pkg / sub / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "high" / "a.py").write_text("from ..low import b\n")
+    (pkg / "low" / "b.py").write_text("import os\n")
+    graph = import_graph(pkg)
+    assert upward_imports(graph, ("low", "high", "__init__")) == []
+    (pkg / "low" / "b.py").write_text("def f():\n    from ..high import a\n")
+    assert upward_imports(import_graph(pkg), ("low", "high", "__init__")) == [("pkg.low.b", "pkg.high.a")]
 
 
 def test_ursa_core_has_no_import_cycle():

@@ -202,7 +202,7 @@ def test_node_lists_only_ursa_folders_and_gives_download_hint(env, tiny_dir):
 
 
 def test_node_options_have_tooltips_and_usable_attention(env):
-    from ursa_core.model.attention import available_names
+    from ursa_core.attention.backends import available_names
     schema = env.mods["loader"].URSAModelLoader.GET_SCHEMA()
     assert all(i.tooltip for i in schema.inputs) and all(o.tooltip for o in schema.outputs)
     assert schema.input_by_id("attention").options == list(available_names("cpu"))

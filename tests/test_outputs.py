@@ -1,4 +1,4 @@
-"""Atomic output (ursa_core/files/atomic.py) and the writers that use it: PNG, MP4, token files, tiny checkpoint; the CLI's
+"""Atomic output (files/atomic.py) and the writers that use it: PNG, MP4, token files, tiny checkpoint; the CLI's
 file errors (one line, exit 2 for bad input, 1 for a failed write) and a real Ctrl-C during a write."""
 import os
 import signal

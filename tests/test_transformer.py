@@ -144,7 +144,7 @@ def test_output_hidden_states_follow_transformers_convention():
 
 
 def test_attention_backend_is_looked_up_by_name(monkeypatch):
-    from ursa_core.model import attention
+    from ursa_core.attention import backends as attention
     _, model = build(torch.float64)
     ids, pos = inputs()
     cos, sin = rotary_cos_sin(pos, 128, CFG.rope_theta, torch.float64)

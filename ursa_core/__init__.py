@@ -6,6 +6,10 @@ The library surface (docs/ARCHITECTURE.md describes the pieces):
     model = ursa.load("models/ursa/URSA-1.7B-FSQ320", device="cuda", attention="auto")
     run = ursa.generate(model, "a red fox in the snow", frames=49, motion=9.0, seed=7)
     run.tokens, run.initial_tokens, run.seed, run.settings      # what came out, where it started, how
+    settings = ursa.GenerationSettings(frames=49, motion=9.0, seed=7)   # the same run as one typed object
+    run = ursa.generate(model, "a red fox in the snow", settings=settings)
+    fast = ursa.with_speed(model, ursa.SpeedOptions(compile=True, low_vram="stream", blocks_on_gpu=8),
+                           ursa.Placement.single("cuda"))      # a handle; `model` stays as loaded
     frames = ursa.decode_tokens(model, run.tokens)             # IMAGE-style [F, H, W, 3] in 0..1
     ursa.write_frames(frames, "out/fox.mp4", fps=model.geometry.fps)   # atomic: complete or not at all
 
@@ -27,11 +31,15 @@ from .files.media import write_frames
 from .model.modeling_ursa import TransformerOutput
 from .model.sequence import ModelInput, build_sequence
 from .path.metric_path import MetricPath, beta, beta_dot, velocity
-from .path.schedule import FrameClocks, FrameSchedule, time_grid, time_shift
+from .path.schedule import FrameClocks, FrameSchedule, StartTimes, build_schedule, time_grid, time_shift
+from .runtime.speed import Placement, SpeedOptions, with_speed
+from .sampling.extend import WindowPlan, extend_clip
 from .sampling.generate import Generation, StepInfo, generate
+from .sampling.settings import GenerationSettings
 from .visual_tokenizer.codec import decode_tokens
 
-__all__ = ["CheckpointError", "FrameClocks", "FrameSchedule", "Generation", "InputError", "MetricPath",
-           "ModelInput", "OutputError", "StepInfo", "TransformerOutput", "URSAError", "URSAModel", "__version__",
-           "beta", "beta_dot", "build_sequence", "decode_tokens", "generate", "load", "time_grid", "time_shift",
-           "velocity", "write_frames"]
+__all__ = ["CheckpointError", "FrameClocks", "FrameSchedule", "Generation", "GenerationSettings", "InputError",
+           "MetricPath", "ModelInput", "OutputError", "Placement", "SpeedOptions", "StartTimes", "StepInfo",
+           "TransformerOutput", "URSAError", "URSAModel", "WindowPlan", "__version__", "beta", "beta_dot",
+           "build_schedule", "build_sequence", "decode_tokens", "extend_clip", "generate", "load", "time_grid",
+           "time_shift", "velocity", "with_speed", "write_frames"]

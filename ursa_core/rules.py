@@ -12,8 +12,8 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from .attention import backends as attention_registry
 from .errors import InputError
-from .model import attention as attention_registry
 
 # --- limits ---------------------------------------------------------------------------------------------------------
 VIDEO_STRIDE = 4                   # pixel frames per latent frame of the video tokenizer (1 + 4k frames)
@@ -207,7 +207,7 @@ def device_list(value) -> list[torch.device]:
 
 
 def attention(value, on: Optional[torch.device] = None) -> str:
-    """A backend of ursa_core.model.attention's registry that runs on the device the model computes on."""
+    """A backend of ursa_core.attention.backends that runs on the device the model computes on."""
     choice("attention", value, attention_registry.names())
     if on is not None and value != "auto" and not attention_registry.is_available(value, on):
         _fail(f"attention={value!r} is not available on {on.type} ({attention_registry.summary(value)}): use one "

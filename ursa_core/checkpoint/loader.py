@@ -10,9 +10,9 @@ from typing import Optional
 import torch
 
 from .. import rules
-from ..errors import CheckpointError, InputError
+from ..attention.backends import resolve as resolve_attention
+from ..errors import CheckpointError
 from ..files.safetensors_io import check_state_dict, load_state_dict, read_json
-from ..model.attention import resolve as resolve_attention
 from ..model.config import SchedulerConfig, TransformerConfig, check_types
 from ..model.modeling_ursa import URSATransformer, build_transformer, expected_state_shapes
 from ..model.sequence import ModelInput

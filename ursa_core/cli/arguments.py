@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from .. import rules
+from ..attention import backends as attention_registry
 from ..checkpoint.defaults import ModelDefaults
 from ..errors import InputError
-from ..model import attention as attention_registry
+from ..path.schedule import interpolation_starts
 from ..runtime.speed import SpeedOptions
 from ..sampling.settings import GenerationSettings
 from ..visual_tokenizer.geometry import VisualGeometry
@@ -33,7 +34,8 @@ WEIGHT_DTYPE = rules.arg_type(rules.weight_dtype, str)
 BLOCKS = rules.arg_type(rules.blocks_on_gpu, int)
 PARALLEL = rules.arg_type(lambda v: rules.choice("parallel", v, rules.PARALLEL_MODES), str)
 SAMPLES = rules.arg_type(lambda v: rules.integer("samples", v, 1, rules.MAX_SAMPLES), int)
-PLACEMENT = {name: rules.arg_type(lambda v, n=name: rules.placement(n, v), str) for name in ("vq_device", "text_device")}
+PLACEMENT = {name: rules.arg_type(lambda v, n=name: rules.placement(n, v), str)
+             for name in ("vq_device", "text_device")}
 ATTENTION_HELP = f"{', '.join(attention_registry.names())} (only those this machine can run are accepted)"
 
 
@@ -83,10 +85,13 @@ def request(flags: Mapping[str, Any], defaults: ModelDefaults) -> Request:
 def check_images(run: Request, geometry: VisualGeometry) -> None:
     """--image / --last-image: a last frame needs a video (interpolation keeps first and last apart), and both
     files must exist; checked before any weight loads."""
-    latent_frames = geometry.latent_shape(run.settings.frames, run.settings.height, run.settings.width)[0]
-    if run.last_image and latent_frames < 2:
-        raise InputError(f"--last-image needs a video: frames={run.settings.frames} is an image; use --frames 5 or "
-                         f"more")
+    latent_frames = run.settings.latent_shape(geometry)[0]
+    if run.last_image:
+        try:
+            interpolation_starts(latent_frames, 1.0)   # the schedule's rule for a first and a last frame
+        except InputError:
+            raise InputError(f"--last-image needs a video: frames={run.settings.frames} is an image; use --frames 5 "
+                             f"or more") from None
     for flag, image in (("--image", run.image), ("--last-image", run.last_image)):
         if image and not Path(image).is_file():
             raise InputError(f"{flag}: image not found: {image}")

@@ -96,7 +96,7 @@ def sample_tokens(model: URSAModel, run: Request, images: dict, prompt: str, cal
                   parallel=None) -> torch.Tensor:
     """Tokens of one generation of `run` (settings already checked against the checkpoint)."""
     settings = run.settings
-    latent = model.geometry.latent_shape(settings.frames, settings.height, settings.width)
+    latent = settings.latent_shape(model.geometry)
     schedule, given = conditioning(model, images, latent[0], settings.width, settings.height, run.resize)
     return generate(model, prompt, run.negative, settings, schedule=schedule, given_tokens=given,
                     callback=callback, parallel=parallel).tokens
@@ -132,7 +132,7 @@ def run_generate(args: argparse.Namespace) -> int:
     if is_tiny(folder) and rank == 0:
         print(f"NOTE: {TINY_LABEL}.")
     settings = run.settings
-    latent = model.geometry.latent_shape(settings.frames, settings.height, settings.width)
+    latent = settings.latent_shape(model.geometry)
     if rank == 0:
         print(f"loaded {folder} on {device} in {time.time() - started:.1f} s (attention: "
               f"{model.transformer.attn_implementation}); sampling {settings.frames} frame(s) "

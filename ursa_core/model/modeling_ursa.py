@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import attention_function
+from ..attention.backends import attention_function
 from .config import TransformerConfig
 from .rope import RotaryEmbedding, apply_rotary
 
@@ -193,7 +193,7 @@ class URSATransformer(nn.Module):
         return self._attention
 
     def set_attention(self, name: str) -> None:
-        """Run every layer's attention through the registered backend `name` (see attention.py)."""
+        """Run every layer's attention through the registered backend `name` (see attention/backends.py)."""
         attention_function(name)  # an unknown name fails here, not in the middle of a step
         self._attention = name
         for module in self.modules():  # low-VRAM slots are submodules too (transformer.stream_slots)

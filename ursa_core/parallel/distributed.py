@@ -1,7 +1,7 @@
 """One generation on several ranks of torch.distributed: CFG parallel and Ulysses sequence parallel.
 
-Ranks form a (cfg_ranks x sp_ranks) grid: rank r is guidance branch r // sp (0 conditional, 1 unconditional) and sequence
-shard r % sp. Each rank embeds and runs only its shard of the rows `[prompt, BOV, visual]` (the whole sequence is
+Ranks form a (cfg_ranks x sp_ranks) grid: rank r is guidance branch r // sp_ranks (0 conditional, 1 unconditional)
+and sequence shard r % sp_ranks. Each rank embeds and runs only its shard of the rows `[prompt, BOV, visual]` (the whole sequence is
 split evenly, prompt rows included: the prompt is a few hundred of ~33 600 rows, so splitting it costs nothing and
 keeps shards equal). Around attention, the "ulysses" backend swaps sequence for heads with one
 `torch.distributed.all_to_all_single` per tensor (every rank then attends the whole sequence with 1/sp of the
@@ -22,7 +22,8 @@ import torch
 import torch.distributed as dist
 
 from .. import rules
-from ..model import attention, ulysses
+from ..attention import backends as attention
+from ..attention import ulysses
 from ..model.sequence import predicting_positions
 from ..sampling.runners import SingleDevice
 
@@ -112,8 +113,8 @@ def row_split(group, parts: int, index: int, rows: int, positions: torch.Tensor,
 
 
 class ParallelRunner:
-    """The branch runner (sampling.runners.BranchRunner) of a (cfg_ranks x sp_ranks) grid: runs this rank's branch on its rows,
-    exchanges hidden states with the other branch, and gathers the tokens every shard sampled.
+    """The branch runner (sampling.runners.BranchRunner) of a (cfg_ranks x sp_ranks) grid: runs this rank's branch on
+    its rows, exchanges hidden states with the other branch, and gathers the tokens every shard sampled.
 
     Guided steps split the rows over the sp ranks of each branch. Unguided steps (t >= guidance_trunc, or no
     guidance at all) have one branch, so the whole grid splits the rows instead (every rank) when the KV heads

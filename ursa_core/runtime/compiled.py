@@ -28,7 +28,8 @@ CACHE_ENTRIES = 64
 
 def _cache_limits():
     """Dynamo's cache limits raised for the duration of one forward only: the process-wide settings (other
-    nodes' compiled models in a ComfyUI session) are left as they are."""
+    nodes' compiled models in a ComfyUI session) are left as they are. torch._dynamo.config is where torch's own
+    compiler documentation (troubleshooting, recompilations) puts these limits; there is no other API for them."""
     config = torch._dynamo.config
     return config.patch(cache_size_limit=max(config.cache_size_limit, CACHE_ENTRIES),
                         accumulated_cache_size_limit=max(config.accumulated_cache_size_limit, 4 * CACHE_ENTRIES))

@@ -10,8 +10,8 @@ from typing import Optional
 import torch
 
 from .. import rules
+from ..attention.backends import resolve as resolve_attention
 from ..checkpoint.loader import URSAModel
-from ..model.attention import resolve as resolve_attention
 from .loader_options import blocks_to_keep, placement_device
 from .lowvram import enable_low_vram, place_embeddings
 from .weight_dtype import store_weights, weight_bytes
@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SpeedOptions:
-    attention: str = "auto"          # a name of the attention registry (model/attention.py)
+    attention: str = "auto"          # a name of the attention registry (attention/backends.py)
     compile: bool = False            # torch.compile of the layer halves around attention (runtime/compiled.py)
     weight_dtype: str = "default"    # fp8 storage of the layers' projections (runtime/weight_dtype.py)
     low_vram: str = "off"            # block swap: auto (from free memory), off, stream (runtime/lowvram.py)

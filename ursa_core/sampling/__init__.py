@@ -1,1 +1,2 @@
-"""Prompt to tokens: the sampling loop (`generate`), sliding-window extension and the checks made before a run."""
+"""Prompt to tokens: the settings of a generation, the sampling loop over a branch runner (`generate`),
+sliding-window extension, the checks made before a run, cheap previews."""

@@ -62,7 +62,7 @@ class GenerationPlan:
 
 def plan(model: URSAModel, settings: GenerationSettings, schedule: Optional[FrameSchedule]) -> GenerationPlan:
     """The clip of `settings` on `model` (its strides checked), with every token's start time (shift resolved)."""
-    latent = model.geometry.latent_shape(settings.frames, settings.height, settings.width)
+    latent = settings.latent_shape(model.geometry)
     schedule = schedule or FrameSchedule.generate(latent[0])
     starts = StartTimes.from_schedule(schedule, latent)
     active = torch.nonzero(~starts.held()).squeeze(1)

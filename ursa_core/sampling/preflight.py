@@ -37,7 +37,7 @@ def check_clip(folder: Path, settings: GenerationSettings, speed: SpeedOptions, 
     """The clip's frames and size against the checkpoint's tokenizer, and the memory the run needs with these
     options against what `device` has (ursa_core.runtime.memory); one line naming the first problem."""
     config, geometry = checkpoint_rules(Path(folder))
-    latent = geometry.latent_shape(settings.frames, settings.height, settings.width)
+    latent = settings.latent_shape(geometry)
     need = memory.estimate(config, latent[0] * latent[1] * latent[2], dtype=dtype, device_type=device.type,
                            branches=settings.max_branches, low_vram=speed.streams,
                            math_attention=speed.attention == "math", blocks_on_gpu=speed.blocks_on_gpu,

@@ -12,6 +12,7 @@ from typing import Any, Iterator, Optional
 
 from .. import rules
 from ..model.config import SchedulerConfig
+from ..visual_tokenizer.geometry import VisualGeometry
 
 
 def branches(guidance: float, t: float = 0.0, guidance_trunc: float = 1.0) -> int:
@@ -74,6 +75,11 @@ class GenerationSettings(FieldMapping):
     def build(cls, settings: Optional["GenerationSettings"] = None, **changes) -> "GenerationSettings":
         """`settings` (default: the defaults above) with `changes` applied; an unknown name is a TypeError."""
         return replace(settings or cls(), **changes)
+
+    def latent_shape(self, geometry: VisualGeometry) -> tuple[int, int, int]:
+        """(T, h, w) latent tokens of this clip under a tokenizer's strides: where frames and size become tokens,
+        their rules checked against the checkpoint (one line naming the value if one is broken)."""
+        return geometry.latent_shape(self.frames, self.height, self.width)
 
     def branches_at(self, t: float) -> int:
         return branches(self.guidance, t, self.guidance_trunc)

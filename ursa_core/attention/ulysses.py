@@ -2,7 +2,7 @@
 `torch.distributed.all_to_all_single` per tensor, attends the whole sequence with 1/n of the heads through the
 kernel it would use alone, and swaps back (uneven row counts allowed: URSA's 321 + T*h*w rows rarely divide).
 
-Registered as the attention backend "ulysses" (attention.py); it is usable only while
+Registered as the attention backend "ulysses" (backends.py); it is usable only while
 parallel.distributed.sharded_attention has activated the shards of a forward, so nobody picks it by hand.
 """
 from __future__ import annotations
