@@ -28,12 +28,13 @@ class CountingForwards:
     """Counts the forwards a transformer runs and on which threads."""
 
     def __init__(self, transformer):
-        self.calls, self.threads, self._forward = 0, set(), transformer.hidden_states
+        self.calls, self.threads, self.modes, self._forward = 0, set(), set(), transformer.hidden_states
         transformer.hidden_states = self
 
     def __call__(self, *args, **kwargs):
         self.calls += 1
         self.threads.add(threading.current_thread().name)
+        self.modes.add((torch.is_inference_mode_enabled(), torch.is_grad_enabled()))
         return self._forward(*args, **kwargs)
 
 
@@ -247,3 +248,17 @@ def test_branch_split_with_every_speed_option_on_each_handle(tiny_model):
     counter = CountingForwards(second.transformer)
     split = generate(first, "a red fox", settings=SETTINGS, parallel=BranchSplit(second)).tokens
     assert torch.equal(split, one) and counter.calls == 3 and counter.threads == {"ursa-device"}
+
+
+def test_threads_run_in_the_callers_inference_mode(tiny_model):
+    """ComfyUI runs a whole prompt under torch.inference_mode, which torch keeps per thread: the device threads run
+    in it too (as the node's thread does), with block swap refilling its slots there."""
+    from ursa_core.runtime.speed import Placement, SpeedOptions, with_speed
+
+    with torch.inference_mode():
+        handles = [with_speed(tiny_model, SpeedOptions(low_vram="stream"), Placement.single("cpu")) for _ in range(2)]
+        counters = [CountingForwards(h.transformer) for h in handles]
+        runs = generate_samples(handles, 2, SETTINGS, strategy="samples", prompt="a red fox")
+        split = fox(handles[0], parallel=BranchSplit(handles[1]))
+    assert counters[1].threads == {"ursa-device"} and counters[1].modes == {(True, False)}
+    assert torch.equal(runs[0].tokens, fox(tiny_model)) and torch.equal(split, fox(tiny_model))

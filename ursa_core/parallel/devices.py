@@ -62,12 +62,13 @@ class _Stopped(Exception):
 
 
 def _bound(calls: Sequence[Callable[[], T]], devices: Sequence[torch.device]) -> list[Callable[[], T]]:
-    """The calls as the calling thread would run them: its grad mode (per thread in torch) and their device."""
-    grad = torch.is_grad_enabled()
+    """The calls as the calling thread would run them: its grad and inference modes (per thread in torch; ComfyUI
+    runs a whole prompt under inference_mode) and their device current."""
+    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
 
     def bind(call: Callable[[], T], device: torch.device) -> Callable[[], T]:
         def run() -> T:
-            with torch.set_grad_enabled(grad), on_device(device):
+            with torch.inference_mode(inference), torch.set_grad_enabled(grad), on_device(device):
                 return call()
         return run
     return [bind(call, device) for call, device in zip(calls, devices)]
