@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -13,7 +13,8 @@ import comfy.utils
 import folder_paths
 import torch
 
-from ursa_core.checkpoint.loader import URSAModel, is_ursa_folder, load_model, resolve_dtype
+from ursa_core.checkpoint.loader import (URSAModel, is_ursa_folder, layout_gaps, load_model, looks_like_ursa,
+                                        resolve_dtype)
 from ursa_core.errors import InputError
 from ursa_core.files.token_io import model_identity
 from ursa_core.runtime.loader_options import placement_device
@@ -23,6 +24,7 @@ from ursa_core.sampling.preview import token_colors
 log = logging.getLogger(__name__)
 MODEL_FOLDER_KEY = "ursa"
 SEARCH_DEPTH = 2  # models/ursa/<name> or models/ursa/<org>/<name>
+PREVIEW_MAX_SIDE = 2048  # the sampler preview at pixel size up to here (a JPEG of flat blocks: cheap per step)
 DOWNLOAD_HINT = ("download one: hf download BAAI/URSA-1.7B-FSQ320 --local-dir ComfyUI/models/ursa/URSA-1.7B-FSQ320 "
                  "(or: python -m ursa_core download BAAI/URSA-1.7B-FSQ320 --dir ComfyUI/models/ursa)")
 
@@ -40,32 +42,52 @@ def model_search_dirs() -> list[str]:
     return dirs
 
 
-def list_model_folders() -> list[str]:
-    """URSA checkpoint folders (other diffusers folders are left out), relative to their search dir, with '/'."""
-    found: set[str] = set()
+def _model_folders() -> dict[str, Path]:
+    """Listed name -> folder of every URSA checkpoint folder, complete or not (a half-downloaded one is listed so
+    that choosing it can say what is missing); other diffusers folders are left out. The first search dir wins."""
+    found: dict[str, Path] = {}
     for base in map(Path, model_search_dirs()):
         if not base.is_dir():
             continue
         for depth in range(1, SEARCH_DEPTH + 1):
-            for index in base.glob("/".join(["*"] * depth) + "/model_index.json"):
-                if is_ursa_folder(index.parent):
-                    found.add(index.parent.relative_to(base).as_posix())
-    return sorted(found)
+            for folder in sorted(p for p in base.glob("/".join(["*"] * depth)) if p.is_dir()):
+                if looks_like_ursa(folder):
+                    found.setdefault(folder.relative_to(base).as_posix(), folder)
+    return found
 
 
-def missing_model_message(name: str) -> str:
-    available = list_model_folders()
-    if not available:
-        return f"model folder {name!r}: no URSA checkpoint folder in {model_search_dirs()}; {DOWNLOAD_HINT}"
-    return f"model folder {name!r} not found in {model_search_dirs()}; available: {available}"
+def list_model_folders() -> list[str]:
+    """The loader's model_name options: URSA checkpoint folders relative to their search dir, with '/'."""
+    return sorted(_model_folders())
+
+
+def completion_command(folder: Path) -> str:
+    """The command that fetches what a checkpoint folder lacks (hf download keeps the files already there)."""
+    repo = f"BAAI/{folder.name}" if folder.name.startswith("URSA-") else "<the Hugging Face repo it came from>"
+    return f"hf download {repo} --local-dir {folder}"
+
+
+def model_folder_problem(name: str) -> str | None:
+    """None for a complete URSA checkpoint folder, else one line: not found (with the download command) or
+    incomplete (what is missing and the command that completes it)."""
+    folder = _model_folders().get(name)
+    if folder is None:
+        available = list_model_folders()
+        return (f"model folder {name!r} not found in {model_search_dirs()}; available: {available or 'none yet'}; "
+                f"{DOWNLOAD_HINT}")
+    gaps = layout_gaps(folder)
+    if not gaps and is_ursa_folder(folder):
+        return None
+    shown = ", ".join(gaps[:4]) + (f" and {len(gaps) - 4} more" if len(gaps) > 4 else "")
+    return (f"model folder {name!r} is incomplete (a download that stopped?): missing {shown or 'URSA configs'}; "
+            f"complete it with: {completion_command(folder)}")
 
 
 def model_folder_path(name: str) -> Path:
-    for base in map(Path, model_search_dirs()):
-        candidate = base / name
-        if is_ursa_folder(candidate):
-            return candidate
-    raise InputError(missing_model_message(name))
+    problem = model_folder_problem(name)
+    if problem:
+        raise InputError(problem)
+    return _model_folders()[name]
 
 
 def load_fully(patchers: list, memory_required: int = 0) -> None:
@@ -79,14 +101,17 @@ def load_fully(patchers: list, memory_required: int = 0) -> None:
 @dataclass
 class LoadedURSA:
     """What URSA_MODEL carries: a handle of the model (the loader's speed options applied) and the ModelPatcher
-    ComfyUI moves between devices; the model as loaded and the options, to make handles on other devices; and,
-    after URSA Devices, the handles on its other devices and how work is shared between them."""
+    ComfyUI moves between devices; the model as loaded and the options, to make handles on other devices; after
+    URSA Devices, the handles on its other devices and how work is shared between them; and the latent shapes its
+    compiled layers were compiled for (a new shape compiles again)."""
     model: URSAModel
     patcher: object
     loaded: Optional[URSAModel] = None   # the handles share its weights (runtime/speed.with_speed)
     options: SpeedOptions = SpeedOptions()
     copies: tuple = ()                   # LoadedURSA handles on the other listed devices, in list order
     strategy: str = "auto"               # rules.DEVICE_STRATEGIES
+    compiled: bool = False
+    compiled_shapes: set = field(default_factory=set)
 
     @property
     def handles(self) -> tuple:
@@ -97,6 +122,14 @@ class LoadedURSA:
         (ComfyUI unloads other models there)."""
         load_fully([handle.patcher for handle in self.handles], memory_required)
         return self.model.device
+
+    def first_compiled_run(self, latent_shape: tuple) -> bool:
+        """True once per shape of a compiled model: its first step compiles (~15-20 s on an H100; every device's
+        handle compiles its own, at the same time)."""
+        if not self.compiled or latent_shape in self.compiled_shapes:
+            return False
+        self.compiled_shapes.add(latent_shape)
+        return True
 
 
 @dataclass
@@ -141,7 +174,7 @@ def handle_on(loaded: URSAModel, options: SpeedOptions, device) -> LoadedURSA:
     offload_device = mm.unet_offload_device()
     model = with_speed(loaded, options, placement(device, offload_device))
     patcher = comfy.model_patcher.ModelPatcher(model.transformer, load_device=device, offload_device=offload_device)
-    return LoadedURSA(model, patcher, loaded, options)
+    return LoadedURSA(model, patcher, loaded, options, compiled=options.compile)
 
 
 def on_devices(handle: LoadedURSA, devices: list[torch.device], strategy: str) -> LoadedURSA:
@@ -169,13 +202,31 @@ def placement(load_device, offload_device) -> Placement:
     return Placement(torch.device(load_device), torch.device(offload_device), text, free, vram)
 
 
-class StepProgress:
-    """ComfyUI progress (and the cancel point: every update raises if the user pressed cancel)."""
+class NodeText:
+    """A line of text drawn on a node: core's progress text (what GetImageSize uses to show a size), which the
+    frontend keeps on the node after the run. Nothing is sent without the node's id (a node run outside a graph)."""
 
-    def __init__(self, total: int, codebook: Optional[torch.Tensor] = None, node_id: Optional[str] = None):
+    def __init__(self, node_id: Optional[str], line: str):
+        self.node_id, self.line = node_id, line
+
+    def show(self, extra: Optional[str] = None) -> None:
+        from server import PromptServer  # ComfyUI's server module: only inside a running ComfyUI
+
+        if self.node_id is not None and PromptServer.instance is not None:
+            PromptServer.instance.send_progress_text(f"{self.line} · {extra}" if extra else self.line, self.node_id)
+
+
+class StepProgress:
+    """ComfyUI progress (and the cancel point: every update raises if the user pressed cancel). The preview is
+    drawn at the clip's pixel size (`pixel_scale` pixels per token, capped at PREVIEW_MAX_SIDE): the frontend
+    labels it with the image's size, which core's upscaling to --preview-size would make wrong."""
+
+    def __init__(self, total: int, codebook: Optional[torch.Tensor] = None, node_id: Optional[str] = None,
+                 pixel_scale: int = 8):
         self.bar = comfy.utils.ProgressBar(total, node_id=node_id)
         self.total = total
         self.codebook = codebook
+        self.pixel_scale = pixel_scale
         self.done = 0
 
     def advance(self, preview_tokens: Optional[torch.Tensor] = None) -> None:
@@ -187,8 +238,10 @@ class StepProgress:
             return None
         from PIL import Image
 
-        rgb = token_colors(self.codebook, tokens[0, 0])
-        return ("JPEG", Image.fromarray((rgb.numpy() * 255).astype("uint8")), 512)
+        h, w = tokens.shape[-2:]
+        scale = max(1, min(self.pixel_scale, PREVIEW_MAX_SIDE // max(h, w)))
+        rgb = token_colors(self.codebook, tokens[0, 0], scale=scale)
+        return ("JPEG", Image.fromarray((rgb.numpy() * 255).astype("uint8")), None)  # None: sent as drawn
 
 
 def check_interrupt() -> None:

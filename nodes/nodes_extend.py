@@ -13,7 +13,7 @@ from ursa_core.sampling.settings import GenerationSettings
 
 from . import glue
 from .types import URSACond, URSAModel, URSATokens
-from .widgets import sampling_inputs
+from .widgets import float_input, sampling_inputs
 
 
 def run_extension(model, conditioning, tokens: TokenClip, windows, window_frames, overlap, carry_start,
@@ -62,9 +62,9 @@ class URSAExtendVideo(io.ComfyNode):
                              tooltip="Latent frames carried from the end of the clip into each window (4 latent "
                                      "frames = 13 pixel frames, as URSA's loop)."),
                 *sampling_inputs(steps=50),
-                io.Float.Input("carry_start", default=1.0, min=0.0, max=1.0, step=0.01,
-                               tooltip="Start time of the carried frames: 1 = kept exactly; 0.9 = lightly "
-                                       "noised so the seam can adapt (URSA's loop uses 0.9)."),
+                float_input("carry_start", 1.0, *rules.UNIT_RANGE, step=0.01,
+                            tooltip="Start time of the carried frames: 1 = kept exactly; 0.9 = lightly noised so "
+                                    "the seam can adapt (URSA's loop uses 0.9)."),
                 io.String.Input("window_prompts", multiline=True, default="", optional=True,
                                 tooltip="Optional: one prompt per line, line i for window i (the last line "
                                         "repeats). Empty = the conditioning's prompt for every window."),
@@ -76,9 +76,10 @@ class URSAExtendVideo(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, window_frames=None, cfg=None, guidance_trunc=None, carry_start=None):
-        return rules.check_node_inputs(window_frames=window_frames, cfg=cfg, guidance_trunc=guidance_trunc,
-                                       carry_start=carry_start)
+    def validate_inputs(cls, window_frames=None):
+        # Only window_frames (see widgets.py); the overlap rule ties two inputs and is checked when the node runs.
+        return window_frames is None or rules.first_problem(
+            lambda: rules.frames(window_frames, name="window_frames", min_latents=2))
 
     @classmethod
     def execute(cls, model, conditioning, tokens, windows, window_frames, overlap, seed, steps, cfg,

@@ -8,9 +8,10 @@ from comfy_api.latest import io
 
 from ursa_core import rules
 from ursa_core.attention import backends as attention_backends
+from ursa_core.errors import InputError
 from ursa_core.runtime.loader_options import LOW_VRAM_MODES, MAX_BLOCKS, check_loader_options, device_choices
 from ursa_core.runtime.speed import SpeedOptions
-from ursa_core.runtime.weight_dtype import STORAGE_DTYPES, check_weight_dtype
+from ursa_core.runtime.weight_dtype import STORAGE_DTYPES
 
 from . import glue
 from .types import URSAModel, URSAVQ
@@ -33,8 +34,9 @@ class URSAModelLoader(io.ComfyNode):
             inputs=[
                 io.Combo.Input("model_name", options=glue.list_model_folders(),
                                tooltip="URSA checkpoint folder under models/ursa/ (only folders whose configs are "
-                                       "URSA's are listed), e.g. URSA-1.7B-FSQ320 for video or URSA-1.7B-IBQ1024 "
-                                       "for 1024px images. None yet? " + glue.DOWNLOAD_HINT),
+                                       "URSA's are listed; one whose download stopped is listed too, and choosing "
+                                       "it says what is missing), e.g. URSA-1.7B-FSQ320 for video or "
+                                       "URSA-1.7B-IBQ1024 for 1024px images. None yet? " + glue.DOWNLOAD_HINT),
                 io.Combo.Input("dtype", options=DTYPES, default="auto",
                                tooltip="Compute dtype (and storage dtype when weight_dtype is default). auto = bf16 "
                                        "on GPUs that support it, else fp16; fp32 on CPU."),
@@ -79,17 +81,10 @@ class URSAModelLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, model_name=None, attention=None, weight_dtype=None, low_vram=None, blocks_on_gpu=None,
-                        vq_device=None, compile=None, text_device=None):
-        # Naming model_name here turns off core's COMBO check, so this checks membership itself (same for the others).
-        if attention is not None:
-            checked = rules.first_problem(lambda: rules.attention(attention, glue.compute_device()))
-            if checked is not True:
-                return checked
-        if model_name is not None and model_name not in glue.list_model_folders():
-            return glue.missing_model_message(model_name)
-        return ((weight_dtype is not None and check_weight_dtype(weight_dtype))
-                or check_loader_options(low_vram, blocks_on_gpu, vq_device, text_device) or True)
+    def validate_inputs(cls, model_name=None):
+        # Only model_name: ComfyUI files the answer under every input named here (nodes/widgets.py). The other
+        # combos are core's membership checks (their options are what this machine can run).
+        return model_name is None or glue.model_folder_problem(model_name) or True
 
     @classmethod
     def fingerprint_inputs(cls, model_name=None, **options):
@@ -99,6 +94,9 @@ class URSAModelLoader(io.ComfyNode):
     @classmethod
     def execute(cls, model_name, dtype, attention="auto", compile=False, weight_dtype="default", low_vram="auto",
                 blocks_on_gpu=0, vq_device="default", text_device="default") -> io.NodeOutput:
+        problem = check_loader_options(low_vram, blocks_on_gpu, vq_device, text_device)
+        if problem:  # core checked each widget against its own list/range; this is the same rule, before loading
+            raise InputError(problem)
         options = SpeedOptions(attention=attention, compile=compile, weight_dtype=weight_dtype, low_vram=low_vram,
                                blocks_on_gpu=blocks_on_gpu, vq_device=vq_device, text_device=text_device)
         model, vq = glue.load_ursa(model_name, dtype, options)

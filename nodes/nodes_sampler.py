@@ -1,6 +1,8 @@
 """URSASampler: metric-path discrete diffusion sampling -> URSA_TOKENS."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from comfy_api.latest import io
 
@@ -15,43 +17,99 @@ from . import glue
 from .types import URSACond, URSAModel, URSASchedule, URSATokens
 from .widgets import path_inputs, sampling_inputs, size_inputs
 
+GIVEN_WINS = ("For text-only runs: with a Frame Schedule or given_tokens connected, the clip takes their frame count "
+              "and size (shown on the node after a run).")
+
+
 def checkpoint_default(value: float):
     return None if value <= 0 else value
 
 
+@dataclass(frozen=True)
+class ClipSize:
+    """What the sampler makes, in pixels, and what set it ("" = its own widgets)."""
+    frames: int
+    width: int
+    height: int
+    source: str = ""
+
+    def describe(self, frames: int, width: int, height: int) -> str:
+        """The line shown on the node; says when the widgets (given here) are not what was used."""
+        line = f"{self.width}×{self.height} px, {self.frames} frame{'s' * (self.frames != 1)}"
+        if (self.frames, self.width, self.height) == (frames, width, height):
+            return line
+        return (f"{line} from {self.source} (wins over this node's {width}×{height}, {frames} frame"
+                f"{'s' * (frames != 1)}, which are for text-only runs)")
+
+
+def clip_size(geometry, frames: int, width: int, height: int, scheduled=None, given_tokens=None) -> ClipSize:
+    """The tokens the sampler is given set the clip, as core's video nodes read a latent's size: the Frame
+    Schedule's frame count and tokens, else given_tokens' size. Its own widgets set what nothing given sets."""
+    stride = geometry.spatial_stride
+    spatial, spatial_from = None, ""
+    if scheduled is not None and scheduled.given is not None:
+        spatial, spatial_from = tuple(scheduled.given.shape[2:]), "the Frame Schedule"
+    if given_tokens is not None:
+        spatial, spatial_from = _given_size(given_tokens.shape, spatial, stride), spatial_from or "given_tokens"
+    if scheduled is not None:
+        latent_frames, frames_from = scheduled.schedule.num_frames, "the Frame Schedule"
+    else:
+        latent_frames, frames_from = rules.latent_frames(frames, geometry.temporal_stride), ""
+    if given_tokens is not None and given_tokens.shape[1] > latent_frames:
+        raise InputError(f"given_tokens have {given_tokens.shape[1]} latent frames but the clip has {latent_frames} "
+                         f"(frames={geometry.pixel_frames(latent_frames)}, set by {frames_from or 'the sampler'}): "
+                         f"use a longer clip or fewer given frames")
+    if spatial is None:
+        geometry.latent_shape(1, height, width)  # the widgets set the size: the model's stride applies to them
+        spatial = (height // stride, width // stride)
+    source = " and ".join(dict.fromkeys(s for s in (frames_from, spatial_from) if s))
+    return ClipSize(geometry.pixel_frames(latent_frames), spatial[1] * stride, spatial[0] * stride, source)
+
+
+def _given_size(shape, schedule_spatial, stride: int) -> tuple[int, int]:
+    if len(shape) != 4:
+        raise InputError(f"given_tokens must be [batch, latent frames, h, w], got {list(shape)}")
+    spatial = tuple(shape[2:])
+    if schedule_spatial is not None and spatial != schedule_spatial:
+        raise InputError(f"given_tokens are {spatial[1] * stride}x{spatial[0] * stride} px but the Frame Schedule's "
+                         f"tokens are {schedule_spatial[1] * stride}x{schedule_spatial[0] * stride} px: encode both "
+                         f"at the same width and height")
+    return spatial
+
+
 def run_sampler(model, conditioning, settings: GenerationSettings, schedule=None, given_tokens=None,
-                preview=False, batch_size: int = 1) -> TokenClip:
-    """`batch_size` samples (sample i with seed + i) over the model's devices (URSA Devices; one device without)."""
+                preview=False, node_id=None, batch_size: int = 1) -> TokenClip:
+    """`settings` hold the node's widgets; the clip takes its frame count and size from what it is given.
+    `batch_size` samples (sample i with seed + i) spread over the model's devices (URSA Devices; one without)."""
     core = model.model
-    # the model's own strides, before any weight moves
-    latent_shape = settings.latent_shape(core.geometry)
+    size = clip_size(core.geometry, settings.frames, settings.width, settings.height, schedule,  # before weights move
+                     None if given_tokens is None else given_tokens.tokens)
+    used = GenerationSettings.build(settings, frames=size.frames, width=size.width, height=size.height)
+    latent_shape = used.latent_shape(core.geometry)
     sched, given = (None, None) if schedule is None else (schedule.schedule, schedule.given)
     if given_tokens is not None:
         check_identity(given_tokens.identity, model_identity(core), "given_tokens")
         given = _merge_given(given, given_tokens.tokens, latent_shape)
-    prompt_ids = conditioning.ids_for(settings.frames)
-    need = sampling_memory(core, latent_shape, prompt_ids[0].shape[0], settings.guidance, glue.compute_device())
+    prompt_ids = conditioning.ids_for(size.frames)
+    need = sampling_memory(core, latent_shape, prompt_ids[0].shape[0], used.guidance, glue.compute_device())
     model.to_compute_device(memory_required=need.total)
-    progress = glue.StepProgress(settings.steps * batch_size, core.path.unit if preview else None)
+    status = glue.NodeText(node_id, size.describe(settings.frames, settings.width, settings.height))
+    progress = glue.StepProgress(used.steps * batch_size, core.path.unit if preview else None,
+                                 pixel_scale=core.geometry.spatial_stride)
+    compiling = model.first_compiled_run(latent_shape)
+    status.show("compiling the layers for this size (first run)…" if compiling else None)
 
     def on_step(sample: int, info: StepInfo) -> None:
+        if compiling and info.step == 0:
+            status.show()
         progress.advance(info.predicted if preview else None)
-    runs = generate_samples([handle.model for handle in model.handles], batch_size, settings, strategy=model.strategy,
+    runs = generate_samples([handle.model for handle in model.handles], batch_size, used, strategy=model.strategy,
                             prompt_ids=prompt_ids, schedule=sched, given_tokens=given, callback=on_step)
     return TokenClip(torch.cat([run.tokens for run in runs]), core.geometry.fps, model_identity(core))
 
 
 def _merge_given(given, extra, latent_shape):
     """given_tokens fill the clip from frame 0 (a full clip, or its first frames), over the schedule's tokens."""
-    if extra.ndim != 4:
-        raise InputError(f"given_tokens must be [batch, latent frames, h, w], got {list(extra.shape)}")
-    if tuple(extra.shape[2:]) != tuple(latent_shape[1:]):
-        raise InputError(f"given_tokens are {extra.shape[3]}x{extra.shape[2]} latent tokens (w x h) but the sampler's "
-                         f"width x height needs {latent_shape[2]}x{latent_shape[1]}: encode them at the sampler's "
-                         f"size")
-    if extra.shape[1] > latent_shape[0]:
-        raise InputError(f"given_tokens have {extra.shape[1]} latent frames but the sampler's frames make "
-                         f"{latent_shape[0]}: use a longer clip or fewer given frames")
     merged = extra.new_zeros(extra.shape[0], *latent_shape) if given is None else given.clone()
     merged[:, :extra.shape[1]] = extra
     return merged
@@ -70,8 +128,8 @@ class URSASampler(io.ComfyNode):
                 URSACond.Input("conditioning", tooltip="From URSA Text Encode."),
                 *sampling_inputs(),
                 io.Int.Input("frames", default=1, min=1, max=rules.MAX_FRAMES, step=4,
-                             tooltip="Pixel frames: 1 = image, 1 + 4k for video (49 = 4 s at 12 fps)."),
-                *size_inputs(),
+                             tooltip="Pixel frames: 1 = image, 1 + 4k for video (49 = 4 s at 12 fps). " + GIVEN_WINS),
+                *size_inputs(note=GIVEN_WINS),
                 *path_inputs(),
                 URSASchedule.Input("schedule", optional=True,
                                    tooltip="Frame-wise start times and given frames (URSA Frame Schedule). "
@@ -91,14 +149,14 @@ class URSASampler(io.ComfyNode):
                                                                       "Decode (one IMAGE batch, samples in order), "
                                                                       "extend with URSA Extend Video or keep with "
                                                                       "URSA Save Tokens.")],
+            hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
-    def validate_inputs(cls, frames=None, width=None, height=None, cfg=None, guidance_trunc=None, c=None, alpha=None,
-                        shift=None, batch_size=None):
-        return rules.check_node_inputs(frames=frames, width=width, height=height, cfg=cfg,
-                                       guidance_trunc=guidance_trunc, c=c, alpha=alpha, shift=shift,
-                                       batch_size=batch_size)
+    def validate_inputs(cls, frames=None):
+        # Only frames: ComfyUI files the answer under every input named here (see widgets.py). Ranges and NaN are
+        # core's check; the size's stride is the checkpoint's, checked when the sampler runs.
+        return frames is None or rules.first_problem(lambda: rules.frames(frames))
 
     @classmethod
     def execute(cls, model, conditioning, seed, steps, cfg, guidance_trunc, frames, width, height, c, alpha,
@@ -106,5 +164,6 @@ class URSASampler(io.ComfyNode):
         settings = GenerationSettings(frames=frames, height=height, width=width, seed=seed, steps=steps,
                                       guidance=cfg, guidance_trunc=guidance_trunc, c=checkpoint_default(c),
                                       alpha=checkpoint_default(alpha), shift=checkpoint_default(shift))
-        clip = run_sampler(model, conditioning, settings, schedule, given_tokens, preview, batch_size)
+        clip = run_sampler(model, conditioning, settings, schedule, given_tokens, preview, cls.hidden.unique_id,
+                           batch_size)
         return io.NodeOutput(clip)

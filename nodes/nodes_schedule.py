@@ -4,10 +4,26 @@ from __future__ import annotations
 from comfy_api.latest import io, ui
 
 from ursa_core import rules
-from ursa_core.path.schedule import SCHEDULE_MODES, build_schedule
+from ursa_core.errors import InputError
+from ursa_core.path.schedule import MODE_ONLY_INPUTS, SCHEDULE_MODES, build_schedule
 from ursa_core.sampling.preview import schedule_diagram
 
 from .types import URSASchedule, URSATokens
+from .widgets import float_input
+
+MODES_OPTION = "ursa_modes"  # read by web/js/ursa.js (shows the input in these modes only) and make_workflows.py
+
+
+def shown_in_modes(name: str) -> dict:
+    return {MODES_OPTION: list(MODE_ONLY_INPUTS[name])}
+
+
+def check_interpolation_length(mode: str, frames: int, start_time: float) -> None:
+    if mode == "interpolation" and frames < 9 and start_time >= 1:
+        raise InputError(f"frames={frames} with mode='interpolation' and start_time={start_time:g} holds every "
+                         f"latent frame (the first and the last are all there is): use 9 frames or more, or a "
+                         f"start_time below 1")
+
 
 class URSAFrameSchedule(io.ComfyNode):
     @classmethod
@@ -25,16 +41,19 @@ class URSAFrameSchedule(io.ComfyNode):
                                        "and last; extension = the first given_frames (from the end of "
                                        "start_tokens); custom keyframes = the 'keyframes' list."),
                 io.Int.Input("frames", default=49, min=1, max=rules.MAX_FRAMES, step=4,
-                             tooltip="Pixel frames of the clip, 1 + 4k; must equal the sampler's frames."),
-                io.Float.Input("start_time", default=1.0, min=0.0, max=1.0, step=0.01,
-                               tooltip="Start time of the given frames: 1.0 = kept exactly; 0.9 = lightly "
-                                       "noised so they can adapt (the reference's cond_noise_scale 0.1)."),
+                             tooltip="Pixel frames of the clip, 1 + 4k. The sampler makes this many (its own "
+                                     "frames widget is for text-only runs)."),
+                float_input("start_time", 1.0, *rules.UNIT_RANGE, step=0.01,
+                            tooltip="Start time of the given frames: 1.0 = kept exactly; 0.9 = lightly noised so "
+                                    "they can adapt (the reference's cond_noise_scale 0.1)."),
                 io.Int.Input("given_frames", default=4, min=1, max=rules.MAX_CARRIED,
-                             tooltip="extension only: how many latent frames are carried over (4 latent "
-                                     "frames = 13 pixel frames, as the URSA extension loop)."),
-                io.String.Input("keyframes", default="0:1.0, -1:1.0",
-                                tooltip="custom keyframes only: 'latent_index:start_time' pairs, comma separated; "
-                                        "negative indices count from the end (-1 = last latent frame)."),
+                             extra_dict=shown_in_modes("given_frames"),
+                             tooltip="extension only (shown in that mode): how many latent frames are carried "
+                                     "over (4 latent frames = 13 pixel frames, as the URSA extension loop)."),
+                io.String.Input("keyframes", default="0:1.0, -1:1.0", extra_dict=shown_in_modes("keyframes"),
+                                tooltip="custom keyframes only (shown in that mode): 'latent_index:start_time' "
+                                        "pairs, comma separated; negative indices count from the end (-1 = last "
+                                        "latent frame)."),
                 URSATokens.Input("start_tokens", optional=True,
                                  tooltip="Tokens of the first image (image-to-video, interpolation), the clip to "
                                          "continue (extension) or the keyframes (custom)."),
@@ -51,21 +70,15 @@ class URSAFrameSchedule(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, frames=None, mode=None, start_time=None):
-        # Naming these inputs turns off core's own checks for them, so their rules (ursa_core.rules) apply here.
-        checked = rules.check_node_inputs(frames=frames, start_time=start_time)
-        if checked is not True:
-            return checked
-        if mode is not None and mode not in SCHEDULE_MODES:
-            return f"mode={mode!r} is not allowed: use one of {', '.join(SCHEDULE_MODES)}"
-        if mode == "interpolation" and frames is not None and frames < 9 and (start_time is None or start_time >= 1):
-            return (f"frames={frames} with interpolation holds every latent frame (first and last are all there "
-                    f"is): use 9 frames or more, or a start_time below 1")
-        return True
+    def validate_inputs(cls, frames=None):
+        # Only frames: ComfyUI files the answer under every input named here (see widgets.py); mode and start_time
+        # are core's checks, and the rule tying mode, frames and start_time is checked when the node runs.
+        return frames is None or rules.first_problem(lambda: rules.frames(frames))
 
     @classmethod
     def execute(cls, mode, frames, start_time, given_frames, keyframes, start_tokens=None, end_tokens=None,
                 hold=True) -> io.NodeOutput:
+        check_interpolation_length(mode, frames, start_time)
         scheduled = build_schedule(mode, rules.latent_frames(frames), start_time=start_time, given_frames=given_frames,
                                    keyframes=keyframes, hold=hold,
                                    start_tokens=None if start_tokens is None else start_tokens.tokens,

@@ -10,6 +10,7 @@ from comfy_api.latest import io
 from ursa_core import rules
 
 from .types import URSACond, URSAModel
+from .widgets import float_input
 
 DEFAULT_NEGATIVE = ""
 
@@ -50,19 +51,14 @@ class URSATextEncode(io.ComfyNode):
                                 tooltip="Guidance pushes away from this. Empty (the default) is the model's "
                                         "unconditional prompt. The URSA demos use 'worst quality, low quality, "
                                         "inconsistent motion, static, still, blurry, jittery, distorted, ugly'."),
-                io.Float.Input("motion_score", default=rules.DEFAULT_MOTION, min=rules.MOTION_RANGE[0],
-                               max=rules.MOTION_RANGE[1], step=0.5,
-                               tooltip="Video only: how much motion (URSA demos: 9 for T2V/I2V, 5 for "
-                                       "extension). 0 = no motion prefix. Ignored for single images."),
+                float_input("motion_score", rules.DEFAULT_MOTION, *rules.MOTION_RANGE, step=0.5,
+                            tooltip="Video only: how much motion (URSA demos: 9 for T2V/I2V, 5 for extension). 0 = "
+                                    "no motion prefix. Ignored for single images."),
             ],
             outputs=[URSACond.Output(display_name="conditioning", tooltip="Prompt and negative prompt token ids (with "
                                                                           "and without the motion prefix): connect to "
                                                                           "URSA Sampler or URSA Extend Video.")],
         )
-
-    @classmethod
-    def validate_inputs(cls, motion_score=None):
-        return rules.check_node_inputs(motion_score=motion_score)
 
     @classmethod
     def execute(cls, model, prompt, negative_prompt, motion_score) -> io.NodeOutput:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from ursa_core import rules
 from ursa_core.files.media import RESIZE_MODES
 from ursa_core.files.token_io import TokenClip, check_identity
 from ursa_core.visual_tokenizer.codec import decode_images, encode_images
@@ -12,6 +11,7 @@ from ursa_core.visual_tokenizer.codec import decode_images, encode_images
 from . import glue
 from .types import URSATokens, URSAVQ
 from .widgets import size_inputs
+
 
 def encode_clip(vq_handle, images: torch.Tensor, width: int, height: int, resize_mode: str) -> TokenClip:
     frames = images.shape[0] if images.ndim == 4 else 1
@@ -40,10 +40,6 @@ class URSATokenizerEncode(io.ComfyNode):
                                                                       "URSA Frame Schedule (given frames) or URSA "
                                                                       "Sampler's given_tokens.")],
         )
-
-    @classmethod
-    def validate_inputs(cls, width=None, height=None):
-        return rules.check_node_inputs(width=width, height=height)
 
     @classmethod
     def execute(cls, vq, image, width, height, resize_mode) -> io.NodeOutput:

@@ -4,15 +4,17 @@ from __future__ import annotations
 import os
 
 import folder_paths
-from comfy_api.latest import io, ui
+from comfy_api.latest import io
 
 from ursa_core.errors import InputError
-from ursa_core.files.contained import list_contained, resolve_contained
+from ursa_core.files.contained import annotated_name, list_contained, resolve_contained
 from ursa_core.files.token_io import TokenClip, load_tokens, save_tokens
 
+from . import glue
 from .types import URSATokens
 
 SUBFOLDER_HINT = "ursa_tokens"
+TOKEN_FILE_UI_KEY = "ursa_token_file"  # the UI output web/js/ursa.js adds to URSA Load Tokens' list
 TOKEN_SUFFIX = ".safetensors"
 
 
@@ -36,8 +38,9 @@ class URSASaveTokens(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="URSASaveTokens", display_name="URSA Save Tokens", category="URSA/tokens",
-            description="Writes tokens to ComfyUI's output folder as .safetensors (with their fps and shape). "
-                        "Load them later with URSA Load Tokens to decode again without sampling again.",
+            description="Writes tokens to ComfyUI's output folder as .safetensors (with their fps and shape) and "
+                        "shows the saved name on the node. URSA Load Tokens lists it at once: load it later to "
+                        "decode again without sampling again.",
             inputs=[
                 URSATokens.Input("tokens", tooltip="Tokens to keep."),
                 io.String.Input("filename_prefix", default=f"{SUBFOLDER_HINT}/URSA",
@@ -45,7 +48,7 @@ class URSASaveTokens(io.ComfyNode):
             ],
             outputs=[URSATokens.Output(display_name="tokens", tooltip="The same tokens, passed through (so a decode "
                                                                       "can follow the save).")],
-            hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
+            hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo, io.Hidden.unique_id],
             is_output_node=True,
         )
 
@@ -55,8 +58,10 @@ class URSASaveTokens(io.ComfyNode):
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, out_dir)
         path = save_tokens(tokens.tokens, os.path.join(folder, f"{name}_{counter:05}_.safetensors"),
                            identity=tokens.identity, fps=tokens.fps, shape=list(tokens.tokens.shape))
-        shown = f"{subfolder}/{path.name}" if subfolder else path.name
-        return io.NodeOutput(tokens, ui=ui.PreviewText(f"saved {shown} [output]"))
+        entry = annotated_name(f"{subfolder}/{path.name}" if subfolder else path.name, "output")
+        glue.NodeText(cls.hidden.unique_id, f"saved {entry}").show()
+        # "text" for the history; "ursa_token_file" is read by web/js/ursa.js to list the file in URSA Load Tokens.
+        return io.NodeOutput(tokens, ui={"text": [f"saved {entry}"], TOKEN_FILE_UI_KEY: [entry]})
 
 
 class URSALoadTokens(io.ComfyNode):

@@ -3,7 +3,7 @@
 
 Stdlib only (urllib + json); progress is followed by polling ``GET /queue`` and ``GET /history/<id>``.
 
-    python scripts/comfy_queue.py example_workflows/api/ursa_t2v.json --server http://127.0.0.1:8188 \
+    python scripts/comfy_queue.py workflows/api/ursa_t2v.json --server http://127.0.0.1:8188 \
         --set "URSA Prompt.prompt=a fox in snow" --set "URSA Sampler.seed=42" --out out/ --timeout 1800
 
 ``--set TITLE.INPUT=VALUE`` targets the node whose ``_meta.title`` is TITLE (falls back to a node id or a

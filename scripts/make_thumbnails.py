@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Template-browser thumbnails: ``example_workflows/<Title>.jpg`` beside each UI workflow.
+"""Template-browser thumbnails: ``workflows/<Title>.jpg`` beside each UI workflow.
 
 Each is a REAL output of the headless CLI on the tiny random checkpoint (``--model tiny``: noise-like pictures, not
 what the real model makes), so every thumbnail is stamped "PREVIEW - tiny random model" with the template's title.

@@ -1,17 +1,17 @@
 #!/usr/bin/env python3
 """Write the example workflows, each described ONCE below, in both ComfyUI formats:
 
-* ``example_workflows/<Title>.json``: UI format (workflow_json 0.4) for the template browser and drag & drop. The
+* ``workflows/<Title>.json``: UI format (workflow_json 0.4) for the template browser and drag & drop. The
   frontend (1.35.9) titles a custom-node template by its file name, so the file name IS the human title; the
   same-name ``.jpg`` beside it is the thumbnail (``scripts/make_thumbnails.py``);
-* ``example_workflows/api/<id>.json``: API format for ``POST /prompt`` / ``scripts/comfy_queue.py``.
+* ``workflows/api/<id>.json``: API format for ``POST /prompt`` / ``scripts/comfy_queue.py``.
 
 Widget lists come from ``scripts/node_schemas.json``, a trimmed ``/object_info`` of the URSA nodes and the core nodes
 used (refresh: ``--dump-schemas URL`` from a running ComfyUI, or ``tests/refresh_node_schemas.py``; the test suite
 fails when the snapshot differs from the node classes). Nodes are laid out from their frontend sizes on a
 (column, row) grid, in groups, with a saved view that shows the whole graph (``workflow_layout.py``).
 
-    python scripts/make_workflows.py            # (re)write example_workflows/
+    python scripts/make_workflows.py            # (re)write workflows/
     python scripts/make_workflows.py --check    # exit 1 on drift from a fresh build, overlap or off-view nodes
     python scripts/make_workflows.py --dump-schemas http://127.0.0.1:8188   # refresh node_schemas.json
 """
@@ -32,17 +32,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import workflow_layout as layout  # noqa: E402  (stdlib-only sibling)
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT_DIR = ROOT / "example_workflows"
+OUT_DIR = ROOT / "workflows"
 SCHEMAS_FILE = ROOT / "scripts" / "node_schemas.json"
-CORE_NODES_USED = ["LoadImage", "SaveImage", "CreateVideo", "SaveVideo", "ImageScaleBy"]
+CORE_NODES_USED = ["LoadImage", "SaveImage", "CreateVideo", "SaveVideo", "ImageScaleBy", "ImageFlip"]
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
-KEPT_OPTIONS = ("default", "control_after_generate", "image_upload", "forceInput", "multiline")
-# Nodes that show media under their widgets once run (the sampler: its live token preview, sent with progress;
-# the frame schedule: its diagram).
+# "ursa_modes": the modes in which the Frame Schedule shows an input (web/js/ursa.js hides it in the others).
+KEPT_OPTIONS = ("default", "control_after_generate", "image_upload", "forceInput", "multiline", "ursa_modes")
+# Room nodes take under their widgets once run: media (the sampler: its live token preview, sent with progress;
+# the frame schedule: its diagram) and core's progress text (the sampler's clip size, the saved token file).
 PREVIEW_NODES = {"LoadImage": layout.IMAGE_PREVIEW, "SaveImage": layout.IMAGE_PREVIEW,
-                 "SaveVideo": layout.VIDEO_PREVIEW, "URSASampler": layout.IMAGE_PREVIEW,
-                 "URSAFrameSchedule": layout.IMAGE_PREVIEW}
-NOTE_TYPE, NOTE_SIZE = "MarkdownNote", (400, 250)
+                 "SaveVideo": layout.VIDEO_PREVIEW, "URSASampler": layout.IMAGE_PREVIEW + layout.NODE_TEXT,
+                 "URSAFrameSchedule": layout.SCHEDULE_PREVIEW, "URSASaveTokens": layout.NODE_TEXT}
+# Room kept free below a node inside its group, for what it grows into after a run (not part of its saved size).
+GROWTH = {"SaveVideo": layout.VIDEO_SQUARE_GROWTH}
+NOTE_TYPE, NOTE_SIZE, NARROW_NOTE_SIZE = "MarkdownNote", (400, 250), (280, 250)
 
 MODEL_NAME = "URSA-1.7B-FSQ320"
 NEGATIVE = "worst quality, low quality, inconsistent motion, static, still, blurry, jittery, distorted, ugly"
@@ -76,9 +79,11 @@ def normalize_info(info: dict) -> dict:
             widget = io_type in WIDGET_TYPES and not opts.get("forceInput")
             entry = {"name": name, "type": io_type, "optional": section == "optional", "widget": widget}
             if widget:
-                extra = ("fixed" if opts.get("control_after_generate") else
+                # Seeds change after each run, as core's samplers do by default, so a second Run is not a cache hit.
+                extra = ("randomize" if opts.get("control_after_generate") else
                          "image" if opts.get("image_upload") else None)
-                entry.update(default=opts.get("default"), frontend_extra=extra, multiline=bool(opts.get("multiline")))
+                entry.update(default=opts.get("default"), frontend_extra=extra, multiline=bool(opts.get("multiline")),
+                             modes=opts.get("ursa_modes"))
             inputs.append(entry)
     names = info.get("output_name") or info.get("output", [])
     outputs = [{"name": n, "type": t} for n, t in zip(names, info.get("output", []))]
@@ -137,6 +142,11 @@ class Node:
     values: dict
     spec: dict
 
+    def shown_inputs(self) -> list[dict]:
+        """The inputs the frontend draws: without those the node's mode does not read (web/js/ursa.js)."""
+        mode = self.values.get("mode", next((i["default"] for i in self.spec["inputs"] if i["name"] == "mode"), None))
+        return [i for i in self.spec["inputs"] if not i.get("modes") or mode in i["modes"]]
+
     def __getitem__(self, name: str) -> Out:
         names = [o["name"] for o in self.spec["outputs"]]
         if name not in names:
@@ -151,10 +161,12 @@ class Graph:
     nodes: list = field(default_factory=list)
     groups: list = field(default_factory=list)  # (title, [nodes])
     note: str = ""
-    note_cell: tuple = (0, 1)  # an empty grid cell for the read-me note
+    note_cell: tuple = (1, 1)  # an empty grid cell for the read-me note (under the prompt by default)
+    note_size: tuple = NOTE_SIZE
 
     def node(self, type_: str, title: str, cell: tuple, **values) -> Node:
-        """A node at grid ``cell`` = (column, row); data flows left to right, columns and rows size to fit."""
+        """A node at grid ``cell`` = (column, row) or (column, row, rows it spans); nodes given one cell stack top to
+        bottom (one group's). Data flows left to right, and down; columns and rows size to fit."""
         spec = self.specs[type_]
         known = {i["name"]: i for i in spec["inputs"]}
         for key, value in values.items():
@@ -231,7 +243,7 @@ def _ui_node(node: Node, links: list, order: int, pos, size) -> dict:
 
 
 def _note_node(graph: Graph, node_id: int, pos) -> dict:
-    return {"id": node_id, "type": NOTE_TYPE, "title": "Read me", "pos": list(pos), "size": list(NOTE_SIZE),
+    return {"id": node_id, "type": NOTE_TYPE, "title": "Read me", "pos": list(pos), "size": list(graph.note_size),
             "flags": {}, "order": node_id - 1, "mode": 0, "inputs": [], "outputs": [], "properties": {},
             "widgets_values": [graph.note], "color": "#432", "bgcolor": "#653"}
 
@@ -240,17 +252,18 @@ def to_ui(graph: Graph) -> dict:
     """UI format: nodes on their grid cells, the read-me note in ``graph.note_cell``, groups, a fitted view."""
     links, order = _links(graph), _order(graph)
     note_id = len(graph.nodes) + 1
-    sizes = {n.id: layout.node_size(n.title, n.spec["inputs"], n.spec["outputs"], PREVIEW_NODES.get(n.type, 0))
+    sizes = {n.id: layout.node_size(n.title, n.shown_inputs(), n.spec["outputs"], PREVIEW_NODES.get(n.type, 0))
              for n in graph.nodes}
-    sizes[note_id] = NOTE_SIZE
+    sizes[note_id] = graph.note_size
     cells = {n.id: n.cell for n in graph.nodes}
     cells[note_id] = graph.note_cell
-    positions = layout.grid_positions(cells, sizes)
+    room = {nid: (w, h + GROWTH.get(n.type, 0)) for n in graph.nodes for nid, (w, h) in [(n.id, sizes[n.id])]}
+    positions = layout.grid_positions(cells, {**sizes, **room})
     ui_nodes = [_ui_node(n, links, order[n.id], positions[n.id], sizes[n.id]) for n in graph.nodes]
     ui_nodes.append(_note_node(graph, note_id, positions[note_id]))
     groups = []
     for i, (title, members) in enumerate(graph.groups):
-        rects = [layout.node_rect(positions[m.id], sizes[m.id]) for m in members]
+        rects = [layout.node_rect(positions[m.id], room[m.id]) for m in members]
         groups.append({"id": i + 1, "title": title, "bounding": layout.group_bounding(rects), "color": "#3f789e",
                        "font_size": 24, "flags": {}})
     ui_links = []
@@ -258,9 +271,10 @@ def to_ui(graph: Graph) -> dict:
         dst = next(n for n in ui_nodes if n["id"] == lk[3])
         to_slot = [i["name"] for i in dst["inputs"]].index(lk[4])
         ui_links.append([lk[0], lk[1], lk[2], lk[3], to_slot, lk[5]])
-    everything = [layout.node_rect(n["pos"], n["size"]) for n in ui_nodes] + [g["bounding"] for g in groups]
+    view = layout.fit_view([layout.node_rect(n["pos"], n["size"]) for n in ui_nodes], backgrounds=[
+        g["bounding"] for g in groups])
     return {"last_node_id": note_id, "last_link_id": len(links), "nodes": ui_nodes, "links": ui_links,
-            "groups": groups, "config": {}, "extra": {"ds": layout.fit_view(everything)}, "version": 0.4}
+            "groups": groups, "config": {}, "extra": {"ds": view}, "version": 0.4}
 
 
 def to_api(graph: Graph) -> dict:
@@ -292,91 +306,95 @@ def _sampler(g: Graph, loader, cond, cell, frames, steps, **extra) -> Node:
 
 
 def _video_out(g: Graph, loader: Node, tokens: Out, prefix: str, cell: tuple, upscale: bool = False) -> None:
-    """Decode -> (2x upscale) -> video -> save, left to right from ``cell``."""
-    col, row = cell
-    decode = g.node("URSATokenizerDecode", "URSA Decode", (col, row), vq=loader["vq"], tokens=tokens)
+    """Decode -> (2x upscale) -> video -> save, stacked top to bottom in ``cell``."""
+    decode = g.node("URSATokenizerDecode", "URSA Decode", cell, vq=loader["vq"], tokens=tokens)
     members, images = [decode], decode["images"]
     if upscale:
-        col += 1
-        scaled = g.node("ImageScaleBy", "Upscale 2x", (col, row), image=images, upscale_method="bicubic",
-                        scale_by=2.0)
+        scaled = g.node("ImageScaleBy", "Upscale 2x", cell, image=images, upscale_method="bicubic", scale_by=2.0)
         members.append(scaled)
         images = scaled["IMAGE"]
-    video = g.node("CreateVideo", "Create Video", (col + 1, row), images=images, fps=decode["fps"])
-    save = g.node("SaveVideo", "Save Video", (col + 2, row), video=video["VIDEO"],
-                  filename_prefix=f"video/{prefix}", format="auto", codec="auto")
+    video = g.node("CreateVideo", "Create Video", cell, images=images, fps=decode["fps"])
+    save = g.node("SaveVideo", "Save Video", cell, video=video["VIDEO"], filename_prefix=f"video/{prefix}",
+                  format="auto", codec="auto")
     g.group("Decode and save", *members, video, save)
 
 
-def _encode(g: Graph, loader, which: str, row: int) -> tuple[Node, Node]:
-    image = g.node("LoadImage", f"{which} Image", (0, row), image="example.png")
-    encode = g.node("URSATokenizerEncode", f"URSA Encode {which}", (1, row), vq=loader["vq"], image=image["IMAGE"],
-                    width=512, height=320, resize_mode="crop")
-    return image, encode
+def _encode(g: Graph, loader, which: str, image: Out, cell: tuple) -> Node:
+    return g.node("URSATokenizerEncode", f"URSA Encode {which}", cell, vq=loader["vq"], image=image, width=512,
+                  height=320, resize_mode="crop")
 
 
 def wf_t2i(g: Graph) -> None:
     loader, cond = _base(g, "a red fox sitting in fresh snow at sunrise, soft golden light, highly detailed",
                          negative="")
-    sampler = _sampler(g, loader, cond, (2, 0), frames=1, steps=25)
+    sampler = _sampler(g, loader, cond, (2, 0, 2), frames=1, steps=25)
     g.group("Generate", sampler)
-    decode = g.node("URSATokenizerDecode", "URSA Decode", (0, 1), vq=loader["vq"], tokens=sampler["tokens"])
-    save = g.node("SaveImage", "Save Image", (1, 1), images=decode["images"], filename_prefix="URSA/t2i")
-    g.note_cell = (2, 1)
+    decode = g.node("URSATokenizerDecode", "URSA Decode", (3, 0, 2), vq=loader["vq"], tokens=sampler["tokens"])
+    save = g.node("SaveImage", "Save Image", (3, 0, 2), images=decode["images"], filename_prefix="URSA/t2i")
     g.group("Decode and save", decode, save)
 
 
 def wf_t2v(g: Graph) -> None:
     loader, cond = _base(g, "a red fox trotting through fresh snow in a pine forest, camera tracking, cinematic")
-    sampler = _sampler(g, loader, cond, (2, 0), frames=49, steps=50)
+    sampler = _sampler(g, loader, cond, (2, 0, 2), frames=49, steps=50)
     g.group("Generate", sampler)
-    _video_out(g, loader, sampler["tokens"], "URSA_t2v", (0, 1))
-    g.note_cell = (3, 0)
+    _video_out(g, loader, sampler["tokens"], "URSA_t2v", (3, 0, 2))
 
 
 def wf_i2v(g: Graph) -> None:
     loader, cond = _base(g, "the scene comes alive: gentle wind, drifting clouds, the camera slowly pushes in")
-    image, start = _encode(g, loader, "Start", 1)
-    g.group("Start frame", image, start)
+    image = g.node("LoadImage", "Start Image", (0, 1), image="example.png")
+    start = _encode(g, loader, "Start", image["IMAGE"], (1, 1))
     sched = g.node("URSAFrameSchedule", "URSA Frame Schedule", (2, 1), mode="image-to-video", frames=49,
                    start_time=1.0, start_tokens=start["tokens"])
-    sampler = _sampler(g, loader, cond, (3, 1), frames=49, steps=50, schedule=sched["schedule"])
-    g.group("Generate", sampler, sched)
-    _video_out(g, loader, sampler["tokens"], "URSA_i2v", (0, 2))
-    g.note_cell = (2, 0)
+    g.group("Start frame", image, start, sched)
+    sampler = _sampler(g, loader, cond, (3, 0, 2), frames=49, steps=50, schedule=sched["schedule"])
+    g.group("Generate", sampler)
+    _video_out(g, loader, sampler["tokens"], "URSA_i2v", (4, 0, 2))
+    g.note_cell, g.note_size = (2, 0), NARROW_NOTE_SIZE
 
 
 def wf_interpolation(g: Graph) -> None:
+    """One Load Image for both ends, the end frame its mirror image (core's Image Flip): a template that runs as
+    shipped with two different frames (ComfyUI ships one example image); the note says how to use your own."""
     loader, cond = _base(g, "a smooth, natural transition between the two frames, steady camera")
-    (start_image, start), (end_image, end) = _encode(g, loader, "Start", 1), _encode(g, loader, "End", 2)
-    g.group("First and last frames", start_image, start, end_image, end)
+    image = g.node("LoadImage", "Start Image", (0, 1), image="example.png")
+    start = _encode(g, loader, "Start", image["IMAGE"], (1, 1))
+    mirrored = g.node("ImageFlip", "End Frame (start mirrored)", (1, 1), image=image["IMAGE"],
+                      flip_method="y-axis: horizontally")
+    end = _encode(g, loader, "End", mirrored["IMAGE"], (1, 1))
     sched = g.node("URSAFrameSchedule", "URSA Frame Schedule", (2, 1), mode="interpolation", frames=49,
                    start_time=1.0, start_tokens=start["tokens"], end_tokens=end["tokens"])
-    sampler = _sampler(g, loader, cond, (3, 1), frames=49, steps=50, schedule=sched["schedule"])
-    g.group("Generate", sampler, sched)
-    _video_out(g, loader, sampler["tokens"], "URSA_interpolation", (2, 2))
-    g.note_cell = (2, 0)
+    g.group("First and last frames", image, start, mirrored, end, sched)
+    sampler = _sampler(g, loader, cond, (3, 0, 2), frames=49, steps=50, schedule=sched["schedule"])
+    g.group("Generate", sampler)
+    _video_out(g, loader, sampler["tokens"], "URSA_interpolation", (4, 0, 2))
+    g.note_cell, g.note_size = (2, 0), NARROW_NOTE_SIZE
 
 
 def wf_long_video(g: Graph) -> None:
     loader, cond = _base(g, "a drone flight along a rocky coastline at golden hour, waves crashing, smooth motion")
-    sampler = _sampler(g, loader, cond, (2, 0), frames=49, steps=50)
+    sampler = _sampler(g, loader, cond, (2, 0, 2), frames=49, steps=50)
     longer = g.node("URSAExtendVideo", "URSA Extend Video", (3, 0), model=loader["model"],
                     conditioning=cond["conditioning"], tokens=sampler["tokens"], windows=2, window_frames=49,
                     overlap=4, seed=43, steps=50, carry_start=0.9)
-    saved = g.node("URSASaveTokens", "URSA Save Tokens", (4, 0), tokens=longer["tokens"],
+    g.group("Generate and extend", sampler, longer)
+    # Saved before the decode (its output feeds the decode): a failed decode loses no sampling.
+    saved = g.node("URSASaveTokens", "URSA Save Tokens", (0, 1), tokens=longer["tokens"],
                    filename_prefix="ursa_tokens/URSA_long")
-    g.group("Generate and extend", sampler, longer, saved)
-    _video_out(g, loader, saved["tokens"], "URSA_long", (0, 1))
-    g.note_cell = (3, 1)
+    decode = g.node("URSATokenizerDecode", "URSA Decode", (0, 1), vq=loader["vq"], tokens=saved["tokens"])
+    video = g.node("CreateVideo", "Create Video", (0, 1), images=decode["images"], fps=decode["fps"])
+    save = g.node("SaveVideo", "Save Video", (1, 1), video=video["VIDEO"], filename_prefix="video/URSA_long",
+                  format="auto", codec="auto")
+    g.group("Save tokens, decode and save", saved, decode, video, save)
+    g.note_cell, g.note_size = (4, 0), NARROW_NOTE_SIZE
 
 
 def wf_upscale_chain(g: Graph) -> None:
     loader, cond = _base(g, "a hummingbird hovering at a red flower, macro shot, shallow depth of field")
-    sampler = _sampler(g, loader, cond, (2, 0), frames=49, steps=50)
+    sampler = _sampler(g, loader, cond, (2, 0, 2), frames=49, steps=50)
     g.group("Generate", sampler)
-    _video_out(g, loader, sampler["tokens"], "URSA_upscaled", (0, 1), upscale=True)
-    g.note_cell = (3, 0)
+    _video_out(g, loader, sampler["tokens"], "URSA_upscaled", (3, 0, 2), upscale=True)
 
 
 @dataclass(frozen=True)

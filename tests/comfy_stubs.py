@@ -16,6 +16,7 @@ what our tests rely on:
   objects), interrupt functions, ``OOM_EXCEPTION``.
 * ``comfy.model_patcher.ModelPatcher``: records model / load_device / offload_device.
 * ``folder_paths``: model folders, input/output/temp directories under the fixture's tmp dir, ``get_save_image_path``.
+* ``server.PromptServer.instance.send_progress_text``: the text the frontend draws on a node, recorded.
 
 Extra test helpers (not in ComfyUI): ``validate_node_inputs`` mimics ``execution.validate_inputs`` (including the
 trap that inputs named by ``validate_inputs`` skip core's min/max/COMBO checks), ``run_node`` executes a node the
@@ -55,6 +56,7 @@ class ComfyStubState:
         self.patchers: list[Any] = []            # every ModelPatcher constructed
         self.interrupt_flag = False
         self.interrupt_after_updates: int | None = None
+        self.node_texts: list[tuple[str, str]] = []  # (node_id, text) of every progress text, in order
 
     def request_interrupt(self) -> None:
         """Like POST /interrupt: the next progress update or explicit check raises."""
@@ -497,12 +499,17 @@ class ComfyExtension(ABC):
 _NUMERIC = {"INT": int, "FLOAT": float, "STRING": str, "BOOLEAN": bool}
 
 
+def _error(kind: str, message: str, details: str, input_name: str) -> dict:
+    return {"type": kind, "message": message, "details": details, "extra_info": {"input_name": input_name}}
+
+
 def validate_node_inputs(node_cls, inputs: dict) -> list[dict]:
     """Return core-style error dicts for an API-format ``inputs`` dict (links = ``[node_id, slot]`` lists).
 
-    Mirrors 0.8.0 ``execution.validate_inputs``: required present, value conversion, min/max and COMBO checks
-    (skipped for inputs named in ``validate_inputs`` or for all inputs if it takes ``**kwargs``), then the custom
-    validator with the constant inputs (linked ones arrive as None); a non-True return is ``custom_validation_failed``.
+    Mirrors 0.8.0 ``execution.validate_inputs`` (type, message, details, and ``extra_info.input_name``: the widget
+    the frontend marks red): required present, value conversion, min/max and COMBO checks (skipped for inputs named
+    in ``validate_inputs`` or for all inputs if it takes ``**kwargs``), then the custom validator with the constant
+    inputs (linked ones arrive as None); a non-True return is one ``custom_validation_failed`` per named input.
     """
     schema = node_cls.GET_SCHEMA()
     errors, inputs = [], dict(inputs)
@@ -512,7 +519,7 @@ def validate_node_inputs(node_cls, inputs: dict) -> list[dict]:
     for i in schema.inputs:
         if i.id not in inputs:
             if not i.optional:
-                errors.append({"type": "required_input_missing", "details": i.id})
+                errors.append(_error("required_input_missing", "Required input is missing", i.id, i.id))
             continue
         val = inputs[i.id]
         if isinstance(val, list):
@@ -522,26 +529,29 @@ def validate_node_inputs(node_cls, inputs: dict) -> list[dict]:
             if io_type in _NUMERIC:
                 val = inputs[i.id] = _NUMERIC[io_type](val)
         except Exception as ex:  # noqa: BLE001 - core reports any conversion failure
-            errors.append({"type": "invalid_input_type", "details": f"{i.id}, {val}, {ex}"})
+            errors.append(_error("invalid_input_type", f"Failed to convert an input value to a {io_type} value",
+                                 f"{i.id}, {val}, {ex}", i.id))
             continue
         if i.id in named or has_kw:
             continue
-        if getattr(i, "min", None) is not None and val < i.min:
-            errors.append({"type": "value_smaller_than_min", "details": i.id})
+        if getattr(i, "min", None) is not None and val < i.min:  # core's comparisons, in core's order
+            errors.append(_error("value_smaller_than_min", f"Value {val} smaller than min of {i.min}", i.id, i.id))
         elif getattr(i, "max", None) is not None and val > i.max:
-            errors.append({"type": "value_bigger_than_max", "details": i.id})
+            errors.append(_error("value_bigger_than_max", f"Value {val} bigger than max of {i.max}", i.id, i.id))
         elif io_type == "COMBO" and val not in (i.options or []):
-            errors.append({"type": "value_not_in_list", "details": f"{i.id}: '{val}' not in {i.options}"})
+            errors.append(_error("value_not_in_list", "Value not in list", f"{i.id}: '{val}' not in {i.options}",
+                                 i.id))
     if fn is not None:
         args = {k: (None if isinstance(v, list) else v) for k, v in inputs.items() if k in named or has_kw}
         try:
             ret = fn(**args)
         except Exception as ex:  # core: validate_prompt replaces all reasons by this one
-            return [{"type": "exception_during_validation", "details": str(ex)}]
+            return [{"type": "exception_during_validation", "message": "Exception when validating node",
+                     "details": str(ex), "extra_info": {}}]
         if ret is not True:
             for k in args:
-                errors.append({"type": "custom_validation_failed",
-                               "details": k + ("" if ret is False else f" - {ret}")})
+                errors.append(_error("custom_validation_failed", "Custom validation failed for node",
+                                     k + ("" if ret is False else f" - {ret}"), k))
     return errors
 
 
@@ -911,6 +921,18 @@ _IO_NAMES = ["FolderType", "UploadType", "NumberDisplay", "comfytype", "Custom",
              "NodeOutput"]
 
 
+def _build_server(state: ComfyStubState):
+    """``server.PromptServer.instance.send_progress_text`` (the text the frontend draws on a node), recorded."""
+    class PromptServer:
+        instance = None
+
+        def send_progress_text(self, text, node_id, sid=None):
+            state.node_texts.append((str(node_id), text.decode("utf-8") if isinstance(text, bytes) else text))
+
+    PromptServer.instance = PromptServer()
+    return _module("server", PromptServer=PromptServer)
+
+
 def build_modules(state: ComfyStubState) -> dict[str, types.ModuleType]:
     """All fake modules keyed by their import name, ready for ``mocker.patch.dict(sys.modules, ...)``."""
     g = globals()
@@ -929,7 +951,7 @@ def build_modules(state: ComfyStubState) -> dict[str, types.ModuleType]:
     comfy.model_patcher, comfy.utils = mp, utils
     return {"comfy_api": api, "comfy_api.latest": latest, "comfy_api.latest._io": io, "comfy_api.latest._ui": ui,
             "comfy": comfy, "comfy.model_management": mm, "comfy.model_patcher": mp, "comfy.utils": utils,
-            "folder_paths": fp}
+            "folder_paths": fp, "server": _build_server(state)}
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -21,7 +21,7 @@ import comfy_stubs  # noqa: E402
 from tiny_fixtures import tiny_dir, tiny_ibq_dir, tiny_model  # noqa: E402,F401
 
 STUB_MODULE_NAMES = ("comfy_api", "comfy_api.latest", "comfy_api.latest._io", "comfy_api.latest._ui", "comfy",
-                     "comfy.model_management", "comfy.model_patcher", "comfy.utils", "folder_paths")
+                     "comfy.model_management", "comfy.model_patcher", "comfy.utils", "folder_paths", "server")
 
 
 class _RootIsNotAPackage:
@@ -44,6 +44,7 @@ class ComfyFixture:
         self.state, self.modules = state, modules
 
     progress_updates = property(lambda self: self.state.progress_updates)
+    node_texts = property(lambda self: self.state.node_texts)
     loaded_models = property(lambda self: self.state.loaded_models)
     load_calls = property(lambda self: self.state.load_calls)
     patchers = property(lambda self: self.state.patchers)

@@ -238,26 +238,34 @@ NODE_CLASSES = {"sampler": ("nodes_sampler", "URSASampler"), "extend": ("nodes_e
                 "encode": ("nodes_tokenizer", "URSATokenizerEncode"), "text": ("nodes_text", "URSATextEncode"),
                 "loader": ("nodes_loader", "URSAModelLoader")}
 
+# One bad value each: ComfyUI must report it ONCE, on the input it is about (the widget the frontend marks red).
+# Rules core checks (ranges, NaN through NanRefusingBound, combo options) give core's message.
 NODE_VALIDATION_CASES = {
     "sampler-frames-6": ("sampler", dict(frames=6), "frames=6 is not allowed"),
     "sampler-frames-4001": ("sampler", dict(frames=4001), "frames=4001 is not allowed"),
-    "sampler-width-30": ("sampler", dict(width=30), "width=30 is not allowed"),
-    "sampler-cfg-nan": ("sampler", dict(cfg=math.nan), "cfg=nan is not allowed"),
-    "sampler-guidance-trunc-nan": ("sampler", dict(guidance_trunc=math.nan), "guidance_trunc=nan is not allowed"),
-    "sampler-c-nan": ("sampler", dict(c=math.nan), "c=nan is not allowed"),
-    "sampler-shift-inf": ("sampler", dict(shift=math.inf), "shift=inf is not allowed"),
+    "sampler-height-99999": ("sampler", dict(height=99999), "Value 99999 bigger than max of 4096"),
+    "sampler-steps-0": ("sampler", dict(steps=0), "Value 0 smaller than min of 1"),
+    "sampler-cfg-nan": ("sampler", dict(cfg=math.nan), "Value nan smaller than min"),
+    "sampler-guidance-trunc-nan": ("sampler", dict(guidance_trunc=math.nan), "Value nan smaller than min"),
+    "sampler-c-nan": ("sampler", dict(c=math.nan), "Value nan smaller than min"),
+    "sampler-alpha-negative": ("sampler", dict(alpha=-1.0), "Value -1.0 smaller than min of 0.0"),
+    "sampler-shift-inf": ("sampler", dict(shift=math.inf), "Value inf bigger than max"),
     "extend-window-frames-3": ("extend", dict(window_frames=3), "window_frames=3 is not allowed: use a video"),
     "extend-window-frames-1": ("extend", dict(window_frames=1), "window_frames=1 is not allowed: use a video"),
-    "extend-carry-start-nan": ("extend", dict(carry_start=math.nan), "carry_start=nan is not allowed"),
+    "extend-carry-start-nan": ("extend", dict(carry_start=math.nan), "Value nan smaller than min"),
+    "extend-cfg-nan": ("extend", dict(cfg=math.nan), "Value nan smaller than min"),
     "schedule-frames-8": ("schedule", dict(frames=8), "frames=8 is not allowed"),
-    "schedule-start-time-nan": ("schedule", dict(start_time=math.nan), "start_time=nan is not allowed"),
-    "encode-width-30": ("encode", dict(width=30), "width=30 is not allowed"),
-    "encode-height-0": ("encode", dict(height=0), "height=0 is not allowed"),
-    "text-motion-nan": ("text", dict(motion_score=math.nan), "motion_score=nan is not allowed"),
-    "loader-attention-cudnn-on-cpu": ("loader", dict(attention="cudnn"), "attention='cudnn' is not available on cpu"),
-    "loader-attention-efficient-on-cpu": ("loader", dict(attention="efficient"),
-                                          "attention='efficient' is not available on cpu"),
-    "loader-attention-unknown": ("loader", dict(attention="xformers"), "attention='xformers' is not allowed"),
+    "schedule-start-time-nan": ("schedule", dict(start_time=math.nan), "Value nan smaller than min"),
+    "schedule-start-time-1.5": ("schedule", dict(start_time=1.5), "Value 1.5 bigger than max of 1.0"),
+    "schedule-mode-zoom": ("schedule", dict(mode="zoom"), "mode: 'zoom' not in"),
+    "encode-height-0": ("encode", dict(height=0), "Value 0 smaller than min of 8"),
+    "encode-width-8192": ("encode", dict(width=8192), "Value 8192 bigger than max of 4096"),
+    "text-motion-nan": ("text", dict(motion_score=math.nan), "Value nan smaller than min"),
+    "loader-attention-cudnn-on-cpu": ("loader", dict(attention="cudnn"), "attention: 'cudnn' not in"),
+    "loader-attention-unknown": ("loader", dict(attention="xformers"), "attention: 'xformers' not in"),
+    "loader-weight-dtype-int4": ("loader", dict(weight_dtype="int4"), "weight_dtype: 'int4' not in"),
+    "loader-vq-device-cuda-3": ("loader", dict(vq_device="cuda:3"), "vq_device: 'cuda:3' not in"),
+    "loader-blocks-on-gpu-negative": ("loader", dict(blocks_on_gpu=-1), "Value -1 smaller than min of 0"),
     "loader-model-missing": ("loader", dict(model_name="nope"), "'nope' not found"),
 }
 
@@ -307,20 +315,34 @@ def test_node_validation(env, tiny_model, key, bad, message):
     node = env.node(key)
     assert env.validate(node, GOOD[key]) == []
     errors = env.validate(node, {**GOOD[key], **bad})
-    assert errors, f"{bad} passed validation"
-    assert all(message in e["details"] and "\n" not in e["details"] for e in errors), errors
+    assert [e["extra_info"]["input_name"] for e in errors] == list(bad), f"not once on {list(bad)}: {errors}"
+    text = f"{errors[0]['message']}: {errors[0]['details']}"
+    assert message in text and "\n" not in text, text
     assert env.earlier.read_bytes() == SENTINEL
     assert good_run(env, key, *handles(env, tiny_model))
 
 
+def _scheduled(side: int):
+    from ursa_core.path.schedule import build_schedule
+    return build_schedule("image-to-video", 2, start_tokens=torch.randint(0, 64000, (1, 1, side, side)))
+
+
+# Rules only the run can tell (the checkpoint's stride, what is connected) or that tie inputs together (ComfyUI
+# files a validate_inputs answer under every input it reads): checked when the node runs, before any weights move.
 NODE_RUN_CASES = {
-    "sampler-given-tokens-smaller": ("sampler", lambda: dict(given_tokens=_clip(1, side=2)),
-                                     "given_tokens are 2x2 latent tokens (w x h) but the sampler's width x height "
-                                     "needs 4x4"),
+    "sampler-width-30": ("sampler", lambda: dict(width=30), "width=30 is not allowed: use a multiple of 8"),
     "sampler-given-tokens-longer": ("sampler", lambda: dict(given_tokens=_clip(3)),
-                                    "given_tokens have 3 latent frames but the sampler's frames make 1"),
+                                    "given_tokens have 3 latent frames but the clip has 1"),
+    "sampler-given-tokens-and-schedule-differ": ("sampler", lambda: dict(schedule=_scheduled(4),
+                                                                         given_tokens=_clip(1, side=2)),
+                                                 "given_tokens are 16x16 px but the Frame Schedule's tokens are "
+                                                 "32x32 px: encode both at the same width and height"),
+    "encode-width-30": ("encode", lambda: dict(width=30), "width=30 is not allowed: use a multiple of 8"),
     "encode-two-frames": ("encode", lambda: dict(image=torch.rand(2, 32, 32, 3)), "frames=2 is not allowed"),
     "extend-overlap-whole-window": ("extend", lambda: dict(overlap=2), "overlap=2 latent frames is not allowed"),
+    "schedule-interpolation-5-frames": ("schedule", lambda: dict(mode="interpolation", frames=5),
+                                        "frames=5 with mode='interpolation' and start_time=1 holds every latent frame"),
+    "loader-blocks-negative": ("loader", lambda: dict(blocks_on_gpu=-1), "blocks_on_gpu=-1 is not allowed"),
 }
 
 
@@ -329,7 +351,7 @@ def test_node_execute_refuses(env, tiny_model, key, bad, message):
     model, vq = handles(env, tiny_model)
     cond = env.run(env.node("text"), model=model, prompt="a red fox", negative_prompt="", motion_score=9.0).result[0]
     links = {"sampler": dict(model=model, conditioning=cond), "encode": dict(vq=vq, image=torch.rand(1, 32, 32, 3)),
-             "extend": dict(model=model, conditioning=cond, tokens=_clip(2))}
+             "extend": dict(model=model, conditioning=cond, tokens=_clip(2)), "schedule": {}, "loader": {}}
     values = {k: v for k, v in GOOD[key].items() if v is not LINK}
     steps_before, loads_before = len(env.progress_updates), len(env.loaded_models)
     with pytest.raises(InputError) as exc:

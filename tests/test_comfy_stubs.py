@@ -92,7 +92,8 @@ def test_validation_trap_is_reproduced(comfy):
     assert [e["type"] for e in comfy.validate(Demo, {**ok, "steps": 0})] == ["value_smaller_than_min"]
     assert [e["type"] for e in comfy.validate(Demo, {**ok, "mode": "x"})] == ["value_not_in_list"]
     errs = comfy.validate(Demo, {**ok, "frames": 10})
-    assert errs == [{"type": "custom_validation_failed", "details": "frames - frames must be 4k+1"}]
+    assert errs == [{"type": "custom_validation_failed", "message": "Custom validation failed for node",
+                     "details": "frames - frames must be 4k+1", "extra_info": {"input_name": "frames"}}]
     # frames is named by validate_inputs -> core skips its max check (the trap in spec §1.7)
     assert comfy.validate(Demo, {**ok, "frames": 1001}) == []
     # absent inputs are not passed to the validator: a parameter without default -> TypeError in core too

@@ -48,10 +48,10 @@ CASES = {
     "ursa_t2i": (TINY + ["URSA Sampler.frames=1"], 1, (64, 64)),
     "ursa_t2v": (TINY + ["URSA Sampler.frames=5"], 5, (64, 64)),
     "ursa_i2v": (TINY + ENCODE + ["URSA Sampler.frames=5", "URSA Frame Schedule.frames=5"], 5, (64, 64)),
-    # 9 frames = 3 latent frames: first and last given, the middle one generated (5 would leave nothing to do)
+    # 9 frames = 3 latent frames: first and last given, the middle one generated (5 would leave nothing to do);
+    # the end frame is the start image mirrored (the template's own end frame)
     "ursa_interpolation": (TINY + ENCODE + ["URSA Sampler.frames=9", "URSA Frame Schedule.frames=9",
-                                            "URSA Encode End.width=64", "URSA Encode End.height=64",
-                                            "End Image.image=ursa_end.png"], 9, (64, 64)),
+                                            "URSA Encode End.width=64", "URSA Encode End.height=64"], 9, (64, 64)),
     "ursa_long_video": (TINY + ["URSA Sampler.frames=5", "URSA Extend Video.windows=1",
                                 "URSA Extend Video.window_frames=5", "URSA Extend Video.overlap=1",
                                 "URSA Extend Video.steps=2"], 9, (64, 64)),
@@ -203,7 +203,7 @@ def running_server(tmp_path_factory, name: str, vram_state: str | None = None):
     try:
         wait_ready(url, proc, log_path)
         TIMINGS[f"{name} start"] = time.monotonic() - t0
-        for i, name in enumerate(("ursa_start.png", "ursa_end.png")):
+        for i, name in enumerate(("ursa_start.png",)):
             assert upload_image(url, name, png_bytes(i))["name"] == name
         yield {"url": url, "base": base, "log": log_path}
     finally:
@@ -280,28 +280,40 @@ def test_interrupt_stops_sampling(server, tmp_path):
     assert res.returncode == 0, res.stderr
 
 
-def test_bad_frames_rejected(server):
+def errors_by_input(body: dict, node: str) -> list[tuple[str, str]]:
+    """(input name, message + details) of each validation error ComfyUI filed for `node`: the frontend lists each one
+    and marks its input red."""
+    return [(e.get("extra_info", {}).get("input_name"), f"{e['message']}: {e['details']}")
+            for e in body["node_errors"][node]["errors"]]
+
+
+def test_bad_frames_rejected_once_on_frames(server):
     status, body = post_prompt(server["url"], "ursa_t2v", TINY + ["URSA Sampler.frames=6"])
     assert status == 400, body
     sampler = node_id_by_title("ursa_t2v", "URSA Sampler")
     assert set(body["node_errors"]) == {sampler}, body["node_errors"]
-    messages = json.dumps(body["node_errors"][sampler]["errors"])
-    assert "frames=6" in messages, messages
-    print(f"\n[frames=6] {body['node_errors'][sampler]['errors'][0]}")
+    errors = errors_by_input(body, sampler)
+    assert len(errors) == 1 and errors[0][0] == "frames" and "frames=6 is not allowed" in errors[0][1], errors
+    print(f"\n[frames=6] {errors}")
 
 
 @pytest.mark.parametrize("setting,expected", [
-    ("URSA Sampler.cfg=NaN", "cfg=nan is not allowed"),
-    ("URSA Sampler.guidance_trunc=Infinity", "guidance_trunc=inf is not allowed"),
-    ("URSA Loader.attention=cudnn", "attention='cudnn' is not available on cpu"),
+    ("URSA Sampler.cfg=NaN", "Value nan smaller than min of 0.0"),
+    ("URSA Sampler.guidance_trunc=NaN", "Value nan smaller than min of 0.0"),
+    ("URSA Sampler.guidance_trunc=Infinity", "Value inf bigger than max of 1.0"),
+    ("URSA Prompt.motion_score=NaN", "Value nan smaller than min of 0.0"),
+    ("URSA Loader.attention=cudnn", "attention: 'cudnn' not in"),
 ])
-def test_bad_values_rejected_before_queueing(server, setting, expected):
-    """What only a hand-written API prompt can send (NaN), and a backend this (CPU) server cannot run: HTTP 400."""
+def test_bad_values_rejected_before_queueing_once_on_their_input(server, setting, expected):
+    """What only a hand-written API prompt can send (NaN), and a backend this (CPU) server cannot run: HTTP 400, one
+    error, on that input."""
     status, body = post_prompt(server["url"], "ursa_t2i", TINY + [setting])
     assert status == 400, body
-    node = node_id_by_title("ursa_t2i", setting.split(".")[0])
-    messages = json.dumps(body["node_errors"][node]["errors"])
-    assert expected in messages, messages
+    title, name = setting.split("=")[0].split(".")
+    node = node_id_by_title("ursa_t2i", title)
+    assert set(body["node_errors"]) == {node}, body["node_errors"]
+    errors = errors_by_input(body, node)
+    assert len(errors) == 1 and errors[0][0] == name and expected in errors[0][1], errors
 
 
 def t2i_on_devices(devices: str, sets: list[str]) -> dict:
@@ -351,16 +363,38 @@ def test_devices_node_rejects_a_device_that_does_not_exist(server):
 
 
 def test_missing_model_rejected(server, tmp_path):
+def test_missing_model_rejected_once_with_the_download_command(server, tmp_path):
     status, body = post_prompt(server["url"], "ursa_t2i", TINY + ["URSA Loader.model_name=URSA-not-downloaded"])
     assert status == 400, body
     loader = node_id_by_title("ursa_t2i", "URSA Loader")
-    assert loader in body["node_errors"], body["node_errors"]
-    messages = json.dumps(body["node_errors"][loader]["errors"])
-    assert "URSA-not-downloaded" in messages and MODEL_NAME in messages, messages
-    print(f"\n[missing model] {body['node_errors'][loader]['errors'][0]}")
+    assert set(body["node_errors"]) == {loader}, body["node_errors"]
+    errors = errors_by_input(body, loader)
+    assert len(errors) == 1 and errors[0][0] == "model_name", errors
+    assert "URSA-not-downloaded" in errors[0][1] and f"available: ['{MODEL_NAME}']" in errors[0][1]
+    assert "hf download BAAI/URSA-1.7B-FSQ320 --local-dir" in errors[0][1]  # also when another model exists
+    print(f"\n[missing model] {errors[0]}")
     # The client reports the same rejection with exit code 2 and names the node by title.
     res = queue_cli(server["url"], "ursa_t2i", ["URSA Loader.model_name=URSA-not-downloaded"], tmp_path)
     assert res.returncode == 2 and "URSA Loader" in res.stderr, res.stderr
+
+
+def test_half_downloaded_model_listed_and_named_with_its_completion(server):
+    import shutil
+
+    half = server["base"] / "models" / "ursa" / "URSA-1.7B-IBQ1024"
+    shutil.copytree(server["base"] / "models" / "ursa" / MODEL_NAME, half)
+    shutil.rmtree(half / "tokenizer")
+    try:
+        _, info = comfy_queue.http_json(server["url"], "/object_info/URSAModelLoader")
+        assert info["URSAModelLoader"]["input"]["required"]["model_name"][1]["options"] == [MODEL_NAME, half.name]
+        status, body = post_prompt(server["url"], "ursa_t2i", TINY + [f"URSA Loader.model_name={half.name}"])
+        assert status == 400, body
+        errors = errors_by_input(body, node_id_by_title("ursa_t2i", "URSA Loader"))
+        assert len(errors) == 1 and errors[0][0] == "model_name", errors
+        assert "is incomplete" in errors[0][1] and "missing tokenizer/" in errors[0][1]
+        assert f"hf download BAAI/{half.name} --local-dir {half}" in errors[0][1], errors
+    finally:
+        shutil.rmtree(half)
 
 
 def test_token_loader_stays_inside_input_and_output(server):
@@ -444,8 +478,10 @@ def test_lowvram_server_runs_with_loader_options(lowvram_server, workflow, optio
 
 
 def test_lowvram_server_rejects_bad_loader_options(lowvram_server):
+    """A bad loader option is refused before the prompt runs (HTTP 400), once, on the widget it is about."""
     status, body = post_prompt(lowvram_server["url"], "ursa_t2i", TINY + ["URSA Loader.low_vram=stream",
                                                                           "URSA Loader.blocks_on_gpu=-1"])
     assert status == 400, body
     loader = node_id_by_title("ursa_t2i", "URSA Loader")
-    assert "blocks_on_gpu=-1 is not allowed" in json.dumps(body["node_errors"][loader]["errors"])
+    errors = body["node_errors"][loader]["errors"]
+    assert [e["extra_info"]["input_name"] for e in errors] == ["blocks_on_gpu"], errors  # once, on its widget

@@ -10,6 +10,7 @@ import torch
 
 from ursa_core.checkpoint.loader import is_ursa_folder
 from ursa_core.checkpoint.tiny import random_transformer_state
+from ursa_core.errors import InputError
 from ursa_core.model.config import TransformerConfig
 from ursa_core.model.modeling_ursa import URSATransformer
 from ursa_core.model.rope import rotary_cos_sin, sequence_positions
@@ -193,12 +194,39 @@ def test_node_lists_only_ursa_folders_and_gives_download_hint(env, tiny_dir):
     loader = env.mods["loader"].URSAModelLoader
     not_ursa(tiny_dir, Path(env.models_dir) / "ursa" / "SomeOtherPipeline")
     assert loader.GET_SCHEMA().input_by_id("model_name").options == ["URSA-tiny"]
-    assert "'SomeOtherPipeline' not found" in str(env.validate(loader, {"model_name": "SomeOtherPipeline"}))
+    error = str(env.validate(loader, {"model_name": "SomeOtherPipeline", "dtype": "fp32"}))
+    # not found, and the download command too although another model exists
+    assert "'SomeOtherPipeline' not found" in error and "available: ['URSA-tiny']" in error
+    assert "hf download BAAI/URSA-1.7B-FSQ320 --local-dir" in error
     shutil.rmtree(f"{env.models_dir}/ursa/URSA-tiny")
-    error = str(env.validate(loader, {"model_name": "URSA-tiny"}))
-    assert "no URSA checkpoint folder" in error and "hf download BAAI/URSA-1.7B-FSQ320 --local-dir" in error
+    error = str(env.validate(loader, {"model_name": "URSA-tiny", "dtype": "fp32"}))
+    assert "available: none yet" in error and "hf download BAAI/URSA-1.7B-FSQ320 --local-dir" in error
     # the model library is not flooded: `ursa` is not a folder_paths key, so its shards are never listed
     assert "ursa" not in env.modules["folder_paths"].folder_names_and_paths
+
+
+@pytest.mark.parametrize("remove,missing", [
+    (["tokenizer"], "missing tokenizer/"),
+    (["vae/diffusion_pytorch_model.safetensors"], "missing vae weights"),
+    (["transformer", "scheduler/scheduler_model.pth"], "missing transformer/config.json, scheduler/scheduler_model.pth, "
+                                                       "transformer weights"),
+])
+def test_node_lists_a_half_downloaded_folder_and_says_what_completes_it(env, tiny_dir, remove, missing):
+    """A download that stopped (here: parts of the layout gone) is listed; choosing it names what is missing and the
+    command that completes it (hf download resumes into the same folder), before anything loads."""
+    half = Path(env.models_dir) / "ursa" / "URSA-1.7B-FSQ320"
+    shutil.copytree(tiny_dir, half)
+    for rel in remove:
+        shutil.rmtree(half / rel) if (half / rel).is_dir() else (half / rel).unlink()
+    loader = env.mods["loader"].URSAModelLoader
+    assert loader.GET_SCHEMA().input_by_id("model_name").options == ["URSA-1.7B-FSQ320", "URSA-tiny"]
+    errors = env.validate(loader, {"model_name": "URSA-1.7B-FSQ320", "dtype": "fp32"})
+    assert [e["extra_info"]["input_name"] for e in errors] == ["model_name"]
+    assert f"model folder 'URSA-1.7B-FSQ320' is incomplete (a download that stopped?): {missing}; complete it " \
+           f"with: hf download BAAI/URSA-1.7B-FSQ320 --local-dir {half}" in errors[0]["details"]
+    with pytest.raises(InputError, match="is incomplete"):
+        env.run(loader, model_name="URSA-1.7B-FSQ320", dtype="fp32")
+    assert env.loaded_models == [] and env.patchers == []
 
 
 def test_node_options_have_tooltips_and_usable_attention(env):
@@ -215,9 +243,9 @@ def test_node_validates_new_options(env):
     base = {"model_name": "URSA-tiny", "dtype": "fp32"}
     assert env.validate(loader, {**base, "weight_dtype": "fp8_e4m3fn", "low_vram": "stream", "blocks_on_gpu": 1,
                                  "vq_device": "cpu"}) == []
-    assert "weight_dtype='int4'" in str(env.validate(loader, {**base, "weight_dtype": "int4"}))
-    assert "vq_device='cuda:3'" in str(env.validate(loader, {**base, "vq_device": "cuda:3"}))
-    assert "text_device='gpu'" in str(env.validate(loader, {**base, "text_device": "gpu"}))
+    for name, bad in (("weight_dtype", "int4"), ("vq_device", "cuda:3"), ("text_device", "gpu")):
+        errors = env.validate(loader, {**base, name: bad})  # core's membership check, on that widget only
+        assert [(e["extra_info"]["input_name"], e["type"]) for e in errors] == [(name, "value_not_in_list")]
     # compile and block swap combine (issue 16: streaming is a layer fetch, compile how a layer runs)
     assert env.validate(loader, {**base, "low_vram": "stream", "compile": True}) == []
 
@@ -279,10 +307,11 @@ def test_node_compile_stays_when_auto_has_to_stream(env, monkeypatch):
     monkeypatch.setattr(mm, "vram_state", mm.VRAMState.LOW_VRAM)  # everything fits in the stand-ins' 8 GiB
     model, _ = env.run(loader, model_name="URSA-tiny", dtype="fp32", compile=True).result
     assert model.model.transformer.layer_call is not None   # the compiled layers (not run here)
+    assert model.compiled  # the sampler says "compiling…" on the first step of each size
     monkeypatch.setattr(mm, "vram_state", mm.VRAMState.NO_VRAM)
     model, _ = env.run(loader, model_name="URSA-tiny", dtype="fp32", compile=True).result
     assert isinstance(model.model.transformer.layer_fetch, LayerStreamer)
-    assert model.model.transformer.layer_call is not None
+    assert model.model.transformer.layer_call is not None and model.compiled
 
 
 def test_fp8_storage_reaches_fused_projections_too():

@@ -28,11 +28,11 @@ def load(env):
     return model, vq, cond
 
 
-def sample(env, model, cond, **kw):
+def sample(env, model, cond, hidden=None, **kw):
     args = dict(model=model, conditioning=cond, seed=1, steps=3, cfg=5.0, guidance_trunc=0.9, frames=1, c=0.0,
                 alpha=0.0, shift=0.0, preview=False, **SIZE)
     args.update(kw)
-    return env.run(env.mods["sampler"].URSASampler, **args).result[0]
+    return env.run(env.mods["sampler"].URSASampler, hidden=hidden, **args).result[0]
 
 
 def test_loader_lists_and_loads(env):
@@ -68,10 +68,28 @@ def test_sampler_text_to_image_progress_and_model_management(env):
 
 
 def test_sampler_preview_images(env):
+    """The preview is drawn at the clip's pixel size and sent as drawn (max size None): the frontend labels it with
+    its size, which core's scaling to --preview-size (512) made wrong on small runs."""
     model, _, cond = load(env)
-    sample(env, model, cond, preview=True)
+    sample(env, model, cond, preview=True, width=48, height=32)
     previews = [u["preview"] for u in env.progress_updates if u.get("preview") is not None]
-    assert previews and previews[0][0] == "JPEG" and previews[0][1].size == (32, 32)
+    assert previews and all(p[0] == "JPEG" and p[1].size == (48, 32) and p[2] is None for p in previews)
+
+
+def test_sampler_says_compiling_on_the_first_step_of_each_size(env):
+    """A compiled model's first step at a new size compiles for a while: the node says so until that step ends."""
+    model, _, cond = load(env)
+    model.compiled = True  # as the loader marks a model it compiled (torch.compile itself does not run here)
+    line, compiling = "32×32 px, 1 frame", "32×32 px, 1 frame · compiling the layers for this size (first run)…"
+    sample(env, model, cond, hidden={"unique_id": "3"})
+    assert env.node_texts == [("3", compiling), ("3", line)]
+    env.node_texts.clear()
+    sample(env, model, cond, hidden={"unique_id": "3"})  # this size is compiled now
+    assert env.node_texts == [("3", line)]
+    env.node_texts.clear()
+    sample(env, model, cond, frames=5, hidden={"unique_id": "3"})  # a new size compiles again
+    assert [t for _, t in env.node_texts] == ["32×32 px, 5 frames · compiling the layers for this size (first run)…",
+                                             "32×32 px, 5 frames"]
 
 
 def test_sampler_cancel_stops_at_next_step(env):
@@ -80,17 +98,6 @@ def test_sampler_cancel_stops_at_next_step(env):
     with pytest.raises(env.InterruptProcessingException):
         sample(env, model, cond, steps=5)
     assert len(env.progress_updates) == 1
-
-
-def test_sampler_validation_names_values(env):
-    sampler = env.mods["sampler"].URSASampler
-    base = {"model": ["1", 0], "conditioning": ["2", 0], "seed": 0, "steps": 4, "cfg": 7.0, "guidance_trunc": 0.9,
-            "frames": 1, "width": 32, "height": 32, "c": 0.0, "alpha": 0.0, "shift": 0.0}
-    assert env.validate(sampler, base) == []
-    assert "frames=6" in str(env.validate(sampler, {**base, "frames": 6}))
-    assert "width=30" in str(env.validate(sampler, {**base, "width": 30}))
-    assert "height=99999" in str(env.validate(sampler, {**base, "height": 99999}))
-    assert env.validate(sampler, {**base, "steps": 0})  # core's own min check still applies
 
 
 def encode(env, vq, image, **kw):
@@ -134,8 +141,24 @@ def test_image_to_video_and_interpolation(env):
     assert torch.equal(clip.tokens[:, 0], first.tokens[:, 0]) and torch.equal(clip.tokens[:, -1], last.tokens[:, 0])
     with pytest.raises(ValueError, match="end tokens"):
         schedule(env, "interpolation", 9, start_tokens=first)
-    with pytest.raises(ValueError, match="schedule has 3 latent frames but the clip has 2"):
-        sample(env, model, cond, frames=5, schedule=out.result[0])
+
+
+def test_sampler_takes_frames_and_size_from_what_it_is_given(env):
+    """Set once: with a Frame Schedule the clip has the schedule's frame count and its tokens' size (as core's video
+    nodes read a latent's size); the node says so when its own widgets differ. Text-only runs use the widgets."""
+    model, vq, cond = load(env)
+    first = encode(env, vq, torch.rand(1, 32, 32, 3))  # 32x32 px = 4x4 tokens
+    scheduled = schedule(env, "image-to-video", 9, start_tokens=first).result[0]
+    clip = sample(env, model, cond, frames=5, width=64, height=48, schedule=scheduled, hidden={"unique_id": "7"})
+    assert clip.tokens.shape == (1, 3, 4, 4) and torch.equal(clip.tokens[:, 0], first.tokens[:, 0])
+    assert env.node_texts[-1] == ("7", "32×32 px, 9 frames from the Frame Schedule (wins over this node's 64×48, "
+                                       "5 frames, which are for text-only runs)")
+    same = sample(env, model, cond, frames=9, schedule=scheduled, hidden={"unique_id": "7"})  # widgets agree
+    assert env.node_texts[-1] == ("7", "32×32 px, 9 frames") and torch.equal(same.tokens, clip.tokens)
+    given = sample(env, model, cond, frames=9, width=64, height=64, given_tokens=first, hidden={"unique_id": "7"})
+    assert given.tokens.shape == (1, 3, 4, 4) and "from given_tokens" in env.node_texts[-1][1]
+    text_only = sample(env, model, cond, frames=5, width=64, height=48, hidden={"unique_id": "7"})
+    assert text_only.tokens.shape == (1, 2, 6, 8) and env.node_texts[-1] == ("7", "64×48 px, 5 frames")
 
 
 def test_schedule_validation_and_custom_keyframes(env):
@@ -173,12 +196,16 @@ def test_extend_video_carries_tokens(env):
 def test_save_and_load_tokens(env):
     model, _, cond = load(env)
     clip = sample(env, model, cond)
-    saved = env.run(env.mods["tio"].URSASaveTokens, hidden={"prompt": {}}, tokens=clip,
+    saved = env.run(env.mods["tio"].URSASaveTokens, hidden={"prompt": {}, "unique_id": "9"}, tokens=clip,
                     filename_prefix="ursa_tokens/test")
-    assert "saved ursa_tokens/test_00001_.safetensors" in str(saved.ui.as_dict())
+    entry = "ursa_tokens/test_00001_.safetensors [output]"
+    # On the node (core's progress text, which the frontend draws), in the history, and for web/js/ursa.js the
+    # exact entry URSA Load Tokens lists, so the frontend can add it to that list without a refresh.
+    assert env.node_texts == [("9", f"saved {entry}")]
+    assert saved.ui == {"text": [f"saved {entry}"], "ursa_token_file": [entry]}
     loader = env.mods["tio"].URSALoadTokens
     options = loader.GET_SCHEMA().input_by_id("token_file").options
-    assert options == ["ursa_tokens/test_00001_.safetensors [output]"]
+    assert options == [entry]
     loaded = env.run(loader, token_file=options[0]).result[0]
     assert torch.equal(loaded.tokens, clip.tokens) and loaded.fps == clip.fps
     assert loaded.identity == clip.identity and loaded.identity["model"] == "URSA-tiny"
@@ -240,10 +267,30 @@ def test_loader_speed_options(env):
 
 
 def test_interpolation_needs_a_frame_to_generate(env):
+    """A rule tying mode, frames and start_time: checked when the node runs (a validator can hold one rule, and
+    the Frame Schedule's is frames), with one message naming all three."""
     node = env.mods["sched"].URSAFrameSchedule
     base = {"mode": "interpolation", "frames": 5, "start_time": 1.0, "given_frames": 1, "keyframes": ""}
-    assert "frames=5 with interpolation" in str(env.validate(node, base))
-    assert env.validate(node, {**base, "start_time": 0.9}) == []
-    assert env.validate(node, {**base, "frames": 9}) == []
-    assert "start_time=1.5" in str(env.validate(node, {**base, "start_time": 1.5}))
-    assert "mode='zoom'" in str(env.validate(node, {**base, "mode": "zoom"}))
+    assert env.validate(node, base) == []
+    with pytest.raises(ValueError, match="frames=5 with mode='interpolation' and start_time=1 holds every"):
+        env.run(node, **base)
+    _, vq, _ = load(env)
+    ends = encode(env, vq, torch.rand(1, 32, 32, 3))
+    assert env.run(node, **{**base, "start_time": 0.9}, start_tokens=ends, end_tokens=ends).result
+    assert env.run(node, **{**base, "frames": 9}, start_tokens=ends, end_tokens=ends).result
+
+
+def test_nan_refusing_bounds_compare_like_core_and_serialize_as_numbers(env):
+    """Core checks a number widget with `value < min` and `value > max`; NaN must fail both, numbers behave as
+    before, and the frontend still receives plain numbers."""
+    import json
+    import math
+
+    from nodes.widgets import NanRefusingBound
+
+    low, high = NanRefusingBound(0.0), NanRefusingBound(1.0)
+    assert math.nan < low and math.nan > high  # what core computes for a NaN value: both out of range
+    assert not (0.5 < low) and not (0.5 > high) and (-0.1 < low) and (1.5 > high) and not (0.0 < low)
+    assert json.dumps({"min": low, "max": high}) == '{"min": 0.0, "max": 1.0}' and low == 0.0
+    cfg = env.mods["sampler"].URSASampler.GET_SCHEMA().input_by_id("cfg")
+    assert isinstance(cfg.min, NanRefusingBound) and isinstance(cfg.max, NanRefusingBound)

@@ -122,6 +122,15 @@ def test_every_node_in_readme(ursa_nodes):
 
 
 # ----------------------------------------------------------------------------------------------- workflows
+def test_templates_live_in_the_top_level_workflows_folder():
+    """The design names `workflows/`, one of the folders ComfyUI serves a custom node's templates from
+    (app/custom_node_manager.py: example_workflows, example, examples, workflow, workflows); one folder only, so the
+    template browser never lists a template twice."""
+    assert make_workflows.OUT_DIR == ROOT / "workflows"
+    served = ("example_workflows", "example", "examples", "workflow", "workflows")
+    assert [name for name in served if (ROOT / name).is_dir()] == ["workflows"]
+
+
 def test_workflows_exist_in_pairs_with_thumbnails():
     assert UI_WORKFLOWS and sorted(p.stem for p in UI_WORKFLOWS) == sorted(TEMPLATE_BY_TITLE)
     assert sorted(p.stem for p in API_WORKFLOWS) == sorted(t.id for t in make_workflows.TEMPLATES)
@@ -199,6 +208,27 @@ def test_ui_layout_open_clean(path):
     for _, src, _, dst, _, _ in wf["links"]:  # left to right within a band; a wrap only goes to a lower band
         assert pos[dst][0] > pos[src][0] or pos[dst][1] > pos[src][1], (titles[src], titles[dst])
     assert wf["extra"]["ds"]["scale"] >= 0.4, "the saved view is too small to read anything"
+
+
+def test_interpolation_template_starts_and_ends_on_different_frames():
+    """ComfyUI ships one example image: the end frame is its mirror image (core's Image Flip), so the template runs
+    as shipped and interpolates between two different frames."""
+    api = json.loads((make_workflows.OUT_DIR / "api" / "ursa_interpolation.json").read_text(encoding="utf-8"))
+    by_title = {n["_meta"]["title"]: (nid, n) for nid, n in api.items()}
+    start_source = by_title["URSA Encode Start"][1]["inputs"]["image"]
+    end_source = by_title["URSA Encode End"][1]["inputs"]["image"]
+    assert start_source != end_source
+    flip = api[end_source[0]]
+    assert flip["class_type"] == "ImageFlip" and flip["inputs"]["image"] == start_source
+
+
+def test_frame_schedule_tells_the_frontend_which_modes_read_an_input():
+    """web/js/ursa.js shows given_frames and keyframes only in the modes listed here (the node definition)."""
+    inputs = {i["name"]: i for i in make_workflows.load_specs()["URSAFrameSchedule"]["inputs"]}
+    assert inputs["given_frames"]["modes"] == ["extension"] and inputs["keyframes"]["modes"] == ["custom keyframes"]
+    assert all(inputs[name]["modes"] is None for name in ("mode", "frames", "start_time", "hold"))
+    script = (ROOT / "web" / "js" / "ursa.js").read_text(encoding="utf-8")
+    assert '"ursa_modes"' in script and '"ursa_token_file"' in script
 
 
 def test_layout_check_catches_overlap_and_off_view():

@@ -284,38 +284,6 @@ def first_problem(*checks: Callable[[], object]) -> str | bool:
     return True
 
 
-def path_param_or_default(name: str, value) -> float:
-    """Node widgets for c, alpha and shift: 0 means the checkpoint's value, else a path parameter."""
-    return number(name, value, 0.0, PATH_MAX[name])
-
-
-# Node input name -> its rule, so every node's validate_inputs reads the same rules as the CLI and the API.
-NODE_INPUT_RULES: dict[str, Callable[[object], object]] = {
-    "frames": frames,
-    "window_frames": lambda v: frames(v, name="window_frames", min_latents=2),
-    "width": lambda v: size("width", v),
-    "height": lambda v: size("height", v),
-    "steps": steps,
-    "seed": seed,
-    "batch_size": lambda v: integer("batch_size", v, 1, MAX_BATCH),
-    "cfg": lambda v: guidance(v, "cfg"),
-    "guidance_trunc": lambda v: unit("guidance_trunc", v),
-    "start_time": lambda v: unit("start_time", v),
-    "carry_start": lambda v: unit("carry_start", v),
-    "motion_score": lambda v: number("motion_score", v, *MOTION_RANGE),
-    "c": lambda v: path_param_or_default("c", v),
-    "alpha": lambda v: path_param_or_default("alpha", v),
-    "shift": lambda v: path_param_or_default("shift", v),
-}
-
-
-def check_node_inputs(**values) -> str | bool:
-    """`validate_inputs` for node widgets: the first broken rule's message, or True. Linked inputs arrive as None
-    and are checked when the node runs."""
-    return first_problem(*(lambda n=name, v=value: NODE_INPUT_RULES[n](v)
-                           for name, value in values.items() if value is not None))
-
-
 def arg_type(check: Callable[[object], object], convert: Callable[[str], object]) -> Callable[[str], object]:
     """An argparse `type=` function: converts the text, then applies the rule (argparse prints the message)."""
     def parse(text: str):

@@ -12,7 +12,7 @@ import torch
 from .. import rules
 from ..attention.backends import resolve as resolve_attention
 from ..errors import CheckpointError
-from ..files.safetensors_io import check_state_dict, load_state_dict, read_json
+from ..files.safetensors_io import check_state_dict, load_state_dict, read_json, weight_files
 from ..model.config import SchedulerConfig, TransformerConfig, check_types
 from ..model.modeling_ursa import URSATransformer, build_transformer, expected_state_shapes
 from ..model.sequence import ModelInput
@@ -93,6 +93,44 @@ def check_layout(folder: Path) -> None:
 
 # transformer/config.json keys no other diffusers model has: URSA reads text and visual ids with one vocabulary.
 URSA_CONFIG_KEYS = ("lm_vocab_size", "lm_head_size", "bov_token_id")
+
+
+# Components of the official layout whose weights the model reads (diffusers folders, single file or shards).
+WEIGHT_COMPONENTS = ("transformer", "vae")
+
+
+def looks_like_ursa(folder: Path) -> bool:
+    """Whether `folder` is meant to be an URSA checkpoint, complete or not (a download that stopped half way): its
+    transformer config has URSA's own keys, or, before that config arrived, its model_index.json names URSA's
+    pipeline."""
+    folder = Path(folder)
+    for path, is_ursa in ((folder / "transformer" / "config.json", lambda d: all(k in d for k in URSA_CONFIG_KEYS)),
+                          (folder / "model_index.json", lambda d: d.get("_class_name") == "URSAPipeline")):
+        if path.is_file():
+            try:
+                data = read_json(path)
+            except (CheckpointError, OSError):
+                continue
+            return isinstance(data, dict) and is_ursa(data)
+    return False
+
+
+def layout_gaps(folder: Path) -> list[str]:
+    """What `folder` lacks of the official layout ('tokenizer/', 'vae weights', ...), in layout order; empty when
+    complete. Reads configs and weight indexes (a missing shard counts), never weights."""
+    folder = Path(folder)
+    needed = ["model_index.json", "transformer/config.json", "scheduler/scheduler_config.json", "tokenizer/",
+              "vae/config.json"]
+    gaps = [rel for rel in needed if not (folder / rel).exists()]
+    scheduler = folder / "scheduler"
+    if not any((scheduler / name).is_file() for name in ("scheduler_model.pth", "scheduler_model.safetensors")):
+        gaps.append("scheduler/scheduler_model.pth")
+    for component in WEIGHT_COMPONENTS:
+        try:
+            weight_files(folder / component)
+        except CheckpointError:
+            gaps.append(f"{component} weights")
+    return gaps
 
 
 def is_ursa_folder(folder: Path) -> bool:

@@ -23,6 +23,11 @@ def split_annotation(name: str) -> tuple[str, str]:
     return name, DEFAULT_ANNOTATION
 
 
+def annotated_name(relative: str, tag: str) -> str:
+    """How a file `relative` to the root `tag` is listed: 'a/b.safetensors' (input) or 'a/b.safetensors [output]'."""
+    return relative if tag == DEFAULT_ANNOTATION else f"{relative} [{tag}]"
+
+
 def _inside(path: str, root: str) -> bool:
     return os.path.commonpath([path, root]) == root
 
@@ -50,7 +55,6 @@ def list_contained(roots: Mapping[str, str | Path], suffix: str) -> list[str]:
         root = Path(root)
         if not root.is_dir():
             continue
-        mark = "" if tag == DEFAULT_ANNOTATION else f" [{tag}]"
-        found = [p.relative_to(root).as_posix() + mark for p in root.rglob(f"*{suffix}")]
+        found = [annotated_name(p.relative_to(root).as_posix(), tag) for p in root.rglob(f"*{suffix}")]
         names += sorted(n for n in found if resolve_contained(n, roots, suffix) is not None)
     return names

@@ -189,6 +189,8 @@ def extension_starts(latent_frames: int, given: int, start: float) -> dict[int, 
 
 SCHEDULE_MODES = ("text-to-image", "text-to-video", "image-to-video", "interpolation", "extension",
                   "custom keyframes")
+# The inputs only some modes read (the others ignore them): the node shows each in these modes only.
+MODE_ONLY_INPUTS = {"given_frames": ("extension",), "keyframes": ("custom keyframes",)}
 
 
 def parse_keyframes(text: str, latent_frames: int) -> dict[int, float]:
