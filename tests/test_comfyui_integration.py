@@ -362,7 +362,6 @@ def test_devices_node_rejects_a_device_that_does_not_exist(server):
     assert "devices='cpu, cuda:1': device='cuda:1' is not available" in message and "\n" not in message
 
 
-def test_missing_model_rejected(server, tmp_path):
 def test_missing_model_rejected_once_with_the_download_command(server, tmp_path):
     status, body = post_prompt(server["url"], "ursa_t2i", TINY + ["URSA Loader.model_name=URSA-not-downloaded"])
     assert status == 400, body
