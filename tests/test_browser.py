@@ -82,11 +82,13 @@ SHRINK = {
                            "URSA Frame Schedule": {"frames": 9}},
     "ursa_long_video": {**TINY, "URSA Extend Video": {"windows": 1, "window_frames": 5, "overlap": 1, "steps": 2}},
     "ursa_upscale_chain": TINY,
+    "ursa_t2v_two_gpus": {"URSA Sampler": {"width": 64, "height": 64, "steps": 2, "frames": 5},
+                          "URSA Devices": {"devices": "cpu, cpu"}},   # this server has no GPU: two CPU copies
 }
 # What each run makes: (width, height) of the sampler's clip (its preview is labelled with it) and of the video.
 MADE = {"ursa_t2i": ((64, 40), None), "ursa_t2v": ((64, 64), (64, 64)), "ursa_i2v": ((64, 40), (64, 40)),
         "ursa_interpolation": ((64, 40), (64, 40)), "ursa_long_video": ((64, 40), (64, 40)),
-        "ursa_upscale_chain": ((64, 40), (128, 80))}
+        "ursa_upscale_chain": ((64, 40), (128, 80)), "ursa_t2v_two_gpus": ((64, 64), (64, 64))}
 OUTPUT_NODES = {"SaveImage", "SaveVideo"}
 TIMINGS: dict[str, float] = {}
 VIEWS: dict[str, list] = {}  # template id -> [initial scale, LiteGraph low-quality (no text) rendering]
@@ -346,15 +348,19 @@ def test_template_browser_lists_titles_and_thumbnails(page, server):
     page.evaluate("() => app.extensionManager.command.execute('Comfy.BrowseTemplates')")
     page.wait_for_selector(".p-dialog", timeout=30_000)
     page.get_by_text(comfy.PLUGIN_DIR_NAME, exact=True).first.click()
-    for title in titles:
-        page.get_by_text(title, exact=True).first.wait_for(timeout=30_000)
+    seen = {}   # the cards' images as each scrolled into view: alt text -> decoded
+    for title in titles:  # a card below the fold loads its thumbnail once scrolled into view, as a user scrolls
+        card = page.get_by_text(title, exact=True).first
+        card.wait_for(timeout=30_000)
+        card.scroll_into_view_if_needed()
+        page.wait_for_timeout(1000)
+        seen.update(page.evaluate("""() => Object.fromEntries(Array.from(document.querySelectorAll('.p-dialog img'))
+            .map(i => [i.alt, i.complete && i.naturalWidth > 0]))"""))
     page.wait_for_timeout(1500)
     page.screenshot(path=str(OUT / "template_browser.png"))
     assert fetched == {t: 200 for t in titles}, f"thumbnail requests (title -> status): {fetched}"
-    # The cards show them as blob: URLs once fetched; all must have decoded.
-    decoded = page.evaluate("""() => Array.from(document.querySelectorAll('.p-dialog img'))
-        .map(i => i.complete && i.naturalWidth > 0)""")
-    assert len(decoded) >= len(titles) and all(decoded), decoded
+    # The cards show them as blob: URLs once fetched; every one must have decoded.
+    assert all(seen.get(title) for title in titles), seen
 
 
 def test_help_pages_load_on_first_request(page, server):

@@ -56,6 +56,8 @@ CASES = {
                                 "URSA Extend Video.window_frames=5", "URSA Extend Video.overlap=1",
                                 "URSA Extend Video.steps=2"], 9, (64, 64)),
     "ursa_upscale_chain": (TINY + ["URSA Sampler.frames=5"], 5, (128, 128)),
+    # the two-GPU template on this CPU server: URSA Devices lists the CPU twice (two weight copies)
+    "ursa_t2v_two_gpus": (TINY + ["URSA Sampler.frames=5", "URSA Devices.devices=cpu, cpu"], 5, (64, 64)),
 }
 TIMINGS: dict[str, float] = {}
 
