@@ -36,10 +36,10 @@ from comm_timer import CommTimer  # noqa: E402
 from random_model import random_model, random_prompt_ids, random_transformer  # noqa: E402
 
 from ursa_core.attention import backends as attention  # noqa: E402
-from ursa_core.batch.prompt_sets import Claims, distributed_store  # noqa: E402
+from ursa_core.batch.prompt_sets import Claims  # noqa: E402
 from ursa_core.errors import InputError  # noqa: E402
 from ursa_core.files.atomic import atomic_file  # noqa: E402
-from ursa_core.parallel.distributed import build_layout  # noqa: E402
+from ursa_core.parallel.distributed import build_layout, finish, init_from_env, join_launch  # noqa: E402
 from ursa_core.sampling.generate import generate  # noqa: E402
 
 MODES = ("single", "cfg", "sp", "cfg+sp")
@@ -47,17 +47,14 @@ CLIP = dict(frames=49, height=320, width=512, steps=50)
 QUICK_CLIP = dict(frames=9, height=64, width=64, steps=6)
 
 
-def setup() -> tuple[int, int, torch.device]:
-    """torchrun's env:// rendezvous when WORLD_SIZE is set; NCCL on GPUs (one per local rank), gloo on the CPU."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
+def setup():
+    """torchrun's rendezvous when WORLD_SIZE is set (ursa_core's launch session: NCCL on cuda:LOCAL_RANK, gloo on
+    the CPU); returns (session or None, rank, world, device)."""
+    session = join_launch()
+    rank, world, device = init_from_env("auto", session)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    if world > 1:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=device
-                                if device.type == "cuda" else None)
-    return (dist.get_rank() if world > 1 else 0), world, device
+    return session, rank, world, device
 
 
 def build_model(quick: bool, device: torch.device):
@@ -139,9 +136,9 @@ def run_mode(mode: str, model, ids, clip: dict, device, rank: int, world: int) -
     return result
 
 
-def batch_throughput(model, clip: dict, prompts: int, steps: int, device, rank: int, world: int) -> dict:
+def batch_throughput(model, clip: dict, prompts: int, steps: int, device, rank: int, world: int, store) -> dict:
     """Data parallel: each rank renders whole clips (tokens only) claimed from the shared counter."""
-    claims = Claims(prompts, distributed_store(), prefix="bench_batch")
+    claims = Claims(prompts, store, prefix="bench_batch")
     short = {**clip, "steps": steps}
     generate(model, prompt_ids=random_prompt_ids(model.config, 0), guidance=7.0, **{**short, "steps": 2})  # warm
     barrier()
@@ -180,7 +177,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    rank, world, device = setup()
+    session, rank, world, device = setup()
     model = build_model(args.quick, device)
     model.transformer.set_attention(attention.resolve(args.attention, device))
     clip = dict(QUICK_CLIP if args.quick else CLIP)
@@ -205,14 +202,14 @@ def main(argv=None) -> int:
         if rank == 0:
             report["modes"][mode] = result
             print(mode, json.dumps(result), flush=True)
-    report["batch"] = batch_throughput(model, clip, args.batch_prompts, args.batch_steps, device, rank, world)
+    report["batch"] = batch_throughput(model, clip, args.batch_prompts, args.batch_steps, device, rank, world,
+                                       session.store if session is not None else None)
     if rank == 0:
         print("batch", json.dumps(report["batch"]), flush=True)
         with atomic_file(args.out) as tmp:
             tmp.write_text(json.dumps(report, indent=2, default=str))
         print(f"wrote {args.out}")
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    finish(session)
     return 0
 
 

@@ -5,20 +5,19 @@ import sys
 import time
 from pathlib import Path
 
-import torch.distributed as dist
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from ursa_core.batch.prompt_sets import Claims, distributed_store, read_jobs, run_jobs  # noqa: E402
+from ursa_core.batch.prompt_sets import Claims, read_jobs, run_jobs  # noqa: E402
+from ursa_core.parallel.distributed import barrier, finish, init_from_env, join_launch  # noqa: E402
 
 
 def main(prompts: str, out: str) -> None:
-    dist.init_process_group("gloo")
-    rank = dist.get_rank()
+    session = join_launch()
+    rank = init_from_env("cpu", session)[0]
     jobs = read_jobs(prompts, samples=2, ext=".txt")
     die_at = int(os.environ.get("URSA_TEST_DIE_AT", "-1"))
     started = []
 
-    def render(job, target: Path) -> None:
+    def render(job, target: Path, publish) -> None:
         started.append(job.key)
         time.sleep(0.02 if rank == 0 else 0.09)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -26,11 +25,12 @@ def main(prompts: str, out: str) -> None:
         tmp.write_text(f"{job.samples[0].prompt}|{job.samples[0].seed}")
         if rank == 1 and len(started) == die_at:
             os._exit(9)   # killed between writing and renaming: the output must not count as finished
+        publish()
         tmp.replace(target)
 
-    run_jobs(jobs, out, render, Claims(len(jobs), distributed_store()), rank=rank)
-    dist.barrier()
-    dist.destroy_process_group()
+    run_jobs(jobs, out, render, Claims(len(jobs), session.store), rank=rank)
+    barrier()
+    finish(session)
 
 
 if __name__ == "__main__":

@@ -186,7 +186,7 @@ def test_cli_creates_missing_parent_and_prints_wrote_after_the_file_exists(tmp_p
 def test_cli_write_failure_after_sampling_is_exit_1(tmp_path, capsys, tiny_dir, monkeypatch):
     from ursa_core.files import media
 
-    def failing_encoder(images, path, fps=12.0):
+    def failing_encoder(images, path, fps=12.0, before_rename=None):
         with atomic_file(path) as tmp:
             raise OSError(28, "No space left on device", str(tmp))
     monkeypatch.setattr(media, "write_mp4", failing_encoder)

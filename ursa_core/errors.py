@@ -24,3 +24,10 @@ class OutputError(URSAError):
 
     The message names the path and the cause. The CLI exits 1 (an I/O failure), not 2 (bad input).
     """
+
+
+class LaunchError(URSAError):
+    """The ranks of a torchrun launch could not meet (no store at MASTER_ADDR:MASTER_PORT) or lost each other.
+
+    The CLI exits 1.
+    """

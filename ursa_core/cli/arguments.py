@@ -38,6 +38,12 @@ PLACEMENT = {name: rules.arg_type(lambda v, n=name: rules.placement(n, v), str)
              for name in ("vq_device", "text_device")}
 ATTENTION_HELP = f"{', '.join(attention_registry.names())} (only those this machine can run are accepted)"
 
+# The flags' defaults where no checkpoint sets one (size, steps and motion are the checkpoint's: request()).
+# `ursa batch` takes an evaluation preset's values instead where it has one (ursa_core.batch.presets).
+DEFAULTS = {"negative": "", "frames": 1, "guidance": 7.0, "dtype": "auto", "samples": 1}
+# The flags a preset sets (by their argparse names: --cfg is `guidance`); given on the command line, they win.
+PRESET_OPTIONS = ("samples", "height", "width", "steps", "guidance", "frames", "negative", "motion", "dtype")
+
 
 @contextlib.contextmanager
 def warnings_on_stderr():

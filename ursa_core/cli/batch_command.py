@@ -1,29 +1,38 @@
 """`ursa batch`: a prompt set with one model load, resumable, shared between torchrun ranks (ursa_core.batch).
 
-Every sample's settings (the command line's, with the item's overrides) pass the same rules as `ursa generate`,
-memory estimate included, before any weight loads; a bad item is one line naming the item, the value and the rule.
+Before any weight loads: the evaluation preset's settings are applied (ursa_core.batch.presets; an option given on
+the command line wins, and the run says so), every output name is computed and checked, every sample's settings
+(the command line's, with the item's overrides) pass the same rules as `ursa generate`, memory estimate included,
+the output folder is locked for this run (ursa_core.batch.run_lock) and finished outputs made under another seed
+rule or other settings are refused (or, with --overwrite-stale, queued to be regenerated). A bad item is one line
+naming the item, the value and the rule.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Optional
 
 import torch
 
 from .. import rules
-from ..batch.prompt_sets import MANIFEST, Claims, Job, distributed_store, read_jobs, run_jobs
+from ..batch.presets import PROTOCOLS, Protocol
+from ..batch.prompt_sets import (MANIFEST, Claims, Job, PromptSet, prompt_format, read_prompt_set, run_jobs,
+                                 stale_outputs)
+from ..batch.run_lock import acquire
 from ..checkpoint.defaults import ModelDefaults, defaults_for
 from ..errors import InputError
 from ..files.atomic import TEMP_MARK, atomic_file, check_writable
 from ..files.media import load_image, write_frames
-from ..parallel.distributed import barrier, init_from_env, launched_world
+from ..parallel.distributed import barrier, init_from_env
 from ..runtime.speed import SpeedOptions
 from ..sampling.preflight import check_clip, check_options, checkpoint_rules
 from ..visual_tokenizer.codec import decode_tokens
-from .arguments import Request, check_images, request, speed_options
+from .arguments import DEFAULTS, PRESET_OPTIONS, Request, check_images, request, speed_options
 from .generate_command import load_for_cli, model_folder, sample_tokens
 
 # A JSONL item's override -> (its rule, the flag it replaces). Item keys are the command line's names (cfg for the
@@ -37,7 +46,11 @@ ITEM_RULES = {
     "motion": (rules.motion, "motion"),
     "negative": (lambda v: v if isinstance(v, str) else rules.choice("negative", v, ["a string"]), "negative"),
 }
-RECORDED = ("frames", "height", "width", "steps", "guidance", "guidance_trunc", "shift", "motion", "sampler")
+# A sample's settings that change its pixels: recorded per output and compared on resume (images by content);
+# speed options (attention, sampler, compile, placement) are recorded apart and never make an output stale.
+COMPARED = ("frames", "height", "width", "steps", "guidance", "guidance_trunc", "shift", "motion")
+SPEED_RECORDED = ("attention", "compile", "low_vram", "blocks_on_gpu", "weight_dtype", "vq_device", "text_device")
+SHOWN = {"guidance": "cfg"}   # the command line's name of a setting, where it differs
 
 
 @dataclass(frozen=True)
@@ -77,21 +90,74 @@ def plan_samples(jobs: list[Job], base: BatchBase) -> dict:
         try:
             plans[job.key] = [_sample_request(base, s.settings, cache) for s in job.samples]
         except InputError as exc:
-            raise InputError(f"item {job.key}: {exc}") from None
+            raise InputError(f"item {_shown(job)}: {exc}") from None
         frames = {r.settings.frames for r in plans[job.key]}
         image_out = job.out.endswith(".png")
         if image_out != (frames == {1}):
-            raise InputError(f"item {job.key}: frames={sorted(frames)[0]} does not fit its output {job.out} "
+            raise InputError(f"item {_shown(job)}: frames={sorted(frames)[0]} does not fit its output {job.out} "
                              f"({'images need --frames 1' if image_out else 'videos need --frames 5 or more'})")
     return plans
 
 
-def manifest_settings(run: Request, speed: SpeedOptions, dtype: str) -> dict:
-    """One sample's settings as the manifest records them, under the command line's names."""
-    settings = {name: getattr(run.settings, name) for name in RECORDED}
-    settings["cfg"] = settings.pop("guidance")
-    return {**settings, "negative": run.negative, "image": run.image, "last_image": run.last_image, "dtype": dtype,
-            "attention": speed.attention}
+def _shown(job: Job) -> str:
+    """A job as a message names it: its id, or the start of its prompt."""
+    return repr(job.samples[0].identity.split("\n")[0][:60])
+
+
+def _file_sha256(path: Optional[str]) -> Optional[str]:
+    return None if not path else hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def model_fingerprint(folder: Path) -> dict:
+    """The checkpoint as its outputs record it: its name and the hashes of its two configs (read before loading)."""
+    return {"name": folder.name, **{f"{part}_config": _file_sha256(str(folder / part / "config.json"))[:16]
+                                    for part in ("transformer", "vae")}}
+
+
+def describer(plans: dict, base: "BatchBase", protocol: Optional[Protocol]):
+    """describe(job) for ursa_core.batch.prompt_sets.run_jobs: the model, the protocol and each sample's settings
+    that change its pixels, under the command line's names."""
+    model, cache = model_fingerprint(base.folder), {}
+    dtype = str(base.dtype).replace("torch.", "")
+
+    def settings(run: Request) -> dict:
+        if id(run) not in cache:
+            values = {SHOWN.get(name, name): getattr(run.settings, name) for name in COMPARED}
+            cache[id(run)] = {**values, "negative": run.negative, "resize": run.resize, "dtype": dtype,
+                              "weight_dtype": base.speed.weight_dtype, "image_sha256": _file_sha256(run.image),
+                              "last_image_sha256": _file_sha256(run.last_image)}
+        return cache[id(run)]
+
+    def describe(job: Job) -> dict:
+        return {"model": model, "protocol": protocol.describe() if protocol else None,
+                "settings": [settings(run) for run in plans[job.key]]}
+    return describe
+
+
+def apply_protocol(args: argparse.Namespace, fmt: str) -> tuple[argparse.Namespace, Optional[Protocol], dict]:
+    """The run's flags: a flag given on the command line, else the format's reference protocol, else the command
+    line's default. Returns them, the protocol and {flag: (given, reference)} where they differ."""
+    protocol = PROTOCOLS.get(fmt)
+    values, overridden = {}, {}
+    for name in PRESET_OPTIONS:
+        given = getattr(args, name)
+        reference = protocol.settings.get(name) if protocol else None
+        if given is not None and reference is not None and given != reference:
+            overridden[name] = (given, reference)
+        values[name] = given if given is not None else reference if reference is not None else DEFAULTS.get(name)
+    return argparse.Namespace(**{**vars(args), **values}), protocol, overridden
+
+
+def describe_protocol(protocol: Optional[Protocol], overridden: dict) -> Optional[str]:
+    if protocol is None:
+        return None
+    settings = ", ".join(f"{SHOWN.get(k, k)}={v}" for k, v in protocol.settings.items() if k != "negative")
+    line = f"{protocol.describe()}: {settings}" + (", its negative prompt" if protocol.settings.get("negative")
+                                                    else "")
+    if overridden:
+        line += "; differs from it: " + ", ".join(f"{SHOWN.get(k, k)}={g!r} (reference {r!r})"
+                                                   for k, (g, r) in overridden.items())
+    return line
 
 
 def remove_stale_temporaries(outdir: Path) -> int:
@@ -130,54 +196,104 @@ class SetProgress:
         print(f"[batch] {done}/{total} done{rate}", flush=True)
 
 
-def check_set(args: argparse.Namespace, folder: Path) -> tuple[list[Job], BatchBase, dict]:
-    """The jobs of the set, what their samples share and each sample's checked request, before any weight loads."""
+def _check_square(protocol: Optional[Protocol], plans: dict) -> None:
+    if protocol is not None and protocol.square:
+        for runs in plans.values():
+            for run in runs:
+                if run.settings.height != run.settings.width:
+                    raise InputError(f"--height {run.settings.height} --width {run.settings.width}: {protocol.name}'s "
+                                     f"scorer crops square tiles of the grid; give equal sizes")
+
+
+def check_set(args: argparse.Namespace, folder: Path, device: torch.device
+              ) -> tuple[PromptSet, "BatchBase", dict, Optional[Protocol], dict]:
+    """Every check that needs no weights and no other rank: the preset's settings, the set and its names, what its
+    samples share and each sample's checked request."""
     if not (folder / "vae" / "config.json").is_file():
         raise InputError(f"--model {folder}: has no vae/config.json; a batch decodes every output")
     outdir = Path(args.outdir)
     if outdir.exists() and not outdir.is_dir():
         raise InputError(f"--outdir {outdir}: is a file; give a folder")
-    if launched_world() > 1:
-        device = rules.rank_device(args.device, 0, launched_world())
-    else:
-        device = rules.device(args.device)
-    jobs = read_jobs(args.prompts, args.format, args.samples, args.seed, ".png" if args.frames == 1 else ".mp4")
+    fmt = prompt_format(args.prompts, args.format)
+    args, protocol, overridden = apply_protocol(args, fmt)
+    prompt_set = read_prompt_set(args.prompts, fmt, args.samples, args.seed, ".png" if args.frames == 1 else ".mp4",
+                                 args.prompt_field)
     speed = speed_options(args)
     dtype = check_options(args.dtype, speed, args.sampler, device)
     flags = {**vars(args), "image": None, "last_image": None}
     prompts = Path(args.prompts)
     base = BatchBase(flags, defaults_for(folder, checkpoint_rules(folder)[1]), speed, dtype, device, folder,
                      prompts if prompts.is_dir() else prompts.parent)
-    return jobs, base, plan_samples(jobs, base)
+    plans = plan_samples(prompt_set.jobs, base)
+    _check_square(protocol, plans)
+    return prompt_set, base, plans, protocol, overridden
 
 
-def run_batch(args: argparse.Namespace) -> int:
+def _refuse_or_replace(stale: list, outdir: Path, overwrite: bool) -> None:
+    """Finished outputs made under another seed rule or other settings are never mixed with new ones."""
+    if not stale:
+        return
+    job, why = stale[0]
+    if not overwrite:
+        raise InputError(f"--outdir {outdir}: {len(stale)} finished output(s) there were made under another seed "
+                         f"rule or other settings ({job.out}: {why}); rerun with --overwrite-stale to regenerate "
+                         f"them, or choose another --outdir")
+    print(f"regenerating {len(stale)} stale output(s) ({job.out}: {why})", flush=True)
+
+
+def run_batch(args: argparse.Namespace, session=None) -> int:
+    """`ursa batch`; `session`: this rank's ursa_core.parallel.ranks.RankSession under torchrun (None: one
+    process)."""
     folder = model_folder(args.model)
-    jobs, base, plans = check_set(args, folder)
+    rank, world = (session.rank, session.world) if session else (0, 1)
+    device = rules.rank_device(args.device, session.local_rank, world) if session else rules.device(args.device)
+    prompt_set, base, plans, protocol, overridden = check_set(args, folder, device)
+    describe = describer(plans, base, protocol)
     outdir = Path(args.outdir)
     check_writable(outdir / MANIFEST, "--outdir")   # a folder that cannot be written is refused before any load
-    rank, world, device = init_from_env(args.device)
-    outdir.mkdir(parents=True, exist_ok=True)
-    if rank == 0 and (stale := remove_stale_temporaries(outdir)):
-        print(f"removed {stale} unfinished temporary file(s) of an earlier run")
-    barrier()   # no rank starts writing before the stale temporaries are gone
-    model = load_for_cli(folder, device, args.dtype, base.speed)
+    lock = acquire(outdir, world) if rank == 0 else None   # the ranks of one launch are one run
+    try:
+        if rank == 0:
+            _refuse_or_replace(stale_outputs(prompt_set.jobs, outdir, describe), outdir, args.overwrite_stale)
+            _announce(args, prompt_set, protocol, overridden, outdir, world, lock)
+        return _render_set(args, prompt_set, plans, base, protocol, describe, outdir, session)
+    finally:
+        if lock is not None:
+            lock.release()
 
-    def render(job: Job, target: Path) -> dict:
+
+def _announce(args, prompt_set: PromptSet, protocol, overridden: dict, outdir: Path, world: int, lock) -> None:
+    if lock.took_over:
+        print(f"took over the lock of a run that is gone (pid {lock.took_over['pid']})")
+    if (stale := remove_stale_temporaries(outdir)):
+        print(f"removed {stale} unfinished temporary file(s) of an earlier run")
+    for line in filter(None, [describe_protocol(protocol, overridden), *prompt_set.notes]):
+        print(line)
+    print(f"{len(prompt_set.jobs)} outputs in {outdir} from {args.prompts}, {world} rank(s)", flush=True)
+
+
+def _render_set(args, prompt_set: PromptSet, plans: dict, base: "BatchBase", protocol, describe, outdir: Path,
+                session) -> int:
+    rank, world, device = init_from_env(args.device, session)
+    barrier()   # no rank starts writing before rank 0 has the lock and the stale temporaries are gone
+    model = load_for_cli(base.folder, device, base.dtype, base.speed)   # the preset's dtype, resolved
+    fps = protocol.fps if protocol is not None and protocol.fps else model.geometry.fps
+
+    def render(job: Job, target: Path, publish) -> None:
         pixels = []
         for sample, run in zip(job.samples, plans[job.key]):
             run = replace(run, settings=replace(run.settings, seed=sample.seed))
             images = {which: load_image(path) for which, path in ((0, run.image), (-1, run.last_image)) if path}
             pixels.append(decode_tokens(model, sample_tokens(model, run, images, sample.prompt)))
         write_side_files(outdir, job)
-        write_frames(grid2x2(pixels) if job.layout == "grid2x2" else pixels[0], target, fps=model.geometry.fps)
-        return {"settings": [manifest_settings(r, base.speed, args.dtype) for r in plans[job.key]],
-                "device": str(device)}
+        write_frames(grid2x2(pixels) if job.layout == "grid2x2" else pixels[0], target, fps=fps,
+                     before_rename=publish)
 
-    if rank == 0:
-        print(f"{len(jobs)} outputs in {outdir} from {args.prompts}, {world} rank(s)", flush=True)
-    claims, progress = Claims(len(jobs), distributed_store()), SetProgress() if rank == 0 else None
-    report = run_jobs(jobs, outdir, render, claims, rank=rank, progress=progress)
+    jobs = prompt_set.jobs
+    info = {"device": str(device), "speed": {name: getattr(base.speed, name) for name in SPEED_RECORDED},
+            "sampler": args.sampler}
+    claims, progress = Claims(len(jobs), session.store if session else None), SetProgress() if rank == 0 else None
+    report = run_jobs(jobs, outdir, render, claims, rank=rank, progress=progress, describe=describe, info=info)
     barrier()
     if progress is not None and claims.finished() != progress.last:  # the other ranks finished the last jobs
         progress(claims.finished(), len(jobs), claims.rendered())

@@ -75,6 +75,11 @@ class ProgressPrinter:
             self.bar = tqdm(total=self.total, desc=self.desc, unit="step")
         self.bar.update(1)
         if info.step + 1 == info.steps:
+            self.close()
+
+    def close(self) -> None:
+        """End the bar's line (also when sampling stops early, so an error message gets a line of its own)."""
+        if self.bar is not None:
             self.bar.close()
 
 
@@ -114,7 +119,9 @@ def checked_request(args: argparse.Namespace, folder: Path, speed: SpeedOptions)
     return run
 
 
-def run_generate(args: argparse.Namespace) -> int:
+def run_generate(args: argparse.Namespace, session=None) -> int:
+    """`ursa generate`; `session`: this rank's ursa_core.parallel.ranks.RankSession under torchrun (None: one
+    process)."""
     check_output_path(args.out, args.frames)
     tokens_path: Optional[Path] = None
     if args.save_tokens:
@@ -125,7 +132,7 @@ def run_generate(args: argparse.Namespace) -> int:
     kv_heads = checkpoint_rules(folder)[0].num_key_value_heads
     rules.parallel_layout(args.parallel, launched_world(), kv_heads)
     images = read_images(run)
-    rank, world, device = init_from_env(args.device)
+    rank, world, device = init_from_env(args.device, session)
     layout = build_layout(args.parallel, kv_heads) if world > 1 else None
     started = time.time()
     model = load_for_cli(folder, device, args.dtype, speed)
@@ -138,8 +145,12 @@ def run_generate(args: argparse.Namespace) -> int:
               f"{model.transformer.attn_implementation}); sampling {settings.frames} frame(s) "
               f"{settings.width}x{settings.height} = {latent} latent tokens, {settings.steps} steps"
               + (f", {args.parallel} parallel over {layout.world} ranks" if layout is not None else ""))
-    tokens = sample_tokens(model, run, images, args.prompt,
-                           ProgressPrinter(settings.steps, "sampling") if rank == 0 else None, layout)
+    progress = ProgressPrinter(settings.steps, "sampling") if rank == 0 else None
+    try:
+        tokens = sample_tokens(model, run, images, args.prompt, progress, layout)
+    finally:
+        if progress is not None:
+            progress.close()
     if rank != 0:  # the other ranks of a parallel run hold the same tokens; rank 0 writes them
         return 0
     if tokens_path is not None:

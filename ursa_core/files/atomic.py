@@ -13,11 +13,12 @@ import tempfile
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 from ..errors import InputError, OutputError
 
 TEMP_MARK = ".partial"
+NAME_MAX = 255   # bytes per file name on ext4, XFS, btrfs, APFS and ZFS (NTFS: 255 UTF-16 units, never more bytes)
 
 
 def check_writable(target: str | Path, what: str = "--out") -> Path:
@@ -36,6 +37,16 @@ def check_writable(target: str | Path, what: str = "--out") -> Path:
     return target
 
 
+def _temporary_name(name: str, suffix: str, token: str) -> str:
+    """The hidden name a file is written under before it is renamed to `name` (the one home of its shape)."""
+    return f".{name}.{token}{TEMP_MARK}{suffix}"
+
+
+def name_budget(suffix: str) -> int:
+    """The longest file name (UTF-8 bytes) with `suffix` whose temporary name still fits in NAME_MAX."""
+    return NAME_MAX - len(_temporary_name("", suffix, secrets.token_hex(4)).encode("utf-8"))
+
+
 def _fresh_beside(target: Path, make) -> Path:
     """Create a new hidden name beside `target` that keeps its extension (writers pick the format from it).
 
@@ -43,7 +54,7 @@ def _fresh_beside(target: Path, make) -> Path:
     temporary becomes the output.
     """
     for _ in range(100):
-        candidate = target.with_name(f".{target.name}.{secrets.token_hex(4)}{TEMP_MARK}{target.suffix}")
+        candidate = target.with_name(_temporary_name(target.name, target.suffix, secrets.token_hex(4)))
         try:
             make(candidate)
             return candidate
@@ -92,9 +103,14 @@ def _check_written(tmp: Path, target: Path) -> None:
 
 
 @contextmanager
-def atomic_files(targets: Sequence[str | Path]) -> Iterator[list[Path]]:
+def atomic_files(targets: Sequence[str | Path],
+                 before_rename: Optional[Callable[[], None]] = None) -> Iterator[list[Path]]:
     """Yield one temporary path per target; when the block succeeds, each is checked (non-empty), synced and
-    renamed onto its target. On any exception (KeyboardInterrupt included) every temporary is removed."""
+    renamed onto its target. On any exception (KeyboardInterrupt included) every temporary is removed.
+
+    `before_rename()` runs once the files are complete and synced, just before they appear (a batch logs the
+    output there, so no output ever exists without its record); if it raises, nothing is renamed.
+    """
     targets = [Path(t) for t in targets]
     temps: list[Path] = []
     try:
@@ -105,6 +121,8 @@ def atomic_files(targets: Sequence[str | Path]) -> Iterator[list[Path]]:
         for tmp, target in zip(temps, targets):
             _check_written(tmp, target)
             _fsync(tmp)
+        if before_rename is not None:
+            before_rename()
         with _sigint_deferred():
             for tmp, target in zip(temps, targets):
                 os.replace(tmp, target)
@@ -117,9 +135,9 @@ def atomic_files(targets: Sequence[str | Path]) -> Iterator[list[Path]]:
 
 
 @contextmanager
-def atomic_file(target: str | Path) -> Iterator[Path]:
+def atomic_file(target: str | Path, before_rename: Optional[Callable[[], None]] = None) -> Iterator[Path]:
     """`with atomic_file("out.mp4") as tmp: write(tmp)`: the target changes only if the block succeeds."""
-    with atomic_files([target]) as temps:
+    with atomic_files([target], before_rename) as temps:
         yield temps[0]
 
 

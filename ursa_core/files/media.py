@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -104,19 +104,21 @@ def frame_paths(path: str | Path, frames: int) -> list[Path]:
     return [path.with_name(f"{path.stem}_{i:05d}{path.suffix}") for i in range(frames)]
 
 
-def write_png(images: torch.Tensor, path: str | Path) -> list[Path]:
+def write_png(images: torch.Tensor, path: str | Path, before_rename: Optional[Callable[[], None]] = None
+              ) -> list[Path]:
     """One image file per frame (see frame_paths); all frames appear together or none do."""
     from PIL import Image
 
     arrays = to_uint8(images)
     paths = frame_paths(path, len(arrays))
-    with atomic_files(paths) as temps:
+    with atomic_files(paths, before_rename) as temps:
         for array, tmp in zip(arrays, temps):
             Image.fromarray(array).save(tmp)
     return paths
 
 
-def write_mp4(images: torch.Tensor, path: str | Path, fps: float = 12.0, quality_crf: int = 17) -> Path:
+def write_mp4(images: torch.Tensor, path: str | Path, fps: float = 12.0, quality_crf: int = 17,
+              before_rename: Optional[Callable[[], None]] = None) -> Path:
     """H.264 yuv420p MP4 through PyAV (frames are multiples of 8 pixels, so no resizing happens).
 
     The file is checked (it opens and holds every frame) before it replaces anything at `path`.
@@ -126,7 +128,7 @@ def write_mp4(images: torch.Tensor, path: str | Path, fps: float = 12.0, quality
     path = Path(path)
     arrays = to_uint8(images)
     height, width = arrays.shape[1:3]
-    with atomic_files([path]) as (tmp,):
+    with atomic_files([path], before_rename) as (tmp,):
         try:
             with av.open(str(tmp), mode="w", format="mp4") as container:
                 stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
@@ -156,12 +158,14 @@ def count_video_frames(path: str | Path) -> int:
         return 0
 
 
-def write_frames(images: torch.Tensor, out: str | Path, fps: float) -> Sequence[Path]:
-    """Pick the writer from the extension: .png/.jpg (one file per frame) or .mp4."""
+def write_frames(images: torch.Tensor, out: str | Path, fps: float,
+                 before_rename: Optional[Callable[[], None]] = None) -> Sequence[Path]:
+    """Pick the writer from the extension: .png/.jpg (one file per frame) or .mp4. `before_rename` runs when the
+    files are complete, before they appear (ursa_core.atomic.atomic_files)."""
     out = Path(out)
     suffix = out.suffix.lower()
     if suffix == ".mp4":
-        return [write_mp4(images, out, fps)]
+        return [write_mp4(images, out, fps, before_rename=before_rename)]
     if suffix in IMAGE_SUFFIXES:
-        return write_png(images, out)
+        return write_png(images, out, before_rename)
     raise InputError(f"--out {out}: unsupported extension {suffix!r}; use .png or .mp4")

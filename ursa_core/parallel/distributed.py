@@ -24,8 +24,10 @@ import torch.distributed as dist
 from .. import rules
 from ..attention import backends as attention
 from ..attention import ulysses
+from ..errors import LaunchError
 from ..model.sequence import predicting_positions
 from ..sampling.runners import SingleDevice
+from .ranks import RankSession
 
 
 @dataclass
@@ -175,23 +177,29 @@ def launched_world() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def init_from_env(device_option: str = "auto") -> tuple[int, int, torch.device]:
-    """(rank, world, device) of this process. Under torchrun (WORLD_SIZE > 1) joins the process group through its
-    env:// variables (so one machine or many, by torchrun's rendezvous): NCCL with cuda:LOCAL_RANK, gloo on the
-    CPU. A single process gets rules.device(device_option) and no process group."""
-    import os
+def join_launch() -> Optional[RankSession]:
+    """This process's session in a torchrun launch (the shared store and the watch that stops every rank when one
+    fails), or None for a single process. Made before any input check, so an error every rank finds is one line."""
+    if launched_world() == 1:
+        return None
+    try:
+        return RankSession.from_env()
+    except (RuntimeError, ValueError, KeyError) as exc:   # DistStoreError, DistNetworkError, a missing variable
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]   # torch appends its C++ stack
+        raise LaunchError(f"cannot join the torchrun launch (MASTER_ADDR/MASTER_PORT): {reason}") from None
 
-    world = launched_world()
-    if world == 1:
+
+def init_from_env(device_option: str = "auto", session: Optional[RankSession] = None
+                  ) -> tuple[int, int, torch.device]:
+    """(rank, world, device) of this process. In a launch (see join_launch) joins its process group on the
+    session's store: NCCL with cuda:LOCAL_RANK, gloo on the CPU. A single process gets rules.device(device_option)
+    and no process group."""
+    if session is None:
         return 0, 1, rules.device(device_option)
-    device = rules.rank_device(device_option, int(os.environ.get("LOCAL_RANK", "0")), world)
+    device = rules.rank_device(device_option, session.local_rank, session.world)
     if not dist.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-            dist.init_process_group("nccl", device_id=device)
-        else:
-            dist.init_process_group("gloo")
-    return dist.get_rank(), world, device
+        session.start_process_group(device)
+    return session.rank, session.world, device
 
 
 def barrier() -> None:
@@ -199,7 +207,9 @@ def barrier() -> None:
         dist.barrier()
 
 
-def finish() -> None:
-    """Leave the process group (after the last collective of the run)."""
+def finish(session: Optional[RankSession] = None) -> None:
+    """Leave the process group (after the last collective of the run) and the launch."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    if session is not None:
+        session.close()
