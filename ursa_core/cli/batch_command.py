@@ -265,8 +265,6 @@ def run_batch(args: argparse.Namespace, session=None) -> int:
 def _announce(args, prompt_set: PromptSet, protocol, overridden: dict, outdir: Path, world: int, lock) -> None:
     if lock.took_over:
         print(f"took over the lock of a run that is gone (pid {lock.took_over['pid']})")
-    if (stale := remove_stale_temporaries(outdir)):
-        print(f"removed {stale} unfinished temporary file(s) of an earlier run")
     for line in filter(None, [describe_protocol(protocol, overridden), *prompt_set.notes]):
         print(line)
     print(f"{len(prompt_set.jobs)} outputs in {outdir} from {args.prompts}, {world} rank(s)", flush=True)
@@ -274,8 +272,10 @@ def _announce(args, prompt_set: PromptSet, protocol, overridden: dict, outdir: P
 
 def _render_set(args, prompt_set: PromptSet, plans: dict, base: "BatchBase", protocol, describe, outdir: Path,
                 session) -> int:
-    rank, world, device = init_from_env(args.device, session)
-    barrier()   # no rank starts writing before rank 0 has the lock and the stale temporaries are gone
+    rank, world, device = init_from_env(args.device, session)   # every rank is past its checks (they write probes)
+    if rank == 0 and (stale := remove_stale_temporaries(outdir)):
+        print(f"removed {stale} unfinished temporary file(s) of an earlier run")
+    barrier()   # no rank starts writing before the stale temporaries are gone
     model = load_for_cli(base.folder, device, base.dtype, base.speed)   # the preset's dtype, resolved
     fps = protocol.fps if protocol is not None and protocol.fps else model.geometry.fps
 
