@@ -2,11 +2,14 @@
 (two torchrun launchers with --nnodes 2 meeting at a c10d rendezvous on localhost, gloo on the CPU); the files
 they write equal the one-process run's, byte for byte."""
 import os
+import socket
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -63,3 +66,47 @@ def test_batch_on_two_nodes_equals_one_process(tiny_dir, tmp_path):
         assert (tmp_path / "nodes" / name).read_bytes() == (tmp_path / "alone" / name).read_bytes()
     ranks = " ".join(n.stdout for n in nodes)
     assert all(f"rank {r}:" in ranks for r in range(2))   # every rank of both machines took part
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.parametrize("victim", ["rendezvous host", "other machine"])
+def test_a_rank_killed_on_one_machine_stops_the_other_machine_within_seconds(tiny_dir, tmp_path, victim):
+    """`ursa launch` on two "machines" (c10d rendezvous; the first one started serves it): a parallel generation's
+    rank on one machine is killed mid-run. The other machine's rank stops within seconds (ursa_core.parallel.ranks)
+    whether the killed machine served the rendezvous (its launcher leaves, the store with it) or not; both launchers
+    exit 1 with error lines and no traceback, and no output is left."""
+    import psutil
+    from test_ranks import STOPPED_WITHIN, Ranks
+
+    port = _free_port()
+    rendezvous = ["--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+                  "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", uuid.uuid4().hex[:8]]
+    command = ["generate", "--parallel", "cfg", "--model", tiny_dir, "--prompt", "a red fox", "--frames", "5",
+               "--height", "32", "--width", "32", "--steps", "400", "--out", tmp_path / "fox.mp4"]
+    launcher = [sys.executable, "-m", "ursa_core", "launch", *rendezvous, *map(str, command)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", TORCH_CPP_LOG_LEVEL="ERROR")
+    host = Ranks([launcher], [env], start_new_session=True)
+    deadline = time.time() + 60
+    while not listening(port) and time.time() < deadline:   # the first launcher serves the rendezvous
+        time.sleep(0.1)
+    other = Ranks([launcher], [env], start_new_session=True)
+    machines = {"rendezvous host": host, "other machine": other}
+    other.wait_for("sampling") if any("sampling" in line for line in host.err[0]) else host.wait_for("sampling")
+    time.sleep(1.0)                                   # well inside the steps, both ranks in their collectives
+    killed = machines[victim]
+    rank = next(p for p in psutil.Process(killed.procs[0].pid).children(recursive=True)
+                if "ursa_core" in " ".join(p.cmdline()))
+    rank.kill()
+    began = time.time()
+    codes = [m.finish()[0][0] for m in (host, other)]
+    assert codes == [1, 1] and time.time() - began < STOPPED_WITHIN, codes
+    for machine in (host, other):   # (a launcher's line may follow rank 0's unfinished progress bar on its line)
+        lines = [line[line.find("error: "):] if "error: " in line else line for line in machine.stderr_lines()
+                 if "error: " in line or not line.startswith("sampling:")]
+        assert lines and not any("Traceback" in line for line in lines), lines
+        assert lines[-1].startswith("error: "), lines
+    assert not (tmp_path / "fox.mp4").exists()
