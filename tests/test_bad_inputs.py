@@ -22,8 +22,11 @@ from ursa_core import cli
 from ursa_core.checkpoint.loader import load_model
 from ursa_core.cli import generate_command as cli_generate
 from ursa_core.errors import CheckpointError, InputError, URSAError
+from ursa_core.files.media import load_image
 from ursa_core.runtime import memory
 from ursa_core.sampling.generate import generate
+
+from image_files import huge_png, png_bytes, truncated_png
 
 SENTINEL = b"an earlier result that must survive a failed run\n"
 
@@ -81,6 +84,14 @@ CLI_CASES = {
                              out="out.mp4"),
     "last-image-missing": CliCase(["--frames", "5", "--last-image", "{tmp}/nope.png"],
                                   ("--last-image", "image not found"), out="out.mp4"),
+    # Image files (issue 17): one line naming the file, before the model loads, whatever is wrong inside the file.
+    "image-20000x20000": CliCase(["--frames", "5", "--image", "{huge}"], ("huge.png", "20000x20000", "8192x8192"),
+                                 out="out.mp4"),
+    "last-image-over-the-pixel-limit": CliCase(["--frames", "5", "--last-image", "{big_header}"],
+                                               ("big_header.png", "9000x9000", "67,108,864"), out="out.mp4"),
+    "image-truncated-data": CliCase(["--frames", "5", "--image", "{truncated}"], ("truncated.png",), out="out.mp4"),
+    "image-empty-file": CliCase(["--frames", "5", "--image", "{empty}"], ("empty.png", "not an image"),
+                                out="out.mp4"),
     "model-folder-missing": CliCase(["--model", "{tmp}/no-model"], ("no-model", "not found")),
     "config-rope-theta-abc": CliCase(["--model", "{bad_rope}"], ("config.json", "'rope_theta'", "'abc'", "number")),
     "config-spatial-stride-eight": CliCase(["--model", "{bad_stride}"],
@@ -90,10 +101,12 @@ CLI_CASES = {
     "memory-does-not-fit": CliCase(["--frames", "241", "--width", "4096", "--height", "4096"],
                                    ("needs about", "GiB", "RAM available", "fewer frames")),
     # Output files (issue 9's atomic writes): one line, a non-zero exit, the existing file intact.
-    "non-image-as-image": CliCase(["--image", "{not_an_image}"], ("not_an_image.png",), loads=True, codes=(1, 2)),
+    "non-image-as-image": CliCase(["--image", "{not_an_image}"], ("not_an_image.png", "not an image")),
     "png-unwritable": CliCase([], ("/proc/ursa_out.png",), loads=True, codes=(1, 2), out="/proc/ursa_out.png"),
     "mp4-unwritable": CliCase(["--frames", "5"], ("/proc/ursa_out.mp4",), loads=True, codes=(1, 2),
                               out="/proc/ursa_out.mp4"),
+    "out-below-a-file": CliCase([], ("afile.png/o.png", "afile.png is a file, not a directory"),
+                                out="{tmp}/afile.png/o.png"),
     "out-is-a-directory": CliCase([], ("folder.png",), loads=True, codes=(1, 2), out="{tmp}/folder.png"),
     "save-tokens-unwritable": CliCase(["--save-tokens", "/proc/ursa_tokens.safetensors"],
                                       ("/proc/ursa_tokens.safetensors",), loads=True, codes=(1, 2)),
@@ -116,8 +129,12 @@ def cli_places(tmp_path_factory, tiny_dir, tiny_ibq_dir):
     root = tmp_path_factory.mktemp("bad_cli")
     Image.new("RGB", (64, 64), (200, 30, 30)).save(root / "last.png")
     (root / "not_an_image.png").write_text("this is text, not an image")
+    (root / "empty.png").write_bytes(b"")
+    (root / "truncated.png").write_bytes(png_bytes(64, 64, 8, 2)[:60])   # the header and a cut data stream
     return {"model": str(tiny_dir), "ibq": str(tiny_ibq_dir), "png": str(root / "last.png"),
-            "not_an_image": str(root / "not_an_image.png"),
+            "not_an_image": str(root / "not_an_image.png"), "huge": str(huge_png(root / "huge.png")),
+            "big_header": str(truncated_png(root / "big_header.png")), "truncated": str(root / "truncated.png"),
+            "empty": str(root / "empty.png"),
             "bad_rope": str(_broken_copy(tiny_dir, root / "rope", "transformer/config.json", "rope_theta", "abc")),
             "bad_stride": str(_broken_copy(tiny_dir, root / "stride", "vae/config.json", "spatial_stride", "eight"))}
 
@@ -132,9 +149,13 @@ def test_cli_bad_input(case: CliCase, cli_places, tmp_path, capsys, monkeypatch)
     places = {**cli_places, "tmp": str(tmp_path)}
     out = case.out.format(**places)
     out = out if out.startswith("/") else str(tmp_path / out)
+    argv_out = out
     if out.endswith("folder.png"):
         (tmp_path / "folder.png").mkdir()
         (tmp_path / "folder.png" / "inside.txt").write_bytes(SENTINEL)
+    elif "afile.png/" in out:
+        (tmp_path / "afile.png").write_bytes(SENTINEL)   # the file in the way is an earlier result
+        out = str(tmp_path / "afile.png")                 # ... checked below
     else:
         try:
             with open(out, "wb") as f:  # a result from an earlier run, which a failed run must not touch
@@ -145,7 +166,7 @@ def test_cli_bad_input(case: CliCase, cli_places, tmp_path, capsys, monkeypatch)
         monkeypatch.setattr(cli_generate, "load_model", _must_not_load)
     if case.expect[0] == "needs about":  # the same refusal on any machine: this one has 8 GiB of RAM
         monkeypatch.setattr(memory, "available_bytes", lambda device: 8 * memory.GiB)
-    argv = ["generate", "--model", places["model"], "--prompt", "a red fox", "--steps", "1", "--out", out,
+    argv = ["generate", "--model", places["model"], "--prompt", "a red fox", "--steps", "1", "--out", argv_out,
             *(a.format(**places) for a in case.argv)]
     code = cli.main(argv)
     err = capsys.readouterr().err
@@ -202,6 +223,22 @@ def test_api_refuses_a_run_that_cannot_fit(tiny_model, monkeypatch):
     with pytest.raises(InputError, match=r"needs about .* GiB .* 0\.1 GiB of RAM available: use fewer frames"):
         generate(tiny_model, "a red fox", height=512, width=512, frames=49, steps=2, callback=steps_run.append)
     assert steps_run == []
+
+
+API_IMAGE_CASES = {   # ursa_core.load_image, the reader behind --image
+    "20000x20000": ("huge", ("20000x20000", "8192x8192")),
+    "header-over-the-limit": ("big_header", ("9000x9000",)),
+    "truncated-data": ("truncated", ("truncated.png",)),
+    "empty-file": ("empty", ("empty.png", "not an image")),
+    "text-file": ("not_an_image", ("not_an_image.png", "not an image")),
+}
+
+
+@pytest.mark.parametrize("place,expect", API_IMAGE_CASES.values(), ids=API_IMAGE_CASES.keys())
+def test_api_bad_image(cli_places, place, expect):
+    with pytest.raises(InputError) as exc:
+        load_image(cli_places[place])
+    assert "\n" not in str(exc.value) and all(text in str(exc.value) for text in expect), str(exc.value)
 
 
 API_LOAD_CASES = {
@@ -447,7 +484,7 @@ def test_long_prompt_is_logged_by_the_text_node(env, tiny_model, caplog):
 
 
 def test_the_table_has_at_least_40_cases():
-    tables = (CLI_CASES, API_CASES, API_LOAD_CASES, NODE_VALIDATION_CASES, NODE_RUN_CASES)
+    tables = (CLI_CASES, API_CASES, API_IMAGE_CASES, API_LOAD_CASES, NODE_VALIDATION_CASES, NODE_RUN_CASES)
     assert sum(map(len, tables)) >= 40
 
 

@@ -10,7 +10,7 @@ import pytest
 from ursa_core.batch.presets import DPGBENCH, GENEVAL, VBENCH
 from ursa_core.batch.prompt_sets import read_prompt_set
 from ursa_core.cli.batch_command import apply_protocol, describe_protocol
-from ursa_core.cli.main import build_parser
+from ursa_core.cli.command_line import build_parser
 from ursa_core.errors import InputError
 
 # GenEval's own prompts/evaluation_metadata.jsonl (djghosh13/geneval): one object a line, no dense prompts.

@@ -295,3 +295,32 @@ def test_download_refuses_a_malformed_repo_id_as_bad_input(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "not a Hugging Face repo id" in err and len(err.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_decode_names_a_recorded_model_folder_that_is_gone_and_suggests_model(tmp_path, tiny_dir, capsys):
+    """Issue 17: the token file records its model's folder; when it was moved or deleted, the one line says so and
+    what to pass, and `--model` with the same model elsewhere decodes."""
+    import shutil
+
+    model = shutil.copytree(tiny_dir, tmp_path / "moved-model")
+    tokens = tmp_path / "t.safetensors"
+    assert gen(model, tmp_path / "g.png", "--save-tokens", tokens) == 0
+    shutil.rmtree(model)
+    capsys.readouterr()
+    assert cli.main(["decode", "--tokens", str(tokens), "--out", str(tmp_path / "d.png")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and str(model) in lines[0] and "--model" in lines[0], lines
+    assert "moved or deleted" in lines[0]
+    assert cli.main(["decode", "--tokens", str(tokens), "--out", str(tmp_path / "d.png"), "--model",
+                     str(tiny_dir)]) == 0
+    assert (tmp_path / "d.png").read_bytes() == (tmp_path / "g.png").read_bytes()
+
+
+def test_decode_with_a_missing_model_folder_says_not_found(tmp_path, tiny_dir, capsys):
+    tokens = tmp_path / "t.safetensors"
+    assert gen(tiny_dir, tmp_path / "g.png", "--save-tokens", tokens) == 0
+    capsys.readouterr()
+    assert cli.main(["decode", "--tokens", str(tokens), "--out", str(tmp_path / "d.png"), "--model",
+                     str(tmp_path / "nope")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "--model" in lines[0] and "nope" in lines[0] and "not found" in lines[0], lines

@@ -22,24 +22,40 @@ The library surface (docs/ARCHITECTURE.md describes the pieces):
     ursa.beta(t, c, alpha); ursa.beta_dot(t, c, alpha); ursa.velocity(model.path, x_t, x1, t)
     ursa.time_shift(t, shift); ursa.time_grid(steps, shift)
 """
+import importlib
+
 __version__ = "0.1.0"  # the one place the version is written (pyproject.toml reads it)
 
-from .checkpoint.loader import URSAModel
-from .checkpoint.loader import load_model as load
-from .errors import CheckpointError, InputError, OutputError, URSAError
-from .files.media import write_frames
-from .model.modeling_ursa import TransformerOutput
-from .model.sequence import ModelInput, build_sequence
-from .path.metric_path import MetricPath, beta, beta_dot, velocity
-from .path.schedule import FrameClocks, FrameSchedule, StartTimes, build_schedule, time_grid, time_shift
-from .runtime.speed import Placement, SpeedOptions, with_speed
-from .sampling.extend import WindowPlan, extend_clip
-from .sampling.generate import Generation, StepInfo, generate
-from .sampling.settings import GenerationSettings
-from .visual_tokenizer.codec import decode_tokens
+# Public name -> "module" or "module:attribute" (when the name differs). The names are imported on first use
+# (PEP 562), so `import ursa_core` and the CLI's help need no torch; a module that moves changes one line here.
+_PUBLIC = {
+    "CheckpointError": "errors", "InputError": "errors", "OutputError": "errors", "URSAError": "errors",
+    "URSAModel": "checkpoint.loader", "load": "checkpoint.loader:load_model",
+    "load_image": "files.media", "write_frames": "files.media",
+    "TransformerOutput": "model.modeling_ursa",
+    "ModelInput": "model.sequence", "build_sequence": "model.sequence",
+    "MetricPath": "path.metric_path", "beta": "path.metric_path", "beta_dot": "path.metric_path",
+    "velocity": "path.metric_path",
+    "FrameClocks": "path.schedule", "FrameSchedule": "path.schedule", "StartTimes": "path.schedule",
+    "build_schedule": "path.schedule", "time_grid": "path.schedule", "time_shift": "path.schedule",
+    "Placement": "runtime.speed", "SpeedOptions": "runtime.speed", "with_speed": "runtime.speed",
+    "WindowPlan": "sampling.extend", "extend_clip": "sampling.extend",
+    "Generation": "sampling.generate", "StepInfo": "sampling.generate", "generate": "sampling.generate",
+    "GenerationSettings": "sampling.settings",
+    "decode_tokens": "visual_tokenizer.codec",
+}
 
-__all__ = ["CheckpointError", "FrameClocks", "FrameSchedule", "Generation", "GenerationSettings", "InputError",
-           "MetricPath", "ModelInput", "OutputError", "Placement", "SpeedOptions", "StartTimes", "StepInfo",
-           "TransformerOutput", "URSAError", "URSAModel", "WindowPlan", "__version__", "beta", "beta_dot",
-           "build_schedule", "build_sequence", "decode_tokens", "extend_clip", "generate", "load", "time_grid",
-           "time_shift", "velocity", "with_speed", "write_frames"]
+__all__ = sorted(["__version__", *_PUBLIC])
+
+
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module, _, attribute = _PUBLIC[name].partition(":")
+    value = getattr(importlib.import_module(f".{module}", __name__), attribute or name)
+    globals()[name] = value   # later lookups are plain attribute reads
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_PUBLIC})

@@ -2,18 +2,19 @@
 
 The CLI (argparse `type=` functions), the Python API (`generate`) and every node's `validate_inputs` read these, so a
 rule changes in one line. Each check raises `InputError` whose message names the value and the rule; `first_problem`
-turns the same checks into the string a ComfyUI validator returns.
+turns the same checks into the string a ComfyUI validator returns. Importing this module needs no torch (the CLI's
+parser and `ursa --help` use it before torch is known to be installed); the device rules import it when called.
 """
 from __future__ import annotations
 
 import argparse
 import math
-from typing import Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
-import torch
-
-from .attention import backends as attention_registry
 from .errors import InputError
+
+if TYPE_CHECKING:
+    import torch
 
 # --- limits ---------------------------------------------------------------------------------------------------------
 VIDEO_STRIDE = 4                   # pixel frames per latent frame of the video tokenizer (1 + 4k frames)
@@ -155,6 +156,8 @@ def blocks_on_gpu(value) -> int:
 
 def device(value: str) -> torch.device:
     """'auto' or a device that exists on this machine (cuda:N within the visible GPUs)."""
+    import torch
+
     if value == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -178,6 +181,8 @@ def device(value: str) -> torch.device:
 def rank_device(value: str, local_rank: int, world: int) -> torch.device:
     """The device of one of `world` ranks on a machine: auto is cuda:LOCAL_RANK (the CPU without GPUs); a named
     GPU is refused, since every rank would take the same one."""
+    import torch
+
     if value == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     dev = device(value)
@@ -208,6 +213,8 @@ def device_list(value) -> list[torch.device]:
 
 def attention(value, on: Optional[torch.device] = None) -> str:
     """A backend of ursa_core.attention.backends that runs on the device the model computes on."""
+    from .attention import backends as attention_registry
+
     choice("attention", value, attention_registry.names())
     if on is not None and value != "auto" and not attention_registry.is_available(value, on):
         _fail(f"attention={value!r} is not available on {on.type} ({attention_registry.summary(value)}): use one "
@@ -225,6 +232,8 @@ def sampler(value, on: Optional[torch.device] = None, fused_available: bool = Tr
 
 def placement_choices() -> list[str]:
     """Where the visual tokenizer or the text side may run: the front end's default, the CPU, or a visible GPU."""
+    import torch
+
     return ["default", "cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
 
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..visual_tokenizer.geometry import VisualGeometry
-from .tiny import is_tiny
+if TYPE_CHECKING:   # importing this table needs no torch: the CLI's help shows its values
+    from ..visual_tokenizer.geometry import VisualGeometry
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,8 @@ MODEL_DEFAULTS = {
 def model_family(folder: Path, geometry: VisualGeometry) -> str:
     """The row of MODEL_DEFAULTS a checkpoint folder reads: the tiny random checkpoint by its label, the others by
     their visual tokenizer (an image-only tokenizer is IBQ)."""
+    from .tiny import is_tiny
+
     if is_tiny(folder):
         return "tiny"
     return "URSA-1.7B-IBQ1024" if geometry.image_only else "URSA-1.7B-FSQ320"

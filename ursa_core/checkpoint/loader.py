@@ -19,6 +19,7 @@ from ..model.sequence import ModelInput
 from ..path.metric_path import MetricPath
 from ..visual_tokenizer.geometry import VisualGeometry
 from .prompts import PromptEncoder
+from .tiny import model_folder
 
 log = logging.getLogger(__name__)
 
@@ -210,15 +211,16 @@ def read_geometry(vae_dir: Path) -> VisualGeometry:
 
 def load_model(folder: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype = "auto",
                load_vae: bool = True, attention: str = "auto", fuse_projections: bool = False) -> URSAModel:
-    """Load transformer, scheduler path, tokenizer (and the visual tokenizer when present) from `folder`.
+    """Load transformer, scheduler path, tokenizer (and the visual tokenizer when present) from `folder`, or the tiny
+    random checkpoint for "tiny" (as `--model tiny`; built on first use, outputs noise).
 
     `attention` names a backend of the attention registry (checked against the device before any weight is
     read); `fuse_projections` loads each layer's q/k/v and gate/up weights into single fused matmuls.
     """
-    folder = Path(folder)
     device = torch.device(device)
     dtype = resolve_dtype(dtype, device)
     attention = resolve_attention(attention, device)
+    folder = model_folder(folder)
     check_layout(folder)
     transformer = load_transformer(folder / "transformer", device, dtype, fuse_projections)
     transformer.set_attention(attention)

@@ -111,6 +111,15 @@ def cache_dir() -> Path:
     return Path(base) / "ursa_comfy"
 
 
+TINY_NAME = "tiny"   # the model name `ursa_core.load` and `--model` take for the tiny checkpoint
+
+
+def model_folder(name: str | Path) -> Path:
+    """A model folder from what the user gave: the string "tiny" is the tiny random checkpoint (built on first use);
+    anything else, a Path included (Path("tiny") is a folder named tiny), is the folder itself."""
+    return tiny_model_dir() if isinstance(name, str) and name == TINY_NAME else Path(name)
+
+
 def tiny_model_dir() -> Path:
     """The tiny random checkpoint behind `--model tiny`, built once in cache_dir() and reused."""
     folder = cache_dir() / TINY_CACHE_NAME

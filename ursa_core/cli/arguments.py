@@ -1,5 +1,8 @@
 """The command line's flags: their argparse types (each a rule of ursa_core.rules, so a bad value is one line before
-anything runs) and the typed objects built from them once, below which no argparse Namespace travels."""
+anything runs) and the typed objects built from them once, below which no argparse Namespace travels.
+
+Importing this module needs no torch (the parser is built from it for `ursa --help` before torch is known to be
+there): what needs torch is imported where it is used."""
 from __future__ import annotations
 
 import argparse
@@ -8,16 +11,16 @@ import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 from .. import rules
-from ..attention import backends as attention_registry
 from ..checkpoint.defaults import ModelDefaults
 from ..errors import InputError
-from ..path.schedule import interpolation_starts
-from ..runtime.speed import SpeedOptions
-from ..sampling.settings import GenerationSettings
-from ..visual_tokenizer.geometry import VisualGeometry
+
+if TYPE_CHECKING:
+    from ..runtime.speed import SpeedOptions
+    from ..sampling.settings import GenerationSettings
+    from ..visual_tokenizer.geometry import VisualGeometry
 
 FRAMES = rules.arg_type(rules.frames, int)
 SIZE = {name: rules.arg_type(lambda v, n=name: rules.size(n, v), int) for name in ("height", "width")}
@@ -36,7 +39,15 @@ PARALLEL = rules.arg_type(lambda v: rules.choice("parallel", v, rules.PARALLEL_M
 SAMPLES = rules.arg_type(lambda v: rules.integer("samples", v, 1, rules.MAX_SAMPLES), int)
 PLACEMENT = {name: rules.arg_type(lambda v, n=name: rules.placement(n, v), str)
              for name in ("vq_device", "text_device")}
-ATTENTION_HELP = f"{', '.join(attention_registry.names())} (only those this machine can run are accepted)"
+
+
+def attention_help() -> str:
+    """--attention's help: the backends of the attention registry, which needs torch; without it, help says so."""
+    try:
+        from ..attention import backends as registry
+    except (ImportError, OSError):
+        return "auto or a backend name; the list needs torch installed (default: %(default)s)"
+    return f"{', '.join(registry.names())}; only those this machine runs are accepted (default: %(default)s)"
 
 # The flags' defaults where no checkpoint sets one (size, steps and motion are the checkpoint's: request()).
 # `ursa batch` takes an evaluation preset's values instead where it has one (ursa_core.batch.presets).
@@ -70,6 +81,8 @@ class Request:
 
 
 def speed_options(args: argparse.Namespace) -> SpeedOptions:
+    from ..runtime.speed import SpeedOptions
+
     return SpeedOptions(attention=args.attention, compile=args.compile, weight_dtype=args.weight_dtype,
                         low_vram="stream" if args.low_vram else "off", blocks_on_gpu=args.blocks_on_gpu,
                         vq_device=args.vq_device, text_device=args.text_device)
@@ -78,6 +91,8 @@ def speed_options(args: argparse.Namespace) -> SpeedOptions:
 def request(flags: Mapping[str, Any], defaults: ModelDefaults) -> Request:
     """The flag values (`vars(args)`, or a batch item's over them) as one Request; a size or step count left out is
     the checkpoint's default (checkpoint/defaults.py), a video's motion score the reference's."""
+    from ..sampling.settings import GenerationSettings
+
     frames = flags["frames"]
     settings = GenerationSettings(
         frames=frames, height=defaults.height if flags["height"] is None else flags["height"],
@@ -91,6 +106,8 @@ def request(flags: Mapping[str, Any], defaults: ModelDefaults) -> Request:
 def check_images(run: Request, geometry: VisualGeometry) -> None:
     """--image / --last-image: a last frame needs a video (interpolation keeps first and last apart), and both
     files must exist; checked before any weight loads."""
+    from ..path.schedule import interpolation_starts
+
     latent_frames = run.settings.latent_shape(geometry)[0]
     if run.last_image:
         try:

@@ -25,6 +25,7 @@ from ..batch.prompt_sets import (MANIFEST, Claims, Job, PromptSet, prompt_format
                                  stale_outputs)
 from ..batch.run_lock import acquire
 from ..checkpoint.defaults import ModelDefaults, defaults_for
+from ..checkpoint.tiny import model_folder
 from ..errors import InputError
 from ..files.atomic import TEMP_MARK, atomic_file, check_writable
 from ..files.media import load_image, write_frames
@@ -33,7 +34,7 @@ from ..runtime.speed import SpeedOptions
 from ..sampling.preflight import check_clip, check_options, checkpoint_rules
 from ..visual_tokenizer.codec import decode_tokens
 from .arguments import DEFAULTS, PRESET_OPTIONS, Request, check_images, request, speed_options
-from .generate_command import load_for_cli, model_folder, sample_tokens
+from .generate_command import load_for_cli, sample_tokens
 
 # A JSONL item's override -> (its rule, the flag it replaces). Item keys are the command line's names (cfg for the
 # guidance scale), so a message names what the user wrote.

@@ -11,7 +11,7 @@ import torch
 from .. import rules
 from ..checkpoint.defaults import defaults_for
 from ..checkpoint.loader import URSAModel, load_model
-from ..checkpoint.tiny import TINY_LABEL, is_tiny, tiny_model_dir
+from ..checkpoint.tiny import TINY_LABEL, is_tiny, model_folder
 from ..errors import InputError
 from ..files.atomic import check_writable
 from ..files.media import OUTPUT_SUFFIXES, frame_paths, load_image, write_frames
@@ -24,10 +24,6 @@ from ..sampling.generate import StepInfo, generate
 from ..sampling.preflight import check_clip, check_options, checkpoint_rules
 from ..visual_tokenizer.codec import decode_tokens, encode_images
 from .arguments import Request, check_images, request, speed_options
-
-
-def model_folder(name: str) -> Path:
-    return tiny_model_dir() if name == "tiny" else Path(name)
 
 
 def check_output_path(out: str, frames: int = 1) -> Path:
@@ -64,7 +60,8 @@ def conditioning(model: URSAModel, images: dict[int, torch.Tensor], latent_frame
 
 
 class ProgressPrinter:
-    """A tqdm bar over sampling steps."""
+    """A tqdm bar over sampling steps; close() ends its line also when sampling stops early (Ctrl-C, an error), so
+    the message after it starts on a line of its own."""
 
     def __init__(self, total: int, desc: str):
         self.total, self.desc, self.bar = total, desc, None
@@ -79,6 +76,10 @@ class ProgressPrinter:
 
     def close(self) -> None:
         """End the bar's line (also when sampling stops early, so an error message gets a line of its own)."""
+        if self.bar is not None:
+            self.bar.close()
+
+    def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
 

@@ -20,7 +20,7 @@ from ..errors import InputError
 
 COMMANDS = ("batch", "generate")
 EXIT_FAILED, EXIT_INTERRUPTED = 1, 130
-OUR_CODES = (1, 2, 130, 143)   # what a rank of ours exits with after reporting (ursa_core.cli.main)
+OUR_CODES = (1, 2, 130, 143)   # what a rank of ours exits with after reporting (ursa_core.cli.exits)
 
 
 def _split(argv: list[str]) -> tuple[list[str], list[str]]:

@@ -7,12 +7,14 @@ import time
 from pathlib import Path
 
 from .. import rules
+from ..checkpoint.tiny import model_folder
 from ..errors import InputError
 from ..files.atomic import partial_dir, replace_dir
 from ..files.media import write_frames
 from ..files.token_io import check_identity, load_tokens, tokenizer_identity
 from ..visual_tokenizer.codec import decode_images
-from .generate_command import check_output_path, model_folder, report_written
+from .exits import EXIT_DOWNLOAD
+from .generate_command import check_output_path, report_written
 
 
 def run_decode(args: argparse.Namespace) -> int:
@@ -27,6 +29,11 @@ def run_decode(args: argparse.Namespace) -> int:
     stride = int(identity.get("temporal_stride") or 4)
     check_output_path(args.out, tokens.shape[0] * rules.pixel_frames(tokens.shape[1], stride))
     folder = model_folder(args.model or meta["model"])
+    if not folder.is_dir() and args.model:
+        raise InputError(f"--model {folder}: model folder not found")
+    if not folder.is_dir():
+        raise InputError(f"--tokens {args.tokens}: the model that made them, {folder}, is not there (moved or "
+                         f"deleted?); pass --model with its folder")
     if not (folder / "vae" / "config.json").is_file():
         raise InputError(f"model folder {folder}: has no vae/config.json, so tokens cannot be decoded")
     vq = load_visual_tokenizer(folder / "vae", device=rules.device(args.device))
@@ -67,7 +74,7 @@ def run_download(args: argparse.Namespace) -> int:
         print(f"error: could not download {args.repo} from the Hugging Face Hub ({type(exc).__name__}: {exc}).\n"
               f"Are you offline? Download it on a connected machine (hf download {args.repo} "
               f"--local-dir {target}) and copy the folder to {target}.", file=sys.stderr)
-        return 3
+        return EXIT_DOWNLOAD
     replace_dir(work, target)
     print(f"downloaded {args.repo} to {target} in {time.time() - started:.0f} s")
     return 0

@@ -29,6 +29,9 @@ def check_writable(target: str | Path, what: str = "--out") -> Path:
     target = Path(target)
     if target.is_dir():
         raise InputError(f"{what} {target}: is a folder; give a file name (e.g. {target / 'out.png'})")
+    in_the_way = next((parent for parent in target.parents if parent.exists()), None)  # the nearest existing one
+    if in_the_way is not None and not in_the_way.is_dir():
+        raise InputError(f"{what} {target}: {in_the_way} is a file, not a directory")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         os.unlink(_temp_name(target))

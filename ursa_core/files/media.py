@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from ..errors import InputError, OutputError
 from .atomic import atomic_files
+from .image_file import RESIZE_MODES, read_rgb
 
-RESIZE_MODES = ("crop", "pad", "stretch")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 OUTPUT_SUFFIXES = (".mp4",) + IMAGE_SUFFIXES
 
@@ -75,20 +75,10 @@ def from_model_pixels(pixels: torch.Tensor) -> torch.Tensor:
 
 
 def load_image(path: str | Path) -> torch.Tensor:
-    """An image file -> [1, H, W, 3] float in 0..1; a missing or unreadable file is one InputError naming it."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"image not found: {path}")
-    try:
-        with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img).convert("RGB")
-            array = np.asarray(img, dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError) as exc:
-        cause = "not an image PIL can read" if isinstance(exc, UnidentifiedImageError) else exc.strerror or str(exc)
-        raise InputError(f"image {path}: {cause}") from None
-    return torch.from_numpy(array).unsqueeze(0)
+    """An image file -> [1, H, W, 3] float32 in 0..1: the one reader of image files (`--image`, `--last-image`,
+    `ursa batch` items, `ursa_core.load_image`), with image_file.read_rgb's rules for every mode and the pixel
+    limit; a missing, unreadable or too large file is one InputError naming it."""
+    return torch.from_numpy(read_rgb(path)).unsqueeze(0)
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -117,9 +107,20 @@ def write_png(images: torch.Tensor, path: str | Path, before_rename: Optional[Ca
     return paths
 
 
+# x264 options that make an MP4's bytes a function of its frames. With x264's defaults (B-frames together with
+# macroblock-tree rate control), writing the same frames again in a process that had done other work in between gave
+# other bytes for 15 of 144 clips (46 of 720 re-encodes; decoded pixels off by up to 37/255), also with one thread,
+# so x264 reads memory it has not written. Without B-frames (bframes=0) 0 of 720 differed, as with mbtree=0, which
+# makes files 76 % larger on smooth video against 35 % (4 % on noisy video), at the same PSNR. threads=1 pins the
+# thread count, on which x264's output depends, to one value on every machine (PyAV's default today).
+# Measured with `python benchmarks/bench_mp4.py` (docs/PERFORMANCE.md, "MP4 writing").
+X264_REPRODUCIBLE = {"threads": "1", "x264-params": "bframes=0"}
+
+
 def write_mp4(images: torch.Tensor, path: str | Path, fps: float = 12.0, quality_crf: int = 17,
               before_rename: Optional[Callable[[], None]] = None) -> Path:
-    """H.264 yuv420p MP4 through PyAV (frames are multiples of 8 pixels, so no resizing happens).
+    """H.264 yuv420p MP4 through PyAV (frames are multiples of 8 pixels, so no resizing happens); the same frames
+    give the same bytes (X264_REPRODUCIBLE).
 
     The file is checked (it opens and holds every frame) before it replaces anything at `path`.
     """
@@ -133,7 +134,7 @@ def write_mp4(images: torch.Tensor, path: str | Path, fps: float = 12.0, quality
             with av.open(str(tmp), mode="w", format="mp4") as container:
                 stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
                 stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-                stream.options = {"crf": str(quality_crf)}
+                stream.options = {**X264_REPRODUCIBLE, "crf": str(quality_crf)}
                 for array in arrays:
                     container.mux(stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")))
                 container.mux(stream.encode())
