@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -19,6 +19,7 @@ from ursa_core.checkpoint.loader import (URSAModel, is_ursa_folder, layout_gaps,
 from ursa_core.errors import InputError
 from ursa_core.files.tensor_files import TENSOR_SUFFIXES
 from ursa_core.files.token_io import model_identity
+from ursa_core.lora.patch import with_loras
 from ursa_core.runtime.loader_options import placement_device
 from ursa_core.runtime.speed import Placement, SpeedOptions, with_speed
 from ursa_core.sampling.preview import token_colors
@@ -112,30 +113,44 @@ def tensor_file_path(folder_key: str, name: str, what: str) -> Path:
     return Path(path)
 
 
-def load_fully(patcher, memory_required: int = 0) -> None:
-    """Move a patcher's module onto its load device, whole (other models are unloaded to make room, as for core's
-    text encoders). A partial load by ComfyUI would leave our plain torch layers (they lack comfy.ops' weight casting)
-    on the offload device and fail in the forward pass; URSA's partial loading is its own block swap, already sized
-    to the free memory when the loader ran."""
-    mm.load_models_gpu([patcher], memory_required=memory_required, force_full_load=True)
+def load_fully(patchers: list, memory_required: int = 0) -> None:
+    """Move patchers' modules onto their load devices, whole (other models are unloaded to make room, per device, as
+    for core's text encoders). A partial load by ComfyUI would leave our plain torch layers (they lack comfy.ops'
+    weight casting) on the offload device and fail in the forward pass; URSA's partial loading is its own block
+    swap, already sized to the free memory when the handle was made."""
+    mm.load_models_gpu(patchers, memory_required=memory_required, force_full_load=True)
 
 
 @dataclass
 class LoadedURSA:
-    """What URSA_MODEL carries: the model, the ModelPatcher ComfyUI moves between devices, and whether its layers
-    are compiled (with the latent shapes they were compiled for: a new shape compiles again)."""
+    """What URSA_MODEL carries: a handle of the model (the loader's speed options applied) and the ModelPatcher
+    ComfyUI moves between devices; the model as loaded and the options, to make handles on other devices; after
+    URSA Devices, the handles on its other devices and how work is shared between them; the LoRAs every handle
+    carries (so a copy made later carries them too); and the latent shapes its compiled layers were compiled for (a
+    new shape compiles again)."""
     model: URSAModel
     patcher: object
+    loaded: Optional[URSAModel] = None   # the handles share its weights (runtime/speed.with_speed)
+    options: SpeedOptions = SpeedOptions()
+    copies: tuple = ()                   # LoadedURSA handles on the other listed devices, in list order
+    loras: tuple = ()                    # (LoRAFile, strength) added by URSA LoRA Loader, on every handle
+    strategy: str = "auto"               # rules.DEVICE_STRATEGIES
     compiled: bool = False
     compiled_shapes: set = field(default_factory=set)
 
+    @property
+    def handles(self) -> tuple:
+        return (self, *self.copies)
+
     def to_compute_device(self, memory_required: int = 0) -> torch.device:
-        """Weights onto the GPU, with `memory_required` bytes made free beside them (ComfyUI unloads other models)."""
-        load_fully(self.patcher, memory_required)
+        """Every handle's weights onto its device, with `memory_required` bytes made free beside them on each
+        (ComfyUI unloads other models there)."""
+        load_fully([handle.patcher for handle in self.handles], memory_required)
         return self.model.device
 
     def first_compiled_run(self, latent_shape: tuple) -> bool:
-        """True once per shape of a compiled model: its first step compiles (~15-20 s on an H100)."""
+        """True once per shape of a compiled model: its first step compiles (~15-20 s on an H100; every device's
+        handle compiles its own, at the same time)."""
         if not self.compiled or latent_shape in self.compiled_shapes:
             return False
         self.compiled_shapes.add(latent_shape)
@@ -152,7 +167,7 @@ class LoadedVQ:
     identity: Optional[dict] = None
 
     def to_compute_device(self) -> torch.nn.Module:
-        load_fully(self.patcher)
+        load_fully([self.patcher])
         return self.vq
 
 
@@ -175,14 +190,43 @@ def load_ursa(name: str, dtype: str, options: SpeedOptions = SpeedOptions(low_vr
                         transformer_weights=tuned)
     if loaded.visual_tokenizer is None:
         raise InputError(f"{folder}: no vae/ folder; URSA needs its visual tokenizer to encode and decode")
-    model = with_speed(loaded, options, placement(load_device, offload_device))
-    patcher = comfy.model_patcher.ModelPatcher(model.transformer, load_device=load_device,
-                                               offload_device=offload_device)
+    handle = handle_on(loaded, options, load_device)
     vq_device = placement_device(options.vq_device, mm.vae_device())
-    vq_patcher = comfy.model_patcher.ModelPatcher(model.visual_tokenizer, load_device=vq_device,
+    vq_patcher = comfy.model_patcher.ModelPatcher(loaded.visual_tokenizer, load_device=vq_device,
                                                   offload_device=mm.vae_offload_device())
-    return (LoadedURSA(model, patcher, options.compile),
-            LoadedVQ(model.visual_tokenizer, vq_patcher, model.geometry.fps, model_identity(model)))
+    return handle, LoadedVQ(loaded.visual_tokenizer, vq_patcher, loaded.geometry.fps, model_identity(loaded))
+
+
+def handle_on(loaded: URSAModel, options: SpeedOptions, device) -> LoadedURSA:
+    """A handle of `loaded` that computes on `device` with `options` (block swap sized to that device's free
+    memory), with a ModelPatcher of its own: ComfyUI loads, frees and unloads it per device like any model."""
+    offload_device = mm.unet_offload_device()
+    model = with_speed(loaded, options, placement(device, offload_device))
+    patcher = comfy.model_patcher.ModelPatcher(model.transformer, load_device=device, offload_device=offload_device)
+    return LoadedURSA(model, patcher, loaded, options, compiled=options.compile)
+
+
+def on_devices(handle: LoadedURSA, devices: list[torch.device], strategy: str) -> LoadedURSA:
+    """URSA Devices: a handle per listed device (the given one reused for its own device, once), the first leading;
+    each is a weight copy of its own once ComfyUI loads it."""
+    handles, reused = [], False
+    for device in devices:
+        if not reused and device == torch.device(handle.patcher.load_device):
+            handles.append(replace(handle, copies=()))
+            reused = True
+        else:   # a new copy of the weights as loaded, with the LoRAs chained before URSA Devices
+            copy = handle_on(handle.loaded, handle.options, device)
+            handles.append(replace(copy, model=with_loras(copy.model, handle.loras), loras=handle.loras)
+                           if handle.loras else copy)
+    return replace(handles[0], copies=tuple(handles[1:]), strategy=strategy)
+
+
+def with_lora(handle: LoadedURSA, lora, strength: float) -> LoadedURSA:
+    """`handle` with `lora` added on every device it computes on (the copies of URSA Devices too: both guidance
+    branches and every sample must see the same weights), sharing the weights it had."""
+    def add(one: LoadedURSA) -> LoadedURSA:
+        return replace(one, model=with_loras(one.model, [(lora, strength)]), loras=(*one.loras, (lora, strength)))
+    return replace(add(handle), copies=tuple(add(copy) for copy in handle.copies))
 
 
 def placement(load_device, offload_device) -> Placement:
@@ -191,8 +235,10 @@ def placement(load_device, offload_device) -> Placement:
     state = mm.vram_state
     free = None if state == mm.VRAMState.DISABLED else mm.get_free_memory(load_device)
     vram = {mm.VRAMState.LOW_VRAM: "low", mm.VRAMState.NO_VRAM: "none"}.get(state, "normal")
-    return Placement(torch.device(load_device), torch.device(offload_device), torch.device(mm.text_encoder_device()),
-                     free, vram)
+    text = torch.device(mm.text_encoder_device())
+    if text == torch.device(mm.get_torch_device()):
+        text = torch.device(load_device)  # core keeps the text side on its GPU: a handle on another GPU, on that one
+    return Placement(torch.device(load_device), torch.device(offload_device), text, free, vram)
 
 
 class NodeText:

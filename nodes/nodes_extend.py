@@ -7,6 +7,7 @@ from comfy_api.latest import io
 
 from ursa_core import rules
 from ursa_core.files.token_io import TokenClip, check_identity, model_identity
+from ursa_core.parallel.devices import one_sample
 from ursa_core.sampling.extend import WindowInfo, WindowPlan, extend_clip
 from ursa_core.sampling.settings import GenerationSettings
 
@@ -23,14 +24,17 @@ def run_extension(model, conditioning, tokens: TokenClip, windows, window_frames
     check_identity(tokens.identity, model_identity(core), "the tokens to extend")  # before the weights move
     model.to_compute_device()
     progress = glue.StepProgress(windows * settings.steps)
+    first, parallel = one_sample([handle.model for handle in model.handles], settings.max_branches == 2,
+                                 model.strategy)
 
     def on_step(info: WindowInfo) -> None:
         progress.advance()
         if info.step.step + 1 == info.step.steps:
             glue.check_interrupt()  # cancel between windows too
     lines = [line for line in window_prompts.splitlines() if line.strip()] or [conditioning.prompt]
-    clip = extend_clip(core, tokens.tokens, lines, plan, replace(settings, motion=conditioning.motion),
-                       negative_prompt=conditioning.negative_prompt, carry_start=carry_start, callback=on_step)
+    clip = extend_clip(first, tokens.tokens, lines, plan, replace(settings, motion=conditioning.motion),
+                       negative_prompt=conditioning.negative_prompt, carry_start=carry_start, callback=on_step,
+                       parallel=parallel)
     return TokenClip(clip, tokens.fps, model_identity(core))
 
 
@@ -44,7 +48,8 @@ class URSAExtendVideo(io.ComfyNode):
                         "Tokens are carried over directly, so there is no decode/encode colour drift. Progress "
                         "covers every window; cancel works between steps and windows.",
             inputs=[
-                URSAModel.Input("model", tooltip="From URSA Model Loader."),
+                URSAModel.Input("model", tooltip="From URSA Model Loader (or URSA Devices: each window's guidance "
+                                          "branches on two GPUs)."),
                 URSACond.Input("conditioning", tooltip="Prompt used for every window without its own line in "
                                                        "window_prompts."),
                 URSATokens.Input("tokens", tooltip="The clip to extend (e.g. URSA Sampler output)."),

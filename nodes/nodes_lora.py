@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 
 from comfy_api.latest import io
 
 from ursa_core.lora.files import CONFIG_NAME, read_lora
-from ursa_core.lora.patch import STRENGTH_RANGE, strength as strength_rule, with_loras
+from ursa_core.lora.patch import STRENGTH_RANGE, strength as strength_rule
 
 from . import glue
 from .types import URSAModel
@@ -55,4 +54,4 @@ class URSALoraLoader(io.ComfyNode):
         if value == 0:   # as core: nothing to add
             return io.NodeOutput(model)
         lora = read_lora(glue.tensor_file_path(LORA_FOLDER, lora_name, "lora_name"))
-        return io.NodeOutput(replace(model, model=with_loras(model.model, [(lora, value)])))
+        return io.NodeOutput(glue.with_lora(model, lora, value))

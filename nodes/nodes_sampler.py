@@ -4,14 +4,16 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import torch
 from comfy_api.latest import io
 
 from ursa_core import rules
 from ursa_core.checkpoint.defaults import PRESETS, resolve
 from ursa_core.errors import InputError
 from ursa_core.files.token_io import TokenClip, check_identity, model_identity
+from ursa_core.parallel.devices import generate_samples
 from ursa_core.path.schedule import StartTimes, as_start_times
-from ursa_core.sampling.generate import StepInfo, generate, sampling_memory
+from ursa_core.sampling.generate import StepInfo, sampling_memory
 from ursa_core.sampling.settings import GenerationSettings
 
 from . import glue
@@ -83,9 +85,10 @@ def _given_size(shape, schedule_spatial, stride: int) -> tuple[int, int]:
 
 
 def run_sampler(model, conditioning, settings: GenerationSettings, schedule=None, given_tokens=None,
-                preview=False, node_id=None, note: str = "") -> TokenClip:
+                preview=False, node_id=None, note: str = "", batch_size: int = 1) -> TokenClip:
     """`settings` hold the node's widgets; the clip takes its frame count and size from what it is given. `note`
-    (steps, cfg and where they came from) joins the line shown on the node."""
+    (steps, cfg and where they came from) joins the line shown on the node. `batch_size` samples (sample i with
+    seed + i) spread over the model's devices (URSA Devices; one without)."""
     core = model.model
     size = clip_size(core.geometry, settings.frames, settings.width, settings.height, schedule,  # before weights move
                      None if given_tokens is None else given_tokens.tokens)
@@ -103,18 +106,18 @@ def run_sampler(model, conditioning, settings: GenerationSettings, schedule=None
         model.to_compute_device(memory_required=need.total)
     shown = size.describe(settings.frames, settings.width, settings.height)
     status = glue.NodeText(node_id, f"{shown} · {note}" if note else shown)
-    progress = glue.StepProgress(used.steps, core.path.unit if preview else None,
+    progress = glue.StepProgress(used.steps * batch_size, core.path.unit if preview else None,
                                  pixel_scale=core.geometry.spatial_stride)
     compiling = model.first_compiled_run(latent_shape)
     status.show("compiling the layers for this size (first run)…" if compiling else None)
 
-    def on_step(info: StepInfo) -> None:
+    def on_step(sample: int, info: StepInfo) -> None:
         if compiling and info.step == 0:
             status.show()
         progress.advance(info.predicted if preview else None)
-    tokens = generate(core, settings=used, prompt_ids=prompt_ids, schedule=sched, given_tokens=given,
-                      callback=on_step).tokens
-    return TokenClip(tokens, core.geometry.fps, model_identity(core))
+    runs = generate_samples([handle.model for handle in model.handles], batch_size, used, strategy=model.strategy,
+                            prompt_ids=prompt_ids, schedule=sched, given_tokens=given, callback=on_step)
+    return TokenClip(torch.cat([run.tokens for run in runs]), core.geometry.fps, model_identity(core))
 
 
 def _merge_given(given, extra, latent_shape):
@@ -134,7 +137,7 @@ class URSASampler(io.ComfyNode):
                         "interpolation, extension or keyframes, or a Mask Schedule to repaint part of a picture or "
                         "clip. Decode the tokens with URSA Tokenizer Decode.",
             inputs=[
-                URSAModel.Input("model", tooltip="From URSA Model Loader."),
+                URSAModel.Input("model", tooltip="From URSA Model Loader (or URSA Devices: several GPUs)."),
                 URSACond.Input("conditioning", tooltip="From URSA Text Encode."),
                 *sampling_inputs(follows_model=True),
                 io.Int.Input("frames", default=1, min=1, max=rules.MAX_FRAMES, step=4,
@@ -156,9 +159,13 @@ class URSASampler(io.ComfyNode):
                                        "loaded with the loader's transformer_weights) are sampled: cfg 1 (one "
                                        "branch, no negative prompt; the cfg widget is not used) and 25 steps "
                                        "unless steps is set (not 0)."),
+                io.Int.Input("batch_size", default=1, min=1, max=rules.MAX_BATCH, optional=True,
+                             tooltip="Samples to generate: sample i uses seed + i, so each equals a single run "
+                                     "with that seed. With URSA Devices they spread over the GPUs."),
             ],
-            outputs=[URSATokens.Output(display_name="tokens", tooltip="The generated visual tokens [1, latent frames, "
-                                                                      "h, w]: decode with URSA Tokenizer Decode, "
+            outputs=[URSATokens.Output(display_name="tokens", tooltip="The generated visual tokens [batch, latent "
+                                                                      "frames, h, w]: decode with URSA Tokenizer "
+                                                                      "Decode (one IMAGE batch, samples in order), "
                                                                       "extend with URSA Extend Video or keep with "
                                                                       "URSA Save Tokens.")],
             hidden=[io.Hidden.unique_id],
@@ -172,12 +179,12 @@ class URSASampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, conditioning, seed, steps, cfg, guidance_trunc, frames, width, height, c, alpha,
-                shift, schedule=None, given_tokens=None, preview=True, preset="none") -> io.NodeOutput:
+                shift, schedule=None, given_tokens=None, preview=True, preset="none", batch_size=1) -> io.NodeOutput:
         settings, note = node_settings(model.model, preset, frames=frames, width=width, height=height, steps=steps,
                                        cfg=cfg, seed=seed, guidance_trunc=guidance_trunc, c=c, alpha=alpha,
                                        shift=shift)
         clip = run_sampler(model, conditioning, settings, schedule, given_tokens, preview, cls.hidden.unique_id,
-                           note)
+                           note, batch_size)
         return io.NodeOutput(clip)
 
 

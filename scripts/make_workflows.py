@@ -433,6 +433,17 @@ def wf_long_video(g: Graph) -> None:
     g.note_cell, g.note_size = (4, 0), NARROW_NOTE_SIZE
 
 
+def wf_t2v_two_gpus(g: Graph) -> None:
+    loader, cond = _base(g, "a red fox trotting through fresh snow in a pine forest, camera tracking, cinematic")
+    devices = g.node("URSADevices", "URSA Devices", (0, 1), model=loader["model"], devices="cuda:0, cuda:1",
+                     strategy="auto")
+    g.group("Two GPUs", devices)
+    sampler = g.node("URSASampler", "URSA Sampler", (2, 0, 2), model=devices["model"],
+                     conditioning=cond["conditioning"], seed=42, steps=50, frames=49, width=512, height=320)
+    g.group("Generate", sampler)
+    _video_out(g, loader, sampler["tokens"], "URSA_t2v_two_gpus", (3, 0, 2))
+
+
 def wf_upscale_chain(g: Graph) -> None:
     loader, cond = _base(g, "a hummingbird hovering at a red flower, macro shot, shallow depth of field")
     sampler = _sampler(g, loader, cond, (2, 0, 2), frames=49, steps=50)
@@ -568,6 +579,11 @@ TEMPLATES = [
     Template("ursa_t2i_lora", "URSA Text to Image with a LoRA",
              "One 512x320 image from a prompt, with a LoRA added to the model (strength 0.8).", wf_t2i_lora,
              extra_note=LORA_NOTE),
+    Template("ursa_t2v_two_gpus", "URSA Text to Video on two GPUs",
+             "Text to video with URSA Devices: each GPU holds a copy of the weights and every step's two guidance "
+             "branches run at once, one per GPU (the same video as one GPU). Set the sampler's batch_size to 2 "
+             "for two seeds at once, one per GPU. List other devices on URSA Devices to use other GPUs.",
+             wf_t2v_two_gpus),
 ]
 
 

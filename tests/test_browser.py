@@ -93,13 +93,16 @@ SHRINK = {
                            "Region (repaint)": {"width": 24, "height": 16}, "Place Region": {"x": 16, "y": 8},
                            "URSA Sampler": {"steps": 2}},
     "ursa_t2i_lora": {"URSA Sampler": {"width": 64, "height": 40, "steps": 2, "frames": 1}},
+    "ursa_t2v_two_gpus": {"URSA Sampler": {"width": 64, "height": 64, "steps": 2, "frames": 5},
+                          "URSA Devices": {"devices": "cpu, cpu"}},   # this server has no GPU: two CPU copies
 }
 # What each run makes: (width, height) of the sampler's clip (its preview is labelled with it) and of the video.
 MADE = {"ursa_t2i": ((64, 40), None), "ursa_t2v": ((64, 64), (64, 64)), "ursa_i2v": ((64, 40), (64, 40)),
         "ursa_interpolation": ((64, 40), (64, 40)), "ursa_long_video": ((64, 40), (64, 40)),
         "ursa_upscale_chain": ((64, 40), (128, 80)), "ursa_inpaint_image": ((64, 64), None),
         "ursa_outpaint_image": ((64, 40), None), "ursa_inpaint_video": ((64, 40), (64, 40)),
-        "ursa_reroll_region": ((64, 40), (64, 40)), "ursa_t2i_lora": ((64, 40), None)}
+        "ursa_reroll_region": ((64, 40), (64, 40)), "ursa_t2i_lora": ((64, 40), None),
+        "ursa_t2v_two_gpus": ((64, 64), (64, 64))}
 LOADED_VIDEOS = {"ursa_inpaint_video": [(64, 40)]}  # Load Video's own player shows the source clip (example.mp4)
 OUTPUT_NODES = {"SaveImage", "SaveVideo"}
 TIMINGS: dict[str, float] = {}

@@ -37,9 +37,9 @@ import make_workflows  # noqa: E402
 
 API_DIR = make_workflows.OUT_DIR / "api"
 
-URSA_NODES = {"URSAModelLoader", "URSALoraLoader", "URSATextEncode", "URSATokenizerEncode", "URSATokenizerDecode",
-              "URSAFrameSchedule", "URSASampler", "URSAExtendVideo", "URSASaveTokens", "URSALoadTokens",
-              "URSAMaskSchedule", "URSAPadForOutpaint", "URSARepaintComposite"}
+URSA_NODES = {"URSAModelLoader", "URSALoraLoader", "URSADevices", "URSATextEncode", "URSATokenizerEncode",
+              "URSATokenizerDecode", "URSAFrameSchedule", "URSASampler", "URSAExtendVideo", "URSASaveTokens",
+              "URSALoadTokens", "URSAMaskSchedule", "URSAPadForOutpaint", "URSARepaintComposite"}
 PLUGIN_DIR_NAME = "ursa_video"
 MODEL_NAME = "URSA-1.7B-FSQ320"
 IMAGE_MODEL_NAME = make_workflows.IMAGE_MODEL_NAME  # the inpainting template's (a tiny IBQ checkpoint here)
@@ -70,6 +70,8 @@ CASES = {
                             "Region (repaint).height=16", "Place Region.x=16", "Place Region.y=8",
                             "URSA Sampler.steps=2"], 5, (64, 40)),
     "ursa_t2i_lora": (TINY + ["URSA Sampler.frames=1"], 1, (64, 64)),
+    # the two-GPU template on this CPU server: URSA Devices lists the CPU twice (two weight copies)
+    "ursa_t2v_two_gpus": (TINY + ["URSA Sampler.frames=5", "URSA Devices.devices=cpu, cpu"], 5, (64, 64)),
 }
 TIMINGS: dict[str, float] = {}
 
@@ -376,6 +378,52 @@ def test_bad_values_rejected_before_queueing_once_on_their_input(server, setting
     assert set(body["node_errors"]) == {node}, body["node_errors"]
     errors = errors_by_input(body, node)
     assert len(errors) == 1 and errors[0][0] == name and expected in errors[0][1], errors
+
+
+def t2i_on_devices(devices: str, sets: list[str]) -> dict:
+    """The ursa_t2i graph with URSA Devices between the loader and the sampler."""
+    graph = comfy_queue.load_workflow(str(API_DIR / "ursa_t2i.json"), sets, {})
+    loader, sampler = node_id_by_title("ursa_t2i", "URSA Loader"), node_id_by_title("ursa_t2i", "URSA Sampler")
+    graph["900"] = {"inputs": {"model": [loader, 0], "devices": devices, "strategy": "auto"},
+                    "class_type": "URSADevices", "_meta": {"title": "URSA Devices"}}
+    graph[sampler]["inputs"]["model"] = ["900", 0]
+    return graph
+
+
+def run_graph(url: str, graph: dict, out_dir: Path) -> list[bytes]:
+    """Queue an API graph, wait, download its image outputs; their pixels (SaveImage's PNGs also carry the graph
+    as text, which differs between graphs) in output order."""
+    from PIL import Image
+    status, body = comfy_queue.http_json(url, "/prompt", {"prompt": graph, "client_id": uuid.uuid4().hex})
+    assert status == 200, body
+    entry = comfy_queue.wait_for(url, body["prompt_id"], timeout=120, poll=0.2)
+    assert entry is not None and entry["status"]["status_str"] == "success", entry
+    return [Image.open(comfy_queue.download(url, item, str(out_dir))).tobytes()
+            for item in comfy_queue.collect_outputs(entry)]
+
+
+def test_devices_node_batch_equals_single_runs(server, tmp_path):
+    """URSA Devices with two CPU "devices" through the real server: a batch of two, one sample per device, saves the
+    images of the same batch on one device, and (within the decoder's rounding of a batch of two against a batch
+    of one: one level of 255) those of single runs with seed and seed + 1."""
+    sets = TINY + ["URSA Sampler.frames=1", "URSA Sampler.batch_size=2", "URSA Sampler.seed=5"]
+    spread = run_graph(server["url"], t2i_on_devices("cpu, cpu", sets), tmp_path / "spread")
+    one_device = run_graph(server["url"], comfy_queue.load_workflow(str(API_DIR / "ursa_t2i.json"), sets, {}),
+                           tmp_path / "one")
+    assert len(spread) == 2 and spread == one_device
+    for seed, pixels in zip((5, 6), spread):
+        single = run_graph(server["url"], comfy_queue.load_workflow(
+            str(API_DIR / "ursa_t2i.json"), TINY + ["URSA Sampler.frames=1", f"URSA Sampler.seed={seed}"], {}),
+            tmp_path / f"single{seed}")[0]
+        assert max(abs(a - b) for a, b in zip(pixels, single)) <= 1
+
+
+def test_devices_node_rejects_a_device_that_does_not_exist(server):
+    graph = t2i_on_devices("cpu, cuda:1", TINY)
+    status, body = comfy_queue.http_json(server["url"], "/prompt", {"prompt": graph, "client_id": uuid.uuid4().hex})
+    assert status == 400 and set(body["node_errors"]) == {"900"}, body
+    message = body["node_errors"]["900"]["errors"][0]["details"]
+    assert "devices='cpu, cuda:1': device='cuda:1' is not available" in message and "\n" not in message
 
 
 def test_missing_model_rejected_once_with_the_download_command(server, tmp_path):

@@ -437,3 +437,79 @@ def test_lora_with_fp8_storage_block_swap_and_compile_matches_its_merged_weights
         base = everything.transformer(ids, cos, sin).float()
     assert (got - expected).abs().max() < 0.05 * expected.abs().max()
     assert (got - base).abs().max() > 0.1 * expected.abs().max()   # the LoRA changed the logits
+
+
+# --- several devices in one process (ursa_core.parallel.devices) -----------------------------------------------------
+def _split_handle(model, device, **speed):
+    """Another handle of `model`'s weights on `device`, with speed options of its own (what URSA Devices makes)."""
+    from ursa_core.runtime.speed import Placement, SpeedOptions, with_speed
+    handle = with_speed(model, SpeedOptions(**speed), Placement.single(device))
+    if handle.device != torch.device(device):   # block swap leaves streamed layers home; move what stays resident
+        handle.transformer.to(device)
+    return handle
+
+
+def _guided_hidden(model, factory, frames=9, size=64):
+    """One guided step's hidden states [2, tokens, hidden] through `factory`'s runner (the Denoiser's call)."""
+    from ursa_core.sampling.denoiser import Denoiser
+    from ursa_core.sampling.generate import plan
+    from ursa_core.sampling.settings import GenerationSettings
+    settings = GenerationSettings(frames=frames, height=size, width=size, steps=4).with_checkpoint_path(
+        model.scheduler)
+    planned = plan(model, settings, None)
+    cond, uncond = model.prompts.encode(["a fox"], 9.0), model.prompts.encode([""])
+    tokens = torch.randint(0, model.codebook_size, (1, *planned.latent_shape),
+                           generator=torch.Generator().manual_seed(1))
+    denoiser = Denoiser(model, cond, uncond, planned.latent_shape, factory.runner(model, planned))
+    return denoiser(tokens, 2, 5.0).hidden.float()
+
+
+def _second_devices():
+    return ["cuda:0"] + (["cuda:1"] if torch.cuda.device_count() > 1 else [])
+
+
+@pytest.mark.parametrize("launch", ["threads", "inline"])
+@pytest.mark.parametrize("second", _second_devices())
+def test_branch_split_hidden_states_match_one_device(cuda_model, launch, second):
+    """The unconditional branch on a second copy (same GPU, or cuda:1) gives the single batch's hidden states: equal
+    up to bf16 kernel choice (a batch of one and a batch of two may pick other GEMM kernels)."""
+    from ursa_core.parallel.devices import BranchSplit
+    from ursa_core.sampling.runners import SingleDevice
+    one = _guided_hidden(cuda_model, SingleDevice())
+    split = _guided_hidden(cuda_model, BranchSplit(_split_handle(cuda_model, second), launch))
+    assert split.device == one.device and ((split - one).norm() / one.norm()).item() < 1e-2
+
+
+@pytest.mark.parametrize("second", _second_devices())
+def test_branch_split_with_block_swap_and_fp8_on_each_device(cuda_model, second):
+    """Each handle streams its own layers (a copy stream and slots per device) and stores fp8 weights of its own."""
+    from ursa_core.parallel.devices import BranchSplit
+    from ursa_core.sampling.runners import SingleDevice
+    speed = dict(low_vram="stream", blocks_on_gpu=1, weight_dtype="fp8_e4m3fn")
+    first = _split_handle(cuda_model, "cuda:0", **speed)
+    one = _guided_hidden(first, SingleDevice())
+    split = _guided_hidden(first, BranchSplit(_split_handle(cuda_model, second, **speed)))
+    assert ((split - one).norm() / one.norm()).item() < 1e-2
+
+
+def test_branch_split_with_flash4(cuda_model):
+    from ursa_core.attention import backends as attention
+    from ursa_core.parallel.devices import BranchSplit
+    from ursa_core.sampling.runners import SingleDevice
+    if not attention.is_available("flash4", "cuda"):
+        pytest.skip("flash4 is not installed on this machine")
+    first = _split_handle(cuda_model, "cuda:0", attention="flash4")
+    one = _guided_hidden(first, SingleDevice())
+    split = _guided_hidden(first, BranchSplit(_split_handle(cuda_model, _second_devices()[-1], attention="flash4")))
+    assert ((split - one).norm() / one.norm()).item() < 1e-2
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_samples_on_two_gpus_equal_their_single_runs(cuda_model):
+    from ursa_core.parallel.devices import generate_samples
+    from ursa_core.sampling.settings import GenerationSettings
+    settings = GenerationSettings(frames=5, height=64, width=64, steps=4, seed=9)
+    handles = [cuda_model, _split_handle(cuda_model, "cuda:1")]
+    runs = generate_samples(handles, 2, settings, strategy="samples", prompt="a fox")
+    for i, run in enumerate(runs):   # the same GPU model on both: the same kernels, the same tokens
+        assert torch.equal(run.tokens, generate_tokens(cuda_model, "a fox", settings=settings, seed=9 + i))

@@ -31,6 +31,11 @@ def launch(args: list, world: int, timeout: float = 120, cwd=None) -> list[subpr
                    WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world), OMP_NUM_THREADS="1")
         procs.append(subprocess.Popen([sys.executable, *map(str, args)], env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True, cwd=cwd))
+    return finished(procs, timeout)
+
+
+def finished(procs: list[subprocess.Popen], timeout: float) -> list[subprocess.CompletedProcess]:
+    """Each process's result once it ended (killed after `timeout` seconds)."""
     results = []
     for proc in procs:
         try:

@@ -21,9 +21,9 @@ CORE_NODES = {k: v for k, v in SNAPSHOT.items() if not k.startswith("URSA")}
 UI_WORKFLOWS = sorted(make_workflows.OUT_DIR.glob("*.json"))
 API_WORKFLOWS = sorted((make_workflows.OUT_DIR / "api").glob("*.json"))
 TEMPLATE_BY_TITLE = {t.title: t for t in make_workflows.TEMPLATES}
-NODE_IDS = ["URSAModelLoader", "URSALoraLoader", "URSATextEncode", "URSATokenizerEncode", "URSATokenizerDecode",
-            "URSAFrameSchedule", "URSASampler", "URSAExtendVideo", "URSASaveTokens", "URSALoadTokens",
-            "URSAMaskSchedule", "URSAPadForOutpaint", "URSARepaintComposite"]
+NODE_IDS = ["URSAModelLoader", "URSALoraLoader", "URSADevices", "URSATextEncode", "URSATokenizerEncode",
+            "URSATokenizerDecode", "URSAFrameSchedule", "URSASampler", "URSAExtendVideo", "URSASaveTokens",
+            "URSALoadTokens", "URSAMaskSchedule", "URSAPadForOutpaint", "URSARepaintComposite"]
 
 
 @pytest.fixture

@@ -41,6 +41,9 @@ LOW_VRAM_MODES = ("auto", "off", "stream")             # block swap: as core mod
 MAX_BLOCKS = 256                                       # decoder layers kept on the GPU (more than any URSA has)
 DEVICE_TYPES = ("cpu", "cuda", "mps")
 PARALLEL_MODES = ("none", "cfg", "sp", "cfg+sp")       # how the ranks of one generation share it (parallel/)
+DEVICE_STRATEGIES = ("auto", "branches", "samples")    # how one process shares work between devices (parallel/)
+MAX_DEVICES = 16                                       # devices of one process (URSA Devices)
+MAX_BATCH = 64                                         # samples of one sampler node
 
 # --- defaults (those of each checkpoint: checkpoint/defaults.py) ---------------------------------------------------
 DEFAULT_MOTION = 9.0  # the reference demos' motion score for videos
@@ -236,6 +239,25 @@ def rank_device(value: str, local_rank: int, world: int) -> torch.device:
         _fail(f"device={value!r} with {world} ranks is not allowed: every rank would use it; use auto "
               f"(cuda:LOCAL_RANK) or cpu")
     return dev
+
+
+def device_list(value) -> list[torch.device]:
+    """URSA Devices' list: devices of this machine separated by commas (cpu, cuda:N, mps; `cuda` is cuda:0). A
+    device may repeat (two weight copies on one GPU: what the benchmark compares with one copy)."""
+    names = [part.strip() for part in str(value).split(",")] if isinstance(value, str) else []
+    if not names or "" in names or len(names) > MAX_DEVICES:
+        _fail(f"devices={value!r} is not allowed: name 1 to {MAX_DEVICES} devices separated by commas, e.g. "
+              f"'cuda:0, cuda:1'")
+    found = []
+    for name in names:
+        if name == "auto":
+            _fail(f"devices={value!r}: name each device (cpu, cuda:N), not auto")
+        try:
+            dev = device(name)
+        except InputError as exc:
+            raise InputError(f"devices={value!r}: {exc}") from None
+        found.append(torch.device("cuda", 0) if dev.type == "cuda" and dev.index is None else dev)
+    return found
 
 
 def attention(value, on: Optional[torch.device] = None) -> str:

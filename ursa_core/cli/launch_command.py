@@ -4,7 +4,9 @@
 this process) with `-m ursa_core <command> ...` as each rank's program: the same rendezvous, one machine or several.
 The ranks report a failure themselves, one line for the launch (ursa_core.parallel.ranks), and stop within seconds; what
 torchrun adds on top (its failure table, its traceback on Ctrl-C) is left out here: the launcher says something
-only when a rank died without a word (killed by a signal), and exits with the ranks' code (130 for Ctrl-C).
+only when a rank died without a word (killed by a signal) or, on several machines, when the rendezvous it shares
+with the others is gone (the machine serving it ended: its ranks have stopped too), and exits with the ranks' code
+(130 for Ctrl-C).
 """
 from __future__ import annotations
 
@@ -47,6 +49,7 @@ def run_launch(argv: list[str], ursa_parser: argparse.ArgumentParser) -> int:
     from torch.distributed import run as torchrun
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.elastic.rendezvous.api import RendezvousError
 
     logging.disable(logging.CRITICAL)   # torchrun's own reports: the ranks have said it in one line
     # torch's C++ store client prints a warning with its C++ stack when a store call fails (the ranks report that in
@@ -63,6 +66,12 @@ def run_launch(argv: list[str], ursa_parser: argparse.ArgumentParser) -> int:
             return failure.exitcode
         how = f"was killed by {failure.signal_name()}" if failure.exitcode < 0 else f"exited with {failure.exitcode}"
         print(f"error: rank {rank} {how} without a word; every rank stopped", file=sys.stderr, flush=True)
+        return EXIT_FAILED
+    except RendezvousError:   # several machines: the one serving the rendezvous ended, or none answers
+        # (torch's own message only points at an inner exception: the endpoint is what a user can check)
+        print(f"error: the rendezvous at {args.rdzv_endpoint or 'this machine'} is gone or cannot be reached (the "
+              f"machine serving it ended or is unreachable); this machine's ranks stopped", file=sys.stderr,
+              flush=True)
         return EXIT_FAILED
     finally:
         logging.disable(logging.NOTSET)

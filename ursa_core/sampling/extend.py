@@ -49,12 +49,13 @@ def window_prompts(prompts: Sequence[str], windows: int) -> list[str]:
 
 def extend_clip(model: URSAModel, tokens: torch.Tensor, prompts: Sequence[str], plan: WindowPlan,
                 settings: Optional[GenerationSettings] = None, *, negative_prompt: str = "", carry_start: float = 1.0,
-                callback: Optional[Callable[[WindowInfo], None]] = None, **changes) -> torch.Tensor:
+                callback: Optional[Callable[[WindowInfo], None]] = None, parallel=None, **changes) -> torch.Tensor:
     """Append `windows * (window - overlap)` latent frames to `tokens` [B, T, h, w]; returns the whole clip.
 
     `settings` (keywords change single fields, as for `generate`) sample every window: frames and size come from the
     plan and the clip, window w uses seed + w. A callback exception stops between steps; the frames of finished
-    windows are in the returned clip only when it completes.
+    windows are in the returned clip only when it completes. `parallel` (a sampling.runners.RunnerFactory) places
+    every window's generation, as for `generate`.
     """
     plan.check()
     settings = GenerationSettings.build(settings, **changes)
@@ -73,7 +74,7 @@ def extend_clip(model: URSAModel, tokens: torch.Tensor, prompts: Sequence[str], 
         step_cb = None if callback is None else (lambda info, w=w: callback(WindowInfo(w, plan.windows, info)))
         window = generate(model, [per_window[w]] * clip.shape[0], negative_prompt,
                           replace(settings, seed=settings.seed + w), schedule=schedule, given_tokens=given,
-                          callback=step_cb).tokens
+                          callback=step_cb, parallel=parallel).tokens
         clip = torch.cat([clip[:, :-plan.overlap], window], dim=1) if carry_start < 1 else \
             torch.cat([clip, window[:, plan.overlap:]], dim=1)
     return clip
