@@ -10,6 +10,7 @@ shapes); the fused kernels' per-layer error against the eager layers; the best c
 path; the GPU timeline of a step; block swap at 2, 8, 16 resident layers against all resident; the 0.6B shape.
 Call b: the attention kernels (FA4, SDPA, SageAttention 2); the changes again on FA4; the headline 50-step totals of
 the previous and the new path; sage2's per-layer and logits error and its 50-step total; T2I 1024^2, 25 steps.
+Call c (sage2 built, FA4 not needed): sage2's 50-step total again, its steps eager, beside the exact path's.
 
 --prev DIR holds a copy of the previous commit's `ursa_core/` (benchmarks/speed_calls.sh stage makes it): its runs go
 through a subprocess that imports that code, so "previous" is the project's previous path itself, measured in the
@@ -55,7 +56,7 @@ def setup_path(code_root: str | None) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--call", choices=("a", "b", "quick"), default="a")
+    parser.add_argument("--call", choices=("a", "b", "c", "quick"), default="a")
     parser.add_argument("--quick", action="store_true", help="tiny model on the CPU (smoke test of this script)")
     parser.add_argument("--out-dir", default=".")
     parser.add_argument("--budget-s", type=float, default=400.0, help="seconds the sections may take together")
@@ -79,7 +80,7 @@ def main(argv=None) -> int:
     run.monitor = ClockMonitor() if device.type == "cuda" else None
     run.log(f"bench_speed call {args.call} on {run.report['device']}, budget {args.budget_s:.0f} s")
     try:
-        {"a": speed_sections.call_a, "b": speed_sections.call_b, "quick": speed_sections.call_quick}[args.call](run)
+        {"a": speed_sections.call_a, "b": speed_sections.call_b, "c": speed_sections.call_c, "quick": speed_sections.call_quick}[args.call](run)
     finally:
         if run.monitor:
             run.monitor.close()

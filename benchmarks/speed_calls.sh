@@ -4,6 +4,7 @@
 #   bash benchmarks/speed_calls.sh stage WHEELS SAGE_GIT_DIR PREV_COMMIT   # here, in the checkout that travels
 #   bash benchmarks/speed_calls.sh a    # GPU machine, call 1 (carry .bench/call1): no FA4            ~8.5 min
 #   bash benchmarks/speed_calls.sh b    # GPU machine, call 2 (carry .bench/call2): FA4 + sage2       ~8.5 min
+#   bash benchmarks/speed_calls.sh c    # GPU machine, call 3 (carry .bench/call1): fp16/bf16, sage2 eager  ~6 min
 #
 # stage: WHEELS is scripts/fa4_wheels.sh's packed folder (the CUTLASS DSL runtime as xz parts of <= 32 MiB, the
 # small wheels), SAGE_GIT_DIR a clone of github:thu-ml/SageAttention (scripts/sage2_build.sh pack), PREV_COMMIT the
@@ -16,7 +17,7 @@ set -uo pipefail
 OUT=${OUT:-/tmp/out}
 LIMIT_S=${LIMIT_S:-530}   # the whole call, under the device's 600 s per command
 
-usage() { sed -n '2,6p' "$0" >&2; exit 2; }
+usage() { sed -n '2,7p' "$0" >&2; exit 2; }
 
 stage() {
   local wheels=$1 sage_git=$2 prev=$3 call f
@@ -96,10 +97,24 @@ b() {
   wait
 }
 
+c() {  # call 3 (carry .bench/call1): sage2 again with its steps eager, fp16 vs bf16 (issue 16), the CUDA tests
+  local c=.bench/call1
+  mkdir -p "$OUT"
+  sage2_build "$c/sage2"
+  export PYTHONPATH=/tmp/sage2${PYTHONPATH:+:$PYTHONPATH}   # the build installs there (imported once it is done)
+  gpu
+  LIMIT_S=$(( SECONDS + 200 )) bench c --wait-for /tmp/sage2.done
+  timeout $(( $(left) - 10 )) python3 benchmarks/bench_dtype.py --out "$OUT/dtype.json" > "$OUT/dtype.log" 2>&1
+  tail -2 "$OUT/dtype.log" | cut -c1-600
+  cuda_tests "$OUT/cuda_tests_c.txt" 60 tests/test_cuda.py
+  wait
+}
+
 export PYTHONUNBUFFERED=1
 case "${1:-}" in
   stage) [ $# -eq 4 ] || usage; stage "$2" "$3" "$4" ;;
   a) a ;;
   b) b ;;
+  c) c ;;
   *) usage ;;
 esac

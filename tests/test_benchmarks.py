@@ -52,6 +52,8 @@ def test_speed_benchmark_runs_both_calls_sections_within_budget(tmp_path, capsys
     assert swap["resident_2"]["x_all_resident"] > 0
     assert swap["resident_2"]["tokens_sha1"] == swap["all_resident"]["tokens_sha1"]  # streaming never moves a token
     assert sections["headline_prev"]["runs"]["t2v_5"]["steps"] == 5 and sections["headline_new"]["steps"] == 5
+    # call c: the exact path beside sage2 with eager steps (sage2 is not built here: skipped, and said)
+    assert sections["c_exact"]["steps"] == 5 and "skipped" in sections["c_sage2"]
     errors = sections["sage2_layer_error"]["math"]
     assert len(errors["after_attention_residual"]["per_layer"]) == 2 and errors["logits_rel_rms"] < 0.05
     assert report["sage2_build"] == "0" and "skipped" in sections["sage2"]

@@ -290,21 +290,30 @@ def _rel(out, ref):
 
 @pytest.mark.parametrize("fuse_projections", [False, True])
 def test_fused_kernels_match_the_eager_layers_per_layer(cuda_model, fuse_projections):
-    """Every layer of the tiny model in bf16 with all fused kernels (norms, QK-norm + RoPE, SwiGLU) against the same
-    eager layer on the same input: the kernels round where the eager modules round, so within bf16 rounding."""
+    """Every layer of the tiny model in bf16 with all fused kernels (norms, QK-norm + RoPE, SwiGLU) and the same eager
+    bf16 layer, both on the fp32 stack's input, against the fp32 layer: the kernels round where the eager modules
+    round, so the fused layer is as close to exact as the eager one (a fixed bound would judge the GPU's bf16 GEMMs,
+    not the kernels: 0.5-0.7 % on the first layer, on an H100 and an H200 alike)."""
     pytest.importorskip("triton")
     from ursa_core.model import fused_ops
     from ursa_core.model.modeling_ursa import build_transformer
-    eager = build_transformer(cuda_model.config, cuda_model.transformer.state_dict(), torch.bfloat16,
-                              fuse_projections).to("cuda")
+    from ursa_core.model.rope import rotary_cos_sin, sequence_positions
+    state = cuda_model.transformer.state_dict()
+    exact = build_transformer(cuda_model.config, state, torch.float32, fuse_projections).to("cuda")
+    eager = build_transformer(cuda_model.config, state, torch.bfloat16, fuse_projections).to("cuda")
     fused = copy.deepcopy(eager)
     fused.set_fused_kernels(fused_ops.KINDS)
     ids, cos, sin = _cuda_layer_inputs(eager)
+    cfg = cuda_model.config
+    cos32, sin32 = rotary_cos_sin(sequence_positions(cfg.max_prompt_length, (3, 8, 8), device="cuda"), cfg.head_dim,
+                                  cfg.rope_theta, torch.float32)
     with torch.no_grad():
-        x = eager.model.embed_tokens(ids)
-        for mine, theirs in zip(fused.model.layers, eager.model.layers):
-            expected = theirs(x, cos, sin)
-            assert _rel(mine(x, cos, sin), expected) < 5e-3
+        x = exact.model.embed_tokens(ids)
+        for mine, theirs, truth in zip(fused.model.layers, eager.model.layers, exact.model.layers):
+            expected = truth(x, cos32, sin32)
+            low = x.to(torch.bfloat16)
+            fused_error, eager_error = _rel(mine(low, cos, sin), expected), _rel(theirs(low, cos, sin), expected)
+            assert fused_error < 1.5 * eager_error + 1e-3, (fused_error, eager_error)
             x = expected
 
 

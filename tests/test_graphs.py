@@ -3,6 +3,7 @@ allowed, that it is guarded off on the CPU, and the loop's contract with a step 
 kind of step). The captured replays themselves are checked bit-identical in tests/test_cuda.py."""
 import torch
 
+from ursa_core.attention.backends import is_capturable
 from ursa_core.runtime import graphs
 from ursa_core.runtime.lowvram import place_embeddings
 from ursa_core.runtime.speed import Placement, SpeedOptions, with_speed
@@ -26,6 +27,10 @@ def test_capture_is_allowed_only_for_a_whole_step_on_one_gpu(tiny_model):
     text_elsewhere = tiny_model.transformer.clone()
     place_embeddings(text_elsewhere, "meta")  # the table away from the layers, as text_device=cpu puts it
     assert "embedding table" in graphs.unsupported(text_elsewhere, runner, cuda)
+    sage = tiny_model.transformer.clone()
+    sage._attention = "sage2"   # as set_attention("sage2") names it (building the kernel needs its GPU extension)
+    assert "sage2 attention kernel is not captured" in graphs.unsupported(sage, runner, cuda)
+    assert all(is_capturable(name) for name in ("sdpa", "cudnn", "flash4")) and not is_capturable("sage")
 
 
 def test_graph_steps_on_the_cpu_run_eagerly_with_the_same_tokens(tiny_model):

@@ -15,6 +15,8 @@ from typing import Callable, Hashable, Optional, Sequence
 
 import torch
 
+from ..attention.backends import is_capturable
+
 log = logging.getLogger(__name__)
 
 Step = Callable[..., tuple]
@@ -35,6 +37,8 @@ def unsupported(transformer, runner, device: torch.device) -> Optional[str]:
     if transformer.layer_fetch is not None:   # a fetch says why it cannot be captured (LoRA merges, block swap)
         return getattr(transformer.layer_fetch, "not_capturable",
                        "block swap copies layers from host memory during a step")
+    if not is_capturable(transformer.attn_implementation):
+        return f"the {transformer.attn_implementation} attention kernel is not captured by CUDA graphs"
     if transformer.model.embed_tokens.weight.device != transformer.lm_head.weight.device:
         return "the token embedding table lives on another device than the layers (text_device)"
     if not getattr(runner, "capturable", False):

@@ -69,7 +69,9 @@ def estimate(config: TransformerConfig, latent_tokens: int, *, dtype: torch.dtyp
     # Fused SDPA kernels never hold the [S, S] scores; PyTorch's math kernel holds them for every head (fp32).
     attention = branches * config.num_attention_heads * seq * seq * 4 if math_attention else 0
     budget = LOGIT_BUDGET["cuda" if device_type == "cuda" else "cpu"]
-    logits = min(budget, latent_tokens * branches * config.lm_head_size * 4 * 6)
+    # A chunk's head output in the compute dtype lives beside its fp32 copy: measured on an H200 at 1024² (IBQ head,
+    # 262 144 rows), the fp32 budget alone left the estimate 0.3-0.4 GiB under the peak.
+    logits = min(budget, latent_tokens * branches * config.lm_head_size * 4 * 6) * (4 + size) // 4
     return MemoryEstimate(weights, activations, attention, logits)
 
 
