@@ -10,6 +10,7 @@ random weights cannot show).
 
     python benchmarks/bench_dtype.py --out dtype.json      # one H100: about two minutes
     python benchmarks/bench_dtype.py --quick --out q.json  # CPU smoke test: tiny shape only
+    python benchmarks/bench_dtype.py --errors-only --out e.json   # the per-layer errors alone (~1 minute)
 """
 from __future__ import annotations
 
@@ -143,15 +144,17 @@ def main(argv=None) -> int:
     parser.add_argument("--out", help="write the report (JSON) here")
     parser.add_argument("--quick", action="store_true", help="tiny shape on the CPU (smoke test of this script)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--errors-only", action="store_true", help="per-layer errors only (no speed section)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     began = time.perf_counter()
     report = {"command": " ".join(["python", *sys.argv]), "date": datetime.date.today().isoformat(),
               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "torch": torch.__version__, "weights": "random (benchmarks/random_model.py)"}
-    report["speed"] = speed_section("tiny" if args.quick else "fsq", QUICK_CLIPS if args.quick else SPEED_CLIPS,
-                                    device)
-    print("speed", json.dumps(report["speed"]), flush=True)
+    if not args.errors_only:
+        report["speed"] = speed_section("tiny" if args.quick else "fsq", QUICK_CLIPS if args.quick else SPEED_CLIPS,
+                                        device)
+        print("speed", json.dumps(report["speed"]), flush=True)
     report["layer_error"] = {"tiny_5x64x64": layer_errors(TINY, TINY_LATENTS, device)}
     if not args.quick:
         report["layer_error"]["full_49x320x512"] = layer_errors(FSQ320, FULL_LATENTS, device)
