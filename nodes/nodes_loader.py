@@ -41,7 +41,10 @@ class URSAModelLoader(io.ComfyNode):
                                        "URSA-1.7B-IBQ1024 for 1024px images. None yet? " + glue.DOWNLOAD_HINT),
                 io.Combo.Input("dtype", options=DTYPES, default="auto",
                                tooltip="Compute dtype (and storage dtype when weight_dtype is default). auto = bf16 "
-                                       "on GPUs that support it, else fp16; fp32 on CPU."),
+                                       "on GPUs that support it, else fp16; fp32 on CPU. bf16: 3-4 % faster with "
+                                       "FlashAttention-4 and fp32's range (no overflow); fp16: ~8x closer to fp32 "
+                                       "per layer, as the reference's evaluation scripts run (measured: "
+                                       "docs/ARCHITECTURE.md)."),
                 io.Combo.Input("attention", options=attention_choices(), default="auto", optional=True,
                                tooltip="Attention kernel; only those that run on this machine are listed. auto = "
                                        "the fastest exact one available (FlashAttention-4 where installed, else "
