@@ -21,6 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import speed_measure  # noqa: E402
 from random_model import IBQ_CODES, IBQ_DIM, random_prompt_ids, random_transformer  # noqa: E402
 
 from ursa_core.checkpoint.loader import URSAModel  # noqa: E402
@@ -45,11 +46,6 @@ QUICK_CASES = {"t2v5_32": ("fsq", 5, 32, 32), "t2i_32": ("ibq", 1, 32, 32)}
 MODES = {"guided": 7.0, "cfg_free": 1.0}   # cfg; guided runs guidance_trunc 1.0 so every step has two branches
 
 
-def sync(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def config(size: dict, tokenizer: str, quick: bool) -> TransformerConfig:
     codes = FSQ_CODES if tokenizer == "fsq" else (512 if quick else IBQ_CODES)
     text = 1000 if quick else TEXT_VOCAB
@@ -70,23 +66,15 @@ def build(size: dict, tokenizer: str, device, dtype, quick: bool, attention: str
     return URSAModel(Path(f"random-{tokenizer}"), cfg, SchedulerConfig(shift=1.0), transformer, path, None, geometry)
 
 
-class StepClock:
-    """Seconds between step callbacks, and the branches (batch rows of input ids) of every transformer pass."""
+class StepClock(speed_measure.StepClock):
+    """Seconds between step callbacks (speed_measure's clock), and the branches (batch rows of input ids) of every
+    transformer pass."""
 
     def __init__(self, model: URSAModel):
-        self.device, self.times, self.branches, self.last = model.device, [], set(), None
+        super().__init__(model.device)
+        self.branches = set()
         self.hook = model.transformer.model.embed_tokens.register_forward_pre_hook(
             lambda module, args: self.branches.add(int(args[0].shape[0])))
-
-    def start(self) -> None:
-        sync(self.device)
-        self.last = time.perf_counter()
-
-    def __call__(self, info) -> None:
-        sync(self.device)
-        now = time.perf_counter()
-        self.times.append(now - self.last)
-        self.last = now
 
 
 def measure(model: URSAModel, case: tuple, steps: int, guidance: float) -> dict:
@@ -103,7 +91,7 @@ def measure(model: URSAModel, case: tuple, steps: int, guidance: float) -> dict:
                  guidance_trunc=1.0, seed=0, callback=clock)
     finally:
         clock.hook.remove()
-    sync(model.device)
+    speed_measure.sync(model.device)
     ran = clock.times[1:] or clock.times   # step 0 (t = 0) moves no token and runs no forward
     peak = torch.cuda.max_memory_allocated(model.device) / 2 ** 30 if model.device.type == "cuda" else 0.0
     # what the memory check before a run expects on top of the weights (ursa_core.runtime.memory)

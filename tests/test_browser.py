@@ -489,22 +489,30 @@ def test_second_run_is_not_a_cache_hit(page):
 
 
 def test_saved_tokens_are_shown_and_listed_without_a_refresh(page):
-    """Issue 17.4: URSA Save Tokens shows the saved name on the node, and a URSA Load Tokens already on the canvas
-    lists the new file at once (no R, no page reload)."""
+    """Issue 17.4: URSA Save Tokens shows the saved name on the node; a URSA Load Tokens added after the save lists
+    the file (none was on the canvas when it was saved), and one already on the canvas lists the next file at once
+    (no R, no page reload)."""
     drop_workflow(page, make_workflows.OUT_DIR / "URSA Long Video (extend in windows).json")
     page.evaluate(JS_SET_WIDGETS, SHRINK["ursa_long_video"])
-    page.evaluate("""() => { const n = LiteGraph.createNode('URSALoadTokens'); n.pos = [0, 3000];
-                             n.title = 'Load them again'; app.graph.add(n); }""")
-    before = page.evaluate("() => app.graph._nodes.find(n => n.title === 'Load them again').widgets[0].options.values")
-    page.click('[data-testid="queue-button"]')
-    record = wait_for_run(page, RUN_TIMEOUT_S)
-    assert "execution_error" not in [e["type"] for e in record["events"]], record["events"]
-    [entry] = [e["detail"]["output"]["ursa_token_file"][0] for e in record["events"]
-               if e["type"] == "executed" and "ursa_token_file" in (e["detail"].get("output") or {})]
-    assert entry.startswith("ursa_tokens/URSA_long_") and entry.endswith(".safetensors [output]"), entry
-    assert page.evaluate(JS_NODE_TEXT, "URSA Save Tokens") == [f"saved {entry}"]
-    after = page.evaluate("() => app.graph._nodes.find(n => n.title === 'Load them again').widgets[0].options.values")
-    assert entry not in before and entry in after, (before, after)
+
+    def run_and_saved_entry() -> str:
+        page.evaluate("() => { window.__ursa.events = []; }")
+        page.click('[data-testid="queue-button"]')
+        record = wait_for_run(page, RUN_TIMEOUT_S)
+        assert "execution_error" not in [e["type"] for e in record["events"]], record["events"]
+        [entry] = [e["detail"]["output"]["ursa_token_file"][0] for e in record["events"]
+                   if e["type"] == "executed" and "ursa_token_file" in (e["detail"].get("output") or {})]
+        assert entry.startswith("ursa_tokens/URSA_long_") and entry.endswith(".safetensors [output]"), entry
+        assert page.evaluate(JS_NODE_TEXT, "URSA Save Tokens") == [f"saved {entry}"]
+        return entry
+    first = run_and_saved_entry()
+    later = page.evaluate("""() => { const n = LiteGraph.createNode('URSALoadTokens'); n.pos = [0, 3000];
+                                     n.title = 'Load them again'; app.graph.add(n);
+                                     return [...n.widgets[0].options.values]; }""")
+    assert first in later, later   # added after the save
+    second = run_and_saved_entry()
+    listed = page.evaluate("() => app.graph._nodes.find(n => n.title === 'Load them again').widgets[0].options.values")
+    assert second != first and second in listed, (first, second, listed)   # already on the canvas
 
 
 def test_frame_schedule_shows_inputs_by_mode(page):

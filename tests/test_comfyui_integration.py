@@ -84,13 +84,16 @@ def free_port() -> int:
 
 
 def prepare_base(base: Path) -> None:
-    """custom_nodes/ursa_video -> repo, tiny checkpoints under the workflows' model names, the repaint inputs."""
+    """custom_nodes/ursa_video -> repo, tiny checkpoints under the workflows' model names, the repaint inputs, the
+    LoRA template's adapter."""
     (base / "custom_nodes").mkdir(parents=True, exist_ok=True)
     (base / "custom_nodes" / PLUGIN_DIR_NAME).symlink_to(ROOT, target_is_directory=True)
     for name, vae in ((MODEL_NAME, "fsq"), (IMAGE_MODEL_NAME, "ibq")):
         subprocess.run([sys.executable, "-m", "ursa_core", "make-tiny", str(base / "models" / "ursa" / name),
                         "--vae", vae], cwd=ROOT, check=True, capture_output=True, text=True, timeout=120)
     write_repaint_inputs(base / "input", base / "models" / "ursa" / MODEL_NAME)
+    write_peft_folder(base / "models" / "ursa" / MODEL_NAME,
+                      base / "models" / "loras" / Path(make_workflows.LORA_NAME).parent)
 
 
 def write_repaint_inputs(folder: Path, model: Path) -> None:
@@ -114,8 +117,6 @@ def write_repaint_inputs(folder: Path, model: Path) -> None:
                     "--frames", "5", "--width", "64", "--height", "40", "--steps", "1", "--save-tokens",
                     str(folder / "example.safetensors"), "--out", str(folder.parent / "clip.mp4")],
                    cwd=ROOT, check=True, capture_output=True, text=True, timeout=120)
-    write_peft_folder(base / "models" / "ursa" / MODEL_NAME,
-                      base / "models" / "loras" / Path(make_workflows.LORA_NAME).parent)
 
 
 def write_peft_folder(model_dir: Path, folder: Path) -> None:

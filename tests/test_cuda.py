@@ -420,7 +420,6 @@ def test_lora_with_fp8_storage_block_swap_and_compile_matches_its_merged_weights
     from ursa_core.lora.files import LoRAFile, LowRank
     from ursa_core.lora.patch import dense_weight, projection_shapes, with_loras
     from ursa_core.model.modeling_ursa import build_transformer
-    from ursa_core.model.rope import rotary_cos_sin, sequence_positions
     from ursa_core.runtime.speed import Placement, SpeedOptions, with_speed
     gen = torch.Generator().manual_seed(5)
     pairs = {name: LowRank(0.05 * torch.randn(4, inp, generator=gen), 0.05 * torch.randn(out, 4, generator=gen),
@@ -436,10 +435,7 @@ def test_lora_with_fp8_storage_block_swap_and_compile_matches_its_merged_weights
             pair = pairs[name]
             state[f"{name}.weight"] = dense_weight(module, torch.float32) + 2.0 * (pair.up @ pair.down).cuda()
     merged = build_transformer(cuda_model.config, state, torch.bfloat16).cuda()
-    cfg = cuda_model.config
-    pos = sequence_positions(cfg.max_prompt_length, (3, 8, 8), device="cuda")
-    cos, sin = rotary_cos_sin(pos, cfg.head_dim, cfg.rope_theta, torch.bfloat16)
-    ids = torch.randint(0, cfg.lm_vocab_size, (2, pos.shape[0]), device="cuda")
+    ids, cos, sin = _cuda_layer_inputs(merged)
     with torch.no_grad():
         expected = merged(ids, cos, sin).float()
         got = with_loras(everything, [(lora, 1.0)]).transformer(ids, cos, sin).float()

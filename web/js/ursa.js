@@ -3,7 +3,8 @@
 //    node definition lists them (given_frames: extension; keyframes: custom keyframes). The widgets stay in the
 //    node and in saved workflows (their order is a promise to saved files); only their visibility follows the mode.
 // 2. A file written by URSA Save Tokens is listed by every URSA Load Tokens at once, as core's image upload adds
-//    its file to Load Image's list: the save node's "ursa_token_file" UI output is the exact list entry.
+//    its file to Load Image's list: the save node's "ursa_token_file" UI output is the exact list entry. A Load
+//    Tokens added later lists it too (the node definition's list is the one new nodes start from).
 import { app } from "../../../scripts/app.js"; // served at /extensions/<pack>/js/ursa.js
 
 const MODE_OPTION = "ursa_modes";
@@ -39,12 +40,18 @@ function followMode(node) {
   showInputsOfMode(node);
 }
 
+const savedTokenFiles = []; // entries written since the page loaded, for Load Tokens nodes made later
+
+function addTokenFiles(node, entries) {
+  const values = node.widgets?.find((w) => w.name === "token_file")?.options?.values;
+  if (!Array.isArray(values)) return;
+  for (const entry of entries) if (!values.includes(entry)) values.push(entry);
+}
+
 function listTokenFile(entry) {
+  if (!savedTokenFiles.includes(entry)) savedTokenFiles.push(entry);
   for (const node of app.graph?._nodes ?? []) {
-    if (node.comfyClass !== "URSALoadTokens") continue;
-    const widget = node.widgets?.find((w) => w.name === "token_file");
-    const values = widget?.options?.values;
-    if (Array.isArray(values) && !values.includes(entry)) values.push(entry);
+    if (node.comfyClass === "URSALoadTokens") addTokenFiles(node, [entry]);
   }
 }
 
@@ -62,6 +69,7 @@ if (!app.extensions.some((e) => e.name === NAME)) app.registerExtension({
   },
   nodeCreated(node) {
     followMode(node);
+    if (node.comfyClass === "URSALoadTokens") addTokenFiles(node, savedTokenFiles);
   },
   loadedGraphNode(node) {
     showInputsOfMode(node); // the saved mode, once the workflow's values are in
