@@ -10,7 +10,8 @@ shapes); the fused kernels' per-layer error against the eager layers; the best c
 path; the GPU timeline of a step; block swap at 2, 8, 16 resident layers against all resident; the 0.6B shape.
 Call b: the attention kernels (FA4, SDPA, SageAttention 2); the changes again on FA4; the headline 50-step totals of
 the previous and the new path; sage2's per-layer and logits error and its 50-step total; T2I 1024^2, 25 steps.
-Call c (sage2 built, FA4 not needed): sage2's 50-step total again, its steps eager, beside the exact path's.
+Call c (sage2 built, FA4 not needed): sage2's 50-step total again, its steps eager, beside the exact path's
+(BENCH_SAGE2_ONLY=1: sage2 alone, when the exact run was already measured on the same warm machine).
 
 --prev DIR holds a copy of the previous commit's `ursa_core/` (benchmarks/speed_calls.sh stage makes it): its runs go
 through a subprocess that imports that code, so "previous" is the project's previous path itself, measured in the

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 22's two GPU calls (docs/PERFORMANCE.md): what travels with each, and what each runs on the GPU machine.
+# Issue 22's GPU calls (docs/PERFORMANCE.md): what travels with each, and what each runs on the GPU machine.
 #
 #   bash benchmarks/speed_calls.sh stage WHEELS SAGE_GIT_DIR PREV_COMMIT   # here, in the checkout that travels
 #   bash benchmarks/speed_calls.sh a    # GPU machine, call 1 (carry .bench/call1): no FA4            ~8.5 min

@@ -487,8 +487,8 @@ def call_c(run: Run, big: str = "fsq", case=CASES["t2v49"], steps: int = 50) -> 
     best = best_handle(model, run.attention, kept)
     run.report["attention"] = best.transformer.attn_implementation
     if not os.environ.get("BENCH_SAGE2_ONLY"):   # set when the exact run was already measured in this lease
-      run.section("c_exact", 80, lambda: {"kept": kept, "attention": best.transformer.attn_implementation,
-                                          **full_run(run, best, case, steps, f"t2v_{steps}")})
+        run.section("c_exact", 80, lambda: {"kept": kept, "attention": best.transformer.attn_implementation,
+                                            **full_run(run, best, case, steps, f"t2v_{steps}")})
     run.report["sage2_build"] = wait_for(run.args.wait_for, max(0.0, min(240.0, run.left() - 90)))
     run.section("c_sage2_layer_error", 20, lambda: attention_layer_error(model, case, run.error_backends[:1]))
     run.section("c_sage2", 60, lambda: sage2_full_run(run, best, case, steps))
