@@ -232,3 +232,23 @@ def test_batch_applies_loras_records_them_and_a_changed_lora_makes_outputs_stale
     # another strength changes the pixels: the finished output is stale, refused unless --overwrite-stale
     again = batch("lora", "--lora", f"{folder}:0.5")
     assert again.returncode == 2 and "finished output(s) there were made under another" in again.stderr
+
+
+def test_lora_layers_run_with_the_models_attention_and_fused_kernels(tiny_dir, adapters, monkeypatch):
+    from ursa_core.model import fused_ops
+    monkeypatch.setattr(fused_ops, "register", lambda: None)   # only the switches are read here: no kernel runs
+    fast = ursa_core.load(tiny_dir, dtype="fp32")
+    fast.transformer.set_attention("math")
+    fast.transformer.set_fused_kernels(fused_ops.KINDS)
+    lora = with_loras(fast, [(adapters["style"][0], 1.0)])
+    base, scratch = fast.transformer.model.layers[0], next(lora.transformer.decoder_layers())
+    assert scratch is not base   # the LoRA'd layer runs as a scratch layer
+
+    def switches(layer):
+        names = ("attn_implementation", "fused_kernel", "fused_qk_rope", "fused_swiglu")
+        return {(path, name): getattr(module, name) for path, module in layer.named_modules()
+                for name in names if hasattr(module, name)}
+
+    assert switches(base)[("self_attn", "attn_implementation")] == "math"
+    assert all(value is True for (_, name), value in switches(base).items() if name.startswith("fused"))
+    assert switches(scratch) == switches(base)

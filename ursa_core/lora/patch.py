@@ -152,7 +152,7 @@ class LoRAFetch:
                 scratch = DecoderLayer(self.config, fused)
             self._scratch[key] = scratch.to(transformer.dtype).eval().requires_grad_(False)
         scratch = self._scratch[key]
-        scratch.self_attn.attn_implementation = transformer.attn_implementation
+        transformer.apply_switches(scratch)   # run as the layer it stands in for: same attention, same kernels
         return scratch
 
     @torch.no_grad()

@@ -213,9 +213,7 @@ class URSATransformer(nn.Module):
         """Run every layer's attention through the registered backend `name` (see attention/backends.py)."""
         attention_function(name)  # an unknown name fails here, not in the middle of a step
         self._attention = name
-        for module in self.modules():  # low-VRAM slots are submodules too (transformer.stream_slots)
-            if isinstance(module, Attention):
-                module.attn_implementation = name
+        self.apply_switches(self)
 
     @property
     def fused_kernels(self) -> frozenset:
@@ -234,14 +232,21 @@ class URSATransformer(nn.Module):
                              f"kinds: {fused_ops.KINDS}")
         if kinds:
             fused_ops.register()
-        for module in self.modules():  # the low-VRAM slots too
-            if isinstance(module, RMSNorm):
-                module.fused_kernel = "norm" in kinds
-            elif isinstance(module, Attention):
-                module.fused_qk_rope = "qk_rope" in kinds
-            elif isinstance(module, MLP):
-                module.fused_swiglu = "swiglu" in kinds
         self._fused_kernels = kinds
+        self.apply_switches(self)
+
+    def apply_switches(self, root: nn.Module) -> None:
+        """Give every module of `root` this transformer's runtime switches (attention backend, fused kernels): its
+        own modules (the low-VRAM slots are submodules too) and layers built to run in its place (a LoRA's scratch
+        layer), which would otherwise run the defaults."""
+        for module in root.modules():
+            if isinstance(module, RMSNorm):
+                module.fused_kernel = "norm" in self._fused_kernels
+            elif isinstance(module, Attention):
+                module.attn_implementation = self._attention
+                module.fused_qk_rope = "qk_rope" in self._fused_kernels
+            elif isinstance(module, MLP):
+                module.fused_swiglu = "swiglu" in self._fused_kernels
 
     def hidden_states(self, input_ids: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                       keep: Optional[torch.Tensor] = None, collect: Optional[list] = None) -> torch.Tensor:
