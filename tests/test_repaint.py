@@ -238,6 +238,17 @@ def test_mask_frames_unlike_the_video_name_both_counts():
     assert build_canvas(pixels, torch.ones(9, 16, 16)).mask.shape == (9, 16, 16)
 
 
+def test_a_mask_video_given_with_tokens_is_read_up_to_the_frame_cap(tiny_model, tmp_path, monkeypatch):
+    from ursa_core import rules
+    from ursa_core.files.media import write_mp4
+    source = source_tokens(tiny_model, 5)
+    mask = canvas_mask(tiny_model, source, [])
+    path = write_mp4(mask[:1].unsqueeze(-1).expand(9, *mask.shape[1:], 3), tmp_path / "mask.mp4")
+    monkeypatch.setattr(rules, "MAX_FRAMES", 5)   # as a pixel source's mask is: frames past the cap are not read
+    run = repaint(tiny_model, "a red fox", tokens=source, mask=str(path), steps=STEPS, seed=1)
+    assert torch.equal(run.tokens, source)   # its 5 frames, all kept: the source, no "9 frames" refusal
+
+
 def test_a_mask_of_another_size_is_resized_to_the_image_with_one_warning(caplog):
     mask = torch.zeros(1, 4, 4)
     mask[0, :2, :2] = 1.0

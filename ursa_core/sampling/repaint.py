@@ -155,6 +155,8 @@ def repaint(model: URSAModel, prompt: str | Sequence[str] = "", negative_prompt:
     sources = [name for name, value in (("image", image), ("video", video), ("tokens", tokens)) if value is not None]
     if len(sources) != 1:
         raise InputError(f"a repaint needs exactly one source (image, video or tokens), got {sources or 'none'}")
+    if isinstance(mask, (str, Path)):  # read once, for every source: a mask video only up to the frame cap
+        mask = read_mask(mask, rules.MAX_FRAMES)
     geometry = model.geometry
     if tokens is not None:
         if outpaint is not None:
@@ -172,9 +174,8 @@ def repaint(model: URSAModel, prompt: str | Sequence[str] = "", negative_prompt:
         changes = _sized(model, canvas, settings, changes)
         source, fit = encode_canvas(model, canvas, changes["width"], changes["height"], resize)
         mask = canvas.mask
-    scheduled = mask_schedule(source, read_mask(mask) if isinstance(mask, (str, Path)) else mask,
-                              geometry.temporal_stride, geometry.spatial_stride, strength=strength, grow=grow,
-                              fit=fit, keyframes=keyframes)
+    scheduled = mask_schedule(source, mask, geometry.temporal_stride, geometry.spatial_stride, strength=strength,
+                              grow=grow, fit=fit, keyframes=keyframes)
     settings = GenerationSettings.build(settings, **changes)
     return generate(model, prompt, negative_prompt, settings, schedule=scheduled.schedule,
                     given_tokens=scheduled.given, callback=callback, parallel=parallel)
