@@ -91,6 +91,21 @@ def test_strength_zero_is_the_base_and_stacked_loras_are_their_summed_merge(mode
     assert torch.equal(logits(model, sequence), base)
 
 
+def test_strength_zero_adds_no_layer_fetch_but_a_wrong_file_still_errors(model, adapters, tmp_path):
+    from safetensors.torch import save_file
+    (a, _), (b, _) = adapters["style"], adapters["light"]
+    # nothing to merge: no layer re-merged each step, and CUDA graphs stay possible (runtime/graphs.py)
+    assert with_loras(model, [(a, 0.0)]).transformer.layer_fetch is None
+    styled = with_loras(model, [(a, 1.0)])
+    assert with_loras(styled, [(b, 0.0)]) is styled
+    assert [lora.source for lora in applied_loras(with_loras(model, [(a, 0.0), (b, 0.5)]))] == [
+        str(b / "adapter_model.bin")]
+    save_file({"unet.down.0.lora_down.weight": torch.zeros(2, 8), "unet.down.0.lora_up.weight": torch.zeros(8, 2)},
+              str(tmp_path / "sd.safetensors"))
+    with pytest.raises(InputError, match="none of its 1 modules is a decoder projection"):
+        with_loras(model, [(tmp_path / "sd.safetensors", 0.0)])
+
+
 def test_fused_projections_get_each_parts_delta(tiny_dir, adapters, sequence):
     folder, merged = adapters["style"]
     fused = ursa_core.load(tiny_dir, dtype="fp32", fuse_projections=True)

@@ -182,8 +182,9 @@ class LoRAFetch:
 def with_loras(model, loras: Sequence[tuple[str | Path | LoRAFile, float]]):
     """A handle of `model` with `loras` ((file or folder or LoRAFile, strength), ...) added to any it has: it shares
     every weight with `model` (nothing is reloaded or written), and `model` itself runs as before. Strength 0 adds
-    nothing; the same LoRA twice adds its strengths. Speed options (runtime.speed.with_speed) go on `model` first:
-    the LoRA wraps whatever layer fetch they set up."""
+    nothing (its file is still read and matched: a wrong file is an error at any strength); with nothing added,
+    `model` itself comes back. The same LoRA twice adds its strengths. Speed options (runtime.speed.with_speed) go
+    on `model` first: the LoRA wraps whatever layer fetch they set up."""
     shapes = projection_shapes(model.config)
     base = getattr(model.transformer, "layer_fetch", None)
     current = base.loras if isinstance(base, LoRAFetch) else ()
@@ -191,7 +192,11 @@ def with_loras(model, loras: Sequence[tuple[str | Path | LoRAFile, float]]):
     added = []
     for source, value in loras:
         lora = source if isinstance(source, LoRAFile) else read_lora(source)
-        added.append(AppliedLoRA(lora.source, strength(value), match(lora, shapes)))
+        applied = AppliedLoRA(lora.source, strength(value), match(lora, shapes))
+        if applied.strength != 0:   # a zero delta would still re-merge its layers every step and rule out graphs
+            added.append(applied)
+    if not added:
+        return model
     view = copy.copy(model.transformer)   # the same modules and weights; its own layer fetch
     view.layer_fetch = LoRAFetch(inner, model.config, (*current, *added))
     return replace(model, transformer=view)
