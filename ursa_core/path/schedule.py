@@ -79,10 +79,6 @@ class FrameSchedule:
     def num_frames(self) -> int:
         return len(self.start)
 
-    def given(self) -> list[int]:
-        """Latent frames whose tokens must be supplied."""
-        return [i for i, t0 in enumerate(self.start) if t0 > 0]
-
     def held(self) -> list[int]:
         """Frames the sampler never touches."""
         return [i for i, t0 in enumerate(self.start) if t0 >= 1.0] if self.hold else []
