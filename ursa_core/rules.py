@@ -244,6 +244,8 @@ def rank_device(value: str, local_rank: int, world: int) -> torch.device:
 def device_list(value) -> list[torch.device]:
     """URSA Devices' list: devices of this machine separated by commas (cpu, cuda:N, mps; `cuda` is cuda:0). A
     device may repeat (two weight copies on one GPU: what the benchmark compares with one copy)."""
+    import torch
+
     names = [part.strip() for part in str(value).split(",")] if isinstance(value, str) else []
     if not names or "" in names or len(names) > MAX_DEVICES:
         _fail(f"devices={value!r} is not allowed: name 1 to {MAX_DEVICES} devices separated by commas, e.g. "
