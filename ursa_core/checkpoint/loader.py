@@ -13,6 +13,7 @@ from .. import rules
 from ..attention.backends import resolve as resolve_attention
 from ..errors import CheckpointError
 from ..files.safetensors_io import check_state_dict, load_state_dict, read_json, weight_files
+from ..files.tensor_files import read_safetensors
 from ..model.config import SchedulerConfig, TransformerConfig, check_types
 from ..model.modeling_ursa import URSATransformer, build_transformer, expected_state_shapes
 from ..model.sequence import ModelInput
@@ -191,8 +192,7 @@ def load_path_embedding(folder: Path) -> torch.Tensor:
                                   f"instead") from None
         source = pth
     elif st.is_file():
-        from safetensors.torch import load_file
-        data, source = load_file(str(st)), st
+        data, source = read_safetensors(st, error=CheckpointError), st
     else:
         raise CheckpointError(f"missing file: {pth} (or scheduler_model.safetensors) in {folder}")
     if not isinstance(data, dict) or "path.emb" not in data:
