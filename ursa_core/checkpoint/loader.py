@@ -162,13 +162,12 @@ def load_transformer(folder: Path, device: torch.device, dtype: torch.dtype, fus
     checked against the base's keys and shapes before the base's weights are read (checkpoint/finetune.py)."""
     folder = Path(folder)
     config = TransformerConfig.from_json(folder / "config.json")
-    tuned = None
+    tuned = {}
     if transformer_weights is not None:
         from .finetune import read_transformer_weights
         tuned = read_transformer_weights(transformer_weights, expected_state_shapes(config))
-    state = load_state_dict(folder)
-    if tuned is not None:
-        state.update(tuned)
+    state = load_state_dict(folder, skip=tuned)   # the base's tensors a fine-tune replaces are never read
+    state.update(tuned)
     q = state.get("model.layers.0.self_attn.q_proj.weight")
     if q is not None and q.shape[0] != config.num_attention_heads * config.head_dim:
         raise CheckpointError(f"{folder}: 'model.layers.0.self_attn.q_proj.weight' has shape {tuple(q.shape)}, "

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Mapping
+from typing import Collection, Mapping
 
 import torch
 
@@ -49,11 +49,12 @@ def weight_files(folder: Path) -> list[Path]:
         + (f" (found {others})" if others else ""))
 
 
-def load_state_dict(folder: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of a component folder in one dict on the CPU."""
+def load_state_dict(folder: Path, skip: Collection[str] = ()) -> dict[str, torch.Tensor]:
+    """Every tensor of a component folder in one dict on the CPU, less the names in `skip` (never read: a fine-tune
+    replaces them)."""
     state: dict[str, torch.Tensor] = {}
     for file in weight_files(folder):
-        state.update(read_safetensors(file, error=CheckpointError))
+        state.update(read_safetensors(file, error=CheckpointError, skip=skip))
     return state
 
 

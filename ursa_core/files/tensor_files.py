@@ -8,7 +8,7 @@ tensors-only pickle into safetensors.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Collection
 
 import torch
 
@@ -42,12 +42,13 @@ def _read_pickle(path: Path, what: str, mmap: bool = False) -> object:
                          f"read from pickles (torch.load weights_only=True)") from None
 
 
-def read_safetensors(path: str | Path, what: str = "",
-                     error: type[Exception] = InputError) -> dict[str, torch.Tensor]:
-    """name -> tensor of a safetensors file on the CPU; a broken or foreign file is one `error` naming it (`what`
-    names the input, a flag or a node input; a checkpoint's own files raise CheckpointError)."""
+def read_safetensors(path: str | Path, what: str = "", error: type[Exception] = InputError,
+                     skip: Collection[str] = ()) -> dict[str, torch.Tensor]:
+    """name -> tensor of a safetensors file on the CPU, less the names in `skip` (never read: the caller has them
+    from elsewhere); a broken or foreign file is one `error` naming it (`what` names the input, a flag or a node
+    input; a checkpoint's own files raise CheckpointError)."""
     return _in_safetensors(path, what, error,
-                           lambda handle: {name: handle.get_tensor(name) for name in handle.keys()})
+                           lambda handle: {name: handle.get_tensor(name) for name in handle.keys() if name not in skip})
 
 
 def _in_safetensors(path: str | Path, what: str, error: type[Exception], read: Callable) -> object:
