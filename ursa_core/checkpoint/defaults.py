@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-from ..errors import InputError
+from .. import rules
 
 if TYPE_CHECKING:   # importing this table needs no torch: the CLI's help shows its values
     from ..visual_tokenizer.geometry import VisualGeometry
@@ -121,9 +121,7 @@ def identify(folder: str | Path, hidden_size: int, geometry: VisualGeometry) -> 
 
 
 def check_preset(name: str) -> str:
-    if name not in PRESETS:
-        raise InputError(f"preset={name!r} is not allowed: use one of {', '.join(PRESETS)}")
-    return name
+    return rules.choice("preset", name, PRESETS)
 
 
 @dataclass(frozen=True)
