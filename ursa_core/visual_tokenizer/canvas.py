@@ -83,7 +83,7 @@ def pad_for_outpaint(images: torch.Tensor, left: int, right: int, top: int, bott
     pixels). `fill` is what the added pixels hold: "edge" repeats the border pixels (the encoder, whose receptive
     field crosses the border, then sees a continuation of the picture, so the kept tokens next to it change least),
     "gray" is 0.5 (core's ImagePadForOutpaint). Either way they are only the source of tokens that are regenerated."""
-    sides = [rules.padding(name, v) for name, v in zip(("left", "right", "top", "bottom"), (left, right, top, bottom))]
+    sides = rules.outpaint_sides(left, right, top, bottom)
     rules.choice("fill", fill, FILLS)
     if images.ndim == 3:
         images = images.unsqueeze(0)
