@@ -115,6 +115,16 @@ def test_safetensors_twin_of_scheduler_file(tmp_path, tiny_dir, tiny_model):
     assert torch.equal(model.path.unit, tiny_model.path.unit)
 
 
+@pytest.mark.parametrize("rel", ["scheduler/scheduler_model.safetensors", WEIGHTS])
+def test_a_broken_safetensors_file_is_a_checkpoint_error_naming_it(tmp_path, tiny_dir, rel):
+    broken = fresh_copy(tiny_dir, tmp_path / "broken")
+    (broken / "scheduler/scheduler_model.pth").unlink()
+    (broken / rel).write_bytes(b"not safetensors")
+    with pytest.raises(CheckpointError) as exc:
+        load_model(broken, load_vae=False)
+    assert str(broken / rel) in str(exc.value) and "not a readable safetensors file" in str(exc.value)
+
+
 def test_prompt_encoding(tiny_model):
     enc = tiny_model.prompts
     ids = enc.encode(["a red fox", ""], motion=None)

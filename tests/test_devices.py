@@ -208,6 +208,15 @@ def test_bad_launch_and_strategy_are_one_line():
         sample_rounds(2, 2, True, "ring")
 
 
+def test_device_list_names_a_bare_cuda_as_cuda_0(monkeypatch):
+    """`cuda` is cuda:0 in URSA Devices' list (the CPU machine stands in: rules.device is told a GPU exists)."""
+    from ursa_core import rules
+
+    monkeypatch.setattr(rules, "device", lambda name: torch.device(name))
+    assert rules.device_list("cuda, cpu, cuda:1") == [torch.device("cuda", 0), torch.device("cpu"),
+                                                      torch.device("cuda", 1)]
+
+
 def test_split_benchmark_cpu_path(tmp_path):
     import json
     import subprocess

@@ -61,6 +61,49 @@ def test_partial_and_wrapped_state_dicts_keep_the_base_elsewhere(tiny_dir, tiny_
     assert all(torch.equal(state[k], base[k]) for k in base if k != key)
 
 
+def record_tensor_reads(monkeypatch) -> list[tuple[str, str]]:
+    """(file name, tensor name) of every tensor read from a safetensors file from now on."""
+    import safetensors
+
+    reads, open_file = [], safetensors.safe_open
+
+    class Recording:
+        def __init__(self, path, *args, **kwargs):
+            self.path, self.handle = Path(path).name, open_file(path, *args, **kwargs)
+
+        def __enter__(self):
+            self.handle.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.handle.__exit__(*exc)
+
+        def keys(self):
+            return self.handle.keys()
+
+        def get_tensor(self, name):
+            reads.append((self.path, name))
+            return self.handle.get_tensor(name)
+
+    monkeypatch.setattr(safetensors, "safe_open", Recording)
+    return reads
+
+
+def test_base_tensors_a_fine_tune_replaces_are_never_read(tiny_dir, tuned, tmp_path, monkeypatch):
+    path, changed = tuned   # replaces every tensor of the base
+    key = "model.layers.1.mlp.down_proj.weight"
+    save_file({key: changed[key]}, str(tmp_path / "part.safetensors"))
+    reads = record_tensor_reads(monkeypatch)
+
+    def base_reads():
+        return sorted(name for file, name in reads if file == "diffusion_pytorch_model.safetensors")
+
+    ursa_core.load(tiny_dir, dtype="fp32", load_vae=False, transformer_weights=path)
+    assert base_reads() == []
+    ursa_core.load(tiny_dir, dtype="fp32", load_vae=False, transformer_weights=tmp_path / "part.safetensors")
+    assert ("part.safetensors", key) in reads and base_reads() == sorted(k for k in changed if k != key)
+
+
 def test_weights_of_another_size_or_tokenizer_are_one_line_naming_key_and_shapes(tiny_dir, tiny_ibq_dir, tmp_path):
     bigger = make_tiny(tmp_path / "URSA-1.7B-FSQ320", shape="1.7B")
     other_size = load_state_dict(bigger / "transformer")

@@ -165,6 +165,11 @@ def padding(name: str, value) -> int:
     return integer(name, value, 0, MAX_SIZE)
 
 
+def outpaint_sides(left, right, top, bottom) -> tuple[int, int, int, int]:
+    """Pixels added on each side of an outpainted canvas, each checked as a padding."""
+    return tuple(padding(name, v) for name, v in zip(("left", "right", "top", "bottom"), (left, right, top, bottom)))
+
+
 def outpaint(text: str) -> tuple[int, int, int, int]:
     """'L,R,T,B' pixels added left, right, top and bottom (the --outpaint flag)."""
     parts = [part.strip() for part in str(text).split(",")]
@@ -174,10 +179,10 @@ def outpaint(text: str) -> tuple[int, int, int, int]:
         values = []
     if len(values) != 4:
         _fail(f"outpaint={text!r} is not allowed: use four whole numbers of pixels L,R,T,B (e.g. 0,256,0,0)")
-    sides = [padding(name, v) for name, v in zip(("left", "right", "top", "bottom"), values)]
+    sides = outpaint_sides(*values)
     if not any(sides):
         _fail(f"outpaint={text!r} adds nothing: give at least one side more than 0 pixels")
-    return tuple(sides)
+    return sides
 
 
 # --- choices --------------------------------------------------------------------------------------------------------
@@ -244,6 +249,8 @@ def rank_device(value: str, local_rank: int, world: int) -> torch.device:
 def device_list(value) -> list[torch.device]:
     """URSA Devices' list: devices of this machine separated by commas (cpu, cuda:N, mps; `cuda` is cuda:0). A
     device may repeat (two weight copies on one GPU: what the benchmark compares with one copy)."""
+    import torch
+
     names = [part.strip() for part in str(value).split(",")] if isinstance(value, str) else []
     if not names or "" in names or len(names) > MAX_DEVICES:
         _fail(f"devices={value!r} is not allowed: name 1 to {MAX_DEVICES} devices separated by commas, e.g. "

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-from ..errors import InputError
+from .. import rules
 
 if TYPE_CHECKING:   # importing this table needs no torch: the CLI's help shows its values
     from ..visual_tokenizer.geometry import VisualGeometry
@@ -65,7 +65,15 @@ WEIGHTS_REPOS = {
 
 # Transformer widths of the released sizes (Qwen3-0.6B / Qwen3-1.7B dims; docs/MODELS.md).
 SIZE_BY_HIDDEN = {1024: "0.6B", 2048: "1.7B"}
-_NAME = re.compile(r"URSA-(0\.6B|1\.7B)-(FSQ320|IBQ1024|IBQ512)(?![0-9])", re.IGNORECASE)
+
+
+def _any_of(names) -> str:
+    return "|".join(re.escape(name) for name in names)
+
+
+# An official checkpoint name: URSA-<released size>-<tokenizer of a MODEL_DEFAULTS row> (the tiny row is no release).
+_NAME = re.compile(rf"URSA-({_any_of(SIZE_BY_HIDDEN.values())})-({_any_of(v for v in MODEL_DEFAULTS if v != 'tiny')})"
+                   r"(?![0-9])", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -121,9 +129,7 @@ def identify(folder: str | Path, hidden_size: int, geometry: VisualGeometry) -> 
 
 
 def check_preset(name: str) -> str:
-    if name not in PRESETS:
-        raise InputError(f"preset={name!r} is not allowed: use one of {', '.join(PRESETS)}")
-    return name
+    return rules.choice("preset", name, PRESETS)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from .. import rules
 from ..attention.backends import resolve as resolve_attention
 from ..errors import CheckpointError
 from ..files.safetensors_io import check_state_dict, load_state_dict, read_json, weight_files
+from ..files.tensor_files import read_safetensors
 from ..model.config import SchedulerConfig, TransformerConfig, check_types
 from ..model.modeling_ursa import URSATransformer, build_transformer, expected_state_shapes
 from ..model.sequence import ModelInput
@@ -76,10 +77,11 @@ class URSAModel:
         return self.transformer(sequence.input_ids, sequence.cos, sequence.sin, keep, output_hidden_states)
 
 
-def _require_file(path: Path) -> Path:
-    if not path.is_file():
-        raise CheckpointError(f"missing file: {path} (model folder {path.parent.parent})")
-    return path
+# The official layout: the files every checkpoint has, its prompt tokenizer's folder, and the metric path's
+# embedding in scheduler/ (the .pth upstream ships, else its safetensors twin).
+LAYOUT_FILES = ("model_index.json", "transformer/config.json", "scheduler/scheduler_config.json")
+TOKENIZER_FOLDER = "tokenizer"
+PATH_EMBEDDING_FILES = ("scheduler_model.pth", "scheduler_model.safetensors")
 
 
 def check_layout(folder: Path) -> None:
@@ -87,11 +89,11 @@ def check_layout(folder: Path) -> None:
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"model folder not found: {folder}")
-    _require_file(folder / "model_index.json")
-    _require_file(folder / "transformer" / "config.json")
-    _require_file(folder / "scheduler" / "scheduler_config.json")
-    if not (folder / "tokenizer").is_dir():
-        raise CheckpointError(f"missing folder: {folder / 'tokenizer'} (model folder {folder})")
+    for rel in LAYOUT_FILES:
+        if not (folder / rel).is_file():
+            raise CheckpointError(f"missing file: {folder / rel} (model folder {folder})")
+    if not (folder / TOKENIZER_FOLDER).is_dir():
+        raise CheckpointError(f"missing folder: {folder / TOKENIZER_FOLDER} (model folder {folder})")
     index = read_json(folder / "model_index.json")
     for component in ("transformer", "scheduler", "tokenizer"):
         if component not in index:
@@ -126,12 +128,10 @@ def layout_gaps(folder: Path) -> list[str]:
     """What `folder` lacks of the official layout ('tokenizer/', 'vae weights', ...), in layout order; empty when
     complete. Reads configs and weight indexes (a missing shard counts), never weights."""
     folder = Path(folder)
-    needed = ["model_index.json", "transformer/config.json", "scheduler/scheduler_config.json", "tokenizer/",
-              "vae/config.json"]
+    needed = [*LAYOUT_FILES, f"{TOKENIZER_FOLDER}/", "vae/config.json"]
     gaps = [rel for rel in needed if not (folder / rel).exists()]
-    scheduler = folder / "scheduler"
-    if not any((scheduler / name).is_file() for name in ("scheduler_model.pth", "scheduler_model.safetensors")):
-        gaps.append("scheduler/scheduler_model.pth")
+    if _path_embedding_file(folder / "scheduler") is None:
+        gaps.append(f"scheduler/{PATH_EMBEDDING_FILES[0]}")
     for component in WEIGHT_COMPONENTS:
         try:
             weight_files(folder / component)
@@ -150,9 +150,13 @@ def is_ursa_folder(folder: Path) -> bool:
         config = read_json(folder / "transformer" / "config.json")
     except (CheckpointError, ValueError, OSError):
         return False
-    scheduler = folder / "scheduler"
-    has_path = (scheduler / "scheduler_model.pth").is_file() or (scheduler / "scheduler_model.safetensors").is_file()
+    has_path = _path_embedding_file(folder / "scheduler") is not None
     return isinstance(config, dict) and all(key in config for key in URSA_CONFIG_KEYS) and has_path
+
+
+def _path_embedding_file(scheduler: Path) -> Optional[Path]:
+    """The first of PATH_EMBEDDING_FILES in the scheduler folder; None when it has neither."""
+    return next((scheduler / name for name in PATH_EMBEDDING_FILES if (scheduler / name).is_file()), None)
 
 
 def load_transformer(folder: Path, device: torch.device, dtype: torch.dtype, fuse_projections: bool = False,
@@ -161,13 +165,12 @@ def load_transformer(folder: Path, device: torch.device, dtype: torch.dtype, fus
     checked against the base's keys and shapes before the base's weights are read (checkpoint/finetune.py)."""
     folder = Path(folder)
     config = TransformerConfig.from_json(folder / "config.json")
-    tuned = None
+    tuned = {}
     if transformer_weights is not None:
         from .finetune import read_transformer_weights
         tuned = read_transformer_weights(transformer_weights, expected_state_shapes(config))
-    state = load_state_dict(folder)
-    if tuned is not None:
-        state.update(tuned)
+    state = load_state_dict(folder, skip=tuned)   # the base's tensors a fine-tune replaces are never read
+    state.update(tuned)
     q = state.get("model.layers.0.self_attn.q_proj.weight")
     if q is not None and q.shape[0] != config.num_attention_heads * config.head_dim:
         raise CheckpointError(f"{folder}: 'model.layers.0.self_attn.q_proj.weight' has shape {tuple(q.shape)}, "
@@ -180,21 +183,19 @@ def load_transformer(folder: Path, device: torch.device, dtype: torch.dtype, fus
 def load_path_embedding(folder: Path) -> torch.Tensor:
     """`scheduler_model.pth` {"path.emb": [K, D]} (weights_only), or its `.safetensors` twin."""
     folder = Path(folder)
-    pth, st = folder / "scheduler_model.pth", folder / "scheduler_model.safetensors"
-    if pth.is_file():
+    pth, safetensors_twin = PATH_EMBEDDING_FILES
+    source = _path_embedding_file(folder)
+    if source is None:
+        raise CheckpointError(f"missing file: {folder / pth} (or {safetensors_twin}) in {folder}")
+    if source.name == pth:
         try:
-            data = torch.load(str(pth), map_location="cpu", weights_only=True)
+            data = torch.load(str(source), map_location="cpu", weights_only=True)
         except Exception:
             # torch's message suggests weights_only=False (running code from the file): never pass that on.
-            raise CheckpointError(f"{pth}: holds more than plain tensors, and only tensors are loaded from "
-                                  f"checkpoints; provide scheduler_model.safetensors with the key 'path.emb' "
-                                  f"instead") from None
-        source = pth
-    elif st.is_file():
-        from safetensors.torch import load_file
-        data, source = load_file(str(st)), st
+            raise CheckpointError(f"{source}: holds more than plain tensors, and only tensors are loaded from "
+                                  f"checkpoints; provide {safetensors_twin} with the key 'path.emb' instead") from None
     else:
-        raise CheckpointError(f"missing file: {pth} (or scheduler_model.safetensors) in {folder}")
+        data = read_safetensors(source, error=CheckpointError)
     if not isinstance(data, dict) or "path.emb" not in data:
         raise CheckpointError(f"{source}: missing key 'path.emb'")
     emb = data["path.emb"]

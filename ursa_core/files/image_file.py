@@ -81,20 +81,27 @@ def _open_within_limit(path: Path):
             raise InputError(f"image {path}: not an image Pillow can read") from None
         except OSError as exc:
             raise InputError(f"image {path}: {exc.strerror or exc}") from None
-    if img.width * img.height > MAX_IMAGE_PIXELS:
+    try:
+        _check_size(path, img.size)
+    except InputError:
         img.close()
-        _refuse_size(path, img.size)
+        raise
     return img
+
+
+def _check_size(path: Path, size: tuple[int, int]) -> None:
+    """check_pixels, the message naming the file."""
+    try:
+        check_pixels(*size)
+    except InputError as exc:
+        raise InputError(f"image {path}: {exc}") from None
 
 
 def _refuse_size(path: Path, size: tuple[int, int] | None) -> None:
     from PIL import Image
 
     if size is not None:
-        try:
-            check_pixels(*size)
-        except InputError as exc:
-            raise InputError(f"image {path}: {exc}") from None
+        _check_size(path, size)
     shown = "x".join(map(str, size)) if size else "its size"
     raise InputError(f"image {path}: {shown} is over Pillow's decompression-bomb limit of "
                      f"{2 * Image.MAX_IMAGE_PIXELS:,} pixels (PIL.Image.MAX_IMAGE_PIXELS, set by this program)")

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Mapping
+from typing import Collection, Mapping
 
 import torch
-from safetensors.torch import load_file
 
 from ..errors import CheckpointError
+from .tensor_files import read_safetensors
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 INDEX_NAME = WEIGHTS_NAME + ".index.json"
@@ -49,15 +49,12 @@ def weight_files(folder: Path) -> list[Path]:
         + (f" (found {others})" if others else ""))
 
 
-def load_state_dict(folder: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """Load every tensor of a component folder into one dict."""
+def load_state_dict(folder: Path, skip: Collection[str] = ()) -> dict[str, torch.Tensor]:
+    """Every tensor of a component folder in one dict on the CPU, less the names in `skip` (never read: a fine-tune
+    replaces them)."""
     state: dict[str, torch.Tensor] = {}
     for file in weight_files(folder):
-        try:
-            part = load_file(str(file), device=str(device))
-        except Exception as exc:  # safetensors raises several types for corrupt files
-            raise CheckpointError(f"{file}: cannot read safetensors ({exc})") from exc
-        state.update(part)
+        state.update(read_safetensors(file, error=CheckpointError, skip=skip))
     return state
 
 

@@ -8,6 +8,7 @@ tensors-only pickle into safetensors.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable, Collection
 
 import torch
 
@@ -41,12 +42,24 @@ def _read_pickle(path: Path, what: str, mmap: bool = False) -> object:
                          f"read from pickles (torch.load weights_only=True)") from None
 
 
-def _read_safetensors(path: Path, what: str) -> dict:
-    from safetensors.torch import load_file
+def read_safetensors(path: str | Path, what: str = "", error: type[Exception] = InputError,
+                     skip: Collection[str] = ()) -> dict[str, torch.Tensor]:
+    """name -> tensor of a safetensors file on the CPU, less the names in `skip` (never read: the caller has them
+    from elsewhere); a broken or foreign file is one `error` naming it (`what` names the input, a flag or a node
+    input; a checkpoint's own files raise CheckpointError)."""
+    return _in_safetensors(path, what, error,
+                           lambda handle: {name: handle.get_tensor(name) for name in handle.keys() if name not in skip})
+
+
+def _in_safetensors(path: str | Path, what: str, error: type[Exception], read: Callable) -> object:
+    """`read(handle)` of the file opened with safe_open, its failures one line."""
+    from safetensors import safe_open
     try:
-        return load_file(str(path), device="cpu")
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            return read(handle)
     except Exception as exc:  # safetensors raises several types for a broken header or a foreign file
-        raise InputError(f"{what} {path}: not a readable safetensors file ({exc})") from None
+        where = f"{what} {path}" if what else str(path)
+        raise error(f"{where}: not a readable safetensors file ({exc})") from None
 
 
 def read_tensors(path: str | Path, what: str = "file", mmap: bool = False) -> dict[str, torch.Tensor]:
@@ -55,7 +68,7 @@ def read_tensors(path: str | Path, what: str = "file", mmap: bool = False) -> di
     maps a pickle's tensors instead of reading them (a check of names and shapes costs no memory)."""
     path = check_tensor_file(path, what)
     if path.suffix.lower() == SAFETENSORS_SUFFIX:
-        data = _read_safetensors(path, what)
+        data = read_safetensors(path, what)
     else:
         data = _read_mapped(path, what) if mmap else _read_pickle(path, what)
     if isinstance(data, dict) and len(data) == 1 and next(iter(data)) in WRAPPER_KEYS \
@@ -81,12 +94,8 @@ def tensor_shapes(path: str | Path, what: str = "file") -> dict[str, tuple[int, 
     path = check_tensor_file(path, what)
     if path.suffix.lower() != SAFETENSORS_SUFFIX:
         return {name: tuple(t.shape) for name, t in read_tensors(path, what, mmap=True).items()}
-    from safetensors import safe_open
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            return {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
-    except Exception as exc:
-        raise InputError(f"{what} {path}: not a readable safetensors file ({exc})") from None
+    return _in_safetensors(path, what, InputError,
+                           lambda handle: {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()})
 
 
 def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -64,8 +64,13 @@ def token_levels(mask: torch.Tensor, latent_shape: Sequence[int], temporal_strid
                          f"{canvas[0]}: fit it to the canvas first (visual_tokenizer.canvas.mask_for_canvas)")
     pooled = F.max_pool2d(mask.unsqueeze(1), spatial_stride).squeeze(1)  # [F, h, w]
     pooled = match_frames(pooled, rules.pixel_frames(frames, temporal_stride))
-    owner = torch.tensor([rules.latent_frame_of(p, temporal_stride) for p in range(pooled.shape[0])])
+    owner = frame_owner(pooled.shape[0], temporal_stride)
     return torch.stack([pooled[owner == k].amax(0) for k in range(frames)])
+
+
+def frame_owner(pixel_frames: int, temporal_stride: int) -> torch.Tensor:
+    """The latent frame each pixel frame belongs to [F] (rules.latent_frame_of), for indexing per-token tensors."""
+    return torch.tensor([rules.latent_frame_of(p, temporal_stride) for p in range(pixel_frames)])
 
 
 def grow_levels(levels: torch.Tensor, grow: int) -> torch.Tensor:

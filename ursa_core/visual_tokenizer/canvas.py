@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from .. import rules
 from ..errors import InputError
 from ..files.media import VIDEO_SUFFIXES, fit_frames, fit_planes, load_image, load_video
-from ..path.masks import check_mask
+from ..path.masks import check_mask, frame_owner
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def pad_for_outpaint(images: torch.Tensor, left: int, right: int, top: int, bott
     pixels). `fill` is what the added pixels hold: "edge" repeats the border pixels (the encoder, whose receptive
     field crosses the border, then sees a continuation of the picture, so the kept tokens next to it change least),
     "gray" is 0.5 (core's ImagePadForOutpaint). Either way they are only the source of tokens that are regenerated."""
-    sides = [rules.padding(name, v) for name, v in zip(("left", "right", "top", "bottom"), (left, right, top, bottom))]
+    sides = rules.outpaint_sides(left, right, top, bottom)
     rules.choice("fill", fill, FILLS)
     if images.ndim == 3:
         images = images.unsqueeze(0)
@@ -121,8 +121,7 @@ def repaint_weight(changed: torch.Tensor, pixel_frames: int, temporal_stride: in
     repainted token differ from the source; a hard edge there would show. Feathering is per frame, not in time.
     """
     feather = rules.feather(feather)
-    owner = torch.tensor([rules.latent_frame_of(p, temporal_stride) for p in range(pixel_frames)])
-    region = changed[owner].double()
+    region = changed[frame_owner(pixel_frames, temporal_stride)].double()
     region = region.repeat_interleave(spatial_stride, 1).repeat_interleave(spatial_stride, 2)
     if feather == 0:
         return region.float()
