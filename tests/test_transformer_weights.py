@@ -126,9 +126,12 @@ def test_a_pickle_with_code_is_refused_and_left_untouched(tmp_path):
     marker = tmp_path / "payload_ran"
     path = malicious(tmp_path / "evil.bin", marker)
     before = path.read_bytes()
-    with pytest.raises(InputError, match=r"evil\.bin: refused: not a tensors-only file"):
+    with pytest.raises(InputError, match=r"evil\.bin: refused: not a tensors-only file") as refused:
         read_tensors(path, "--transformer-weights")
     assert not marker.exists() and path.read_bytes() == before
+    # the line names what the file would run, and never passes on torch's advice to load it unsafely
+    message = str(refused.value)
+    assert "unsupported global: global exec" in message.lower() and "weights_only` set to `False`" not in message
     # the payload is real: an unsafe load of the same kind of file runs it
     proof = tmp_path / "unsafe_ran"
     torch.load(str(malicious(tmp_path / "proof.bin", proof)), weights_only=False)

@@ -37,9 +37,23 @@ def _read_pickle(path: Path, what: str, mmap: bool = False) -> object:
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # UnpicklingError for code, RuntimeError / EOFError for a broken or foreign file
-        cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"{what} {path}: refused: not a tensors-only file ({cause[:160]}); only plain tensors are "
-                         f"read from pickles (torch.load weights_only=True)") from None
+        raise InputError(f"{what} {path}: refused: not a tensors-only file ({_refusal_reason(exc)[:160]}); only "
+                         f"plain tensors are read from pickles (torch.load weights_only=True)") from None
+
+
+# torch's weights_only refusal wraps its reason in advice, one of which is to load the file unsafely: never passed on.
+_TORCH_ADVICE = ("Weights only load failed", "Check the documentation", "Please file an issue", "(1)", "(2)")
+_REASON_MARK = "WeightsUnpickler error:"
+
+
+def _refusal_reason(exc: Exception) -> str:
+    """What torch's refusal says the file holds (the global it would import, the opcode it could not read), without
+    the advice around it."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    marked = [line.split(_REASON_MARK, 1)[1].split(" Please use")[0].strip() for line in lines if _REASON_MARK in line]
+    reasons = [line for line in marked if line] + [line for line in lines if not line.startswith(_TORCH_ADVICE)
+                                                   and _REASON_MARK not in line]
+    return reasons[0] if reasons else type(exc).__name__
 
 
 def read_safetensors(path: str | Path, what: str = "", error: type[Exception] = InputError,
