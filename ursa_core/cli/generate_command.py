@@ -85,10 +85,6 @@ class ProgressPrinter:
         if self.bar is not None:
             self.bar.close()
 
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
 
 def report_written(images: torch.Tensor, paths, started: float) -> None:
     shown = ", ".join(map(str, paths[:3])) + (" ..." if len(paths) > 3 else "")
