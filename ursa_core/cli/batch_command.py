@@ -29,7 +29,7 @@ from ..checkpoint.tiny import model_folder
 from ..errors import InputError
 from ..files.atomic import TEMP_MARK, atomic_file, check_writable
 from ..files.media import load_image, write_frames
-from ..parallel.distributed import barrier, init_from_env
+from ..parallel.distributed import barrier, init_from_env, process_device
 from ..runtime.speed import SpeedOptions
 from ..sampling.preflight import check_clip, check_options, checkpoint_rules
 from ..visual_tokenizer.codec import decode_tokens
@@ -263,8 +263,7 @@ def run_batch(args: argparse.Namespace, session=None) -> int:
     process)."""
     folder = model_folder(args.model)
     rank, world = (session.rank, session.world) if session else (0, 1)
-    device = rules.rank_device(args.device, session.local_rank, world) if session else rules.device(args.device)
-    prompt_set, base, plans, protocol, overridden = check_set(args, folder, device)
+    prompt_set, base, plans, protocol, overridden = check_set(args, folder, process_device(args.device, session))
     describe = describer(plans, base, protocol)
     outdir = Path(args.outdir)
     check_writable(outdir / MANIFEST, "--outdir")   # a folder that cannot be written is refused before any load

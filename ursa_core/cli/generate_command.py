@@ -20,7 +20,7 @@ from ..files.token_io import model_identity, save_tokens, token_file_path
 from ..lora.files import read_lora
 from ..lora.patch import match, projection_shapes, with_loras
 from ..model.modeling_ursa import expected_state_shapes
-from ..parallel.distributed import build_layout, init_from_env, launched_world
+from ..parallel.distributed import build_layout, init_from_env, launched_world, process_device
 from ..path.schedule import FrameSchedule
 from ..runtime.loader_options import placement_device
 from ..runtime.speed import Placement, SpeedOptions, with_speed
@@ -113,11 +113,12 @@ def sample_tokens(model: URSAModel, run: Request, images: dict, prompt: str, cal
                     callback=callback, parallel=parallel).tokens
 
 
-def checked_request(args: argparse.Namespace, folder: Path,
-                    speed: SpeedOptions) -> tuple[Request, ModelIdentity, list, Optional[Canvas]]:
+def checked_request(args: argparse.Namespace, folder: Path, speed: SpeedOptions, session=None
+                    ) -> tuple[Request, ModelIdentity, list, Optional[Canvas]]:
     """The flags as a Request with the checkpoint's defaults, which model they are, the LoRAs as read and the canvas
-    of a repaint (None without one), every rule and the memory estimate checked before any weight loads."""
-    device = rules.device(args.device)
+    of a repaint (None without one), every rule and the memory estimate checked before any weight loads, on the
+    device this process (this rank of a launch: `session`) will run on."""
+    device = process_device(args.device, session)
     dtype = check_options(args.dtype, speed, args.sampler, device)
     config, geometry = checkpoint_rules(folder)
     loras = check_model_files(args, config)
@@ -164,7 +165,7 @@ def run_generate(args: argparse.Namespace, session=None) -> int:
         tokens_path = check_writable(token_file_path(args.save_tokens), "--save-tokens")
     folder = model_folder(args.model)
     speed = speed_options(args)
-    run, identity, loras, canvas = checked_request(args, folder, speed)
+    run, identity, loras, canvas = checked_request(args, folder, speed, session)
     check_output_path(args.out, run.settings.frames)
     kv_heads = checkpoint_rules(folder)[0].num_key_value_heads
     rules.parallel_layout(args.parallel, launched_world(), kv_heads)
