@@ -24,7 +24,7 @@ from ..batch.presets import PROTOCOLS, Protocol
 from ..batch.prompt_sets import (MANIFEST, Claims, Job, PromptSet, prompt_format, read_prompt_set, run_jobs,
                                  stale_outputs)
 from ..batch.run_lock import acquire
-from ..checkpoint.defaults import ModelDefaults, identify
+from ..checkpoint.defaults import ModelDefaults, identify, resolve
 from ..checkpoint.tiny import model_folder
 from ..errors import InputError
 from ..files.atomic import TEMP_MARK, atomic_file, check_writable
@@ -233,7 +233,7 @@ def check_set(args: argparse.Namespace, folder: Path, device: torch.device
     config, geometry = checkpoint_rules(folder)
     loras = check_model_files(args, config)
     defaults = identify(folder, config.hidden_size, geometry).defaults
-    frames = defaults.frames if args.frames is None else args.frames   # unset: the model's clip (an image set: 1)
+    frames = resolve(defaults, args.preset, frames=args.frames).frames   # unset: the model's clip (an image set: 1)
     prompt_set = read_prompt_set(args.prompts, fmt, args.samples, args.seed, ".png" if frames == 1 else ".mp4",
                                  args.prompt_field)
     speed = speed_options(args)
