@@ -114,17 +114,24 @@ def _file_sha256(path: Optional[str]) -> Optional[str]:
     return None if not path else hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def _lora_record(lora, value: float) -> list:
+    """[file hash, strength], and a PEFT adapter's config hash: its lora_alpha / alpha_pattern / use_rslora change
+    the pixels as much as its weights do."""
+    record = [_file_sha256(lora.source)[:16], value]
+    return [*record, _file_sha256(lora.config)[:16]] if lora.config else record
+
+
 def model_fingerprint(folder: Path, flags: dict, loras: tuple = ()) -> dict:
     """The checkpoint as its outputs record it: its name and the hashes of its two configs (read before loading),
     and what changes its transformer: fine-tuned weights (name and size: hashing gigabytes would stall the start)
-    and each LoRA (its file's hash, its strength)."""
+    and each LoRA (its file's hash, its strength, and a PEFT adapter's config hash: its alphas set the scales)."""
     found = {"name": folder.name, **{f"{part}_config": _file_sha256(str(folder / part / "config.json"))[:16]
                                      for part in ("transformer", "vae")}}
     weights = flags.get("transformer_weights")
     if weights:
         found["transformer_weights"] = {"name": Path(weights).name, "bytes": Path(weights).stat().st_size}
     if loras:
-        found["lora"] = [[_file_sha256(lora.source)[:16], value] for lora, value in loras]
+        found["lora"] = [_lora_record(lora, value) for lora, value in loras]
     return found
 
 
