@@ -240,8 +240,9 @@ def test_batch_applies_loras_records_them_and_a_changed_lora_makes_outputs_stale
         done = batch(name, *extra)
         assert done.returncode == 0, done.stderr
         runs[name] = json.loads((tmp_path / name / "manifest.jsonl").read_text().splitlines()[0])
-    digest = hashlib.sha256((folder / "adapter_model.bin").read_bytes()).hexdigest()[:16]
-    assert runs["lora"]["model"]["lora"] == [[digest, 0.9]] and "lora" not in runs["base"]["model"]
+    digest, config = (hashlib.sha256((folder / name).read_bytes()).hexdigest()[:16]
+                      for name in ("adapter_model.bin", "adapter_config.json"))
+    assert runs["lora"]["model"]["lora"] == [[digest, 0.9, config]] and "lora" not in runs["base"]["model"]
     outputs = [(tmp_path / name / runs[name]["out"]).read_bytes() for name in ("base", "lora")]
     assert outputs[0] != outputs[1]
     # another strength changes the pixels: the finished output is stale, refused unless --overwrite-stale
@@ -267,3 +268,25 @@ def test_lora_layers_run_with_the_models_attention_and_fused_kernels(tiny_dir, a
     assert switches(base)[("self_attn", "attn_implementation")] == "math"
     assert all(value is True for (_, name), value in switches(base).items() if name.startswith("fused"))
     assert switches(scratch) == switches(base)
+
+
+def test_a_peft_adapters_config_is_part_of_the_batch_fingerprint(tiny_dir, adapters, tmp_path):
+    """adapter_config.json's lora_alpha sets a PEFT adapter's scale (its pixels) as much as the weights do: editing it
+    makes `ursa batch`'s finished outputs stale, as a changed weights file does."""
+    import json
+
+    from ursa_core.cli.batch_command import model_fingerprint
+    from ursa_core.lora.files import read_lora
+    folder = tmp_path / "adapter"
+    shutil.copytree(adapters["style"][0], folder)
+
+    def fingerprint():
+        lora = read_lora(folder)
+        return lora.modules["model.layers.0.mlp.up_proj"].scale, model_fingerprint(tiny_dir, {}, ((lora, 1.0),))
+
+    scale, before = fingerprint()
+    config = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps({**config, "lora_alpha": 2 * config["lora_alpha"]}))
+    new_scale, after = fingerprint()
+    assert new_scale == 2 * scale   # the edit changes what the LoRA adds
+    assert after["lora"] != before["lora"] and after["lora"][0][:2] == before["lora"][0][:2]

@@ -124,3 +124,47 @@ def test_parallel_benchmark_runs_on_two_cpu_ranks(tmp_path):
     sp_row = next(row for row in rows if row.startswith("| 2 | sp |"))
     ratio = float(sp_row.split("|")[4])          # against rank 0's single run of the same report
     assert abs(ratio - sp["total_s"] / report["modes"]["single"]["total_s"]) < 0.01
+
+
+class _Checked(Exception):
+    """Stops a run at its memory estimate, the last check before the model loads."""
+
+
+@pytest.mark.parametrize("command", ["generate", "batch"])
+def test_a_ranks_checks_ask_about_its_own_gpu(tiny_dir, tmp_path, monkeypatch, command):
+    """Under torchrun, rank 1 checks its options and the memory estimate against cuda:1, the GPU it will run on,
+    never against GPU 0 (every rank would open a context there and read its free memory). CUDA is pretended, so
+    the option and memory checks are replaced by recorders."""
+    from types import SimpleNamespace
+
+    from ursa_core.cli import batch_command, generate_command
+    from ursa_core.cli.command_line import build_parser
+
+    seen = []
+
+    def devices(args, kwargs) -> list:
+        return [value for value in (*args, *kwargs.values()) if isinstance(value, torch.device)]
+
+    def options(*args, **kwargs):
+        seen.append(("options", devices(args, kwargs)))
+        return torch.float32
+
+    def clip(*args, **kwargs):
+        seen.append(("clip", devices(args, kwargs)))
+        raise _Checked
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for module in (generate_command, batch_command):   # raising=False: a module may reach them through the other
+        monkeypatch.setattr(module, "check_options", options, raising=False)
+        monkeypatch.setattr(module, "check_clip", clip, raising=False)
+    if command == "generate":
+        words = ["generate", "--prompt", "a fox", "--out", str(tmp_path / "a.png"), "--parallel", "cfg"]
+    else:
+        (tmp_path / "p.txt").write_text("a fox\n", encoding="utf-8")
+        words = ["batch", "--prompts", str(tmp_path / "p.txt"), "--outdir", str(tmp_path / "out")]
+    args = build_parser().parse_args([*words, "--model", str(tiny_dir)])
+    session = SimpleNamespace(rank=1, world=2, local_rank=1, store=None)
+    run = generate_command.run_generate if command == "generate" else batch_command.run_batch
+    with pytest.raises(_Checked):
+        run(args, session)
+    assert seen == [("options", [torch.device("cuda:1")]), ("clip", [torch.device("cuda:1")])]

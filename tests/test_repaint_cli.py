@@ -73,3 +73,17 @@ def test_outpaint_makes_the_padded_canvas(tiny_dir, files, tmp_path, capsys):
                     "--out", tmp_path / "wide.png")
     assert code == 0, capsys.readouterr().err
     assert Image.open(tmp_path / "wide.png").size == (128, 72)
+
+
+def test_a_video_repainted_into_pngs_checks_every_frames_path_first(tiny_dir, files, tmp_path, capsys, monkeypatch):
+    """Without --frames the frame count comes from the video, after the flags' own --out check: each frame's PNG
+    path is checked then, still before the model loads."""
+    from ursa_core.cli import generate_command
+
+    monkeypatch.setattr(generate_command, "load_model", lambda *a, **k: pytest.fail("the model loaded"))
+    (tmp_path / "out_00012.png").mkdir()
+    code = generate(tmp_path, "--model", tiny_dir, "--video", files / "in.mp4", "--strength", 0.5,
+                    "--out", tmp_path / "out.png")
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == f"error: --out {tmp_path / 'out_00012.png'}: is a folder; give a file name (e.g. " \
+                                f"{tmp_path / 'out_00012.png' / 'out.png'})"

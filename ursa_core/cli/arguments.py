@@ -152,10 +152,12 @@ def speed_options(args: argparse.Namespace) -> SpeedOptions:
                         vq_device=args.vq_device, text_device=args.text_device)
 
 
-def request(flags: Mapping[str, Any], defaults: ModelDefaults, image_output: bool = False) -> Request:
+def request(flags: Mapping[str, Any], defaults: ModelDefaults, image_output: bool = False,
+            repaint: Optional[RepaintFlags] = None) -> Request:
     """The flag values (`vars(args)`, or a batch item's over them) as one Request. A setting left out follows the
     model (checkpoint/defaults.py: its row, after --preset), except that an image output (`--out x.png`, an image
-    benchmark) asks for one frame; a video's motion score is the reference's."""
+    benchmark) asks for one frame; a video's motion score is the reference's. `repaint`: repaint_flags(flags) as
+    the caller read it (None: no repaint; `ursa batch` has none), whose source is then the canvas, not an --image."""
     from ..sampling.settings import GenerationSettings
 
     frames = flags["frames"] if flags["frames"] is not None else (1 if image_output else None)
@@ -165,7 +167,6 @@ def request(flags: Mapping[str, Any], defaults: ModelDefaults, image_output: boo
         frames=used.frames, height=used.height, width=used.width, steps=used.steps, guidance=used.guidance,
         guidance_trunc=flags["guidance_trunc"], shift=flags["shift"], seed=flags["seed"], sampler=flags["sampler"],
         motion=rules.default_motion(used.frames) if flags["motion"] is None else flags["motion"])
-    repaint = repaint_flags(flags)
     return Request(settings, flags["negative"], None if repaint else flags.get("image"), flags.get("last_image"),
                    flags["resize"], repaint=repaint, from_model=used.filled)
 

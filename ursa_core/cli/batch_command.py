@@ -24,17 +24,19 @@ from ..batch.presets import PROTOCOLS, Protocol
 from ..batch.prompt_sets import (MANIFEST, Claims, Job, PromptSet, prompt_format, read_prompt_set, run_jobs,
                                  stale_outputs)
 from ..batch.run_lock import acquire
-from ..checkpoint.defaults import ModelDefaults, identify
+from ..checkpoint.defaults import ModelDefaults, identify, resolve
 from ..checkpoint.tiny import model_folder
 from ..errors import InputError
 from ..files.atomic import TEMP_MARK, atomic_file, check_writable
-from ..files.media import load_image, write_frames
-from ..parallel.distributed import barrier, init_from_env
+from ..files.media import write_frames
+from ..model.config import TransformerConfig
+from ..parallel.distributed import barrier, init_from_env, process_device
 from ..runtime.speed import SpeedOptions
-from ..sampling.preflight import check_clip, check_options, checkpoint_rules
+from ..sampling.preflight import check_options, checkpoint_rules
 from ..visual_tokenizer.codec import decode_tokens
-from .arguments import DEFAULTS, PRESET_OPTIONS, Request, check_first_frame, check_images, request, speed_options
-from .generate_command import check_model_files, load_for_cli, sample_tokens
+from ..visual_tokenizer.geometry import VisualGeometry
+from .arguments import DEFAULTS, PRESET_OPTIONS, Request, request, speed_options
+from .generate_command import check_model_files, checked_sample, load_for_cli, read_images, sample_tokens
 
 # A JSONL item's override -> (its rule, the flag it replaces). Item keys are the command line's names (cfg for the
 # guidance scale), so a message names what the user wrote.
@@ -63,6 +65,8 @@ class BatchBase:
     dtype: torch.dtype
     device: torch.device
     folder: Path
+    config: TransformerConfig   # the checkpoint's rules (checkpoint_rules), read once for the whole set
+    geometry: VisualGeometry
     prompts_dir: Path
     loras: tuple = ()    # (LoRAFile, strength) of every --lora, read and matched before any weight loads
 
@@ -77,11 +81,8 @@ def _sample_request(base: BatchBase, overrides: dict, cache: dict, image_output:
         paths = {name: str(base.prompts_dir / str(overrides[name])) for name in ("image", "last_image")
                  if overrides.get(name) is not None}   # relative to the prompt file's folder
         run = request({**base.flags, **changes, **paths}, base.defaults, image_output)
-        check_images(run, checkpoint_rules(base.folder)[1])
-        check_clip(base.folder, run.settings, base.speed, base.dtype, base.device)
-        for path in paths.values():   # an unreadable image is refused now, not hours into the set
-            load_image(path)
-        check_first_frame(run)
+        # its images are read here too, so an unreadable one is refused before the model loads, not hours into the set
+        checked_sample(run, base.config, base.geometry, base.speed, base.dtype, base.device)
         cache[key] = run
     return cache[key]
 
@@ -113,17 +114,24 @@ def _file_sha256(path: Optional[str]) -> Optional[str]:
     return None if not path else hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def _lora_record(lora, value: float) -> list:
+    """[file hash, strength], and a PEFT adapter's config hash: its lora_alpha / alpha_pattern / use_rslora change
+    the pixels as much as its weights do."""
+    record = [_file_sha256(lora.source)[:16], value]
+    return [*record, _file_sha256(lora.config)[:16]] if lora.config else record
+
+
 def model_fingerprint(folder: Path, flags: dict, loras: tuple = ()) -> dict:
     """The checkpoint as its outputs record it: its name and the hashes of its two configs (read before loading),
     and what changes its transformer: fine-tuned weights (name and size: hashing gigabytes would stall the start)
-    and each LoRA (its file's hash, its strength)."""
+    and each LoRA (its file's hash, its strength, and a PEFT adapter's config hash: its alphas set the scales)."""
     found = {"name": folder.name, **{f"{part}_config": _file_sha256(str(folder / part / "config.json"))[:16]
                                      for part in ("transformer", "vae")}}
     weights = flags.get("transformer_weights")
     if weights:
         found["transformer_weights"] = {"name": Path(weights).name, "bytes": Path(weights).stat().st_size}
     if loras:
-        found["lora"] = [[_file_sha256(lora.source)[:16], value] for lora, value in loras]
+        found["lora"] = [_lora_record(lora, value) for lora, value in loras]
     return found
 
 
@@ -232,15 +240,15 @@ def check_set(args: argparse.Namespace, folder: Path, device: torch.device
     config, geometry = checkpoint_rules(folder)
     loras = check_model_files(args, config)
     defaults = identify(folder, config.hidden_size, geometry).defaults
-    frames = defaults.frames if args.frames is None else args.frames   # unset: the model's clip (an image set: 1)
+    frames = resolve(defaults, args.preset, frames=args.frames).frames   # unset: the model's clip (an image set: 1)
     prompt_set = read_prompt_set(args.prompts, fmt, args.samples, args.seed, ".png" if frames == 1 else ".mp4",
                                  args.prompt_field)
     speed = speed_options(args)
     dtype = check_options(args.dtype, speed, args.sampler, device)
     flags = {**vars(args), "image": None, "last_image": None}
     prompts = Path(args.prompts)
-    base = BatchBase(flags, defaults, speed, dtype, device, folder, prompts if prompts.is_dir() else prompts.parent,
-                     tuple(loras))
+    base = BatchBase(flags, defaults, speed, dtype, device, folder, config, geometry,
+                     prompts if prompts.is_dir() else prompts.parent, tuple(loras))
     plans = plan_samples(prompt_set.jobs, base)
     _check_square(protocol, plans)
     return prompt_set, base, plans, protocol, overridden
@@ -263,8 +271,7 @@ def run_batch(args: argparse.Namespace, session=None) -> int:
     process)."""
     folder = model_folder(args.model)
     rank, world = (session.rank, session.world) if session else (0, 1)
-    device = rules.rank_device(args.device, session.local_rank, world) if session else rules.device(args.device)
-    prompt_set, base, plans, protocol, overridden = check_set(args, folder, device)
+    prompt_set, base, plans, protocol, overridden = check_set(args, folder, process_device(args.device, session))
     describe = describer(plans, base, protocol)
     outdir = Path(args.outdir)
     check_writable(outdir / MANIFEST, "--outdir")   # a folder that cannot be written is refused before any load
@@ -301,8 +308,7 @@ def _render_set(args, prompt_set: PromptSet, plans: dict, base: "BatchBase", pro
         pixels = []
         for sample, run in zip(job.samples, plans[job.key]):
             run = replace(run, settings=replace(run.settings, seed=sample.seed))
-            images = {which: load_image(path) for which, path in ((0, run.image), (-1, run.last_image)) if path}
-            pixels.append(decode_tokens(model, sample_tokens(model, run, images, sample.prompt)))
+            pixels.append(decode_tokens(model, sample_tokens(model, run, read_images(run), sample.prompt)))
         write_side_files(outdir, job)
         write_frames(grid2x2(pixels) if job.layout == "grid2x2" else pixels[0], target, fps=fps,
                      before_rename=publish)

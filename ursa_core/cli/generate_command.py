@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 
@@ -19,8 +19,9 @@ from ..files.media import OUTPUT_SUFFIXES, frame_paths, load_image, write_frames
 from ..files.token_io import model_identity, save_tokens, token_file_path
 from ..lora.files import read_lora
 from ..lora.patch import match, projection_shapes, with_loras
+from ..model.config import TransformerConfig
 from ..model.modeling_ursa import expected_state_shapes
-from ..parallel.distributed import build_layout, init_from_env, launched_world
+from ..parallel.distributed import build_layout, init_from_env, launched_world, process_device
 from ..path.schedule import FrameSchedule
 from ..runtime.loader_options import placement_device
 from ..runtime.speed import Placement, SpeedOptions, with_speed
@@ -28,6 +29,7 @@ from ..sampling.generate import StepInfo, generate
 from ..sampling.preflight import check_clip, check_options, checkpoint_rules
 from ..sampling.repaint import Canvas
 from ..visual_tokenizer.codec import decode_tokens, encode_images
+from ..visual_tokenizer.geometry import VisualGeometry
 from .arguments import Request, check_first_frame, check_images, repaint_flags, request, speed_options
 from .canvas_flags import canvas_flags, composite_onto_source, read_canvas, repaint_tokens
 
@@ -85,10 +87,6 @@ class ProgressPrinter:
         if self.bar is not None:
             self.bar.close()
 
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
 
 def report_written(images: torch.Tensor, paths, started: float) -> None:
     shown = ", ".join(map(str, paths[:3])) + (" ..." if len(paths) > 3 else "")
@@ -117,11 +115,22 @@ def sample_tokens(model: URSAModel, run: Request, images: dict, prompt: str, cal
                     callback=callback, parallel=parallel).tokens
 
 
-def checked_request(args: argparse.Namespace, folder: Path,
-                    speed: SpeedOptions) -> tuple[Request, ModelIdentity, list, Optional[Canvas]]:
-    """The flags as a Request with the checkpoint's defaults, which model they are, the LoRAs as read and the canvas
-    of a repaint (None without one), every rule and the memory estimate checked before any weight loads."""
-    device = rules.device(args.device)
+class CheckedRun(NamedTuple):
+    """A generation whose every rule passed before any weight loads: the flags as a Request with the checkpoint's
+    defaults, which model they are, its transformer config, the LoRAs as read, the canvas of a repaint (None
+    without one) and the conditioning images read."""
+    run: Request
+    identity: ModelIdentity
+    config: TransformerConfig
+    loras: list
+    canvas: Optional[Canvas]
+    images: dict
+
+
+def checked_request(args: argparse.Namespace, folder: Path, speed: SpeedOptions, session=None) -> CheckedRun:
+    """The flags checked against the checkpoint and the memory estimate, on the device this process (this rank of
+    a launch: `session`) will run on."""
+    device = process_device(args.device, session)
     dtype = check_options(args.dtype, speed, args.sampler, device)
     config, geometry = checkpoint_rules(folder)
     loras = check_model_files(args, config)
@@ -131,10 +140,21 @@ def checked_request(args: argparse.Namespace, folder: Path,
     if repaint is not None:
         canvas = read_canvas(repaint, args.frames, args.resize)
         flags = canvas_flags(flags, canvas, geometry)
-    run = request(flags, identity.defaults, image_output=Path(args.out).suffix.lower() == ".png")
+    run = request(flags, identity.defaults, Path(args.out).suffix.lower() == ".png", repaint)
+    images = checked_sample(run, config, geometry, speed, dtype, device)
+    return CheckedRun(run, identity, config, loras, canvas, images)
+
+
+def checked_sample(run: Request, config: TransformerConfig, geometry: VisualGeometry, speed: SpeedOptions,
+                   dtype: torch.dtype, device: torch.device) -> dict[int, torch.Tensor]:
+    """The rules of one sample (`ursa generate`'s, and each of `ursa batch`'s): its images against its frames, the
+    memory estimate on `device`, its image files read (a bad file costs nothing) and a first frame's clip length.
+    Returns the images read."""
     check_images(run, geometry)
-    check_clip(folder, run.settings, speed, dtype, device)
-    return run, identity, loras, canvas
+    check_clip(config, geometry, run.settings, speed, dtype, device)
+    images = read_images(run)
+    check_first_frame(run)
+    return images
 
 
 def check_model_files(args: argparse.Namespace, config) -> list:
@@ -168,12 +188,11 @@ def run_generate(args: argparse.Namespace, session=None) -> int:
         tokens_path = check_writable(token_file_path(args.save_tokens), "--save-tokens")
     folder = model_folder(args.model)
     speed = speed_options(args)
-    run, identity, loras, canvas = checked_request(args, folder, speed)
-    check_output_path(args.out, run.settings.frames)
-    kv_heads = checkpoint_rules(folder)[0].num_key_value_heads
+    run, identity, config, loras, canvas, images = checked_request(args, folder, speed, session)
+    if run.settings.frames != (args.frames or 1):   # frames no flag gave (a --video repaint's): one PNG each
+        check_output_path(args.out, run.settings.frames)
+    kv_heads = config.num_key_value_heads
     rules.parallel_layout(args.parallel, launched_world(), kv_heads)
-    images = read_images(run)
-    check_first_frame(run)
     rank, world, device = init_from_env(args.device, session)
     layout = build_layout(args.parallel, kv_heads) if world > 1 else None
     started = time.time()

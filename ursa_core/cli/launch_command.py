@@ -17,10 +17,12 @@ import signal
 import sys
 
 from ..errors import InputError
+from .exits import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OUTPUT, EXIT_TERMINATED
 
 COMMANDS = ("batch", "generate")
-EXIT_FAILED, EXIT_INTERRUPTED = 1, 130
-OUR_CODES = (1, 2, 130, 143)   # what a rank of ours exits with after reporting (ursa_core.cli.exits)
+EXIT_FAILED = EXIT_OUTPUT   # 1: also what `ursa` says when a rank of a launch failed (command_line.EXIT_CODES)
+# what a rank of ours exits with after reporting its one line
+OUR_CODES = (EXIT_OUTPUT, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED)
 
 
 def _split(argv: list[str]) -> tuple[list[str], list[str]]:

@@ -66,6 +66,7 @@ class LoRAFile:
     source: str
     modules: dict[str, LowRank]
     other_keys: tuple[str, ...] = ()
+    config: Optional[str] = None   # a PEFT adapter's adapter_config.json (its alphas set the scales); else None
 
 
 @dataclass(frozen=True)
@@ -177,4 +178,5 @@ def read_lora(path: str | Path) -> LoRAFile:
     if not modules:
         raise InputError(f"lora {source}: no LoRA weights in it (no lora_A/lora_B or lora_down/lora_up pairs; first "
                          f"key '{next(iter(state))}')")
-    return LoRAFile(source, modules, tuple(key for key in state if key not in used))
+    return LoRAFile(source, modules, tuple(key for key in state if key not in used),
+                    str(config_path) if config is not None else None)

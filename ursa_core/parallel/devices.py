@@ -32,6 +32,7 @@ import torch
 from .. import rules
 from ..errors import InputError
 from ..model.sequence import predicting_positions
+from ..sampling.runners import SingleDeviceRunner
 
 T = TypeVar("T")
 LAUNCHES = ("threads", "inline")
@@ -119,24 +120,23 @@ class BranchSplit:
         return {"unconditional_device": str(self.second.device)}
 
 
-class BranchSplitRunner:
-    """The branch runner of a BranchSplit: every active token is sampled on the first device."""
+class BranchSplitRunner(SingleDeviceRunner):
+    """The branch runner of a BranchSplit: every active token is sampled on the first device, where a step of one
+    branch runs as on a single device; a guided step runs its unconditional branch on the second at once."""
+
+    capturable = False   # a guided step hands its unconditional branch to the second device: not one graph
 
     def __init__(self, model, second, plan, launch: str):
         positions = predicting_positions(model.config, plan.active)
-        self.keep = positions.to(model.device)
+        super().__init__(positions.to(model.device))
         self.second, self.launch = second.transformer, launch
         self.devices = (model.device, second.device)
         self.second_keep = positions.to(second.device)
         self.second_tables: Optional[tuple] = None  # the first device's rotary tables, copied once
 
-    def sampled_here(self, branches: int):
-        return slice(None)
-
     def hidden_states(self, transformer, ids, cos, sin):
         if len(ids) == 1:
-            hidden = transformer.hidden_states(ids[0], cos, sin, self.keep)
-            return hidden.reshape(1, -1, hidden.shape[-1])
+            return super().hidden_states(transformer, ids, cos, sin)
         if self.second_tables is None:
             self.second_tables = cos.to(self.devices[1]), sin.to(self.devices[1])
         second_ids, (second_cos, second_sin) = ids[1].to(self.devices[1]), self.second_tables
@@ -145,9 +145,6 @@ class BranchSplitRunner:
              lambda: self.second.hidden_states(second_ids, second_cos, second_sin, self.second_keep)],
             self.devices, self.launch)
         return torch.stack([cond.flatten(0, 1), uncond.flatten(0, 1).to(cond.device)])
-
-    def gather(self, values: torch.Tensor, branches: int) -> torch.Tensor:
-        return values.cpu()
 
 
 # --- samples ----------------------------------------------------------------------------------------------------------

@@ -189,14 +189,21 @@ def join_launch() -> Optional[RankSession]:
         raise LaunchError(f"cannot join the torchrun launch (MASTER_ADDR/MASTER_PORT): {reason}") from None
 
 
+def process_device(device_option: str = "auto", session: Optional[RankSession] = None) -> torch.device:
+    """The device this process runs on, and so the one its checks ask about: in a launch (see join_launch) the
+    rank's own (auto is cuda:LOCAL_RANK: rules.rank_device), else rules.device(device_option)."""
+    if session is None:
+        return rules.device(device_option)
+    return rules.rank_device(device_option, session.local_rank, session.world)
+
+
 def init_from_env(device_option: str = "auto", session: Optional[RankSession] = None
                   ) -> tuple[int, int, torch.device]:
-    """(rank, world, device) of this process. In a launch (see join_launch) joins its process group on the
-    session's store: NCCL with cuda:LOCAL_RANK, gloo on the CPU. A single process gets rules.device(device_option)
-    and no process group."""
+    """(rank, world, device) of this process (process_device). In a launch joins its process group on the
+    session's store: NCCL with cuda:LOCAL_RANK, gloo on the CPU. A single process gets no process group."""
+    device = process_device(device_option, session)
     if session is None:
-        return 0, 1, rules.device(device_option)
-    device = rules.rank_device(device_option, session.local_rank, session.world)
+        return 0, 1, device
     if not dist.is_initialized():
         session.start_process_group(device)
     return session.rank, session.world, device

@@ -73,6 +73,10 @@ class _Peer:
     where: Optional[tuple[str, int]] = None
     done: bool = False
 
+    def gone_from(self, host: str) -> bool:
+        """A peer on `host` (this rank's) whose process has ended; a peer elsewhere is judged by its beats."""
+        return self.where is not None and self.where[0] == host and not process_alive(self.where[1])
+
 
 class RankSession:
     """This process's place in a torchrun launch: rank, world, the shared `store`, and the watch."""
@@ -156,9 +160,8 @@ class RankSession:
         try:
             while waiting and time.monotonic() < deadline:
                 for rank in list(waiting):
-                    where = self._peers[rank].where
-                    gone = where is not None and where[0] == self.host and not process_alive(where[1])
-                    if gone or self.store.check([f"abort_seen/{rank}"]) or self.store.check([f"done/{rank}"]):
+                    if (self._peers[rank].gone_from(self.host) or self.store.check([f"abort_seen/{rank}"])
+                            or self.store.check([f"done/{rank}"])):
                         waiting.discard(rank)
                 time.sleep(0.02)
         except (RuntimeError, ValueError):
@@ -214,7 +217,7 @@ class RankSession:
         """Rank 0 ended on this host while it serves the store (ranks started without torchrun's agent)."""
         host_rank = peers.get(0)
         if (os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" or host_rank is None or host_rank.done
-                or host_rank.where is None or host_rank.where[0] != self.host or process_alive(host_rank.where[1])):
+                or not host_rank.gone_from(self.host)):
             return None
         return Abort(0, self.rank, self.host, EXIT_FAILED,
                      f"rank 0 (pid {host_rank.where[1]}) ended without a word (killed?); every rank stops")
@@ -241,7 +244,7 @@ class RankSession:
         return None
 
     def _vanished(self, rank: int, peer: _Peer, now: float) -> Optional[str]:
-        if peer.where is not None and peer.where[0] == self.host and not process_alive(peer.where[1]):
+        if peer.gone_from(self.host):
             return f"rank {rank} (pid {peer.where[1]}) ended without a word (killed?); every rank stops"
         if peer.beat > 0 and now - peer.moved > SILENCE:
             return f"rank {rank} has not answered for {SILENCE:.0f} s; every rank stops"

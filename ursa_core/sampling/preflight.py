@@ -32,11 +32,11 @@ def check_options(dtype: str, speed: SpeedOptions, sampler: str, device: torch.d
     return resolved
 
 
-def check_clip(folder: Path, settings: GenerationSettings, speed: SpeedOptions, dtype: torch.dtype,
-               device: torch.device) -> None:
+def check_clip(config: TransformerConfig, geometry: VisualGeometry, settings: GenerationSettings,
+               speed: SpeedOptions, dtype: torch.dtype, device: torch.device) -> None:
     """The clip's frames and size against the checkpoint's tokenizer, and the memory the run needs with these
-    options against what `device` has (ursa_core.runtime.memory); one line naming the first problem."""
-    config, geometry = checkpoint_rules(Path(folder))
+    options against what `device` has (ursa_core.runtime.memory); one line naming the first problem. `config` and
+    `geometry`: checkpoint_rules of the checkpoint, read once by the caller."""
     latent = settings.latent_shape(geometry)
     need = memory.estimate(config, latent[0] * latent[1] * latent[2], dtype=dtype, device_type=device.type,
                            branches=settings.max_branches, low_vram=speed.streams,
