@@ -56,7 +56,8 @@ def clip_size(geometry, frames: int, width: int, height: int, scheduled=None, gi
     if scheduled is not None and scheduled.given is not None:
         spatial, spatial_from = tuple(scheduled.given.shape[2:]), schedule_name
     if given_tokens is not None:
-        spatial, spatial_from = _given_size(given_tokens.shape, spatial, stride), spatial_from or "given_tokens"
+        spatial = _given_size(given_tokens.shape, spatial, stride, schedule_name)
+        spatial_from = spatial_from or "given_tokens"
     if scheduled is not None:
         latent_frames, frames_from = scheduled.schedule.latent_shape[0] \
             if isinstance(scheduled.schedule, StartTimes) else scheduled.schedule.num_frames, schedule_name
@@ -73,12 +74,12 @@ def clip_size(geometry, frames: int, width: int, height: int, scheduled=None, gi
     return ClipSize(geometry.pixel_frames(latent_frames), spatial[1] * stride, spatial[0] * stride, source)
 
 
-def _given_size(shape, schedule_spatial, stride: int) -> tuple[int, int]:
+def _given_size(shape, schedule_spatial, stride: int, schedule_name: str) -> tuple[int, int]:
     if len(shape) != 4:
         raise InputError(f"given_tokens must be [batch, latent frames, h, w], got {list(shape)}")
     spatial = tuple(shape[2:])
     if schedule_spatial is not None and spatial != schedule_spatial:
-        raise InputError(f"given_tokens are {spatial[1] * stride}x{spatial[0] * stride} px but the Frame Schedule's "
+        raise InputError(f"given_tokens are {spatial[1] * stride}x{spatial[0] * stride} px but {schedule_name}'s "
                          f"tokens are {schedule_spatial[1] * stride}x{schedule_spatial[0] * stride} px: encode both "
                          f"at the same width and height")
     return spatial
