@@ -283,15 +283,20 @@ def test_loader_speed_options(env):
 
 
 def test_interpolation_needs_a_frame_to_generate(env):
-    """A rule tying mode, frames and start_time: checked when the node runs (a validator can hold one rule, and
-    the Frame Schedule's is frames), with one message naming all three."""
+    """A rule tying mode, frames, start_time and hold: checked when the node runs (a validator can hold one rule,
+    and the Frame Schedule's is frames), with one message naming the values. Without hold nothing is held, so a
+    5-frame interpolation has frames to make."""
     node = env.mods["sched"].URSAFrameSchedule
     base = {"mode": "interpolation", "frames": 5, "start_time": 1.0, "given_frames": 1, "keyframes": ""}
     assert env.validate(node, base) == []
-    with pytest.raises(ValueError, match="frames=5 with mode='interpolation' and start_time=1 holds every"):
-        env.run(node, **base)
     _, vq, _ = load(env)
     ends = encode(env, vq, torch.rand(1, 32, 32, 3))
+    with pytest.raises(ValueError, match="frames=5 with mode='interpolation' and start_time=1 holds every"):
+        env.run(node, **base, start_tokens=ends, end_tokens=ends)
+    with pytest.raises(ValueError, match="frames=5 with mode='interpolation' and start_time=1 holds every"):
+        env.run(node, **base, start_tokens=ends, end_tokens=ends, hold=True)
+    unheld = env.run(node, **base, start_tokens=ends, end_tokens=ends, hold=False).result[0]
+    assert unheld.schedule.start == (1.0, 1.0) and unheld.schedule.held() == []
     assert env.run(node, **{**base, "start_time": 0.9}, start_tokens=ends, end_tokens=ends).result
     assert env.run(node, **{**base, "frames": 9}, start_tokens=ends, end_tokens=ends).result
 
