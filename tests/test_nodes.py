@@ -1,6 +1,7 @@
 """Every node's execute on the tiny checkpoint, with ComfyUI's modules replaced by the stubs (pytest-mock)."""
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -74,6 +75,21 @@ def test_sampler_preview_images(env):
     sample(env, model, cond, preview=True, width=48, height=32)
     previews = [u["preview"] for u in env.progress_updates if u.get("preview") is not None]
     assert previews and all(p[0] == "JPEG" and p[1].size == (48, 32) and p[2] is None for p in previews)
+
+
+@pytest.mark.parametrize("h,w,pixel_scale", [(64, 64, 16), (5, 7, 8), (300, 100, 16)])
+def test_preview_is_the_token_colours_at_pixel_size(env, h, w, pixel_scale):
+    """Colours per token, then a nearest-neighbour blow-up of the bytes: the same pixels as the colours scaled first
+    (capped at PREVIEW_MAX_SIDE)."""
+    from ursa_core.sampling.preview import token_colors
+    from nodes import glue
+    codebook = torch.randn(1000, 6)
+    tokens = torch.randint(0, 1000, (1, 1, h, w))
+    progress = glue.StepProgress(1, codebook, pixel_scale=pixel_scale)
+    picture = progress._preview(tokens)[1]
+    scale = min(pixel_scale, glue.PREVIEW_MAX_SIDE // max(h, w))
+    expected = (token_colors(codebook, tokens[0, 0], scale=scale).numpy() * 255).astype("uint8")
+    assert picture.size == (w * scale, h * scale) and np.array_equal(np.asarray(picture), expected)
 
 
 def test_sampler_says_compiling_on_the_first_step_of_each_size(env):
