@@ -73,27 +73,32 @@ def completion_command(folder: Path) -> str:
     return f"hf download {repo} --local-dir {folder}"
 
 
-def model_folder_problem(name: str) -> str | None:
-    """None for a complete URSA checkpoint folder, else one line: not found (with the download command) or
-    incomplete (what is missing and the command that completes it)."""
-    folder = _model_folders().get(name)
+def _find_model_folder(name: str) -> tuple[Optional[Path], Optional[str]]:
+    """(the folder, None) for a complete URSA checkpoint folder, else (None, one line): not found (with the download
+    command) or incomplete (what is missing and the command that completes it). The model folders are scanned once."""
+    found = _model_folders()
+    folder = found.get(name)
     if folder is None:
-        available = list_model_folders()
-        return (f"model folder {name!r} not found in {model_search_dirs()}; available: {available or 'none yet'}; "
-                f"{DOWNLOAD_HINT}")
+        return None, (f"model folder {name!r} not found in {model_search_dirs()}; available: "
+                      f"{sorted(found) or 'none yet'}; {DOWNLOAD_HINT}")
     gaps = layout_gaps(folder)
     if not gaps and is_ursa_folder(folder):
-        return None
+        return folder, None
     shown = ", ".join(gaps[:4]) + (f" and {len(gaps) - 4} more" if len(gaps) > 4 else "")
-    return (f"model folder {name!r} is incomplete (a download that stopped?): missing {shown or 'URSA configs'}; "
-            f"complete it with: {completion_command(folder)}")
+    return None, (f"model folder {name!r} is incomplete (a download that stopped?): missing {shown or 'URSA configs'}; "
+                  f"complete it with: {completion_command(folder)}")
+
+
+def model_folder_problem(name: str) -> str | None:
+    """None for a complete URSA checkpoint folder, else the one line that says why not (the loader's validator)."""
+    return _find_model_folder(name)[1]
 
 
 def model_folder_path(name: str) -> Path:
-    problem = model_folder_problem(name)
+    folder, problem = _find_model_folder(name)
     if problem:
         raise InputError(problem)
-    return _model_folders()[name]
+    return folder
 
 
 def list_tensor_files(folder_key: str) -> list[str]:
