@@ -140,12 +140,15 @@ class LoadedURSA:
     copies: tuple = ()                   # LoadedURSA handles on the other listed devices, in list order
     loras: tuple = ()                    # (LoRAFile, strength) added by URSA LoRA Loader, on every handle
     strategy: str = "auto"               # rules.DEVICE_STRATEGIES
-    compiled: bool = False
     compiled_shapes: set = field(default_factory=set)
 
     @property
     def handles(self) -> tuple:
         return (self, *self.copies)
+
+    @property
+    def compiled(self) -> bool:
+        return self.options.compile
 
     def to_compute_device(self, memory_required: int = 0) -> torch.device:
         """Every handle's weights onto its device, with `memory_required` bytes made free beside them on each
@@ -208,7 +211,7 @@ def handle_on(loaded: URSAModel, options: SpeedOptions, device) -> LoadedURSA:
     offload_device = mm.unet_offload_device()
     model = with_speed(loaded, options, placement(device, offload_device))
     patcher = comfy.model_patcher.ModelPatcher(model.transformer, load_device=device, offload_device=offload_device)
-    return LoadedURSA(model, patcher, loaded, options, compiled=options.compile)
+    return LoadedURSA(model, patcher, loaded, options)
 
 
 def on_devices(handle: LoadedURSA, devices: list[torch.device], strategy: str) -> LoadedURSA:

@@ -1,5 +1,6 @@
 """Every node's execute on the tiny checkpoint, with ComfyUI's modules replaced by the stubs (pytest-mock)."""
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -95,7 +96,7 @@ def test_preview_is_the_token_colours_at_pixel_size(env, h, w, pixel_scale):
 def test_sampler_says_compiling_on_the_first_step_of_each_size(env):
     """A compiled model's first step at a new size compiles for a while: the node says so until that step ends."""
     model, _, cond = load(env)
-    model.compiled = True  # as the loader marks a model it compiled (torch.compile itself does not run here)
+    model.options = replace(model.options, compile=True)  # as loaded with compile (torch.compile does not run here)
     # the line shows the clip, then the steps and cfg used (issue 23: widgets at 0 follow the model)
     line = "32×32 px, 1 frame · 3 steps, cfg 5"
     compiling = f"{line} · compiling the layers for this size (first run)…"
