@@ -224,17 +224,21 @@ def on_devices(handle: LoadedURSA, devices: list[torch.device], strategy: str) -
             reused = True
         else:   # a new copy of the weights as loaded, with the LoRAs chained before URSA Devices
             copy = handle_on(handle.loaded, handle.options, device)
-            handles.append(replace(copy, model=with_loras(copy.model, handle.loras), loras=handle.loras)
-                           if handle.loras else copy)
+            handles.append(_add_loras(copy, handle.loras) if handle.loras else copy)
     return replace(handles[0], copies=tuple(handles[1:]), strategy=strategy)
 
 
 def with_lora(handle: LoadedURSA, lora, strength: float) -> LoadedURSA:
     """`handle` with `lora` added on every device it computes on (the copies of URSA Devices too: both guidance
     branches and every sample must see the same weights), sharing the weights it had."""
-    def add(one: LoadedURSA) -> LoadedURSA:
-        return replace(one, model=with_loras(one.model, [(lora, strength)]), loras=(*one.loras, (lora, strength)))
-    return replace(add(handle), copies=tuple(add(copy) for copy in handle.copies))
+    added = ((lora, strength),)
+    return replace(_add_loras(handle, added), copies=tuple(_add_loras(copy, added) for copy in handle.copies))
+
+
+def _add_loras(one: LoadedURSA, loras: tuple) -> LoadedURSA:
+    """One handle with `loras` ((LoRAFile, strength), ...) added to its model after those it carries, and recorded
+    (a copy made later for another device adds them again)."""
+    return replace(one, model=with_loras(one.model, loras), loras=(*one.loras, *loras))
 
 
 def placement(load_device, offload_device) -> Placement:
