@@ -13,7 +13,7 @@ import comfy.utils
 import folder_paths
 import torch
 
-from ursa_core.checkpoint.defaults import CHECKPOINT_REPOS
+from ursa_core.checkpoint.defaults import CHECKPOINT_REPOS, official_name
 from ursa_core.checkpoint.loader import (URSAModel, is_ursa_folder, layout_gaps, load_model, looks_like_ursa,
                                         resolve_dtype)
 from ursa_core.errors import InputError
@@ -68,8 +68,12 @@ def list_model_folders() -> list[str]:
 
 
 def completion_command(folder: Path) -> str:
-    """The command that fetches what a checkpoint folder lacks (hf download keeps the files already there)."""
-    repo = f"BAAI/{folder.name}" if folder.name.startswith("URSA-") else "<the Hugging Face repo it came from>"
+    """The command that fetches what a checkpoint folder lacks (hf download keeps the files already there): the
+    released repository of the official name the folder carries, else a placeholder (never a made-up repo id)."""
+    match = official_name(folder)
+    named = match and (match.group(1).upper(), match.group(2).upper())
+    repo = next((repo for repo, kind in CHECKPOINT_REPOS.items() if kind == named),
+                "<the Hugging Face repo it came from>")
     return f"hf download {repo} --local-dir {folder}"
 
 

@@ -231,6 +231,22 @@ def test_node_lists_a_half_downloaded_folder_and_says_what_completes_it(env, tin
     assert env.loaded_models == [] and env.patchers == []
 
 
+@pytest.mark.parametrize("folder,repo", [
+    ("URSA-1.7B-FSQ320", "BAAI/URSA-1.7B-FSQ320"),
+    ("ursa-0.6b-ibq1024", "BAAI/URSA-0.6B-IBQ1024"),               # the name as the checkpoint table spells it
+    ("models--BAAI--URSA-1.7B-IBQ512/snapshots/0123abc", "BAAI/URSA-1.7B-IBQ512"),   # a Hugging Face cache
+    ("URSA-0.6B-IBQ512", None),                                     # an official-looking name no repo has
+    ("URSA-mine", None),
+    ("my-checkpoint", None),
+])
+def test_completion_command_names_only_a_released_repository(env, folder, repo):
+    """The command that completes a half-downloaded folder names the repository the checkpoint table knows for its
+    name, never one made up from the folder's name."""
+    path = Path(env.models_dir) / "ursa" / folder
+    command = env.mods["glue"].completion_command(path)
+    assert command == f"hf download {repo or '<the Hugging Face repo it came from>'} --local-dir {path}"
+
+
 def test_node_options_have_tooltips_and_usable_attention(env):
     from ursa_core.attention.backends import available_names
     schema = env.mods["loader"].URSAModelLoader.GET_SCHEMA()
