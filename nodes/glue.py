@@ -13,7 +13,7 @@ import comfy.utils
 import folder_paths
 import torch
 
-from ursa_core.checkpoint.defaults import CHECKPOINT_REPOS
+from ursa_core.checkpoint.defaults import CHECKPOINT_REPOS, official_name
 from ursa_core.checkpoint.loader import (URSAModel, is_ursa_folder, layout_gaps, load_model, looks_like_ursa,
                                         resolve_dtype)
 from ursa_core.errors import InputError
@@ -68,32 +68,41 @@ def list_model_folders() -> list[str]:
 
 
 def completion_command(folder: Path) -> str:
-    """The command that fetches what a checkpoint folder lacks (hf download keeps the files already there)."""
-    repo = f"BAAI/{folder.name}" if folder.name.startswith("URSA-") else "<the Hugging Face repo it came from>"
+    """The command that fetches what a checkpoint folder lacks (hf download keeps the files already there): the
+    released repository of the official name the folder carries, else a placeholder (never a made-up repo id)."""
+    match = official_name(folder)
+    named = match and (match.group(1).upper(), match.group(2).upper())
+    repo = next((repo for repo, kind in CHECKPOINT_REPOS.items() if kind == named),
+                "<the Hugging Face repo it came from>")
     return f"hf download {repo} --local-dir {folder}"
 
 
-def model_folder_problem(name: str) -> str | None:
-    """None for a complete URSA checkpoint folder, else one line: not found (with the download command) or
-    incomplete (what is missing and the command that completes it)."""
-    folder = _model_folders().get(name)
+def _find_model_folder(name: str) -> tuple[Optional[Path], Optional[str]]:
+    """(the folder, None) for a complete URSA checkpoint folder, else (None, one line): not found (with the download
+    command) or incomplete (what is missing and the command that completes it). The model folders are scanned once."""
+    found = _model_folders()
+    folder = found.get(name)
     if folder is None:
-        available = list_model_folders()
-        return (f"model folder {name!r} not found in {model_search_dirs()}; available: {available or 'none yet'}; "
-                f"{DOWNLOAD_HINT}")
+        return None, (f"model folder {name!r} not found in {model_search_dirs()}; available: "
+                      f"{sorted(found) or 'none yet'}; {DOWNLOAD_HINT}")
     gaps = layout_gaps(folder)
     if not gaps and is_ursa_folder(folder):
-        return None
+        return folder, None
     shown = ", ".join(gaps[:4]) + (f" and {len(gaps) - 4} more" if len(gaps) > 4 else "")
-    return (f"model folder {name!r} is incomplete (a download that stopped?): missing {shown or 'URSA configs'}; "
-            f"complete it with: {completion_command(folder)}")
+    return None, (f"model folder {name!r} is incomplete (a download that stopped?): missing {shown or 'URSA configs'}; "
+                  f"complete it with: {completion_command(folder)}")
+
+
+def model_folder_problem(name: str) -> str | None:
+    """None for a complete URSA checkpoint folder, else the one line that says why not (the loader's validator)."""
+    return _find_model_folder(name)[1]
 
 
 def model_folder_path(name: str) -> Path:
-    problem = model_folder_problem(name)
+    folder, problem = _find_model_folder(name)
     if problem:
         raise InputError(problem)
-    return _model_folders()[name]
+    return folder
 
 
 def list_tensor_files(folder_key: str) -> list[str]:
@@ -135,12 +144,15 @@ class LoadedURSA:
     copies: tuple = ()                   # LoadedURSA handles on the other listed devices, in list order
     loras: tuple = ()                    # (LoRAFile, strength) added by URSA LoRA Loader, on every handle
     strategy: str = "auto"               # rules.DEVICE_STRATEGIES
-    compiled: bool = False
     compiled_shapes: set = field(default_factory=set)
 
     @property
     def handles(self) -> tuple:
         return (self, *self.copies)
+
+    @property
+    def compiled(self) -> bool:
+        return self.options.compile
 
     def to_compute_device(self, memory_required: int = 0) -> torch.device:
         """Every handle's weights onto its device, with `memory_required` bytes made free beside them on each
@@ -203,7 +215,7 @@ def handle_on(loaded: URSAModel, options: SpeedOptions, device) -> LoadedURSA:
     offload_device = mm.unet_offload_device()
     model = with_speed(loaded, options, placement(device, offload_device))
     patcher = comfy.model_patcher.ModelPatcher(model.transformer, load_device=device, offload_device=offload_device)
-    return LoadedURSA(model, patcher, loaded, options, compiled=options.compile)
+    return LoadedURSA(model, patcher, loaded, options)
 
 
 def on_devices(handle: LoadedURSA, devices: list[torch.device], strategy: str) -> LoadedURSA:
@@ -216,17 +228,21 @@ def on_devices(handle: LoadedURSA, devices: list[torch.device], strategy: str) -
             reused = True
         else:   # a new copy of the weights as loaded, with the LoRAs chained before URSA Devices
             copy = handle_on(handle.loaded, handle.options, device)
-            handles.append(replace(copy, model=with_loras(copy.model, handle.loras), loras=handle.loras)
-                           if handle.loras else copy)
+            handles.append(_add_loras(copy, handle.loras) if handle.loras else copy)
     return replace(handles[0], copies=tuple(handles[1:]), strategy=strategy)
 
 
 def with_lora(handle: LoadedURSA, lora, strength: float) -> LoadedURSA:
     """`handle` with `lora` added on every device it computes on (the copies of URSA Devices too: both guidance
     branches and every sample must see the same weights), sharing the weights it had."""
-    def add(one: LoadedURSA) -> LoadedURSA:
-        return replace(one, model=with_loras(one.model, [(lora, strength)]), loras=(*one.loras, (lora, strength)))
-    return replace(add(handle), copies=tuple(add(copy) for copy in handle.copies))
+    added = ((lora, strength),)
+    return replace(_add_loras(handle, added), copies=tuple(_add_loras(copy, added) for copy in handle.copies))
+
+
+def _add_loras(one: LoadedURSA, loras: tuple) -> LoadedURSA:
+    """One handle with `loras` ((LoRAFile, strength), ...) added to its model after those it carries, and recorded
+    (a copy made later for another device adds them again)."""
+    return replace(one, model=with_loras(one.model, loras), loras=(*one.loras, *loras))
 
 
 def placement(load_device, offload_device) -> Placement:
@@ -279,8 +295,10 @@ class StepProgress:
 
         h, w = tokens.shape[-2:]
         scale = max(1, min(self.pixel_scale, PREVIEW_MAX_SIDE // max(h, w)))
-        rgb = token_colors(self.codebook, tokens[0, 0], scale=scale)
-        return ("JPEG", Image.fromarray((rgb.numpy() * 255).astype("uint8")), None)  # None: sent as drawn
+        # a colour per token, blown up as bytes: scaling the float colours to pixel size first cost ~12x more a step
+        rgb = token_colors(self.codebook, tokens[0, 0], scale=1)
+        picture = Image.fromarray((rgb.numpy() * 255).astype("uint8")).resize((w * scale, h * scale), Image.NEAREST)
+        return ("JPEG", picture, None)  # None: sent as drawn
 
 
 def check_interrupt() -> None:

@@ -9,8 +9,7 @@ from comfy_api.latest import io
 
 from ursa_core import rules
 from ursa_core.attention import backends as attention_backends
-from ursa_core.errors import InputError
-from ursa_core.runtime.loader_options import LOW_VRAM_MODES, MAX_BLOCKS, check_loader_options, device_choices
+from ursa_core.runtime.loader_options import LOW_VRAM_MODES, MAX_BLOCKS, device_choices
 from ursa_core.runtime.speed import SpeedOptions
 from ursa_core.runtime.weight_dtype import STORAGE_DTYPES
 
@@ -115,9 +114,7 @@ class URSAModelLoader(io.ComfyNode):
     def execute(cls, model_name, dtype, attention="auto", compile=False, weight_dtype="default", low_vram="auto",
                 blocks_on_gpu=0, vq_device="default", text_device="default",
                 transformer_weights=glue.NO_FILE) -> io.NodeOutput:
-        problem = check_loader_options(low_vram, blocks_on_gpu, vq_device, text_device)
-        if problem:  # core checked each widget against its own list/range; this is the same rule, before loading
-            raise InputError(problem)
+        # core checked each widget against its own list/range; SpeedOptions checks the same rules before loading
         options = SpeedOptions(attention=attention, compile=compile, weight_dtype=weight_dtype, low_vram=low_vram,
                                blocks_on_gpu=blocks_on_gpu, vq_device=vq_device, text_device=text_device)
         model, vq = glue.load_ursa(model_name, dtype, options, transformer_weights)

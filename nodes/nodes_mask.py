@@ -6,10 +6,10 @@ from comfy_api.latest import io, ui
 
 from ursa_core import rules
 from ursa_core.errors import InputError
-from ursa_core.visual_tokenizer.canvas import FILLS, composite, pad_for_outpaint, repaint_weight
+from ursa_core.visual_tokenizer.canvas import FILLS, pad_for_outpaint
 from ursa_core.path.schedule import StartTimes
 from ursa_core.sampling.preview import start_map_diagram
-from ursa_core.sampling.repaint import mask_schedule
+from ursa_core.sampling.repaint import composite_repaint, mask_schedule
 
 from .types import URSASchedule, URSATokens
 from .widgets import float_input
@@ -118,11 +118,8 @@ class URSARepaintComposite(io.ComfyNode):
 
     @classmethod
     def execute(cls, source, repainted, schedule, feather) -> io.NodeOutput:
-        starts = schedule.schedule
-        if not isinstance(starts, StartTimes):
+        if not isinstance(schedule.schedule, StartTimes):
             raise InputError("URSA Repaint Composite needs the schedule of a URSA Mask Schedule (a frame schedule "
                              "repaints whole frames)")
         temporal, spatial = strides(schedule.identity, "the schedule's source tokens")
-        changed = ~starts.held().view(starts.latent_shape)
-        weight = repaint_weight(changed, repainted.shape[0], temporal, spatial, feather)
-        return io.NodeOutput(composite(source, repainted, weight, schedule.source_fit))
+        return io.NodeOutput(composite_repaint(source, repainted, schedule, temporal, spatial, feather))

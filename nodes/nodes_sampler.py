@@ -8,7 +8,7 @@ import torch
 from comfy_api.latest import io
 
 from ursa_core import rules
-from ursa_core.checkpoint.defaults import PRESETS, resolve
+from ursa_core.checkpoint.defaults import PRESETS, check_preset, resolve
 from ursa_core.errors import InputError
 from ursa_core.files.token_io import TokenClip, check_identity, model_identity
 from ursa_core.parallel.devices import generate_samples
@@ -56,7 +56,8 @@ def clip_size(geometry, frames: int, width: int, height: int, scheduled=None, gi
     if scheduled is not None and scheduled.given is not None:
         spatial, spatial_from = tuple(scheduled.given.shape[2:]), schedule_name
     if given_tokens is not None:
-        spatial, spatial_from = _given_size(given_tokens.shape, spatial, stride), spatial_from or "given_tokens"
+        spatial = _given_size(given_tokens.shape, spatial, stride, schedule_name)
+        spatial_from = spatial_from or "given_tokens"
     if scheduled is not None:
         latent_frames, frames_from = scheduled.schedule.latent_shape[0] \
             if isinstance(scheduled.schedule, StartTimes) else scheduled.schedule.num_frames, schedule_name
@@ -73,26 +74,28 @@ def clip_size(geometry, frames: int, width: int, height: int, scheduled=None, gi
     return ClipSize(geometry.pixel_frames(latent_frames), spatial[1] * stride, spatial[0] * stride, source)
 
 
-def _given_size(shape, schedule_spatial, stride: int) -> tuple[int, int]:
+def _given_size(shape, schedule_spatial, stride: int, schedule_name: str) -> tuple[int, int]:
     if len(shape) != 4:
         raise InputError(f"given_tokens must be [batch, latent frames, h, w], got {list(shape)}")
     spatial = tuple(shape[2:])
     if schedule_spatial is not None and spatial != schedule_spatial:
-        raise InputError(f"given_tokens are {spatial[1] * stride}x{spatial[0] * stride} px but the Frame Schedule's "
+        raise InputError(f"given_tokens are {spatial[1] * stride}x{spatial[0] * stride} px but {schedule_name}'s "
                          f"tokens are {schedule_spatial[1] * stride}x{schedule_spatial[0] * stride} px: encode both "
                          f"at the same width and height")
     return spatial
 
 
 def run_sampler(model, conditioning, settings: GenerationSettings, schedule=None, given_tokens=None,
-                preview=False, node_id=None, note: str = "", batch_size: int = 1) -> TokenClip:
-    """`settings` hold the node's widgets; the clip takes its frame count and size from what it is given. `note`
-    (steps, cfg and where they came from) joins the line shown on the node. `batch_size` samples (sample i with
-    seed + i) spread over the model's devices (URSA Devices; one without)."""
+                preview=False, node_id=None, preset: str = "none", filled: tuple = (), batch_size: int = 1) -> TokenClip:
+    """`settings` hold the node's widgets (steps None: the model's default for the clip made); the clip takes its
+    frame count and size from what it is given. `preset` and `filled` (the widgets left at 0) join the line shown on
+    the node and the log. `batch_size` samples (sample i with seed + i) spread over the model's devices (URSA
+    Devices; one without)."""
     core = model.model
     size = clip_size(core.geometry, settings.frames, settings.width, settings.height, schedule,  # before weights move
                      None if given_tokens is None else given_tokens.tokens)
-    used = GenerationSettings.build(settings, frames=size.frames, width=size.width, height=size.height)
+    used = GenerationSettings.build(settings, frames=size.frames, width=size.width, height=size.height) \
+        .with_model_defaults(core.identity.defaults)   # steps left at 0 follow the clip's frames, not the widget's
     latent_shape = used.latent_shape(core.geometry)
     sched, given = (None, None) if schedule is None else (schedule.schedule, schedule.given)
     if schedule is not None:
@@ -104,8 +107,10 @@ def run_sampler(model, conditioning, settings: GenerationSettings, schedule=None
     if not bool(as_start_times(sched, latent_shape).held().all()):  # else the given tokens come back: no weights move
         need = sampling_memory(core, latent_shape, prompt_ids[0].shape[0], used.guidance, glue.compute_device())
         model.to_compute_device(memory_required=need.total)
-    shown = size.describe(settings.frames, settings.width, settings.height)
-    status = glue.NodeText(node_id, f"{shown} · {note}" if note else shown)
+    shown = f"{size.describe(settings.frames, settings.width, settings.height)} · {used_note(used, preset)}"
+    log.info("URSA Sampler: %s, %s%s", core.identity.name, shown,
+             f"; {', '.join(filled)} from the model's defaults" if filled else "")
+    status = glue.NodeText(node_id, shown)
     progress = glue.StepProgress(used.steps * batch_size, core.path.unit if preview else None,
                                  pixel_scale=core.geometry.spatial_stride)
     compiling = model.first_compiled_run(latent_shape)
@@ -118,6 +123,11 @@ def run_sampler(model, conditioning, settings: GenerationSettings, schedule=None
     runs = generate_samples([handle.model for handle in model.handles], batch_size, used, strategy=model.strategy,
                             prompt_ids=prompt_ids, schedule=sched, given_tokens=given, callback=on_step)
     return TokenClip(torch.cat([run.tokens for run in runs]), core.geometry.fps, model_identity(core))
+
+
+def used_note(used: GenerationSettings, preset: str) -> str:
+    """The steps and cfg a run used, shown on the node after its clip."""
+    return f"{used.steps} steps, cfg {used.guidance:g}" + (f" ({preset})" if preset != "none" else "")
 
 
 def _merge_given(given, extra, latent_shape):
@@ -180,27 +190,24 @@ class URSASampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, conditioning, seed, steps, cfg, guidance_trunc, frames, width, height, c, alpha,
                 shift, schedule=None, given_tokens=None, preview=True, preset="none", batch_size=1) -> io.NodeOutput:
-        settings, note = node_settings(model.model, preset, frames=frames, width=width, height=height, steps=steps,
-                                       cfg=cfg, seed=seed, guidance_trunc=guidance_trunc, c=c, alpha=alpha,
-                                       shift=shift)
+        settings, filled = node_settings(model.model, preset, frames=frames, width=width, height=height,
+                                         steps=steps, cfg=cfg, seed=seed, guidance_trunc=guidance_trunc, c=c,
+                                         alpha=alpha, shift=shift)
         clip = run_sampler(model, conditioning, settings, schedule, given_tokens, preview, cls.hidden.unique_id,
-                           note, batch_size)
+                           preset, filled, batch_size)
         return io.NodeOutput(clip)
 
 
 def node_settings(core, preset: str, *, frames, width, height, steps, cfg, seed, guidance_trunc, c, alpha,
-                  shift) -> tuple[GenerationSettings, str]:
-    """The widgets as settings: 0 for size or steps is the model's default, a preset other than none replaces cfg
-    (and steps left at 0); with the note the node shows: the steps and cfg used (the log also says what the model's
-    defaults filled in)."""
+                  shift) -> tuple[GenerationSettings, tuple[str, ...]]:
+    """The widgets as settings, and the names of those the model's defaults fill in: 0 for size is the model's
+    size, a preset other than none replaces cfg (and steps left at 0). Steps still at 0 stay None: the model's
+    default depends on the frames of the clip made, which a schedule or given_tokens set (run_sampler)."""
+    steps = steps or PRESETS[check_preset(preset)].get("steps")
     used = resolve(core.identity.defaults, preset, frames=frames, width=width or None, height=height or None,
-                   steps=steps or None, guidance=cfg if preset == "none" else None)
-    filled = [name for name in used.filled if name != "frames"]
-    note = f"{used.steps} steps, cfg {used.guidance:g}" + (f" ({preset})" if preset != "none" else "")
-    log.info("URSA Sampler: %s, %d frame(s) %dx%d, %s%s", core.identity.name, used.frames, used.width, used.height,
-             note, f"; {', '.join(filled)} from the model's defaults" if filled else "")
+                   steps=steps, guidance=cfg if preset == "none" else None)
     settings = GenerationSettings(frames=used.frames, height=used.height, width=used.width, seed=seed,
-                                  steps=used.steps, guidance=used.guidance, guidance_trunc=guidance_trunc,
+                                  steps=steps, guidance=used.guidance, guidance_trunc=guidance_trunc,
                                   c=checkpoint_default(c), alpha=checkpoint_default(alpha),
                                   shift=checkpoint_default(shift))
-    return settings, note
+    return settings, tuple(name for name in used.filled if name != "frames" and name not in PRESETS[preset])

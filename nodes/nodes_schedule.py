@@ -18,8 +18,10 @@ def shown_in_modes(name: str) -> dict:
     return {MODES_OPTION: list(MODE_ONLY_INPUTS[name])}
 
 
-def check_interpolation_length(mode: str, frames: int, start_time: float) -> None:
-    if mode == "interpolation" and frames < 9 and start_time >= 1:
+def check_something_to_make(mode: str, frames: int, start_time: float, schedule) -> None:
+    """An interpolation that holds every latent frame (5 frames are its first and last) makes nothing: a mistake.
+    Without hold nothing is held and every frame is made."""
+    if mode == "interpolation" and len(schedule.held()) == schedule.num_frames:
         raise InputError(f"frames={frames} with mode='interpolation' and start_time={start_time:g} holds every "
                          f"latent frame (the first and the last are all there is): use 9 frames or more, or a "
                          f"start_time below 1")
@@ -72,15 +74,15 @@ class URSAFrameSchedule(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, frames=None):
         # Only frames: ComfyUI files the answer under every input named here (see widgets.py); mode and start_time
-        # are core's checks, and the rule tying mode, frames and start_time is checked when the node runs.
+        # are core's checks, and the rule tying mode, frames, start_time and hold is checked when the node runs.
         return frames is None or rules.first_problem(lambda: rules.frames(frames))
 
     @classmethod
     def execute(cls, mode, frames, start_time, given_frames, keyframes, start_tokens=None, end_tokens=None,
                 hold=True) -> io.NodeOutput:
-        check_interpolation_length(mode, frames, start_time)
         scheduled = build_schedule(mode, rules.latent_frames(frames), start_time=start_time, given_frames=given_frames,
                                    keyframes=keyframes, hold=hold,
                                    start_tokens=None if start_tokens is None else start_tokens.tokens,
                                    end_tokens=None if end_tokens is None else end_tokens.tokens)
+        check_something_to_make(mode, frames, start_time, scheduled.schedule)
         return io.NodeOutput(scheduled, ui=ui.PreviewImage(schedule_diagram(scheduled.schedule), cls=cls))

@@ -442,7 +442,8 @@ NODE_RUN_CASES = {
     "encode-width-30": ("encode", lambda: dict(width=30), "width=30 is not allowed: use a multiple of 8"),
     "encode-two-frames": ("encode", lambda: dict(image=torch.rand(2, 32, 32, 3)), "frames=2 is not allowed"),
     "extend-overlap-whole-window": ("extend", lambda: dict(overlap=2), "overlap=2 latent frames is not allowed"),
-    "schedule-interpolation-5-frames": ("schedule", lambda: dict(mode="interpolation", frames=5),
+    "schedule-interpolation-5-frames": ("schedule", lambda: dict(mode="interpolation", frames=5,
+                                                                start_tokens=_clip(1), end_tokens=_clip(1)),
                                         "frames=5 with mode='interpolation' and start_time=1 holds every latent frame"),
     "loader-blocks-negative": ("loader", lambda: dict(blocks_on_gpu=-1), "blocks_on_gpu=-1 is not allowed"),
 }

@@ -14,8 +14,9 @@ from ursa_core.errors import InputError
 from ursa_core.model.config import TransformerConfig
 from ursa_core.model.modeling_ursa import URSATransformer
 from ursa_core.model.rope import rotary_cos_sin, sequence_positions
-from ursa_core.runtime.loader_options import ACTIVATION_RESERVE, blocks_to_keep, check_loader_options
+from ursa_core.runtime.loader_options import ACTIVATION_RESERVE, blocks_to_keep
 from ursa_core.runtime.lowvram import DetachedEmbedding, enable_low_vram, place_embeddings
+from ursa_core.runtime.speed import SpeedOptions
 from ursa_core.runtime.weight_dtype import UpcastLinear, store_weights, weight_bytes
 
 CFG = TransformerConfig(hidden_size=64, intermediate_size=96, num_attention_heads=2, num_key_value_heads=1,
@@ -140,12 +141,13 @@ def test_automatic_block_count_like_core():
 
 
 def test_loader_option_rules_name_value_and_rule():
-    assert check_loader_options("auto", 0, "default", "default") is None
-    assert "low_vram='half'" in check_loader_options(low_vram="half")
-    assert "blocks_on_gpu=-1" in check_loader_options(blocks_on_gpu=-1)
-    assert "vq_device='cuda:7'" in check_loader_options(vq_device="cuda:7") and "'cpu'" in \
-        check_loader_options(vq_device="cuda:7")
-    assert "text_device='cuda:9'" in check_loader_options(text_device="cuda:9")
+    SpeedOptions(low_vram="auto", blocks_on_gpu=0, vq_device="default", text_device="default")   # allowed
+    for bad, named in ((dict(low_vram="half"), "low_vram='half'"), (dict(blocks_on_gpu=-1), "blocks_on_gpu=-1"),
+                       (dict(vq_device="cuda:7"), "vq_device='cuda:7'"), (dict(vq_device="cuda:7"), "'cpu'"),
+                       (dict(text_device="cuda:9"), "text_device='cuda:9'")):
+        with pytest.raises(InputError) as refused:
+            SpeedOptions(**bad)
+        assert named in str(refused.value)
 
 
 # --------------------------------------------------------------------------------------------- URSA folders
@@ -227,6 +229,22 @@ def test_node_lists_a_half_downloaded_folder_and_says_what_completes_it(env, tin
     with pytest.raises(InputError, match="is incomplete"):
         env.run(loader, model_name="URSA-1.7B-FSQ320", dtype="fp32")
     assert env.loaded_models == [] and env.patchers == []
+
+
+@pytest.mark.parametrize("folder,repo", [
+    ("URSA-1.7B-FSQ320", "BAAI/URSA-1.7B-FSQ320"),
+    ("ursa-0.6b-ibq1024", "BAAI/URSA-0.6B-IBQ1024"),               # the name as the checkpoint table spells it
+    ("models--BAAI--URSA-1.7B-IBQ512/snapshots/0123abc", "BAAI/URSA-1.7B-IBQ512"),   # a Hugging Face cache
+    ("URSA-0.6B-IBQ512", None),                                     # an official-looking name no repo has
+    ("URSA-mine", None),
+    ("my-checkpoint", None),
+])
+def test_completion_command_names_only_a_released_repository(env, folder, repo):
+    """The command that completes a half-downloaded folder names the repository the checkpoint table knows for its
+    name, never one made up from the folder's name."""
+    path = Path(env.models_dir) / "ursa" / folder
+    command = env.mods["glue"].completion_command(path)
+    assert command == f"hf download {repo or '<the Hugging Face repo it came from>'} --local-dir {path}"
 
 
 def test_node_options_have_tooltips_and_usable_attention(env):

@@ -201,3 +201,29 @@ def test_sampler_preset_rl_tuned_runs_one_branch_for_25_steps(comfy, family_dirs
     assert len(comfy.progress_updates) == 25                          # the preset's steps (the widget was 0)
     assert {call.args[0].shape[0] for call in passes.call_args_list} == {1}   # cfg 1: never the negative branch
     assert memory.call_args.args[3] == 1.0                            # the memory check asked for one branch
+
+
+def test_sampler_steps_at_0_follow_the_frames_of_the_clip_it_makes(comfy, family_dirs):
+    """steps=0 is the model's default for the clip the sampler makes: a 9-frame Frame Schedule makes a video (FSQ320:
+    50 steps) even with the sampler's frames widget at 1 (an image: 25 steps); the node says what it used."""
+    name = "URSA-0.6B-FSQ320"
+    shutil.copytree(family_dirs[name], f"{comfy.models_dir}/ursa/{name}")
+    from nodes import nodes_loader, nodes_sampler, nodes_schedule, nodes_text, nodes_tokenizer
+    model, vq, _ = comfy.run(nodes_loader.URSAModelLoader, model_name=name, dtype="fp32").result
+    cond = comfy.run(nodes_text.URSATextEncode, model=model, prompt="a fox", negative_prompt="",
+                     motion_score=9.0).result[0]
+    size = small(model.model)
+    first = comfy.run(nodes_tokenizer.URSATokenizerEncode, vq=vq, image=torch.rand(1, size["height"], size["width"], 3),
+                      resize_mode="crop", **size).result[0]
+    scheduled = comfy.run(nodes_schedule.URSAFrameSchedule, mode="image-to-video", frames=9, start_time=1.0,
+                          given_frames=1, keyframes="", start_tokens=first).result[0]
+    widgets = dict(model=model, conditioning=cond, seed=1, steps=0, cfg=7.0, guidance_trunc=0.9, frames=1, c=0.0,
+                   alpha=0.0, shift=0.0, preview=False, **size)
+    clip = comfy.run(nodes_sampler.URSASampler, hidden={"unique_id": "5"}, schedule=scheduled, **widgets).result[0]
+    assert clip.tokens.shape[1] == 3 and len(comfy.progress_updates) == MODEL_DEFAULTS["FSQ320"].video_steps == 50
+    shown = comfy.node_texts[-1][1]
+    assert "9 frames from the Frame Schedule" in shown and shown.endswith(" · 50 steps, cfg 7")
+    comfy.progress_updates.clear()
+    comfy.run(nodes_sampler.URSASampler, hidden={"unique_id": "5"}, **widgets)   # text-only: the widget's one frame
+    assert len(comfy.progress_updates) == MODEL_DEFAULTS["FSQ320"].image_steps == 25
+    assert comfy.node_texts[-1][1].endswith("1 frame · 25 steps, cfg 7")

@@ -1,6 +1,8 @@
 """Every node's execute on the tiny checkpoint, with ComfyUI's modules replaced by the stubs (pytest-mock)."""
 import shutil
+from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -76,10 +78,25 @@ def test_sampler_preview_images(env):
     assert previews and all(p[0] == "JPEG" and p[1].size == (48, 32) and p[2] is None for p in previews)
 
 
+@pytest.mark.parametrize("h,w,pixel_scale", [(64, 64, 16), (5, 7, 8), (300, 100, 16)])
+def test_preview_is_the_token_colours_at_pixel_size(env, h, w, pixel_scale):
+    """Colours per token, then a nearest-neighbour blow-up of the bytes: the same pixels as the colours scaled first
+    (capped at PREVIEW_MAX_SIDE)."""
+    from ursa_core.sampling.preview import token_colors
+    from nodes import glue
+    codebook = torch.randn(1000, 6)
+    tokens = torch.randint(0, 1000, (1, 1, h, w))
+    progress = glue.StepProgress(1, codebook, pixel_scale=pixel_scale)
+    picture = progress._preview(tokens)[1]
+    scale = min(pixel_scale, glue.PREVIEW_MAX_SIDE // max(h, w))
+    expected = (token_colors(codebook, tokens[0, 0], scale=scale).numpy() * 255).astype("uint8")
+    assert picture.size == (w * scale, h * scale) and np.array_equal(np.asarray(picture), expected)
+
+
 def test_sampler_says_compiling_on_the_first_step_of_each_size(env):
     """A compiled model's first step at a new size compiles for a while: the node says so until that step ends."""
     model, _, cond = load(env)
-    model.compiled = True  # as the loader marks a model it compiled (torch.compile itself does not run here)
+    model.options = replace(model.options, compile=True)  # as loaded with compile (torch.compile does not run here)
     # the line shows the clip, then the steps and cfg used (issue 23: widgets at 0 follow the model)
     line = "32×32 px, 1 frame · 3 steps, cfg 5"
     compiling = f"{line} · compiling the layers for this size (first run)…"
@@ -283,15 +300,20 @@ def test_loader_speed_options(env):
 
 
 def test_interpolation_needs_a_frame_to_generate(env):
-    """A rule tying mode, frames and start_time: checked when the node runs (a validator can hold one rule, and
-    the Frame Schedule's is frames), with one message naming all three."""
+    """A rule tying mode, frames, start_time and hold: checked when the node runs (a validator can hold one rule,
+    and the Frame Schedule's is frames), with one message naming the values. Without hold nothing is held, so a
+    5-frame interpolation has frames to make."""
     node = env.mods["sched"].URSAFrameSchedule
     base = {"mode": "interpolation", "frames": 5, "start_time": 1.0, "given_frames": 1, "keyframes": ""}
     assert env.validate(node, base) == []
-    with pytest.raises(ValueError, match="frames=5 with mode='interpolation' and start_time=1 holds every"):
-        env.run(node, **base)
     _, vq, _ = load(env)
     ends = encode(env, vq, torch.rand(1, 32, 32, 3))
+    with pytest.raises(ValueError, match="frames=5 with mode='interpolation' and start_time=1 holds every"):
+        env.run(node, **base, start_tokens=ends, end_tokens=ends)
+    with pytest.raises(ValueError, match="frames=5 with mode='interpolation' and start_time=1 holds every"):
+        env.run(node, **base, start_tokens=ends, end_tokens=ends, hold=True)
+    unheld = env.run(node, **base, start_tokens=ends, end_tokens=ends, hold=False).result[0]
+    assert unheld.schedule.start == (1.0, 1.0) and unheld.schedule.held() == []
     assert env.run(node, **{**base, "start_time": 0.9}, start_tokens=ends, end_tokens=ends).result
     assert env.run(node, **{**base, "frames": 9}, start_tokens=ends, end_tokens=ends).result
 

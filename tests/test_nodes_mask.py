@@ -98,6 +98,9 @@ def test_the_mask_schedule_sets_the_clip_the_sampler_makes(env):
     scheduled = mask_schedule(env, source, torch.ones(1, 8, 8)).result[0]   # 8x8: resized to 32x32 (warning)
     clip = sample(env, frames=1, width=64, height=16, schedule=scheduled)
     assert clip.tokens.shape == source.tokens.shape == (1, 2, 4, 4)
+    other = encode(env, torch.rand(1, 16, 16, 3), width=16, height=16)
+    with pytest.raises(ValueError, match="given_tokens are 16x16 px but the Mask Schedule's tokens are 32x32 px"):
+        sample(env, schedule=scheduled, given_tokens=other)   # the refusal names the schedule connected
 
 
 def test_outpainting_pads_and_the_composite_restores_the_source_outside(env):

@@ -102,7 +102,7 @@ class ModelIdentity:
                 f"{d.steps(d.frames)} steps, cfg {d.guidance:g}")
 
 
-def _official_name(folder: Path) -> Optional[re.Match]:
+def official_name(folder: Path) -> Optional[re.Match]:
     """The official name in the folder's name, or in a Hugging Face cache's `models--BAAI--<name>/snapshots/<hash>`."""
     names = [folder.name] + ([folder.parent.parent.name] if folder.parent.name == "snapshots" else [])
     for name in names:
@@ -120,7 +120,7 @@ def identify(folder: str | Path, hidden_size: int, geometry: VisualGeometry) -> 
     from .tiny import is_tiny   # tiny.py needs torch; this table does not
 
     folder = Path(folder)
-    match = _official_name(folder)
+    match = official_name(folder)
     if match:
         return ModelIdentity(match.group(1).upper(), match.group(2).upper(), "folder name")
     if is_tiny(folder):

@@ -12,9 +12,8 @@ from ..errors import InputError
 from ..files.media import VIDEO_SUFFIXES, count_video_frames, load_image, load_video
 from ..path.schedule import ScheduledTokens
 from ..sampling.generate import generate
-from ..sampling.repaint import Canvas, build_canvas, canvas_size, encode_canvas, mask_schedule
-from ..visual_tokenizer.canvas import composite as composite_pixels
-from ..visual_tokenizer.canvas import read_mask, repaint_weight
+from ..sampling.repaint import Canvas, build_canvas, canvas_size, composite_repaint, encode_canvas, mask_schedule
+from ..visual_tokenizer.canvas import read_mask
 from ..visual_tokenizer.geometry import VisualGeometry
 from .arguments import RepaintFlags, Request
 
@@ -87,8 +86,6 @@ def repaint_tokens(model: URSAModel, run: Request, canvas: Canvas, prompt: str, 
 def composite_onto_source(model: URSAModel, images: torch.Tensor, canvas: Canvas, scheduled: ScheduledTokens,
                           feather: int) -> torch.Tensor:
     """--composite: the source's own pixels wherever no token was repainted, blended over `feather` pixels."""
-    starts = scheduled.schedule
-    changed = ~starts.held().view(starts.latent_shape)
-    weight = repaint_weight(changed, images.shape[0], model.geometry.temporal_stride, model.geometry.spatial_stride,
-                            feather)
-    return composite_pixels(canvas.pixels, images, weight, scheduled.source_fit)
+    geometry = model.geometry
+    return composite_repaint(canvas.pixels, images, scheduled, geometry.temporal_stride, geometry.spatial_stride,
+                             feather)

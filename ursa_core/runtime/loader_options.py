@@ -22,19 +22,6 @@ def placement_device(option: str, default) -> torch.device:
     return torch.device(default) if option == "default" else torch.device(option)
 
 
-def check_loader_options(low_vram: str | None = None, blocks_on_gpu: int | None = None, vq_device: str | None = None,
-                         text_device: str | None = None) -> str | None:
-    """None when the options are allowed, else one line naming the value and the rule."""
-    checked = rules.first_problem(*(lambda rule=rule, v=v: rule(v) for rule, v in
-                                    ((rules.low_vram_mode, low_vram), (rules.blocks_on_gpu, blocks_on_gpu))
-                                    if v is not None))
-    if checked is not True:
-        return checked
-    placed = rules.first_problem(*(lambda n=name, v=value: rules.placement(n, v) for name, value in
-                                   (("vq_device", vq_device), ("text_device", text_device)) if value is not None))
-    return None if placed is True else placed
-
-
 def blocks_to_keep(mode: str, blocks_on_gpu: int, layer_bytes: list[int], other_bytes: int, free_bytes: int,
                    low_vram_state: bool, no_vram_state: bool) -> int | None:
     """How many leading decoder layers stay on the GPU; None = no streaming (every layer resident).

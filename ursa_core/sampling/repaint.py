@@ -21,7 +21,7 @@ from ..errors import InputError
 from ..files.media import VIDEO_SUFFIXES, load_image, load_video
 from ..path.masks import mask_start_times, match_frames
 from ..path.schedule import ScheduledTokens, as_start_times
-from ..visual_tokenizer.canvas import PixelFit, mask_for_canvas, pad_for_outpaint, read_mask
+from ..visual_tokenizer.canvas import PixelFit, composite, mask_for_canvas, pad_for_outpaint, read_mask, repaint_weight
 from ..visual_tokenizer.codec import encode_images
 from ..visual_tokenizer.geometry import VisualGeometry
 from .generate import Generation, StepInfo, generate
@@ -123,6 +123,16 @@ def mask_schedule(source_tokens: torch.Tensor, mask: torch.Tensor, temporal_stri
         if frames and keyframes.given is not None:
             given[:, frames] = keyframes.given[:, frames].to(given.device)
     return ScheduledTokens(starts, given, identity, fit)
+
+
+def composite_repaint(source_pixels: torch.Tensor, images: torch.Tensor, scheduled: ScheduledTokens,
+                      temporal_stride: int, spatial_stride: int, feather: int) -> torch.Tensor:
+    """The decoded repaint `images` pasted onto `source_pixels`: the source's own pixels wherever no token was
+    repainted (held), blended over `feather` pixels beyond the repainted tokens (visual_tokenizer.canvas)."""
+    starts = scheduled.schedule
+    changed = ~starts.held().view(starts.latent_shape)
+    weight = repaint_weight(changed, images.shape[0], temporal_stride, spatial_stride, feather)
+    return composite(source_pixels, images, weight, scheduled.source_fit)
 
 
 def _sized(model: URSAModel, canvas: Canvas, settings: Optional[GenerationSettings], changes: dict) -> dict:
