@@ -62,11 +62,9 @@ def read_pixels(source) -> torch.Tensor:
 
 def build_canvas(pixels: torch.Tensor, mask=None, outpaint: Optional[Sequence[int]] = None,
                  fill: str = "edge") -> Canvas:
-    """The canvas of a repaint: the mask checked against the pixels (its frames: one or one per frame; its size:
-    resized to the image with one warning line), then both padded by `outpaint` (left, right, top, bottom pixels;
-    the added pixels are repainted). No mask and no padding repaints everything (a re-roll at some strength)."""
-    if isinstance(mask, (str, Path)):
-        mask = read_mask(mask, rules.MAX_FRAMES)
+    """The canvas of a repaint: the mask (a [F|1, H, W] tensor; files are read by the callers) checked against the
+    pixels (its frames: one or one per frame; its size: resized to the image with one warning line), then both
+    padded by `outpaint` (left, right, top, bottom pixels; the added pixels are repainted). No mask and no padding repaints everything (a re-roll at some strength)."""
     if mask is None:  # outpainting alone keeps the picture; no mask at all re-rolls all of it
         mask = torch.full((1, *pixels.shape[1:3]), 0.0 if outpaint is not None else 1.0)
     mask = mask_for_canvas(mask, pixels.shape[1:3])
