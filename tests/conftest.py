@@ -95,9 +95,9 @@ def comfy(tmp_path):
     with mock.patch.dict(sys.modules, modules):
         yield ComfyFixture(state, modules)
         torch_parts = {name: module for name, module in sys.modules.items()
-                       if name not in before and (name == "torch" or name.startswith("torch."))}
-    # ...except torch's own submodules (a first torch.compile imports dynamo and inductor): they register global
-    # state once per process, and importing them again fails.
+                       if name not in before and name.split(".")[0] in ("torch", "psutil")}
+    # ...except torch's own submodules (a first torch.compile imports dynamo and inductor) and psutil: they register
+    # global state once per process, and importing them again fails (psutil: KeyError 'psutil' in a later test).
     sys.modules.update(torch_parts)
 
 
