@@ -446,7 +446,8 @@ def test_missing_model_rejected_once_with_the_download_command(server, tmp_path)
 def test_half_downloaded_model_listed_and_named_with_its_completion(server):
     import shutil
 
-    half = server["base"] / "models" / "ursa" / "URSA-half-download"
+    # a released model's folder name: the completion command names its repository (never a made-up one)
+    half = server["base"] / "models" / "ursa" / "URSA-1.7B-IBQ512"
     shutil.copytree(server["base"] / "models" / "ursa" / MODEL_NAME, half)
     shutil.rmtree(half / "tokenizer")
     try:
